@@ -1,0 +1,136 @@
+"""The `cbi` command: the main job on the sample data, the web UI, and the plan they share.
+
+    cbi demo    materialize the whole asset graph on the embedded sample, layer by layer, with
+                `dagster asset materialize` (so every run shows in the web UI), then say where
+                the results are
+    cbi plan    print those materialize steps, one per line: <selection> <partition range or ->
+    cbi dev     start the web UI (`dagster dev`) on this project's instance
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from cbi_assets.settings import PROJECT_ROOT, Settings
+
+MODULE = "cbi_assets.definitions"
+QUIET = '{"loggers": {"console": {"config": {"log_level": "INFO"}}}}'
+
+
+@dataclass(frozen=True)
+class Step:
+    what: str
+    selection: str  # comma-separated asset keys
+    partition_range: str | None  # "<first>...<last>" or None for unpartitioned assets
+
+    def command(self, dagster: str = "dagster") -> list[str]:
+        command = [dagster, "asset", "materialize", "-m", MODULE, "--select", self.selection]
+        command += ["--partition-range", self.partition_range] if self.partition_range else []
+        # Progress lines, not one debug line per partition and event.
+        return command + ["--config-json", QUIET]
+
+
+def plan(settings: Settings) -> list[Step]:
+    """The layers in order, each with the partition keys the sample holds for it."""
+    from cbi_assets.raw.assets import ROLL_CALENDARS, raw_inventory
+    from cbi_assets.raw.datasets import RAW_DATASETS
+    from cbi_assets.raw.partitions import market_days, partitions_for
+    from resources import sample_source
+
+    sample = sample_source(settings)
+    groups: dict[tuple[bool, str, str], list[str]] = defaultdict(list)
+    for dataset in RAW_DATASETS.values():
+        first, last = sample.coverage(dataset)
+        # A range must start on a partition key of its definition: the market days start in 2000.
+        if partitions_for(dataset) == market_days:
+            first = min(first, market_days.start.date())
+        groups[(partitions_for(dataset) != market_days, first.isoformat(), last.isoformat())].append(
+            dataset.key.to_user_string()
+        )
+    steps = [
+        Step(f"raw layer, {len(keys)} datasets, {first}..{last}", ",".join(keys), f"{first}...{last}")
+        for (_, first, last), keys in sorted(groups.items())
+    ]
+    derived = [k.to_user_string() for a in (*ROLL_CALENDARS, raw_inventory) for k in a.keys]
+    steps.append(Step("roll calendars and lake inventory", ",".join(derived), None))
+    return steps
+
+
+def _environment(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("DAGSTER_HOME", str(PROJECT_ROOT / ".dagster"))
+    env["CBI_SOURCE"] = "sample"
+    # Pin the sample's last day so every step of one demo sees the same data.
+    env["CBI_SAMPLE_END"] = settings.sample_end.isoformat()
+    return env
+
+
+def demo(settings: Settings) -> int:
+    env = _environment(settings)
+    dagster = str(Path(sys.executable).with_name("dagster"))
+    steps = plan(settings)
+    began = time.perf_counter()
+    for i, step in enumerate(steps, 1):
+        print(f"\n[{i}/{len(steps)}] {step.what}\n  $ {' '.join(step.command('dagster'))}", flush=True)
+        started = time.perf_counter()
+        done = subprocess.run(step.command(dagster), env=env, cwd=PROJECT_ROOT)
+        if done.returncode:
+            print(f"step {i} failed ({step.what}); see the run in the web UI: cbi dev", file=sys.stderr)
+            return done.returncode
+        print(f"  done in {time.perf_counter() - started:.0f}s", flush=True)
+    print(f"\nThe asset graph is materialized on the sample data in {time.perf_counter() - began:.0f}s.")
+    _print_results(settings, env["DAGSTER_HOME"])
+    return 0
+
+
+def _print_results(settings: Settings, dagster_home: str) -> None:
+    import duckdb
+
+    with duckdb.connect(str(settings.warehouse), read_only=True) as conn:
+        inventory = conn.sql(
+            "select dataset, days, first_day, last_day, records from lake.raw_inventory order by area, dataset"
+        ).pl()
+    import polars as pl
+
+    with pl.Config(tbl_rows=-1, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
+        print(inventory)
+    print(
+        "\nWhere the results are:\n"
+        f"  lake (Parquet)      {settings.lake}/{{shared,ZL,MES}}/raw/<dataset>/date=YYYY-MM-DD/\n"
+        f"  roll calendars      {settings.lake}/ZL/raw/roll_calendar.parquet, {settings.lake}/MES/raw/roll_calendar.parquet\n"
+        f"  warehouse (DuckDB)  {settings.warehouse}  (table lake.raw_inventory)\n"
+        f"  Dagster runs        {dagster_home}  (open the web UI: cbi dev)"
+    )
+
+
+def dev(settings: Settings, extra: list[str]) -> int:
+    env = dict(os.environ)
+    env.setdefault("DAGSTER_HOME", str(PROJECT_ROOT / ".dagster"))
+    dagster = str(Path(sys.executable).with_name("dagster"))
+    os.execve(dagster, [dagster, "dev", *extra], env)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cbi", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=("demo", "plan", "dev"))
+    args, extra = parser.parse_known_args(argv)
+    settings = Settings.from_env()
+    if args.command == "plan":
+        for step in plan(settings):
+            print(step.selection, step.partition_range or "-")
+        return 0
+    if args.command == "dev":
+        return dev(settings, extra)
+    return demo(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

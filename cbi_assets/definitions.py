@@ -1,0 +1,17 @@
+"""The Dagster code location: every asset, check, job, schedule and resource of CBI."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from cbi_assets.raw.assets import RAW_ASSETS, ROLL_CALENDARS, raw_inventory
+from cbi_assets.settings import Settings
+from resources import build_resources
+from schedules import INGEST_JOBS, INGEST_SCHEDULES
+
+defs = dg.Definitions(
+    assets=[*RAW_ASSETS, *ROLL_CALENDARS, raw_inventory],
+    jobs=INGEST_JOBS,
+    schedules=INGEST_SCHEDULES,
+    resources=build_resources(Settings.from_env()),
+)

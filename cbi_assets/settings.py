@@ -1,0 +1,64 @@
+"""Where things live and which sources run, from environment variables with project-local defaults.
+
+| variable                     | default                                  |
+| ---------------------------- | ---------------------------------------- |
+| CBI_LAKE                     | <project>/TrainingData                   |
+| CBI_MODELS                   | <project>/Models                         |
+| CBI_WAREHOUSE                | <lake>/warehouse.duckdb                  |
+| CBI_SOURCE                   | auto: a real source where its key is set, else the sample |
+|                              | sample / live (Databento, FRED, Yahoo) / local |
+| CBI_LOCAL_DIR                | folder for CBI_SOURCE=local              |
+| CBI_SAMPLE_END               | the last session before today            |
+| CBI_SAMPLE_INTRADAY_SESSIONS | 60 (MES 1-minute bars)                   |
+| CBI_SAMPLE_TICK_SESSIONS     | 2 (MES trades, TBBO, MBP-10)             |
+| DATABENTO_API_KEY, FRED_API_KEY | the real sources' keys                |
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cbi_assets.calendars import CHICAGO, settlement_days
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SOURCES = ("auto", "sample", "live", "local")
+
+
+def last_complete_session(today: dt.date | None = None) -> dt.date:
+    """The latest settlement day strictly before today in Chicago: the last one fully known."""
+    today = today or dt.datetime.now(CHICAGO).date()
+    return settlement_days(today - dt.timedelta(days=14), today - dt.timedelta(days=1))[-1]
+
+
+@dataclass(frozen=True)
+class Settings:
+    lake: Path
+    models: Path
+    warehouse: Path
+    source: str
+    local_dir: Path | None
+    sample_end: dt.date
+    sample_intraday_sessions: int
+    sample_tick_sessions: int
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        lake = Path(env.get("CBI_LAKE") or PROJECT_ROOT / "TrainingData")
+        source = env.get("CBI_SOURCE", "auto").lower()
+        if source not in SOURCES:
+            raise ValueError(f"CBI_SOURCE={source!r} is not one of {', '.join(SOURCES)}")
+        end = env.get("CBI_SAMPLE_END")
+        return cls(
+            lake=lake,
+            models=Path(env.get("CBI_MODELS") or PROJECT_ROOT / "Models"),
+            warehouse=Path(env.get("CBI_WAREHOUSE") or lake / "warehouse.duckdb"),
+            source=source,
+            local_dir=Path(env["CBI_LOCAL_DIR"]) if env.get("CBI_LOCAL_DIR") else None,
+            sample_end=dt.date.fromisoformat(end) if end else last_complete_session(),
+            sample_intraday_sessions=int(env.get("CBI_SAMPLE_INTRADAY_SESSIONS", 60)),
+            sample_tick_sessions=int(env.get("CBI_SAMPLE_TICK_SESSIONS", 2)),
+        )

@@ -1,0 +1,35 @@
+"""The main job's plan: every asset of the graph once, each with the partitions the sample holds."""
+
+import datetime as dt
+
+from cbi_assets.cli import plan
+from cbi_assets.definitions import defs
+from cbi_assets.settings import Settings
+
+
+def test_plan_materializes_every_asset_once_within_its_partitions():
+    settings = Settings.from_env({"CBI_SAMPLE_END": "2024-06-28", "CBI_SOURCE": "sample"})
+    steps = plan(settings)
+    planned = [key for step in steps for key in step.selection.split(",")]
+    graph = defs.resolve_asset_graph()
+    assert sorted(planned) == sorted(k.to_user_string() for k in graph.get_all_asset_keys())
+    for step in steps:
+        partitioned = {graph.get(_key(k)).partitions_def for k in step.selection.split(",")}
+        assert len(partitioned) == 1  # one partitions definition per `dagster asset materialize`
+        (partitions,) = partitioned
+        if partitions is None:
+            assert step.partition_range is None
+        else:
+            first, last = step.partition_range.split("...")
+            assert partitions.has_partition_key(first) and last == "2024-06-28"
+    assert steps[-1].partition_range is None  # the derived assets come after the raw layer
+    mes_ticks = next(s for s in steps if "mes/raw/mes_trades" in s.selection)
+    first = dt.date.fromisoformat(mes_ticks.partition_range.split("...")[0])
+    assert first == dt.date(2024, 6, 27)  # the last two sessions
+    assert "--partition-range" in mes_ticks.command() and "materialize" in mes_ticks.command()
+
+
+def _key(user_string):
+    import dagster as dg
+
+    return dg.AssetKey.from_user_string(user_string)

@@ -1,0 +1,121 @@
+"""The local-files source: real files read, bad files refused with file, line and column."""
+
+import datetime as dt
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from cbi_assets.raw.datasets import RawDataset, raw_dataset
+from cbi_assets.raw.errors import RawDataError
+from cbi_assets.raw.ingest import ingest
+from cbi_assets.raw.store import PartitionStore
+from resources.local_files import LocalFilesSource
+
+NOW = dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc)
+
+
+def write(root: Path, relative: str, text: str) -> Path:
+    path = root / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+HEADER = "date,open,high,low,close,volume,open_interest\n"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("2024-03-04,45,46,44,45.5,10,5\n04/03/2024,45,46,44,45.5,10,5\n", r"column 'date' is not a date.*line 3: '04/03/2024'"),
+        ("2024-03-04,45,46,44,45.5,10,5\n2024-03-04,45,46,44,45.6,10,5\n", r"2024-03-04 \(line 2\).*more than once"),
+        ("2024-03-04,45,46,44,abc,10,5\n", r"column 'close' is not a number at line 2: 'abc'"),
+        ("2024-03-04,45,46,44,,10,5\n", r"column 'close' is empty.*line 2"),
+    ],
+    ids=["unparseable date", "duplicate date", "non-numeric price", "missing close"],
+)
+def test_bad_daily_csv_is_refused_naming_file_line_and_column(tmp_path, body, message):
+    path = write(tmp_path, "daily/ZL.csv", HEADER + body)
+    with pytest.raises(RawDataError, match=message) as caught:
+        LocalFilesSource(root=str(tmp_path)).fetch(raw_dataset("zl_ohlcv_1d"), dt.date(2024, 3, 1), dt.date(2024, 3, 8))
+    assert str(path) in str(caught.value)
+
+
+def test_negative_price_in_a_csv_is_refused_before_anything_is_written(tmp_path):
+    write(tmp_path, "daily/ZL.csv", HEADER + "2024-03-04,45,46,44,45.5,10,5\n2024-03-05,45,46,-44,45.5,10,5\n")
+    source = LocalFilesSource(root=str(tmp_path))
+    dataset = raw_dataset("zl_ohlcv_1d")
+    frame = source.fetch(dataset, dt.date(2024, 3, 1), dt.date(2024, 3, 8))
+    store = PartitionStore(tmp_path / "lake")
+    with pytest.raises(RawDataError, match=r"column 'low' has negative.*-44.0 at 2024-03-05"):
+        ingest(dataset, frame, store, dt.date(2024, 3, 1), dt.date(2024, 3, 8), origin=source.label, received_at=NOW)
+    assert store.days() == []  # the good day before it was not stored either
+
+
+def test_missing_file_names_what_was_expected(tmp_path):
+    with pytest.raises(RawDataError, match=r"no mes_ohlcv_1m \(MES\): expected .*dbn/GLBX.MDP3/\*.dbn.zst with ohlcv-1m"):
+        LocalFilesSource(root=str(tmp_path)).fetch(raw_dataset("mes_ohlcv_1m"), dt.date(2024, 3, 1), dt.date(2024, 3, 8))
+
+
+def test_real_daily_futures_and_fred_series(real_data):
+    source = LocalFilesSource(root=str(real_data))
+    zl = source.fetch(raw_dataset("zl_ohlcv_1d"), dt.date(2008, 1, 1), dt.date(2008, 12, 31))
+    assert 245 <= zl.height <= 256
+    assert zl["close"].max() > 60 and zl["close"].min() < 35  # soybean oil's 2008 boom and bust
+    cpi = source.fetch(raw_dataset("fred_cpiaucsl"), dt.date(2019, 1, 1), dt.date(2019, 12, 31))
+    assert cpi.height == 11 and cpi["ts_event"].dt.day().unique().to_list() == [1]
+    dff = source.fetch(raw_dataset("fred_dff"), dt.date(2019, 1, 1), dt.date(2019, 1, 31))
+    assert dff.height == 31  # published for every calendar day
+
+
+def test_real_files_ingest_into_the_raw_layer(real_data, tmp_path):
+    source = LocalFilesSource(root=str(real_data))
+    dataset = raw_dataset("zl_ohlcv_1d")
+    start, end = dt.date(2000, 1, 1), dt.date(2019, 11, 5)
+    store = PartitionStore(tmp_path)
+    report = ingest(dataset, source.fetch(dataset, start, end), store, start, end, origin=source.label, received_at=NOW)
+    assert report.days == 4989 and len(report.new) == 4989
+    again = ingest(dataset, source.fetch(dataset, start, end), store, start, end, origin=source.label, received_at=NOW)
+    assert len(again.unchanged) == 4989 and not again.new and not again.revised
+
+
+DBN_SCHEMAS = {"ohlcv-1d": "es_ohlcv_1d", "ohlcv-1m": "mes_ohlcv_1m", "trades": "mes_trades", "tbbo": "mes_tbbo",
+               "mbp-10": "mes_mbp_10", "definition": "mes_definition"}
+
+
+@pytest.mark.parametrize("schema", list(DBN_SCHEMAS))
+def test_databento_sample_files_parse_through_the_raw_layer(real_data, tmp_path, schema):
+    """Databento's own GLBX.MDP3 files (ES, Dec 2020) go through the same reader, checks and store."""
+    folder = tmp_path / "dbn" / "GLBX.MDP3"
+    folder.mkdir(parents=True)
+    shutil.copy(real_data / "dbn" / "GLBX.MDP3" / f"test_data.{schema}.dbn.zst", folder)
+    # They hold ES records; read them as the dataset of that schema for ES.
+    base = raw_dataset(DBN_SCHEMAS[schema])
+    dataset = RawDataset(**{**base.__dict__, "symbol": "ES", "name": f"es_{base.name}"})
+    frame = LocalFilesSource(root=str(tmp_path)).fetch(dataset, dt.date(2020, 12, 20), dt.date(2020, 12, 31))
+    assert frame.height >= 1 and frame["symbol"].to_list()[0] == "ESH1"
+    store = PartitionStore(tmp_path / "lake")
+    report = ingest(dataset, frame, store, dt.date(2020, 12, 20), dt.date(2020, 12, 31), origin="test", received_at=NOW)
+    stored = store.read().collect()
+    assert report.rows == frame.height == stored.height
+    assert stored["instrument_id"].unique().to_list() == [5482]
+    if "price" in stored.columns:
+        assert stored["price"].is_between(3600, 3800).all()  # ES near 3,700 at the end of 2020
+
+
+def test_corrupt_and_truncated_dbn_files_are_refused(real_data, tmp_path):
+    folder = tmp_path / "dbn" / "GLBX.MDP3"
+    folder.mkdir(parents=True)
+    good = (real_data / "dbn" / "GLBX.MDP3" / "test_data.ohlcv-1m.dbn.zst").read_bytes()
+    dataset = RawDataset(**{**raw_dataset("mes_ohlcv_1m").__dict__, "symbol": "ES"})
+    source = LocalFilesSource(root=str(tmp_path))
+
+    (folder / "broken.dbn.zst").write_bytes(b"\x28\xb5\x2f\xfd" + bytes(range(200)))
+    with pytest.raises(RawDataError, match=r"broken.dbn.zst: not a readable DBN file"):
+        source.fetch(dataset, dt.date(2020, 12, 20), dt.date(2020, 12, 31))
+
+    (folder / "broken.dbn.zst").write_bytes(good[: len(good) // 2])
+    with pytest.raises(RawDataError, match=r"broken.dbn.zst: (not a readable DBN file|the DBN records cannot be decoded)"):
+        source.fetch(dataset, dt.date(2020, 12, 20), dt.date(2020, 12, 31))

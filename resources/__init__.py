@@ -1,0 +1,67 @@
+"""Resources: one per outside system, each with a local implementation beside the remote one."""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+
+from cbi_assets.settings import Settings
+from resources.databento_source import DatabentoSource
+from resources.fred_source import FredSource
+from resources.lake import Lake
+from resources.local_files import LocalFilesSource
+from resources.sample_source import SampleSource
+from resources.yahoo_source import YahooSource
+
+# The resource key of each role's source (RawDataset.source_key); a raw asset asks for its own.
+SOURCE_KEYS = {role: f"{role}_source" for role in ("futures", "macro", "history")}
+
+__all__ = [
+    "SOURCE_KEYS", "DatabentoSource", "FredSource", "Lake", "LocalFilesSource", "SampleSource",
+    "YahooSource", "build_resources", "sample_source",
+]
+
+
+def sample_source(settings: Settings) -> SampleSource:
+    return SampleSource(
+        cache_dir=str(settings.lake / "sample"),
+        end=settings.sample_end.isoformat(),
+        intraday_sessions=settings.sample_intraday_sessions,
+        tick_sessions=settings.sample_tick_sessions,
+    )
+
+
+def _sources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
+    """Pick each role's source. `auto` takes a real source only where its key is set."""
+    if settings.source == "local":
+        if settings.local_dir is None:
+            raise ValueError("CBI_SOURCE=local needs CBI_LOCAL_DIR: the folder of files to read (e.g. ../shared/data/real)")
+        local = LocalFilesSource(root=str(settings.local_dir))
+        return {key: local for key in SOURCE_KEYS.values()}
+    sample = sample_source(settings)
+    if settings.source == "sample":
+        return {key: sample for key in SOURCE_KEYS.values()}
+    live = settings.source == "live"
+
+    def keyed(source: type[DatabentoSource] | type[FredSource], variable: str) -> dg.ConfigurableResource:
+        if os.environ.get(variable):
+            # Read from the environment when a run starts (dg.EnvVar), never stored in config.
+            return source(api_key=dg.EnvVar(variable))
+        # Selected but unkeyed: the source says which variable to set when it is first used.
+        return source() if live else sample
+
+    return {
+        "futures_source": keyed(DatabentoSource, "DATABENTO_API_KEY"),
+        "macro_source": keyed(FredSource, "FRED_API_KEY"),
+        "history_source": YahooSource() if live else sample,
+    }
+
+
+def build_resources(settings: Settings) -> dict[str, object]:
+    return {
+        "lake": Lake(root=str(settings.lake)),
+        "warehouse": DuckDBResource(database=str(settings.warehouse)),
+        **_sources(settings),
+    }

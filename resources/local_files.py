@@ -1,0 +1,63 @@
+"""A folder of files as the source of every dataset (the layout of `shared/data/real`)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from cbi_assets.calendars import globex_session
+from cbi_assets.catalogue import DATABENTO_DATASET
+from cbi_assets.raw.datasets import RawDataset
+from cbi_assets.raw.errors import RawDataError
+from cbi_assets.raw.files import (
+    DAILY_COLUMNS,
+    FRED_COLUMNS,
+    YAHOO_COLUMNS,
+    dbn_files,
+    read_csv_table,
+    read_dbn_files,
+)
+
+
+class LocalFilesSource(dg.ConfigurableResource):
+    """Futures from `dbn/GLBX.MDP3/*.dbn.zst` (else `daily/<SYMBOL>.csv`), FRED from `fred/`, Yahoo from `yahoo/`."""
+
+    root: str
+
+    @property
+    def label(self) -> str:
+        return f"local files in {self.root}"
+
+    def fetch(self, dataset: RawDataset, start: dt.date, end: dt.date) -> pl.DataFrame:
+        root = Path(self.root)
+        if dataset.role == "futures":
+            frame = self._futures(root, dataset)
+        elif dataset.role == "macro":
+            frame = read_csv_table(root / "fred" / f"{dataset.symbol}.csv", FRED_COLUMNS)
+        else:
+            frame = read_csv_table(root / "yahoo" / f"{dataset.symbol}.csv", YAHOO_COLUMNS, optional=("adj_close", "volume"))
+        return frame.filter(_within(dataset, start, end))
+
+    def _futures(self, root: Path, dataset: RawDataset) -> pl.DataFrame:
+        paths = dbn_files(root / "dbn" / DATABENTO_DATASET, dataset.schema, dataset.symbol)
+        if paths:
+            return read_dbn_files(paths)
+        csv = root / "daily" / f"{dataset.symbol}.csv"
+        if dataset.schema == "ohlcv-1d" and csv.is_file():
+            bars = read_csv_table(csv, DAILY_COLUMNS, optional=("volume", "open_interest"))
+            # A daily file is the front month already; it names no contract.
+            return bars.with_columns(pl.lit(dataset.symbol).alias("symbol"))
+        where = f"{root}/dbn/{DATABENTO_DATASET}/*.dbn.zst with {dataset.schema} records of {dataset.symbol}"
+        if dataset.schema == "ohlcv-1d":
+            where += f", or {csv}"
+        raise RawDataError(f"{self.label} has no {dataset.describe()}: expected {where}. Add the file or pick another source.")
+
+
+def _within(dataset: RawDataset, start: dt.date, end: dt.date) -> pl.Expr:
+    if dataset.intraday:
+        opens, closes = globex_session(start)[0], globex_session(end)[1]
+        return pl.col("ts_event").is_between(opens, closes, closed="left")
+    return pl.col("ts_event").dt.date().is_between(start, end)
