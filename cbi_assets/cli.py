@@ -110,7 +110,7 @@ def _print_results(settings: Settings, dagster_home: str) -> None:
     )
 
 
-def dev(settings: Settings, extra: list[str]) -> int:
+def dev(extra: list[str]) -> int:
     env = dict(os.environ)
     env.setdefault("DAGSTER_HOME", str(PROJECT_ROOT / ".dagster"))
     dagster = str(Path(sys.executable).with_name("dagster"))
@@ -119,16 +119,17 @@ def dev(settings: Settings, extra: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    settings = Settings.from_env()
+    if argv[:1] == ["dev"]:  # everything after `dev` belongs to `dagster dev` (-h, -p, ...)
+        return dev(argv[1:])
     parser = argparse.ArgumentParser(prog="cbi", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=("demo", "plan", "dev"))
-    args, extra = parser.parse_known_args(argv)
-    settings = Settings.from_env()
+    args = parser.parse_args(argv)
     if args.command == "plan":
         for step in plan(settings):
             print(step.selection, step.partition_range or "-")
         return 0
-    if args.command == "dev":
-        return dev(settings, extra)
     return demo(settings)
 
 
