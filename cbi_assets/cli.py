@@ -38,8 +38,8 @@ class Step:
 
 
 def plan(settings: Settings) -> list[Step]:
-    """The layers in order, each with the partition keys the sample holds for it."""
-    from cbi_assets.raw.assets import ROLL_CALENDARS, raw_inventory
+    """The layers in order: the raw day partitions the sample holds, then every derived asset."""
+    from cbi_assets.definitions import defs
     from cbi_assets.raw.datasets import RAW_DATASETS
     from cbi_assets.raw.partitions import market_days, partitions_for
     from resources import sample_source
@@ -58,8 +58,10 @@ def plan(settings: Settings) -> list[Step]:
         Step(f"raw layer, {len(keys)} datasets, {first}..{last}", ",".join(keys), f"{first}...{last}")
         for (_, first, last), keys in sorted(groups.items())
     ]
-    derived = [k.to_user_string() for a in (*ROLL_CALENDARS, raw_inventory) for k in a.keys]
-    steps.append(Step("roll calendars and lake inventory", ",".join(derived), None))
+    graph = defs.resolve_asset_graph()
+    derived = sorted(k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).partitions_def is None)
+    # One run: Dagster orders the derived layers (rolls, features, ...) by their dependencies.
+    steps.append(Step(f"derived layers, {len(derived)} assets", ",".join(derived), None))
     return steps
 
 
@@ -104,7 +106,10 @@ def _print_results(settings: Settings, dagster_home: str) -> None:
     print(
         "\nWhere the results are:\n"
         f"  lake (Parquet)      {settings.lake}/{{shared,ZL,MES}}/raw/<dataset>/date=YYYY-MM-DD/\n"
-        f"  roll calendars      {settings.lake}/ZL/raw/roll_calendar.parquet, {settings.lake}/MES/raw/roll_calendar.parquet\n"
+        f"  roll calendars      {settings.lake}/{{ZL,MES}}/raw/roll_calendar.parquet\n"
+        f"  shared features     {settings.lake}/shared/{{macro,volatility,fx,cross_asset}}/*_1d.parquet\n"
+        f"  master features     {settings.lake}/ZL/features/master_1d.parquet, {settings.lake}/MES/features/master_<timeframe>.parquet\n"
+        f"  feature catalogue   {settings.lake}/feature_catalogue.parquet (warehouse: features.catalogue)\n"
         f"  warehouse (DuckDB)  {settings.warehouse}  (table lake.raw_inventory)\n"
         f"  Dagster runs        {dagster_home}  (open the web UI: cbi dev)"
     )

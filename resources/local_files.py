@@ -34,18 +34,21 @@ class LocalFilesSource(dg.ConfigurableResource):
     def fetch(self, dataset: RawDataset, start: dt.date, end: dt.date) -> pl.DataFrame:
         root = Path(self.root)
         if dataset.role == "futures":
-            frame = self._futures(root, dataset)
+            frame = self._futures(root, dataset, start, end)
         elif dataset.role == "macro":
             frame = read_csv_table(root / "fred" / f"{dataset.symbol}.csv", FRED_COLUMNS)
         else:
             frame = read_csv_table(root / "yahoo" / f"{dataset.symbol}.csv", YAHOO_COLUMNS, optional=("adj_close", "volume"))
         return frame.filter(_within(dataset, start, end))
 
-    def _futures(self, root: Path, dataset: RawDataset) -> pl.DataFrame:
+    def _futures(self, root: Path, dataset: RawDataset, start: dt.date, end: dt.date) -> pl.DataFrame:
         paths = dbn_files(root / "dbn" / DATABENTO_DATASET, dataset.schema, dataset.symbol)
-        if paths:
-            return read_dbn_files(paths)
         csv = root / "daily" / f"{dataset.symbol}.csv"
+        if paths:
+            records = read_dbn_files(paths)
+            # A DBN download wins over a daily file, unless it holds nothing of the requested days.
+            if not csv.is_file() or not records.filter(_within(dataset, start, end)).is_empty():
+                return records
         if dataset.schema == "ohlcv-1d" and csv.is_file():
             bars = read_csv_table(csv, DAILY_COLUMNS, optional=("volume", "open_interest"))
             # A daily file is the front month already; it names no contract.

@@ -1,0 +1,320 @@
+"""Feature layer assets: thin wiring around the functions of cbi_assets.features.
+
+Each asset reads its inputs from the lake, computes a table, writes it atomically with its
+catalogue entries, and reports the feature-table checks with what they found.
+"""
+
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from cbi_assets.catalogue import FRED_SERIES, INTRADAY_TIMEFRAMES, TIMEFRAMES
+from cbi_assets.features import inputs, layers
+from cbi_assets.features.master import MIN_FEATURES, Table, intraday_master, microstructure_table
+from cbi_assets.features.quality import calendar_finding, distinct_finding, finite_finding, null_finding, order_finding
+from cbi_assets.features.spec import catalogue_frame
+from cbi_assets.features.tables import read_table, write_table
+from cbi_assets.raw.datasets import RAW_DATASETS
+from cbi_assets.ui import table as md_table
+
+CHECKS = {
+    "finite": "No infinite values in any feature.",
+    "nulls_after_warmup": "Each feature has at most 5% nulls once its window has filled.",
+    "increasing": "Rows strictly increasing in time.",
+    "calendar": "Rows in line with the exchange calendar.",
+}
+MASTER_CHECKS = {**CHECKS, "distinct": "Enough features; none constant, none a copy of another."}
+
+def _raw_keys(*names: str) -> list[dg.AssetKey]:
+    return [RAW_DATASETS[n].key for n in names]
+
+
+def _lake(context) -> Path:
+    return Path(context.resources.lake.root)
+
+
+def _checked(context, table: Table, path: Path, name: str, timeframe: str, master: str | None = None) -> dg.MaterializeResult:
+    write_table(table, path, name)
+    findings = {
+        "finite": finite_finding(table),
+        "nulls_after_warmup": null_finding(table),
+        "increasing": order_finding(table),
+        "calendar": calendar_finding(table, timeframe),
+    }
+    if master:
+        findings["distinct"] = distinct_finding(table, MIN_FEATURES[master])
+    frame = table.frame
+    by_layer = pl.DataFrame({"layer": [s.layer for s in table.specs]}).group_by("layer").len().sort("len", descending=True)
+    context.log.info(f"{name}: {frame.height:,} rows x {len(table.features)} features -> {path}")
+    key = "ts" if "ts" in frame.columns else "date"
+    return dg.MaterializeResult(
+        metadata={
+            "rows": frame.height,
+            "features": len(table.features),
+            "first": str(frame[key].min()) if frame.height else None,
+            "last": str(frame[key].max()) if frame.height else None,
+            "path": dg.MetadataValue.path(str(path)),
+            "features_by_layer": md_table(by_layer),
+            "nulls_worst": dg.MetadataValue.json(findings["nulls_after_warmup"].metadata["worst"]),
+            "preview": md_table(frame.tail(3).select(list(table.keys) + table.features[:8]), 3),
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name=check, passed=f.passed, description=f.summary,
+                severity=dg.AssetCheckSeverity.ERROR if check in ("finite", "increasing", "distinct") else dg.AssetCheckSeverity.WARN,
+                metadata={k: v if isinstance(v, (int, float, str)) else dg.MetadataValue.json(v) for k, v in f.metadata.items()},
+            )
+            for check, f in findings.items()
+        ],
+    )
+
+
+def _feature_asset(key: str, description: str, deps: list, timeframe: str = "1d", master: str | None = None):
+    """Decorator for a feature asset with its checks, in the group of its area."""
+    asset_key = dg.AssetKey(key.split("/"))
+    return dg.asset(
+        key=asset_key,
+        description=description,
+        deps=deps,
+        group_name=f"{key.split('/')[0]}_features",
+        required_resource_keys={"lake"},
+        check_specs=[dg.AssetCheckSpec(name, asset=asset_key, description=text)
+                     for name, text in (MASTER_CHECKS if master else CHECKS).items()],
+        kinds={"polars", "parquet"},
+        tags={"layer": "features"},
+        metadata={"timeframe": timeframe},
+    )
+
+
+def _write_bars(context, frame: pl.DataFrame, path: Path) -> dg.MaterializeResult:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    incoming = path.with_name(f".{path.name}.incoming")
+    frame.write_parquet(incoming, compression="zstd")
+    incoming.replace(path)
+    return dg.MaterializeResult(metadata={"rows": frame.height, "path": dg.MetadataValue.path(str(path)),
+                                          "preview": md_table(frame.tail(5), 5)})
+
+
+# --- Continuous daily bars ----------------------------------------------------------------------
+
+
+@dg.asset(
+    key=["zl", "features", "continuous_1d"], group_name="zl_features", required_resource_keys={"lake"},
+    deps=_raw_keys(*(f"{s.lower()}_ohlcv_1d" for s in inputs.ZL_SYMBOLS)),
+    description="Front-month daily bars of ZL, ZS, ZM, CL and HO by volume, with the roll adjustment factor.",
+    kinds={"polars", "parquet"}, tags={"layer": "features"},
+)
+def zl_continuous(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    series = inputs.continuous(inputs.daily_bars(_lake(context), inputs.ZL_SYMBOLS))
+    frame = pl.concat([f.with_columns(pl.lit(s).alias("symbol")) for s, f in series.items()])
+    return _write_bars(context, frame, _lake(context) / "ZL" / "features" / "continuous_1d.parquet")
+
+
+@dg.asset(
+    key=["mes", "features", "continuous_1d"], group_name="mes_features", required_resource_keys={"lake"},
+    deps=_raw_keys("es_ohlcv_1d", "mes_ohlcv_1d"),
+    description="E-mini and MES front daily bars; `mes` carries the E-mini's history before MES listed (May 2019).",
+    kinds={"polars", "parquet"}, tags={"layer": "features"},
+)
+def mes_continuous(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    series = inputs.continuous(inputs.daily_bars(_lake(context), inputs.MES_SYMBOLS))
+    frame = pl.concat([f.with_columns(pl.lit(s).alias("symbol")) for s, f in series.items()])
+    return _write_bars(context, frame, _lake(context) / "MES" / "features" / "continuous_1d.parquet")
+
+
+def _continuous(lake: Path, areas: tuple[str, ...] = ("ZL", "MES")) -> dict[str, pl.DataFrame]:
+    out = {}
+    for area in areas:
+        frame = pl.read_parquet(lake / area / "features" / "continuous_1d.parquet")
+        for (symbol,), part in frame.partition_by("symbol", as_dict=True).items():
+            out[symbol] = part.drop("symbol").sort("date")
+    return out
+
+
+CONTINUOUS = [dg.AssetKey(["zl", "features", "continuous_1d"]), dg.AssetKey(["mes", "features", "continuous_1d"])]
+
+
+# --- Shared layer -------------------------------------------------------------------------------
+
+
+def shared_path(lake: Path, name: str) -> Path:
+    return lake / "shared" / name / f"{name}_1d.parquet"
+
+
+SHARED_DESCRIPTIONS = {
+    "macro": ("Rates, curve, policy path, dollar, inflation expectations, credit spread and CPI, each placed on the "
+              "session it was published (per-series release lags).", [f"fred_{s.lower()}" for s in FRED_SERIES]),
+    "volatility": ("VIX level, percentile and bands; realised volatility of ES and ZL; vol of vol.", ["yahoo_vix", "fred_vixcls"]),
+    "fx": ("The dollar against CNY, EUR, JPY, BRL and MYR (where a source has them): levels, returns, volatility.",
+           ["fred_dexchus", "fred_dexuseu", "fred_dexjpus", "yahoo_brl", "yahoo_myr", "yahoo_dxy"]),
+    "cross_asset": ("Rolling correlations and betas of ZL against CL, HO, MES (E-mini) and the dollar at 21/63/252 sessions.",
+                    ["yahoo_dxy", "fred_dtwexbgs"]),
+}
+
+
+def _shared_asset(name: str):
+    description, raw = SHARED_DESCRIPTIONS[name]
+
+    @_feature_asset(f"shared/features/{name}", description, _raw_keys(*raw) + CONTINUOUS)
+    def _shared(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        lake = _lake(context)
+        table = layers.shared_layer(name, _continuous(lake), inputs.lake_series(lake))
+        return _checked(context, table, shared_path(lake, name), f"shared_{name}", "1d")
+
+    return _shared
+
+
+SHARED_ASSETS = [_shared_asset(name) for name in layers.SHARED_LAYERS]
+
+
+SHARED_KEYS = [dg.AssetKey(["shared", "features", n]) for n in layers.SHARED_LAYERS]
+
+
+def _shared_tables(lake: Path) -> list[Table]:
+    return [read_table(shared_path(lake, n)) for n in layers.SHARED_LAYERS]
+
+
+# --- Asset layers and daily masters -------------------------------------------------------------
+
+
+def layer_path(lake: Path, asset: str) -> Path:
+    return lake / asset.upper() / "features" / f"{asset}_layer_1d.parquet"
+
+
+def master_path(lake: Path, asset: str, timeframe: str) -> Path:
+    return lake / asset.upper() / "features" / f"master_{timeframe}.parquet"
+
+
+@_feature_asset("zl/features/zl_layer_1d", "ZL technicals, the core of ZS/ZM/CL/HO, the crush margin, oil share, BOHO, "
+                "ZL/CL ratio and the crop-year seasons.", CONTINUOUS)
+def zl_layer(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    lake = _lake(context)
+    table = layers.asset_layer("zl", _continuous(lake))
+    return _checked(context, table, layer_path(lake, "zl"), "zl_layer_1d", "1d")
+
+
+@_feature_asset("mes/features/mes_layer_1d", "MES daily technicals (E-mini before May 2019) and the core of ZL/CL/HO.", CONTINUOUS)
+def mes_layer(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    lake = _lake(context)
+    table = layers.asset_layer("mes", _continuous(lake))
+    return _checked(context, table, layer_path(lake, "mes"), "mes_layer_1d", "1d")
+
+
+@_feature_asset("zl/features/master_1d", "ZL master features: the ZL layer with the shared layer, per session.",
+                [dg.AssetKey(["zl", "features", "zl_layer_1d"]), *SHARED_KEYS], master="daily")
+def zl_master(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    lake = _lake(context)
+    table = layers.asset_master("zl", read_table(layer_path(lake, "zl")), _shared_tables(lake))
+    return _checked(context, table, master_path(lake, "zl", "1d"), "zl_master_1d", "1d", master="daily")
+
+
+@_feature_asset("mes/features/master_1d", "MES daily master features: the MES layer, the equity calendar and the shared layer.",
+                [dg.AssetKey(["mes", "features", "mes_layer_1d"]), *SHARED_KEYS], master="daily")
+def mes_master_1d(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    lake = _lake(context)
+    table = layers.asset_master("mes", read_table(layer_path(lake, "mes")), _shared_tables(lake))
+    return _checked(context, table, master_path(lake, "mes", "1d"), "mes_master_1d", "1d", master="daily")
+
+
+# --- MES intraday -------------------------------------------------------------------------------
+
+
+def bars_path(lake: Path, timeframe: str) -> Path:
+    return lake / "MES" / "features" / f"bars_{timeframe}.parquet"
+
+
+@dg.asset(
+    key=["mes", "features", "bars"], group_name="mes_features", required_resource_keys={"lake"},
+    deps=[RAW_DATASETS["mes_ohlcv_1m"].key, dg.AssetKey(["mes", "features", "continuous_1d"])],
+    description="The canonical MES 1-minute bar table and, from it, bars at 5min, 15min, 30min, 1h, 4h and 1d "
+                "aligned to the Globex session; each bar stamped with its close `ts`.",
+    kinds={"polars", "parquet"}, tags={"layer": "features"},
+)
+def mes_bars(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    from cbi_assets.features.bars import resample
+
+    lake = _lake(context)
+    minutes = inputs.minutes(inputs.read_raw(lake, "mes_ohlcv_1m"), _continuous(lake, ("MES",))["mes"])
+    if minutes is None:
+        raise dg.Failure("mes/raw/mes_ohlcv_1m has no records: materialize its partitions first")
+    counts = {}
+    for timeframe in TIMEFRAMES:
+        frame = resample(minutes, timeframe)
+        _write_bars(context, frame, bars_path(lake, timeframe))
+        counts[timeframe] = frame.height
+    return dg.MaterializeResult(metadata={"bars": dg.MetadataValue.json(counts),
+                                          "path": dg.MetadataValue.path(str(bars_path(lake, "1min").parent))})
+
+
+def micro_path(lake: Path) -> Path:
+    return lake / "MES" / "features" / "microstructure_1min.parquet"
+
+
+@_feature_asset("mes/features/microstructure_1min", "Order flow, microprice, spreads, depth imbalance, aggressor flow, "
+                "trade and quote intensity and liquidity estimates from MES trades, TBBO and MBP-10, per minute.",
+                [*_raw_keys("mes_trades", "mes_tbbo", "mes_mbp_10"), dg.AssetKey(["mes", "features", "bars"])], timeframe="1min")
+def mes_microstructure(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    lake = _lake(context)
+    minutes = pl.read_parquet(bars_path(lake, "1min"))
+    ticks = inputs.lake_ticks(lake)
+    table = microstructure_table(minutes, ticks["trades"], ticks["tbbo"], ticks["mbp_10"])
+    return _checked(context, table, micro_path(lake), "mes_microstructure_1min", "1min")
+
+
+def _intraday_master_asset(timeframe: str):
+    @_feature_asset(f"mes/features/master_{timeframe}",
+                    f"MES {timeframe} master features: {timeframe} technicals, closed higher-timeframe bars, "
+                    "microstructure, session and calendar, and the last settled session's daily layers.",
+                    [dg.AssetKey(["mes", "features", "bars"]), dg.AssetKey(["mes", "features", "microstructure_1min"]),
+                     dg.AssetKey(["mes", "features", "master_1d"])], timeframe=timeframe, master="intraday")
+    def _master(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        lake = _lake(context)
+        minutes = pl.read_parquet(bars_path(lake, "1min"))
+        micro = read_table(micro_path(lake)) if micro_path(lake).is_file() else None
+        table = intraday_master(timeframe, minutes, micro, read_table(master_path(lake, "mes", "1d")))
+        return _checked(context, table, master_path(lake, "mes", timeframe), f"mes_master_{timeframe}", timeframe,
+                        master="intraday")
+
+    return _master
+
+
+INTRADAY_MASTERS = [_intraday_master_asset(tf) for tf in INTRADAY_TIMEFRAMES]
+MASTER_KEYS = [dg.AssetKey(["zl", "features", "master_1d"]), dg.AssetKey(["mes", "features", "master_1d"]),
+               *(dg.AssetKey(["mes", "features", f"master_{tf}"]) for tf in INTRADAY_TIMEFRAMES)]
+
+
+@dg.asset(
+    key=["features", "catalogue"], group_name="features", deps=MASTER_KEYS,
+    required_resource_keys={"lake", "warehouse"},
+    description="Every feature of every master table with its layer, source, timeframe, window and lag.",
+    kinds={"duckdb", "parquet"}, tags={"layer": "features"},
+)
+def feature_catalogue(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    lake = _lake(context)
+    tables = {"zl_master_1d": master_path(lake, "zl", "1d"), "mes_master_1d": master_path(lake, "mes", "1d"),
+              **{f"mes_master_{tf}": master_path(lake, "mes", tf) for tf in INTRADAY_TIMEFRAMES}}
+    catalogue = pl.concat([catalogue_frame(read_table(path).specs, name) for name, path in tables.items()])
+    path = lake / "feature_catalogue.parquet"
+    catalogue.write_parquet(path.with_name(".feature_catalogue.parquet.incoming"))
+    path.with_name(".feature_catalogue.parquet.incoming").replace(path)
+    with context.resources.warehouse.get_connection() as conn:
+        conn.execute("create schema if not exists features")
+        conn.register("catalogue", catalogue.to_arrow())
+        conn.execute("create or replace table features.catalogue as select * from catalogue")
+    counts = catalogue.group_by("table").len().sort("table")
+    return dg.MaterializeResult(metadata={
+        "features": catalogue.height,
+        "distinct_names": catalogue["name"].n_unique(),
+        "per_table": md_table(counts, 20),
+        "catalogue": md_table(catalogue.filter(pl.col("table") == "zl_master_1d").select(
+            "name", "layer", "source", "timeframe", "window", "lag", "description"), 300),
+        "path": dg.MetadataValue.path(str(path)),
+        "table": "features.catalogue",
+    })
+
+
+FEATURE_ASSETS = [
+    zl_continuous, mes_continuous, *SHARED_ASSETS,
+    zl_layer, mes_layer, zl_master, mes_master_1d, mes_bars, mes_microstructure, *INTRADAY_MASTERS, feature_catalogue,
+]

@@ -1,0 +1,79 @@
+"""The feature layers from their inputs, as plain functions (the assets, tests and benchmark call these).
+
+Inputs: `continuous` maps lower-case futures symbols ("zl", "zs", ..., "es", "mes") to continuous
+front daily bars; `series` maps FRED ids and Yahoo tickers to (`date`, `value`); `minutes` is the
+canonical MES 1-minute table; `ticks` holds the raw MES trades, TBBO and MBP-10 records.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from cbi_assets.calendars import settlement_days
+from cbi_assets.catalogue import INTRADAY_TIMEFRAMES
+from cbi_assets.features.cross_asset import cross_asset_features
+from cbi_assets.features.fx import fx_features
+from cbi_assets.features.macro import macro_features
+from cbi_assets.features.master import RELATED, Table, daily_layer, daily_master, intraday_master, microstructure_table, shared_table
+from cbi_assets.features.pit import RELEASE_LAGS, SAME_DAY, on_grid
+from cbi_assets.features.volatility import volatility_features
+
+SHARED_LAYERS = ("macro", "volatility", "fx", "cross_asset")
+
+
+def session_grid(continuous: dict[str, pl.DataFrame]) -> pl.DataFrame:
+    """Every settlement session from the first to the last daily bar, and any day a market settled."""
+    days = pl.concat([f.select("date") for f in continuous.values() if f.height])
+    sessions = pl.DataFrame({"date": settlement_days(days["date"].min(), days["date"].max())})
+    return pl.concat([sessions, days]).unique().sort("date")
+
+
+def shared_layer(name: str, continuous: dict[str, pl.DataFrame], series: dict[str, pl.DataFrame]) -> Table:
+    grid = session_grid(continuous)
+    if name == "macro":
+        return shared_table(*macro_features(grid, series))
+    if name == "volatility":
+        # A VIX close from Yahoo is known at the close; FRED's copy is published a day later.
+        if "^VIX" in series:
+            vix, lag, source = series["^VIX"], SAME_DAY, "Yahoo ^VIX"
+        else:
+            vix, lag, source = series.get("VIXCLS"), RELEASE_LAGS["VIXCLS"], "FRED VIXCLS"
+        return shared_table(*volatility_features(grid, vix, lag, source, continuous.get("mes"), continuous.get("zl")))
+    if name == "fx":
+        return shared_table(*fx_features(grid, series))
+    if name == "cross_asset":
+        prices = {s: continuous[s].select("date", (pl.col("close") * pl.col("adj")).alias("px"))
+                  for s in ("zl", "cl", "ho", "mes") if s in continuous}
+        source = ""
+        for key, label in (("DX-Y.NYB", "Yahoo DX-Y.NYB"), ("DTWEXBGS", "FRED DTWEXBGS")):
+            if key in series:
+                lag = RELEASE_LAGS.get(key, SAME_DAY) if label.startswith("FRED") else SAME_DAY
+                prices["dollar"], source = on_grid(grid, series[key], "value", lag, "px"), label
+                break
+        return shared_table(*cross_asset_features(grid, prices, source))
+    raise ValueError(f"unknown shared layer {name!r}; layers: {SHARED_LAYERS}")
+
+
+def asset_layer(asset: str, continuous: dict[str, pl.DataFrame]) -> Table:
+    return daily_layer(asset, continuous, RELATED[asset], soy=asset == "zl")
+
+
+def asset_master(asset: str, layer: Table, shared: list[Table]) -> Table:
+    return daily_master(layer, shared, calendar=asset == "mes")
+
+
+def build_all(continuous: dict[str, pl.DataFrame], series: dict[str, pl.DataFrame], minutes: pl.DataFrame | None,
+              ticks: dict[str, pl.DataFrame | None]) -> dict[str, Table]:
+    """Every feature table, by name: the shared layers, both asset layers and every master table."""
+    tables = {f"shared_{name}": shared_layer(name, continuous, series) for name in SHARED_LAYERS}
+    shared = [tables[f"shared_{name}"] for name in SHARED_LAYERS]
+    for asset in ("zl", "mes"):
+        tables[f"{asset}_layer_1d"] = asset_layer(asset, continuous)
+        tables[f"{asset}_master_1d"] = asset_master(asset, tables[f"{asset}_layer_1d"], shared)
+    if minutes is not None:
+        tables["mes_microstructure_1min"] = microstructure_table(minutes, ticks.get("trades"), ticks.get("tbbo"), ticks.get("mbp_10"))
+        for timeframe in INTRADAY_TIMEFRAMES:
+            tables[f"mes_master_{timeframe}"] = intraday_master(
+                timeframe, minutes, tables["mes_microstructure_1min"], tables["mes_master_1d"]
+            )
+    return tables

@@ -1,0 +1,161 @@
+"""Master feature tables: each asset's layer composed with the shared layer, point in time.
+
+Daily tables (ZL 1d, MES 1d) join the shared layer on the session date; every shared value on a
+date is one published by that session. Intraday MES tables (1min..4h) are keyed by the bar's
+close `ts` and take, by as-of joins on that time, only what was known then: closed bars of the
+higher timeframes, the closed minute's microstructure, and the daily and shared values of the
+last session that had settled (17:00 Chicago).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+from cbi_assets.catalogue import FUTURES, INTRADAY_TIMEFRAMES, TIMEFRAMES
+from cbi_assets.features.bars import OHLCV, resample, settled_at
+from cbi_assets.features.equity_calendar import calendar_features, calendar_table, session_features
+from cbi_assets.features.microstructure import microstructure_features, minute_microstructure
+from cbi_assets.features.soy_complex import seasonality_features, soy_complex_features
+from cbi_assets.features.spec import FeatureSet, FeatureSpec
+from cbi_assets.features.technical import CORE, CORE_INTRADAY, DAILY, INTRADAY, technical_features
+
+# An intraday table is microstructure-heavy: of the daily layers it carries the volatility layer,
+# the core of the MES daily technicals and these macro levels.
+INTRADAY_SHARED_LAYERS = ("shared/volatility",)
+INTRADAY_MACRO = ("ust_10y", "ust_2y", "curve_10y2y", "fed_funds", "hy_spread", "hy_spread_chg_5", "broad_dollar",
+                  "breakeven_10y", "policy_path", "real_10y", "dxy", "dxy_ret_1")
+MIN_FEATURES = {"daily": 200, "intraday": 150}
+# Markets whose daily core each asset's tables carry beside its own technicals.
+RELATED = {"zl": ("zs", "zm", "cl", "ho"), "mes": ("zl", "cl", "ho")}
+
+
+@dataclass
+class Table:
+    """A feature table: key columns, then feature columns described by `specs`."""
+
+    frame: pl.DataFrame
+    specs: list[FeatureSpec]
+    keys: tuple[str, ...]
+
+    @property
+    def features(self) -> list[str]:
+        return [s.name for s in self.specs]
+
+
+def adjusted(prefix: str) -> list[pl.Expr]:
+    """Roll-adjusted OHLC (returns never jump at a roll) and volume, as `<prefix>open`..."""
+    return [(pl.col(x) * pl.col("adj")).alias(f"{prefix}{x}") for x in OHLCV[:4]] + [pl.col("volume").alias(f"{prefix}volume")]
+
+
+def finish(frame: pl.DataFrame, keys: list[str], specs: list[FeatureSpec]) -> Table:
+    """Keys and features only, as Float32; NaN and infinities (0/0, x/0) become null."""
+    features = [
+        pl.when(pl.col(s.name).cast(pl.Float64).is_finite()).then(pl.col(s.name)).cast(pl.Float32).alias(s.name)
+        for s in specs
+    ]
+    return Table(frame.select(*keys, *features), list(specs), tuple(keys))
+
+
+def daily_layer(symbol: str, continuous: dict[str, pl.DataFrame], related: tuple[str, ...], soy: bool = False) -> Table:
+    """An asset's daily layer: its technicals, the core of related markets, and its own economics.
+
+    `continuous` maps lower-case symbols to continuous front daily bars (see bars.front_daily).
+    """
+    frame = continuous[symbol].select("date", pl.col("close").alias(f"{symbol}_close"), *adjusted(f"{symbol}_adj_"))
+    present = [other for other in related if other in continuous]
+    for other in present:
+        columns = continuous[other].select("date", pl.col("close").alias(f"{other}_close"), *adjusted(f"{other}_adj_"))
+        # A market that did not settle that day keeps its last settlement (a zero return).
+        frame = frame.join(columns, on="date", how="left").sort("date").with_columns(
+            pl.col(c).forward_fill() for c in columns.columns if c != "date"
+        )
+    fs = FeatureSet(layer=symbol.upper(), source=f"{symbol.upper()} front settlement", timeframe="1d", lag="settled close")
+    technical_features(fs, f"{symbol}_adj_", f"{symbol}_1d", DAILY)
+    for other in present:
+        sub = FeatureSet(layer=symbol.upper(), source=f"{other.upper()} front settlement", timeframe="1d", lag="settled close")
+        technical_features(sub, f"{other}_adj_", f"{other}_1d", CORE)
+        fs.extend(sub)
+    if soy and all(s in continuous for s in ("zs", "zm", "cl", "ho")):
+        soy_complex_features(fs)
+        seasonality_features(fs, pl.col("date"))
+    return finish(frame.sort("date").with_columns(fs.exprs), ["date"], fs.specs)
+
+
+def daily_master(layer: Table, shared: list[Table], calendar: bool = False) -> Table:
+    """The layer with the shared tables (and the equity calendar for MES) joined on the date."""
+    frame, specs = layer.frame, list(layer.specs)
+    if calendar:
+        frame = frame.join(calendar_table(frame["date"]), on="date", how="left")
+        sub = FeatureSet(layer=layer.specs[0].layer, source="exchange calendar", timeframe="1d", lag="known in advance")
+        calendar_features(sub)
+        specs += sub.specs
+    for table in shared:
+        frame = frame.join(table.frame, on="date", how="left")
+        specs += table.specs
+    frame = frame.with_columns(settled_at(pl.col("date")).alias("available_at"))
+    return finish(frame.sort("date"), ["date", "available_at"], specs)
+
+
+def shared_table(frame: pl.DataFrame, fs: FeatureSet) -> Table:
+    return finish(frame.sort("date").with_columns(fs.exprs), ["date"], fs.specs)
+
+
+def core_suffixes(windows=CORE) -> list[str]:
+    probe = FeatureSet(layer="", source="", timeframe="1d", lag="")
+    technical_features(probe, "", "x", windows)
+    return [n.removeprefix("x_") for n in probe.names]
+
+
+def intraday_master(timeframe: str, minutes: pl.DataFrame, micro: Table | None, mes_daily: Table) -> Table:
+    """The MES table of one intraday timeframe, keyed by bar close `ts`.
+
+    `minutes` is the canonical 1-minute table, `micro` the 1-minute microstructure features
+    (keyed by `ts`) and `mes_daily` the MES daily master (keyed by `available_at`).
+    """
+    bars = resample(minutes, timeframe).with_columns(adjusted("adj_"))
+    fs = FeatureSet(layer="MES", source="MES 1-minute bars", timeframe=timeframe, lag="closed bar")
+    technical_features(fs, "adj_", f"mes_{timeframe}", INTRADAY)
+    session_features(fs, TIMEFRAMES[timeframe])
+    frame, specs = bars.with_columns(fs.exprs), list(fs.specs)
+    # Higher intraday timeframes: only bars that had closed by this bar's close.
+    for higher in INTRADAY_TIMEFRAMES[INTRADAY_TIMEFRAMES.index(timeframe) + 1:]:
+        sub = FeatureSet(layer="MES", source="MES 1-minute bars", timeframe=higher, lag=f"closed {higher} bar")
+        technical_features(sub, "adj_", f"mes_{higher}", CORE_INTRADAY)
+        computed = resample(minutes, higher).with_columns(adjusted("adj_")).select(pl.col("ts").alias("ts_higher"), *sub.exprs)
+        frame = frame.join_asof(computed, left_on="ts", right_on="ts_higher", strategy="backward").drop("ts_higher")
+        specs += sub.specs
+    if micro is not None:
+        columns = micro.frame.select(pl.col("ts").alias("ts_minute"), *micro.features)
+        frame = frame.join_asof(columns, left_on="ts", right_on="ts_minute", strategy="backward").drop("ts_minute")
+        specs += micro.specs
+    # The last settled session's daily technicals (MES and its related markets) and shared layer.
+    wanted = {f"{m}_1d_{s}" for m in ("mes", *RELATED["mes"]) for s in core_suffixes()} | set(INTRADAY_MACRO)
+    carried = [s for s in mes_daily.specs if s.name in wanted or s.layer in INTRADAY_SHARED_LAYERS]
+    settled = mes_daily.frame.select("available_at", *(s.name for s in carried))
+    frame = frame.sort("ts").join_asof(settled, left_on="ts", right_on="available_at", strategy="backward").drop("available_at")
+    specs += carried
+    frame = frame.join(calendar_table(frame["trade_date"].unique().sort()), left_on="trade_date", right_on="date", how="left")
+    sub = FeatureSet(layer="MES", source="exchange calendar", timeframe="1d", lag="known in advance")
+    calendar_features(sub)
+    specs += sub.specs
+    return finish(frame.sort("ts"), ["ts_event", "ts", "trade_date"], specs)
+
+
+def microstructure_table(minutes: pl.DataFrame, trades: pl.DataFrame | None, tbbo: pl.DataFrame | None,
+                         book: pl.DataFrame | None) -> Table:
+    """1-minute microstructure features keyed like the minute bars; null where no ticks are stored."""
+    tick = FUTURES["MES"].tick_size
+    frame = minutes
+    if trades is not None and tbbo is not None and book is not None:
+        frame = frame.join(minute_microstructure(trades, tbbo, book, tick), on="ts_event", how="left")
+    fs = FeatureSet(layer="MES/microstructure", source="MES trades, TBBO, MBP-10", timeframe="1min", lag="closed 1-minute bar")
+    microstructure_features(fs, tick)
+    missing = [c for c in _MINUTE_COLUMNS if c not in frame.columns]
+    frame = frame.with_columns(pl.lit(None, pl.Float64).alias(c) for c in missing)
+    return finish(frame.sort("ts").with_columns(fs.exprs), ["ts_event", "ts", "trade_date"], fs.specs)
+
+
+_MINUTE_COLUMNS = ("ofi", "microprice_dev", "quoted_spread", "effective_spread", "depth_imbalance_1", "depth_imbalance_5",
+                   "depth_imbalance_10", "signed_volume", "buy_share", "trade_count", "quote_count", "mean_trade_size", "vwap")

@@ -1,0 +1,175 @@
+"""Technical indicator families on OHLCV bars, as polars expressions.
+
+Every function reads the columns `<p>open`, `<p>high`, `<p>low`, `<p>close`, `<p>volume` of one
+instrument (prefix `p`, e.g. "zl_") on one timeframe, and uses only the current and earlier bars,
+so a value at a bar's close is known at that close. Scale-free forms (returns, ratios to price)
+keep the features comparable across decades of price levels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import polars as pl
+
+from cbi_assets.catalogue import TIMEFRAMES
+from cbi_assets.features.spec import FeatureSet
+
+TRADING_DAYS = 252
+SESSION_MINUTES = 1_380  # a Globex session, 17:00-16:00 Chicago
+
+
+def bars_per_year(timeframe: str) -> float:
+    minutes = TIMEFRAMES[timeframe]
+    return TRADING_DAYS if minutes is None else TRADING_DAYS * SESSION_MINUTES / minutes
+
+
+# --- Indicators ---------------------------------------------------------------------------------
+
+
+def log_return(close: pl.Expr, n: int) -> pl.Expr:
+    return (close / close.shift(n)).log()
+
+
+def wilder(x: pl.Expr, n: int) -> pl.Expr:
+    """Wilder's smoothing (RSI, ATR): an exponential average with alpha 1/n."""
+    return x.ewm_mean(alpha=1 / n, adjust=False, min_samples=n)
+
+
+def rsi(close: pl.Expr, n: int) -> pl.Expr:
+    change = close.diff()
+    gain = wilder(change.clip(lower_bound=0), n)
+    loss = wilder((-change).clip(lower_bound=0), n)
+    return 100 - 100 / (1 + gain / loss)
+
+
+def ema(x: pl.Expr, span: int) -> pl.Expr:
+    return x.ewm_mean(span=span, adjust=False, min_samples=span)
+
+
+def true_range(high: pl.Expr, low: pl.Expr, close: pl.Expr) -> pl.Expr:
+    previous = close.shift(1)
+    return pl.max_horizontal(high - low, (high - previous).abs(), (low - previous).abs())
+
+
+def atr(high: pl.Expr, low: pl.Expr, close: pl.Expr, n: int) -> pl.Expr:
+    return wilder(true_range(high, low, close), n)
+
+
+def bollinger_position(close: pl.Expr, n: int, k: float = 2.0) -> pl.Expr:
+    """Where the close sits in the band: 0 at the lower band, 1 at the upper (population std)."""
+    mean, sd = close.rolling_mean(n), close.rolling_std(n, ddof=0)
+    return (close - (mean - k * sd)) / (2 * k * sd)
+
+
+def stochastic_k(high: pl.Expr, low: pl.Expr, close: pl.Expr, n: int) -> pl.Expr:
+    lowest, highest = low.rolling_min(n), high.rolling_max(n)
+    return (close - lowest) / (highest - lowest)
+
+
+# --- Window presets -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Look-back windows in bars of the family's timeframe."""
+
+    returns: tuple[int, ...]
+    volatility: tuple[int, ...]
+    rsi: tuple[int, ...]
+    atr: tuple[int, ...]
+    bollinger: tuple[int, ...]
+    sma: tuple[int, ...]
+    ema: tuple[int, ...]
+    high: tuple[int, ...]
+    momentum: tuple[int, ...]
+    shape: tuple[int, ...]  # skew, kurtosis, autocorrelation, efficiency, slope, range-based vol
+    volume: tuple[int, ...]
+    macd: tuple[tuple[int, int, int], ...] = ((12, 26, 9),)
+    full: bool = True  # the whole family, or the core of a related market
+
+
+DAILY = Windows(
+    returns=(1, 5, 21, 63, 126, 252), volatility=(5, 21, 63, 126, 252), rsi=(7, 14, 21), atr=(14, 63),
+    bollinger=(20, 50), sma=(5, 10, 20, 50, 100, 200), ema=(12, 26, 50), high=(21, 63, 252), momentum=(21, 63, 252),
+    shape=(21, 63), volume=(5, 21),
+)
+INTRADAY = Windows(
+    returns=(1, 5, 15, 30, 60, 240), volatility=(15, 30, 60, 240), rsi=(7, 14, 30), atr=(14, 60),
+    bollinger=(20, 60), sma=(5, 15, 30, 60, 240), ema=(12, 26, 60), high=(30, 60, 240), momentum=(30, 60, 240),
+    shape=(30, 120), volume=(5, 30),
+)
+# Higher timeframes seen from a lower one, and related markets: the core of the family.
+CORE = Windows(
+    returns=(1, 5, 21, 63), volatility=(21, 63), rsi=(14,), atr=(), bollinger=(20,), sma=(50, 200), ema=(),
+    high=(252,), momentum=(63,), shape=(), volume=(), macd=(), full=False,
+)
+CORE_INTRADAY = Windows(
+    returns=(1, 4, 12), volatility=(12, 48), rsi=(14,), atr=(14,), bollinger=(20,), sma=(20,), ema=(),
+    high=(48,), momentum=(), shape=(), volume=(), macd=((12, 26, 9),), full=False,
+)
+
+
+def technical_features(fs: FeatureSet, p: str, name: str, w: Windows) -> None:
+    """The technical families on one instrument's bars, added to `fs` as `<name>_<feature>`.
+
+    `p` prefixes the input columns; `name` prefixes the features (e.g. "mes_5min").
+    """
+    o, h, l, c, v = (pl.col(f"{p}{x}") for x in ("open", "high", "low", "close", "volume"))
+    r1 = log_return(c, 1)
+    year = bars_per_year(fs.timeframe)
+    for n in w.returns:
+        fs.add(f"{name}_ret_{n}", log_return(c, n), f"log return over {n} bars", n)
+    for n in w.volatility:
+        fs.add(f"{name}_vol_{n}", r1.rolling_std(n) * math.sqrt(year), f"annualised std of 1-bar log returns over {n} bars", n)
+    for n in w.rsi:
+        fs.add(f"{name}_rsi_{n}", rsi(c, n), f"Wilder RSI over {n} bars (0-100)", n)
+    for fast, slow, signal in w.macd:
+        line = (ema(c, fast) - ema(c, slow)) / c
+        fs.add(f"{name}_macd_{fast}_{slow}", line, f"MACD line EMA{fast}-EMA{slow}, as a fraction of price", slow)
+        fs.add(f"{name}_macd_signal_{signal}", ema(line, signal), f"MACD signal: EMA{signal} of the MACD line", slow + signal)
+        fs.add(f"{name}_macd_hist_{signal}", line - ema(line, signal), "MACD histogram: line minus signal", slow + signal)
+    for n in w.atr:
+        fs.add(f"{name}_atr_{n}", atr(h, l, c, n) / c, f"Wilder average true range over {n} bars, fraction of price", n)
+    for n in w.bollinger:
+        fs.add(f"{name}_boll_pos_{n}", bollinger_position(c, n), f"position in the {n}-bar 2-sigma Bollinger band (0 lower, 1 upper)", n)
+        if w.full:
+            fs.add(f"{name}_boll_width_{n}", 4 * c.rolling_std(n, ddof=0) / c.rolling_mean(n), f"{n}-bar Bollinger band width / mean", n)
+    for n in w.sma:
+        fs.add(f"{name}_sma_dist_{n}", c / c.rolling_mean(n) - 1, f"close over its {n}-bar simple moving average, minus 1", n)
+    for n in w.ema:
+        fs.add(f"{name}_ema_dist_{n}", c / ema(c, n) - 1, f"close over its {n}-bar exponential moving average, minus 1", n)
+    for n in w.high:
+        fs.add(f"{name}_drawdown_{n}", c / c.rolling_max(n) - 1, f"drawdown from the {n}-bar highest close", n)
+        if w.full:
+            fs.add(f"{name}_above_low_{n}", c / c.rolling_min(n) - 1, f"rise above the {n}-bar lowest close", n)
+    for n in w.momentum:
+        fs.add(f"{name}_mom_z_{n}", log_return(c, n) / (r1.rolling_std(n) * math.sqrt(n)),
+               f"{n}-bar return in units of its own volatility (risk-adjusted momentum)", n)
+    if not w.full:
+        return
+    fs.add(f"{name}_stoch_k_14", stochastic_k(h, l, c, 14), "stochastic %K: close in the 14-bar high-low range", 14)
+    fs.add(f"{name}_stoch_d_14", stochastic_k(h, l, c, 14).rolling_mean(3), "stochastic %D: 3-bar mean of %K", 16)
+    fs.add(f"{name}_range", (h - l) / c, "bar range (high - low) / close")
+    fs.add(f"{name}_close_loc", pl.when(h > l).then((c - l) / (h - l)).otherwise(0.5),
+           "close location in the bar (0 at low, 1 at high; 0.5 when the bar did not move)")
+    fs.add(f"{name}_body", c / o - 1, "bar body: close / open - 1")
+    fs.add(f"{name}_gap", o / c.shift(1) - 1, "gap: open / previous close - 1", 1)
+    for n in w.shape:
+        fs.add(f"{name}_skew_{n}", r1.rolling_skew(n), f"skewness of 1-bar returns over {n} bars", n)
+        fs.add(f"{name}_kurt_{n}", r1.rolling_kurtosis(n), f"excess kurtosis of 1-bar returns over {n} bars", n)
+        fs.add(f"{name}_autocorr_{n}", pl.rolling_corr(r1, r1.shift(1), window_size=n), f"lag-1 autocorrelation of returns over {n} bars", n + 1)
+        fs.add(f"{name}_efficiency_{n}", (c - c.shift(n)).abs() / c.diff().abs().rolling_sum(n),
+               f"Kaufman efficiency: net move / path length over {n} bars", n)
+        fs.add(f"{name}_parkinson_{n}", ((h / l).log().pow(2).rolling_mean(n) / (4 * math.log(2))).sqrt() * math.sqrt(year),
+               f"Parkinson high-low volatility over {n} bars, annualised", n)
+        gk = 0.5 * (h / l).log().pow(2) - (2 * math.log(2) - 1) * (c / o).log().pow(2)
+        fs.add(f"{name}_garman_klass_{n}", gk.rolling_mean(n).sqrt() * math.sqrt(year), f"Garman-Klass volatility over {n} bars, annualised", n)
+        t = pl.int_range(pl.len()).cast(pl.Float64)
+        fs.add(f"{name}_slope_{n}", pl.rolling_cov(t, c.log(), window_size=n) / pl.rolling_cov(t, t, window_size=n),
+               f"least-squares slope of log price per bar over {n} bars", n)
+    for n in w.volume:
+        fs.add(f"{name}_volume_z_{n}", (v - v.rolling_mean(n)) / v.rolling_std(n), f"volume z-score over {n} bars", n)
+    fs.add(f"{name}_obv_slope_{w.volume[-1]}", (r1.sign() * v).rolling_sum(w.volume[-1]) / v.rolling_sum(w.volume[-1]),
+           f"on-balance volume over {w.volume[-1]} bars, as a fraction of volume traded", w.volume[-1])

@@ -1,0 +1,95 @@
+"""No look-ahead: change every input after a time t, rebuild, and every row up to t is unchanged."""
+
+import datetime as dt
+
+import numpy as np
+import polars as pl
+import pytest
+
+from cbi_assets.calendars import CHICAGO, trade_date
+from cbi_assets.features.bars import settled_at
+from cbi_assets.features.layers import build_all
+from cbi_assets.raw.datasets import RAW_DATASETS
+from cbi_assets_tests.conftest import feature_inputs, sample_records
+
+CUT_DAY = dt.date(2023, 6, 28)  # daily tables: every input after this session changes
+
+
+def perturb(records: dict, day: dt.date, moment: dt.datetime, settled_too: bool = False) -> dict:
+    """Records of `day` and before (and intraday ones before `moment`) kept; everything later changed.
+
+    With `settled_too`, the daily bars of `day` itself change as well: intraday rows before that
+    session's settlement must not see it.
+
+    Prices move by up to 5%, volumes and values change, and a fifth of the later rows disappear.
+    FRED values dated on or after `day` change too (published the next session), and CPI values
+    within the 45 days of its release lag.
+    """
+    rng = np.random.default_rng(3)
+    out = {}
+    for name, frame in records.items():
+        dataset = RAW_DATASETS[name]
+        if dataset.kind in ("trades", "tbbo", "mbp-10"):
+            later = pl.col("ts_recv") >= moment
+        elif dataset.intraday:
+            later = pl.col("ts_event") >= moment
+        elif name == "fred_cpiaucsl":
+            later = pl.col("ts_event").dt.date() > day - dt.timedelta(days=45)
+        elif dataset.role == "macro":
+            later = pl.col("ts_event").dt.date() >= day
+        elif settled_too:
+            later = pl.col("ts_event").dt.date() >= day
+        else:
+            later = pl.col("ts_event").dt.date() > day
+        mask = frame.select(later.alias("m"))["m"]
+        factor = pl.Series(1 + rng.uniform(-0.05, 0.05, frame.height))
+        changes = []
+        for column, dtype in frame.schema.items():
+            if column in ("ts_event", "ts_recv", "instrument_id", "sequence", "publisher_id") or not dtype.is_numeric():
+                continue
+            changed = (pl.col(column) * factor).cast(dtype) if dtype.is_float() else (pl.col(column) * 2 + 1).cast(dtype)
+            changes.append(pl.when(mask).then(changed).otherwise(pl.col(column)).alias(column))
+        kept = pl.Series(rng.uniform(size=frame.height) > 0.2) | ~mask
+        out[name] = frame.with_columns(changes).filter(kept)
+    return out
+
+
+@pytest.fixture(scope="module")
+def before_and_after(sample_folder):
+    records = sample_records(sample_folder)
+    sessions = records["mes_ohlcv_1m"].select(pl.col("ts_event")).to_series()
+    # The intraday cut: 10:07 Chicago in the first of the two tick sessions, so ticks lie on both
+    # sides and the cut falls inside a bar of every timeframe from 5 minutes to 4 hours.
+    day = records["mes_trades"].select(trade_date(pl.col("ts_event"))).to_series().min()
+    moment = dt.datetime.combine(day, dt.time(10, 7), CHICAGO).astimezone(dt.timezone.utc)
+    assert sessions.min() < moment < sessions.max()
+    original = build_all(*feature_inputs(records))
+    intraday = build_all(*feature_inputs(perturb(records, day, moment, settled_too=True)))
+    daily = build_all(*feature_inputs(perturb(records, CUT_DAY, pl.select(settled_at(pl.lit(CUT_DAY))).item())))
+    return original, daily, intraday, moment
+
+
+DAILY_TABLES = ["shared_macro", "shared_volatility", "shared_fx", "shared_cross_asset", "zl_layer_1d", "zl_master_1d",
+                "mes_layer_1d", "mes_master_1d"]
+INTRADAY_TABLES = ["mes_microstructure_1min", *(f"mes_master_{tf}" for tf in ("1min", "5min", "15min", "30min", "1h", "4h"))]
+
+
+@pytest.mark.parametrize("name", DAILY_TABLES)
+def test_daily_rows_up_to_the_cut_ignore_the_future(before_and_after, name):
+    original, changed, _, _ = before_and_after
+    past = pl.col("date") <= CUT_DAY
+    before, after = original[name].frame, changed[name].frame
+    assert before.filter(past).height > 1000
+    assert before.filter(past).equals(after.filter(past), null_equal=True)
+    # The later rows did change, so the test could have seen a leak.
+    assert not before.filter(~past).equals(after.filter(~past).head(before.filter(~past).height), null_equal=True)
+
+
+@pytest.mark.parametrize("name", INTRADAY_TABLES)
+def test_intraday_rows_up_to_the_cut_ignore_the_future(before_and_after, name):
+    original, _, changed, moment = before_and_after
+    past = pl.col("ts") <= moment
+    before, after = original[name].frame, changed[name].frame
+    assert before.filter(past).filter(pl.col("mes_1min_ofi_sum_15").is_not_null()).height > 0  # ticks before the cut
+    assert before.filter(past).equals(after.filter(past), null_equal=True)
+    assert not before.filter(~past).equals(after.filter(~past), null_equal=True)
