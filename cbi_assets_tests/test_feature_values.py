@@ -1,12 +1,13 @@
 """Feature values checked by hand on small frames."""
 
 import datetime as dt
+import math
 
 import polars as pl
 import pytest
 
 from cbi_assets.features import technical as ta
-from cbi_assets.features.bars import front_daily, resample, splice
+from cbi_assets.features.bars import front_daily, minute_bars, resample, splice
 from cbi_assets.features.equity_calendar import calendar_table, quarterly_expiries
 from cbi_assets.features.pit import ReleaseLag, known_dates, on_grid
 from cbi_assets.features.soy_complex import boho, crush_margin, oil_share
@@ -27,6 +28,19 @@ def test_crush_margin_oil_share_and_boho_by_hand():
     assert one(oil_share(pl.col("zl"), pl.col("zm")), **z) == pytest.approx([4.95 / (4.95 + 6.60)])
     # BOHO: 45 x 7.5 / 100 = 3.375 $/gal of oil, less 2.50 $/gal of heating oil.
     assert one(boho(pl.col("zl"), pl.col("ho")), **z) == pytest.approx([0.875])
+
+
+def test_returns_volatility_and_momentum_by_hand():
+    closes = [100.0, 110.0, 99.0, 99.0]
+    assert one(ta.log_return(pl.col("c"), 2), c=closes)[2] == pytest.approx(math.log(99 / 100))
+    # 1-bar log returns ln(1.1), ln(0.9), 0; momentum z over 3 bars = 3-bar return / (std * sqrt(3)).
+    r = [math.log(1.1), math.log(0.9), 0.0]
+    mean = sum(r) / 3
+    std = math.sqrt(sum((x - mean) ** 2 for x in r) / 2)
+    frame = pl.DataFrame({"c": closes})
+    r1 = ta.log_return(pl.col("c"), 1)
+    z = frame.select(ta.log_return(pl.col("c"), 3) / (r1.rolling_std(3) * math.sqrt(3))).to_series()[-1]
+    assert z == pytest.approx(math.log(99 / 100) / (std * math.sqrt(3)))
 
 
 def test_rsi_by_hand():
@@ -119,17 +133,17 @@ def test_splice_continues_the_adjusted_series():
 def test_resampled_bars_close_at_their_window_end_or_the_session_close():
     day = dt.date(2024, 3, 5)  # session 2024-03-04 17:00 Chicago (23:00 UTC) to 16:00 (22:00 UTC)
     opens = [dt.datetime(2024, 3, 4, 23, 0, tzinfo=UTC) + dt.timedelta(minutes=m) for m in (0, 1, 2, 5, 1379)]
-    minutes = pl.DataFrame({
-        "ts_event": pl.Series(opens).cast(pl.Datetime("ns", "UTC")),
-        "ts": pl.Series([o + dt.timedelta(minutes=1) for o in opens]).cast(pl.Datetime("ns", "UTC")),
-        "trade_date": [day] * 5, "instrument_id": pl.Series([1] * 5, dtype=pl.UInt32),
+    minutes = minute_bars(pl.DataFrame({
+        "ts_event": pl.Series(opens).cast(pl.Datetime("ns", "UTC")), "instrument_id": pl.Series([1] * 5, dtype=pl.UInt32),
         "open": [1.0, 2.0, 3.0, 4.0, 5.0], "high": [1.5, 2.5, 3.5, 4.5, 5.5], "low": [0.5, 1.5, 2.5, 3.5, 4.5],
-        "close": [1.2, 2.2, 3.2, 4.2, 5.2], "volume": [10.0, 20.0, 30.0, 40.0, 50.0], "adj": [1.0] * 5,
-    })
+        "close": [1.2, 2.2, 3.2, 4.2, 5.2], "volume": pl.Series([10, 20, 30, 40, 50], dtype=pl.UInt64),
+    }))
+    assert minutes["trade_date"].unique().to_list() == [day] and minutes["session_minute"].to_list() == [0, 1, 2, 5, 1379]
     five = resample(minutes, "5min")
     assert five["open"].to_list() == [1.0, 4.0, 5.0] and five["close"].to_list() == [3.2, 4.2, 5.2]
     assert five["volume"].to_list() == [60.0, 40.0, 50.0]
     assert five["ts"].to_list()[0] == dt.datetime(2024, 3, 4, 23, 5, tzinfo=UTC)
+    assert five["ts_event"].to_list()[1] == dt.datetime(2024, 3, 4, 23, 5, tzinfo=UTC)  # window start, not first trade
     four_hours = resample(minutes, "4h")
     # The last 4h bar of a session (13:00-16:00 Chicago) is 3 hours long and closes at 16:00.
     assert four_hours["ts"].to_list()[-1] == dt.datetime(2024, 3, 5, 22, 0, tzinfo=UTC)
@@ -146,3 +160,20 @@ def test_equity_calendar_expiries_rolls_and_month_ends():
     # 28 March 2024 is the last session of March and of the quarter (Good Friday follows).
     assert rows[dt.date(2024, 3, 28)][0]["is_month_end"] == 1 and rows[dt.date(2024, 3, 28)][0]["is_quarter_end"] == 1
     assert rows[dt.date(2024, 3, 28)][0]["day_of_week"] == 3
+
+
+def test_release_lags_are_configurable_per_series():
+    import dagster as dg
+
+    from cbi_assets.features.assets import ReleaseLags
+    from cbi_assets.features.pit import RELEASE_LAGS
+
+    lags = ReleaseLags(business_days={"DGS10": 2}, calendar_days={"CPIAUCSL": 50}).lags()
+    assert lags["DGS10"] == ReleaseLag(business_days=2) and lags["CPIAUCSL"] == ReleaseLag(calendar_days=50)
+    assert lags["DGS2"] == RELEASE_LAGS["DGS2"]
+    with pytest.raises(dg.Failure, match=r"unknown FRED series \['DGS99'\]"):
+        ReleaseLags(business_days={"DGS99": 1}).lags()
+    # Two business days later: Thursday's 10-year yield is used from the Tuesday after Good Friday.
+    placed = on_grid(pl.DataFrame({"date": [dt.date(2024, 4, 1), dt.date(2024, 4, 2)]}),
+                     pl.DataFrame({"date": [dt.date(2024, 3, 28)], "value": [4.2]}), "value", lags["DGS10"], "x")
+    assert placed["x"].to_list() == [None, 4.2]

@@ -5,6 +5,7 @@ import datetime as dt
 import numpy as np
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 from cbi_assets.calendars import CHICAGO, trade_date
 from cbi_assets.features.bars import settled_at
@@ -93,3 +94,20 @@ def test_intraday_rows_up_to_the_cut_ignore_the_future(before_and_after, name):
     assert before.filter(past).filter(pl.col("mes_1min_ofi_sum_15").is_not_null()).height > 0  # ticks before the cut
     assert before.filter(past).equals(after.filter(past), null_equal=True)
     assert not before.filter(~past).equals(after.filter(~past), null_equal=True)
+
+
+def test_a_table_built_in_chunks_equals_the_table_built_whole(sample_folder):
+    from cbi_assets.features.layers import SHARED_LAYERS, asset_layer, asset_master, shared_layer
+    from cbi_assets.features.master import intraday_context, intraday_master, intraday_master_parts, microstructure_table
+
+    continuous, series, minutes, ticks = feature_inputs(sample_records(sample_folder, start="2022-01-01"))
+    shared = [shared_layer(name, continuous, series) for name in SHARED_LAYERS]
+    mes_daily = asset_master("mes", asset_layer("mes", continuous), shared)
+    micro = microstructure_table(minutes, ticks["trades"], ticks["tbbo"], ticks["mbp_10"])
+    context = intraday_context(minutes, micro, mes_daily)
+    for timeframe in ("1min", "15min"):
+        whole = intraday_master(context, timeframe).frame
+        parts = list(intraday_master_parts(context, timeframe, chunk_sessions=7))
+        assert len(parts) == 9  # 60 sessions, 7 at a time
+        # Rolling sums update incrementally, so their last bits depend on where a run started.
+        assert_frame_equal(pl.concat([p.frame for p in parts]), whole, check_exact=False, rel_tol=1e-5, abs_tol=1e-6)

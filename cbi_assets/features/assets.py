@@ -11,7 +11,8 @@ import polars as pl
 
 from cbi_assets.catalogue import FRED_SERIES, INTRADAY_TIMEFRAMES, TIMEFRAMES
 from cbi_assets.features import inputs, layers
-from cbi_assets.features.master import MIN_FEATURES, Table, intraday_master, microstructure_table
+from cbi_assets.features.pit import RELEASE_LAGS, ReleaseLag
+from cbi_assets.features.master import MIN_FEATURES, Table, intraday_context, intraday_master, microstructure_table
 from cbi_assets.features.quality import calendar_finding, distinct_finding, finite_finding, null_finding, order_finding
 from cbi_assets.features.spec import catalogue_frame
 from cbi_assets.features.tables import read_table, write_table
@@ -153,13 +154,30 @@ SHARED_DESCRIPTIONS = {
 }
 
 
+class ReleaseLags(dg.Config):
+    """When FRED publishes each series, if not the default (daily: next business day; CPI: 45 days).
+
+    For example {"business_days": {"DGS10": 2}, "calendar_days": {"CPIAUCSL": 50}}.
+    """
+
+    business_days: dict[str, int] = {}
+    calendar_days: dict[str, int] = {}
+
+    def lags(self) -> dict:
+        unknown = sorted((set(self.business_days) | set(self.calendar_days)) - set(FRED_SERIES))
+        if unknown:
+            raise dg.Failure(f"release lags given for unknown FRED series {unknown}; known: {sorted(FRED_SERIES)}")
+        return {**RELEASE_LAGS, **{k: ReleaseLag(business_days=v) for k, v in self.business_days.items()},
+                **{k: ReleaseLag(calendar_days=v) for k, v in self.calendar_days.items()}}
+
+
 def _shared_asset(name: str):
     description, raw = SHARED_DESCRIPTIONS[name]
 
     @_feature_asset(f"shared/features/{name}", description, _raw_keys(*raw) + CONTINUOUS)
-    def _shared(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    def _shared(context: dg.AssetExecutionContext, config: ReleaseLags) -> dg.MaterializeResult:
         lake = _lake(context)
-        table = layers.shared_layer(name, _continuous(lake), inputs.lake_series(lake))
+        table = layers.shared_layer(name, _continuous(lake), inputs.lake_series(lake), config.lags())
         return _checked(context, table, shared_path(lake, name), f"shared_{name}", "1d")
 
     return _shared
@@ -270,9 +288,10 @@ def _intraday_master_asset(timeframe: str):
                      dg.AssetKey(["mes", "features", "master_1d"])], timeframe=timeframe, master="intraday")
     def _master(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         lake = _lake(context)
-        minutes = pl.read_parquet(bars_path(lake, "1min"))
+        bars = {tf: pl.read_parquet(bars_path(lake, tf)) for tf in INTRADAY_TIMEFRAMES}
         micro = read_table(micro_path(lake)) if micro_path(lake).is_file() else None
-        table = intraday_master(timeframe, minutes, micro, read_table(master_path(lake, "mes", "1d")))
+        built = intraday_context(bars["1min"], micro, read_table(master_path(lake, "mes", "1d")), bars)
+        table = intraday_master(built, timeframe)
         return _checked(context, table, master_path(lake, "mes", timeframe), f"mes_master_{timeframe}", timeframe,
                         master="intraday")
 

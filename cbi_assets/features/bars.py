@@ -16,6 +16,7 @@ from cbi_assets.catalogue import EXCHANGE_TIMEZONE, GLOBEX_OPEN, TIMEFRAMES
 from cbi_assets.calendars import trade_date
 
 OHLCV = ("open", "high", "low", "close", "volume")
+SESSION_MINUTES = 1_380  # a Globex session: 17:00 to 16:00 Chicago
 # Daily values are known once the session has settled (17:00 Chicago); FRED lags add to that.
 SETTLED = dt.time(17, 0)
 
@@ -85,7 +86,8 @@ def minute_bars(raw: pl.DataFrame, adj_by_day: pl.DataFrame | None = None) -> pl
     """The canonical 1-minute table: one row per traded minute of the front contract.
 
     `ts_event` is the bar's open, `ts` its close (when its values are known), `trade_date` the
-    Globex session it belongs to; `adj` comes from the daily roll calendar of the same market.
+    Globex session it belongs to and `session_minute` the minutes from that session's 17:00 open
+    to the bar's open; `adj` comes from the daily roll calendar of the same market.
     """
     bars = (
         raw.select("ts_event", "instrument_id", *OHLCV)
@@ -96,6 +98,11 @@ def minute_bars(raw: pl.DataFrame, adj_by_day: pl.DataFrame | None = None) -> pl
             pl.col("volume").cast(pl.Float64),
         )
     )
+    # Session opens for the few distinct dates, then plain arithmetic per row.
+    opens = bars.select(pl.col("trade_date").unique()).with_columns(session_open(pl.col("trade_date")).alias("opened"))
+    bars = bars.join(opens, on="trade_date", how="left").with_columns(
+        ((pl.col("ts_event") - pl.col("opened")).dt.total_minutes()).cast(pl.Int32).alias("session_minute")
+    ).drop("opened")
     if adj_by_day is None:
         return bars.with_columns(pl.lit(1.0).alias("adj"))
     return bars.join(adj_by_day.select(pl.col("date").alias("trade_date"), "adj"), on="trade_date", how="left").with_columns(
@@ -120,16 +127,13 @@ def resample(minutes: pl.DataFrame, timeframe: str) -> pl.DataFrame:
     """
     if timeframe == "1min":
         return minutes
-    span = TIMEFRAMES[timeframe]
-    opened = session_open(pl.col("trade_date"))
-    if span is None:  # 1d: the whole session
-        bucket = pl.lit(0, dtype=pl.Int64)
-    else:
-        bucket = ((pl.col("ts_event") - opened).dt.total_minutes() // span).cast(pl.Int64)
-    grouped = (
-        minutes.with_columns(bucket.alias("bucket"))
+    span = TIMEFRAMES[timeframe] or SESSION_MINUTES  # 1d: the whole session
+    bars = (
+        minutes.with_columns((pl.col("session_minute") // span * span).alias("bucket"))
         .group_by("trade_date", "bucket", maintain_order=True)
         .agg(
+            pl.col("ts_event").first().alias("first_open"),
+            pl.col("session_minute").first().alias("first_minute"),
             pl.col("instrument_id").last(),
             pl.col("open").first(),
             pl.col("high").max(),
@@ -139,14 +143,12 @@ def resample(minutes: pl.DataFrame, timeframe: str) -> pl.DataFrame:
             pl.col("adj").last(),
         )
     )
-    closes = session_open(pl.col("trade_date")) + pl.duration(hours=23)
-    if span is None:
-        end = closes
-    else:
-        end = pl.min_horizontal(session_open(pl.col("trade_date")) + pl.duration(minutes=(pl.col("bucket") + 1) * span), closes)
+    # The bar opens at its window's start and closes at its end, or at the session close.
+    opened = pl.col("first_open") - pl.duration(minutes=pl.col("first_minute") - pl.col("bucket"))
+    length = pl.min_horizontal(pl.lit(span), SESSION_MINUTES - pl.col("bucket"))
     return (
-        grouped.with_columns(end.alias("ts"), (session_open(pl.col("trade_date")) + pl.duration(minutes=pl.col("bucket") * (span or 0))).alias("ts_event"))
-        .drop("bucket")
+        bars.with_columns(opened.alias("ts_event"), pl.col("bucket").alias("session_minute"))
+        .with_columns((pl.col("ts_event") + pl.duration(minutes=length)).alias("ts"))
         .sort("ts")
-        .select("ts_event", "ts", "trade_date", "instrument_id", *OHLCV, "adj")
+        .select("ts_event", "ts", "trade_date", "session_minute", "instrument_id", *OHLCV, "adj")
     )

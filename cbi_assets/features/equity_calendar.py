@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 
 from cbi_assets.calendars import settlement_sessions
-from cbi_assets.catalogue import EXCHANGE_TIMEZONE, RTH_CLOSE, RTH_OPEN
+from cbi_assets.catalogue import RTH_CLOSE, RTH_OPEN
 from cbi_assets.features.spec import FeatureSet
 
 QUARTER_MONTHS = (3, 6, 9, 12)
@@ -75,29 +75,29 @@ def calendar_features(fs: FeatureSet) -> None:
         fs.add(name, pl.col(name), text, source="exchange calendar", lag="known in advance")
 
 
-def _minute_of_day(ts: pl.Expr) -> pl.Expr:
-    local = ts.dt.convert_time_zone(EXCHANGE_TIMEZONE)
-    return local.dt.hour().cast(pl.Int32) * 60 + local.dt.minute().cast(pl.Int32)
+GLOBEX_OPEN_MINUTE = 17 * 60  # of the Chicago clock
 
 
 def session_features(fs: FeatureSet, bar_minutes: int) -> None:
-    """On an intraday table with `ts_event` (bar open), `ts` (bar close), OHLC and `trade_date`.
+    """On an intraday table with `session_minute` (minutes from the 17:00 Globex open to the
+    bar's open), `trade_date` and OHLC.
 
     The opening range needs bars that fit inside it (30 minutes or shorter); lunch and the last
     hour need bars of an hour or shorter.
     """
-    minute = _minute_of_day(pl.col("ts_event"))
+    since_globex = pl.col("session_minute")
+    minute = (since_globex + GLOBEX_OPEN_MINUTE) % (24 * 60)  # Chicago clock minute of the bar's open
     rth_open, rth_close = RTH_OPEN.hour * 60 + RTH_OPEN.minute, RTH_CLOSE.hour * 60 + RTH_CLOSE.minute
-    since_globex = (minute - 17 * 60) % (24 * 60)
-    in_rth = minute.is_between(rth_open, rth_close - 1)
+    rth_open_session = (rth_open - GLOBEX_OPEN_MINUTE) % (24 * 60)  # 930: 08:30 is 15h30 into the session
     meta = {"source": "bar time", "lag": "known in advance"}
-    fs.add("minutes_since_rth_open", (minute - rth_open).cast(pl.Float64), "minutes since the 08:30 Chicago open (negative before it)", **meta)
+    fs.add("minutes_since_rth_open", (since_globex - rth_open_session).cast(pl.Float64),
+           "minutes since the 08:30 Chicago open (negative before it)", **meta)
     fs.add("minutes_since_globex_open", since_globex.cast(pl.Float64), "minutes since the 17:00 Chicago Globex open", **meta)
     fs.add("session_sin", (2 * np.pi * since_globex / 1380).sin(), "sine of the position in the 23-hour session", **meta)
     fs.add("session_cos", (2 * np.pi * since_globex / 1380).cos(), "cosine of the position in the 23-hour session", **meta)
-    fs.add("is_rth", in_rth.cast(pl.Int8), "1 in regular trading hours (08:30-15:00 Chicago)", **meta)
+    fs.add("is_rth", minute.is_between(rth_open, rth_close - 1).cast(pl.Int8), "1 in regular trading hours (08:30-15:00 Chicago)", **meta)
     fs.add("is_asia", (since_globex < 9 * 60).cast(pl.Int8), "1 in the Asian hours of the session (17:00-02:00 Chicago)", **meta)
-    fs.add("is_europe", since_globex.is_between(9 * 60, 15 * 60 + 29).cast(pl.Int8), "1 in the European hours (02:00-08:30 Chicago)", **meta)
+    fs.add("is_europe", since_globex.is_between(9 * 60, rth_open_session - 1).cast(pl.Int8), "1 in the European hours (02:00-08:30 Chicago)", **meta)
     if bar_minutes <= 60:
         fs.add("is_lunch", minute.is_between(11 * 60, 12 * 60 + 59).cast(pl.Int8), "1 over the US lunch hours (11:00-13:00 Chicago)", **meta)
         fs.add("is_last_hour", minute.is_between(rth_close - 60, rth_close - 1).cast(pl.Int8), "1 in the last regular hour (14:00-15:00 Chicago)", **meta)
@@ -105,11 +105,11 @@ def session_features(fs: FeatureSet, bar_minutes: int) -> None:
         return
     # The opening range is the first 30 regular minutes; it counts only once those have closed,
     # and until the next one forms the last one stands.
-    opening = minute.is_between(rth_open, rth_open + 29)
+    opening = since_globex.is_between(rth_open_session, rth_open_session + 29)
     day = pl.col("trade_date")
     high = pl.col("high").filter(opening).max().over(day)
     low = pl.col("low").filter(opening).min().over(day)
-    formed = _minute_of_day(pl.col("ts")).ge(rth_open + 30) & (since_globex >= 15 * 60 + 30) & high.is_not_null()
+    formed = (since_globex + bar_minutes >= rth_open_session + 30) & high.is_not_null()
     or_high = pl.when(formed).then(high).forward_fill()
     or_low = pl.when(formed).then(low).forward_fill()
     fs.add("opening_range_pos", (pl.col("close") - or_low) / (or_high - or_low),

@@ -6,7 +6,7 @@ import math
 
 import polars as pl
 
-from cbi_assets.features.pit import RELEASE_LAGS, SAME_DAY, on_grid
+from cbi_assets.features.pit import RELEASE_LAGS, SAME_DAY, ReleaseLag, on_grid
 from cbi_assets.features.spec import FeatureSet
 
 # name: (source, id, invert). All are units of the other currency per dollar: up = stronger dollar.
@@ -21,14 +21,15 @@ PAIRS = {
 RETURNS = (1, 5, 21, 63)
 
 
-def fx_features(grid: pl.DataFrame, series: dict[str, pl.DataFrame]) -> tuple[pl.DataFrame, FeatureSet]:
+def fx_features(grid: pl.DataFrame, series: dict[str, pl.DataFrame],
+                lags: dict[str, ReleaseLag] = RELEASE_LAGS) -> tuple[pl.DataFrame, FeatureSet]:
     """`series` maps a FRED id or Yahoo ticker to (`date`, `value`); pairs without a source are skipped."""
     frame = grid.select("date")
     fs = FeatureSet(layer="shared/fx", source="", timeframe="1d", lag="")
     for name, (source, key, invert) in PAIRS.items():
         if key not in series:
             continue
-        lag = RELEASE_LAGS[key] if source == "FRED" else SAME_DAY
+        lag = lags[key] if source == "FRED" else SAME_DAY
         observations = series[key].with_columns((1 / pl.col("value")) if invert else pl.col("value"))
         frame = on_grid(frame, observations, "value", lag, name)
         x, meta = pl.col(name), {"source": f"{source} {key}", "lag": lag.describe()}

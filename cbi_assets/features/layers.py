@@ -14,8 +14,10 @@ from cbi_assets.catalogue import INTRADAY_TIMEFRAMES
 from cbi_assets.features.cross_asset import cross_asset_features
 from cbi_assets.features.fx import fx_features
 from cbi_assets.features.macro import macro_features
-from cbi_assets.features.master import RELATED, Table, daily_layer, daily_master, intraday_master, microstructure_table, shared_table
-from cbi_assets.features.pit import RELEASE_LAGS, SAME_DAY, on_grid
+from cbi_assets.features.master import (
+    RELATED, Table, daily_layer, daily_master, intraday_context, intraday_master, microstructure_table, shared_table,
+)
+from cbi_assets.features.pit import RELEASE_LAGS, SAME_DAY, ReleaseLag, on_grid
 from cbi_assets.features.volatility import volatility_features
 
 SHARED_LAYERS = ("macro", "volatility", "fx", "cross_asset")
@@ -28,26 +30,28 @@ def session_grid(continuous: dict[str, pl.DataFrame]) -> pl.DataFrame:
     return pl.concat([sessions, days]).unique().sort("date")
 
 
-def shared_layer(name: str, continuous: dict[str, pl.DataFrame], series: dict[str, pl.DataFrame]) -> Table:
+def shared_layer(name: str, continuous: dict[str, pl.DataFrame], series: dict[str, pl.DataFrame],
+                 lags: dict[str, ReleaseLag] = RELEASE_LAGS) -> Table:
+    """One shared table; `lags` says when each FRED series is published (pit.RELEASE_LAGS)."""
     grid = session_grid(continuous)
     if name == "macro":
-        return shared_table(*macro_features(grid, series))
+        return shared_table(*macro_features(grid, series, lags))
     if name == "volatility":
         # A VIX close from Yahoo is known at the close; FRED's copy is published a day later.
         if "^VIX" in series:
             vix, lag, source = series["^VIX"], SAME_DAY, "Yahoo ^VIX"
         else:
-            vix, lag, source = series.get("VIXCLS"), RELEASE_LAGS["VIXCLS"], "FRED VIXCLS"
+            vix, lag, source = series.get("VIXCLS"), lags["VIXCLS"], "FRED VIXCLS"
         return shared_table(*volatility_features(grid, vix, lag, source, continuous.get("mes"), continuous.get("zl")))
     if name == "fx":
-        return shared_table(*fx_features(grid, series))
+        return shared_table(*fx_features(grid, series, lags))
     if name == "cross_asset":
         prices = {s: continuous[s].select("date", (pl.col("close") * pl.col("adj")).alias("px"))
                   for s in ("zl", "cl", "ho", "mes") if s in continuous}
         source = ""
         for key, label in (("DX-Y.NYB", "Yahoo DX-Y.NYB"), ("DTWEXBGS", "FRED DTWEXBGS")):
             if key in series:
-                lag = RELEASE_LAGS.get(key, SAME_DAY) if label.startswith("FRED") else SAME_DAY
+                lag = lags.get(key, SAME_DAY) if label.startswith("FRED") else SAME_DAY
                 prices["dollar"], source = on_grid(grid, series[key], "value", lag, "px"), label
                 break
         return shared_table(*cross_asset_features(grid, prices, source))
@@ -72,8 +76,7 @@ def build_all(continuous: dict[str, pl.DataFrame], series: dict[str, pl.DataFram
         tables[f"{asset}_master_1d"] = asset_master(asset, tables[f"{asset}_layer_1d"], shared)
     if minutes is not None:
         tables["mes_microstructure_1min"] = microstructure_table(minutes, ticks.get("trades"), ticks.get("tbbo"), ticks.get("mbp_10"))
+        context = intraday_context(minutes, tables["mes_microstructure_1min"], tables["mes_master_1d"])
         for timeframe in INTRADAY_TIMEFRAMES:
-            tables[f"mes_master_{timeframe}"] = intraday_master(
-                timeframe, minutes, tables["mes_microstructure_1min"], tables["mes_master_1d"]
-            )
+            tables[f"mes_master_{timeframe}"] = intraday_master(context, timeframe)
     return tables

@@ -108,39 +108,112 @@ def core_suffixes(windows=CORE) -> list[str]:
     return [n.removeprefix("x_") for n in probe.names]
 
 
-def intraday_master(timeframe: str, minutes: pl.DataFrame, micro: Table | None, mes_daily: Table) -> Table:
-    """The MES table of one intraday timeframe, keyed by bar close `ts`.
+@dataclass
+class IntradayContext:
+    """What every intraday master table draws on, computed once.
 
-    `minutes` is the canonical 1-minute table, `micro` the 1-minute microstructure features
-    (keyed by `ts`) and `mes_daily` the MES daily master (keyed by `available_at`).
+    `bars` holds the MES bars of every timeframe; `higher` the core technicals of each intraday
+    timeframe keyed by that bar's close; `settled` the daily MES and shared columns keyed by the
+    time their session settled.
     """
-    bars = resample(minutes, timeframe).with_columns(adjusted("adj_"))
+
+    bars: dict[str, pl.DataFrame]
+    micro: Table | None
+    higher: dict[str, tuple[pl.DataFrame, list[FeatureSpec]]]
+    settled: pl.DataFrame
+    settled_specs: list[FeatureSpec]
+    calendar: pl.DataFrame
+
+    @property
+    def sessions(self) -> pl.Series:
+        return self.calendar["date"]
+
+
+def intraday_context(minutes: pl.DataFrame, micro: Table | None, mes_daily: Table,
+                     bars: dict[str, pl.DataFrame] | None = None) -> IntradayContext:
+    """`minutes` is the canonical 1-minute table, `micro` the 1-minute microstructure features and
+    `mes_daily` the MES daily master; `bars` the resampled bars when they are at hand already."""
+    bars = bars or {tf: resample(minutes, tf) for tf in INTRADAY_TIMEFRAMES}
+    higher = {}
+    for timeframe in INTRADAY_TIMEFRAMES[1:]:
+        sub = FeatureSet(layer="MES", source="MES 1-minute bars", timeframe=timeframe, lag=f"closed {timeframe} bar")
+        technical_features(sub, "adj_", f"mes_{timeframe}", CORE_INTRADAY)
+        frame = bars[timeframe].with_columns(adjusted("adj_")).select(pl.col("ts").alias("ts_higher"), *sub.exprs)
+        higher[timeframe] = (finish(frame, ["ts_higher"], sub.specs).frame, sub.specs)
+    wanted = {f"{m}_1d_{s}" for m in ("mes", *RELATED["mes"]) for s in core_suffixes()} | set(INTRADAY_MACRO)
+    carried = [s for s in mes_daily.specs if s.name in wanted or s.layer in INTRADAY_SHARED_LAYERS]
+    dates = bars["1min"]["trade_date"].unique().sort()
+    return IntradayContext(bars, micro, higher, mes_daily.frame.select("available_at", *(s.name for s in carried)),
+                           carried, calendar_table(dates))
+
+
+# Bars a chunk computes before its first row: the longest window, and enough for the slowest
+# exponential average (alpha 1/30) to forget its start to 1e-7.
+WARMUP_BARS = 500
+
+
+def warmup_sessions(timeframe: str) -> int:
+    longest = max(WARMUP_BARS, *(max(getattr(INTRADAY, f), default=0) for f in ("returns", "volatility", "sma", "high", "momentum", "shape")))
+    return -(-longest * TIMEFRAMES[timeframe] // 1380) + 1
+
+
+def intraday_master(context: IntradayContext, timeframe: str, first=None, last=None) -> Table:
+    """The MES table of one intraday timeframe, keyed by bar close `ts`, for sessions [first, last].
+
+    The timeframe's own technicals run over earlier sessions before `first` (warmup_sessions):
+    enough for every window and for the exponential averages to forget where they started.
+    """
+    bars = context.bars[timeframe]
+    if first is not None:
+        # Bars are in time order, so a range of sessions is a slice.
+        dates = context.sessions
+        start = dates[max(dates.search_sorted(first) - warmup_sessions(timeframe), 0)]
+        column = bars["trade_date"]
+        lo, hi = column.search_sorted(start, side="left"), column.search_sorted(last, side="right")
+        bars = bars.slice(lo, hi - lo)
     fs = FeatureSet(layer="MES", source="MES 1-minute bars", timeframe=timeframe, lag="closed bar")
     technical_features(fs, "adj_", f"mes_{timeframe}", INTRADAY)
     session_features(fs, TIMEFRAMES[timeframe])
-    frame, specs = bars.with_columns(fs.exprs), list(fs.specs)
+    own = bars.with_columns(adjusted("adj_")).with_columns(fs.exprs)
+    if first is not None:
+        own = own.filter(pl.col("trade_date") >= first)
+    keys = own.select("ts", "trade_date")
+    blocks = [finish(own, ["ts_event", "ts", "trade_date"], fs.specs)]
+
+    def beside(right: pl.DataFrame, right_on: str, specs: list[FeatureSpec]) -> None:
+        """Join a block on the keys alone and set it beside the rest (no wide frame copied per join).
+
+        Only the rows of `right` that can match are scanned: from the last one before this
+        table's first row to its last row.
+        """
+        times = right[right_on]
+        lo = max(times.search_sorted(keys["ts"][0], side="right") - 1, 0) if keys.height else 0
+        hi = times.search_sorted(keys["ts"][-1], side="right") if keys.height else 0
+        joined = keys.join_asof(right.slice(lo, hi - lo), left_on="ts", right_on=right_on, strategy="backward")
+        blocks.append(Table(joined.select(s.name for s in specs), specs, ()))
+
     # Higher intraday timeframes: only bars that had closed by this bar's close.
     for higher in INTRADAY_TIMEFRAMES[INTRADAY_TIMEFRAMES.index(timeframe) + 1:]:
-        sub = FeatureSet(layer="MES", source="MES 1-minute bars", timeframe=higher, lag=f"closed {higher} bar")
-        technical_features(sub, "adj_", f"mes_{higher}", CORE_INTRADAY)
-        computed = resample(minutes, higher).with_columns(adjusted("adj_")).select(pl.col("ts").alias("ts_higher"), *sub.exprs)
-        frame = frame.join_asof(computed, left_on="ts", right_on="ts_higher", strategy="backward").drop("ts_higher")
-        specs += sub.specs
-    if micro is not None:
-        columns = micro.frame.select(pl.col("ts").alias("ts_minute"), *micro.features)
-        frame = frame.join_asof(columns, left_on="ts", right_on="ts_minute", strategy="backward").drop("ts_minute")
-        specs += micro.specs
+        columns, higher_specs = context.higher[higher]
+        beside(columns, "ts_higher", higher_specs)
+    if context.micro is not None:
+        beside(context.micro.frame.rename({"ts": "ts_minute"}).select("ts_minute", *context.micro.features),
+               "ts_minute", context.micro.specs)
     # The last settled session's daily technicals (MES and its related markets) and shared layer.
-    wanted = {f"{m}_1d_{s}" for m in ("mes", *RELATED["mes"]) for s in core_suffixes()} | set(INTRADAY_MACRO)
-    carried = [s for s in mes_daily.specs if s.name in wanted or s.layer in INTRADAY_SHARED_LAYERS]
-    settled = mes_daily.frame.select("available_at", *(s.name for s in carried))
-    frame = frame.sort("ts").join_asof(settled, left_on="ts", right_on="available_at", strategy="backward").drop("available_at")
-    specs += carried
-    frame = frame.join(calendar_table(frame["trade_date"].unique().sort()), left_on="trade_date", right_on="date", how="left")
+    beside(context.settled, "available_at", context.settled_specs)
     sub = FeatureSet(layer="MES", source="exchange calendar", timeframe="1d", lag="known in advance")
     calendar_features(sub)
-    specs += sub.specs
-    return finish(frame.sort("ts"), ["ts_event", "ts", "trade_date"], specs)
+    calendar = keys.join(context.calendar, left_on="trade_date", right_on="date", how="left", maintain_order="left")
+    blocks.append(finish(calendar, [], sub.specs))
+    frame = pl.concat([b.frame for b in blocks], how="horizontal")
+    return Table(frame, [s for b in blocks for s in b.specs], ("ts_event", "ts", "trade_date"))
+
+
+def intraday_master_parts(context: IntradayContext, timeframe: str, chunk_sessions: int):
+    """The same table, `chunk_sessions` sessions at a time, so a long history never sits whole in memory."""
+    dates = context.sessions
+    for i in range(0, len(dates), chunk_sessions):
+        yield intraday_master(context, timeframe, dates[i], dates[min(i + chunk_sessions, len(dates)) - 1])
 
 
 def microstructure_table(minutes: pl.DataFrame, trades: pl.DataFrame | None, tbbo: pl.DataFrame | None,

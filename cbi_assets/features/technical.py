@@ -68,6 +68,15 @@ def stochastic_k(high: pl.Expr, low: pl.Expr, close: pl.Expr, n: int) -> pl.Expr
     return (close - lowest) / (highest - lowest)
 
 
+def slope(y: pl.Expr, n: int) -> pl.Expr:
+    """Least-squares slope of y on the bar index over n bars: cov(t, y) / var(t).
+
+    The index 0, 1, 2, ... has the same sample variance in every window, n (n + 1) / 12.
+    """
+    index = pl.int_range(pl.len()).cast(pl.Float64)
+    return pl.rolling_cov(index, y, window_size=n) / (n * (n + 1) / 12)
+
+
 # --- Window presets -----------------------------------------------------------------------------
 
 
@@ -166,9 +175,7 @@ def technical_features(fs: FeatureSet, p: str, name: str, w: Windows) -> None:
                f"Parkinson high-low volatility over {n} bars, annualised", n)
         gk = 0.5 * (h / l).log().pow(2) - (2 * math.log(2) - 1) * (c / o).log().pow(2)
         fs.add(f"{name}_garman_klass_{n}", gk.rolling_mean(n).sqrt() * math.sqrt(year), f"Garman-Klass volatility over {n} bars, annualised", n)
-        t = pl.int_range(pl.len()).cast(pl.Float64)
-        fs.add(f"{name}_slope_{n}", pl.rolling_cov(t, c.log(), window_size=n) / pl.rolling_cov(t, t, window_size=n),
-               f"least-squares slope of log price per bar over {n} bars", n)
+        fs.add(f"{name}_slope_{n}", slope(c.log(), n), f"least-squares slope of log price per bar over {n} bars", n)
     for n in w.volume:
         fs.add(f"{name}_volume_z_{n}", (v - v.rolling_mean(n)) / v.rolling_std(n), f"volume z-score over {n} bars", n)
     fs.add(f"{name}_obv_slope_{w.volume[-1]}", (r1.sign() * v).rolling_sum(w.volume[-1]) / v.rolling_sum(w.volume[-1]),

@@ -1,0 +1,149 @@
+"""Feature-building speed: every MES master table from N 1-minute bars, beside `ta` and TA-Lib.
+
+    .venv/bin/python benchmarks/features.py                  # 3,700 sessions: about 5 million bars
+    .venv/bin/python benchmarks/features.py --sessions 740   # about 1 million
+
+The sample writes the bars (not timed). Timed end to end: from the raw records to every MES
+master table (1min, 5min, 15min, 30min, 1h, 4h and 1d) with the shared layer and
+microstructure. The intraday tables are built in chunks of 250 sessions, each written to a
+Parquet part (zstd), so a long history never sits whole in memory.
+
+Peers, on the same bars:
+- `ta.add_all_ta_features` (pandas), on a slice of the rows;
+- TA-Lib (C) and our polars expressions, for the core indicators both compute: RSI, ATR, MACD,
+  SMA, EMA and Bollinger bands.
+
+The last line is `features_rows_per_s=<n> ta_ratio=<n> talib_ratio=<n> peak_rss_mb=<n>`:
+- `ta_ratio` is our end-to-end rows/s over ta's rows/s;
+- `talib_ratio` is our core-indicator rows/s over TA-Lib's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import resource
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from cbi_assets.catalogue import INTRADAY_TIMEFRAMES
+from cbi_assets.features import inputs
+from cbi_assets.features import technical as tech
+from cbi_assets.features.layers import SHARED_LAYERS, asset_layer, asset_master, shared_layer
+from cbi_assets.features.master import intraday_context, intraday_master_parts, microstructure_table
+from cbi_assets.raw.datasets import RAW_DATASETS
+from cbi_assets.sample import SampleConfig, build_sample
+from resources.local_files import LocalFilesSource
+from resources.sample_source import SampleSource
+
+END = dt.date(2026, 10, 30)
+CHUNK_SESSIONS = 250
+TA_ROWS = 20_000  # `ta` is slow; its rows/s come from a slice
+
+
+def build_masters(records: dict, out: Path) -> tuple[int, dict[str, tuple[int, int]]]:
+    """Every MES master table from raw records, intraday ones written chunk by chunk. Returns (minute rows, shapes)."""
+    continuous = inputs.continuous({s: records[f"{s.lower()}_ohlcv_1d"] for s in ("ZL", "ZS", "ZM", "CL", "HO", "ES", "MES")})
+    series = inputs.series(records)
+    minutes = inputs.minutes(records["mes_ohlcv_1m"], continuous["mes"])
+    shared = [shared_layer(name, continuous, series) for name in SHARED_LAYERS]
+    mes_daily = asset_master("mes", asset_layer("mes", continuous), shared)
+    micro = microstructure_table(minutes, records["mes_trades"], records["mes_tbbo"], records["mes_mbp_10"])
+    context = intraday_context(minutes, micro, mes_daily)
+    shapes = {"1d": (mes_daily.frame.height, len(mes_daily.features))}
+    for timeframe in INTRADAY_TIMEFRAMES:
+        rows, features = 0, 0
+        (out / f"master_{timeframe}").mkdir()
+        for i, part in enumerate(intraday_master_parts(context, timeframe, CHUNK_SESSIONS)):
+            part.frame.write_parquet(out / f"master_{timeframe}" / f"part-{i:04d}.parquet", compression="zstd",
+                                     compression_level=1, statistics=False)
+            rows, features = rows + part.frame.height, len(part.features)
+        shapes[timeframe] = (rows, features)
+    return minutes.height, shapes
+
+
+def core_ours(bars: pl.DataFrame) -> pl.DataFrame:
+    c, h, l = pl.col("close"), pl.col("high"), pl.col("low")
+    return bars.select(
+        tech.rsi(c, 14).alias("rsi"),
+        tech.atr(h, l, c, 14).alias("atr"),
+        (tech.ema(c, 12) - tech.ema(c, 26)).alias("macd"),
+        tech.ema(tech.ema(c, 12) - tech.ema(c, 26), 9).alias("macd_signal"),
+        c.rolling_mean(20).alias("sma"),
+        tech.ema(c, 20).alias("ema"),
+        (c.rolling_mean(20) + 2 * c.rolling_std(20, ddof=0)).alias("boll_upper"),
+        (c.rolling_mean(20) - 2 * c.rolling_std(20, ddof=0)).alias("boll_lower"),
+    )
+
+
+def core_talib(high: np.ndarray, low: np.ndarray, close: np.ndarray) -> None:
+    import talib
+
+    talib.RSI(close, 14)
+    talib.ATR(high, low, close, 14)
+    talib.MACD(close, 12, 26, 9)
+    talib.SMA(close, 20)
+    talib.EMA(close, 20)
+    talib.BBANDS(close, 20, 2, 2)
+
+
+def best_of(runs: int, call) -> float:
+    times = []
+    for _ in range(runs):
+        began = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - began)
+    return min(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sessions", type=int, default=3_700, help="MES sessions of 1-minute bars (1,380 minutes each)")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="cbi-features-"))
+    try:
+        config = SampleConfig(end=END, intraday_sessions=args.sessions, tick_sessions=2)
+        folder = build_sample(config, work / "sample")
+        source = LocalFilesSource(root=str(folder))
+        coverage = SampleSource(cache_dir=str(work), end=END.isoformat(), intraday_sessions=args.sessions, tick_sessions=2)
+        records = {name: source.fetch(d, *coverage.coverage(d)) for name, d in RAW_DATASETS.items()}
+        (work / "out").mkdir()
+
+        began = time.perf_counter()
+        rows, shapes = build_masters(records, work / "out")
+        built = time.perf_counter() - began
+        ours = rows / built
+        for timeframe, (n, features) in shapes.items():
+            print(f"master {timeframe:5s}  {n:>10,} rows x {features} features")
+        print(f"all MES master tables from {rows:,} 1-minute bars in {built:.1f} s: {ours:,.0f} rows/s end to end")
+
+        bars = records["mes_ohlcv_1m"].select("open", "high", "low", "close", pl.col("volume").cast(pl.Float64))
+        high, low, close = (bars[c].to_numpy() for c in ("high", "low", "close"))
+        talib_s = best_of(3, lambda: core_talib(high, low, close))
+        ours_core_s = best_of(3, lambda: core_ours(bars))
+        print(f"core indicators on {bars.height:,} rows: polars {bars.height / ours_core_s:,.0f} rows/s, "
+              f"TA-Lib {bars.height / talib_s:,.0f} rows/s")
+
+        import ta
+
+        frame = bars.head(TA_ROWS).to_pandas()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ta_s = best_of(1, lambda: ta.add_all_ta_features(frame, "open", "high", "low", "close", "volume", fillna=False))
+        ta_rate = TA_ROWS / ta_s
+        print(f"ta.add_all_ta_features on {TA_ROWS:,} rows: {ta_rate:,.0f} rows/s")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"features_rows_per_s={ours:.0f} ta_ratio={ours / ta_rate:.1f} "
+          f"talib_ratio={(bars.height / ours_core_s) / (bars.height / talib_s):.2f} peak_rss_mb={peak:.0f}")
+
+
+if __name__ == "__main__":
+    main()
