@@ -35,8 +35,17 @@ import polars as pl
 from cbi_assets.catalogue import INTRADAY_TIMEFRAMES
 from cbi_assets.features import inputs
 from cbi_assets.features import technical as tech
-from cbi_assets.features.layers import SHARED_LAYERS, asset_layer, asset_master, shared_layer
-from cbi_assets.features.master import intraday_context, intraday_master_parts, microstructure_table
+from cbi_assets.features.layers import (
+    SHARED_LAYERS,
+    asset_layer,
+    asset_master,
+    shared_layer,
+)
+from cbi_assets.features.master import (
+    intraday_context,
+    intraday_master_parts,
+    microstructure_table,
+)
 from cbi_assets.raw.datasets import RAW_DATASETS
 from cbi_assets.sample import SampleConfig, build_sample
 from resources.local_files import LocalFilesSource

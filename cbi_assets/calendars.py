@@ -11,7 +11,12 @@ import exchange_calendars as xcals
 import numpy as np
 import polars as pl
 
-from cbi_assets.catalogue import EXCHANGE_TIMEZONE, GLOBEX_CLOSE, GLOBEX_OPEN, SETTLEMENT_CALENDAR
+from cbi_assets.catalogue import (
+    EXCHANGE_TIMEZONE,
+    GLOBEX_CLOSE,
+    GLOBEX_OPEN,
+    SETTLEMENT_CALENDAR,
+)
 
 CHICAGO = ZoneInfo(EXCHANGE_TIMEZONE)
 # A Globex session opens at 17:00 Chicago the evening before its trade date; shifting by

@@ -4,7 +4,16 @@ import datetime as dt
 
 import pytest
 
-from cbi_assets.catalogue import ASSETS, FRED_SERIES, FUTURES, REGIMES, TIMEFRAMES, YAHOO_TICKERS, asset_horizons, regime_of
+from cbi_assets.catalogue import (
+    ASSETS,
+    FRED_SERIES,
+    FUTURES,
+    REGIMES,
+    TIMEFRAMES,
+    YAHOO_TICKERS,
+    asset_horizons,
+    regime_of,
+)
 from cbi_assets.raw.datasets import RAW_DATASETS
 
 

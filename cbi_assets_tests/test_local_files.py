@@ -4,7 +4,6 @@ import datetime as dt
 import shutil
 from pathlib import Path
 
-import polars as pl
 import pytest
 
 from cbi_assets.raw.datasets import RawDataset, raw_dataset

@@ -97,8 +97,18 @@ def test_intraday_rows_up_to_the_cut_ignore_the_future(before_and_after, name):
 
 
 def test_a_table_built_in_chunks_equals_the_table_built_whole(sample_folder):
-    from cbi_assets.features.layers import SHARED_LAYERS, asset_layer, asset_master, shared_layer
-    from cbi_assets.features.master import intraday_context, intraday_master, intraday_master_parts, microstructure_table
+    from cbi_assets.features.layers import (
+        SHARED_LAYERS,
+        asset_layer,
+        asset_master,
+        shared_layer,
+    )
+    from cbi_assets.features.master import (
+        intraday_context,
+        intraday_master,
+        intraday_master_parts,
+        microstructure_table,
+    )
 
     continuous, series, minutes, ticks = feature_inputs(sample_records(sample_folder, start="2022-01-01"))
     shared = [shared_layer(name, continuous, series) for name in SHARED_LAYERS]

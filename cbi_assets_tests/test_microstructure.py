@@ -11,7 +11,11 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from cbi_assets.catalogue import FUTURES
-from cbi_assets.features.microstructure import BOOK_LEVELS, minute_microstructure, microstructure_features
+from cbi_assets.features.microstructure import (
+    BOOK_LEVELS,
+    microstructure_features,
+    minute_microstructure,
+)
 from cbi_assets.features.spec import FeatureSet
 from cbi_assets.raw.dbn import frame_from_store, open_dbn
 from cbi_assets.sample import SampleConfig, build_sample

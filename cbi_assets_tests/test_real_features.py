@@ -5,7 +5,12 @@ import datetime as dt
 import polars as pl
 
 from cbi_assets.features import inputs
-from cbi_assets.features.layers import SHARED_LAYERS, asset_layer, asset_master, shared_layer
+from cbi_assets.features.layers import (
+    SHARED_LAYERS,
+    asset_layer,
+    asset_master,
+    shared_layer,
+)
 from cbi_assets.features.master import MIN_FEATURES
 from cbi_assets.features.quality import distinct_finding, null_finding
 from cbi_assets.raw.datasets import RAW_DATASETS

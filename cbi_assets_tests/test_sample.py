@@ -22,7 +22,11 @@ import pytest
 from cbi_assets.catalogue import FRED_SERIES, FUTURES, YAHOO_TICKERS
 from cbi_assets.raw.dbn import frame_from_store, open_dbn
 from cbi_assets.sample import MARKER, SampleConfig, build_sample
-from cbi_assets.sample.markets import MEAL_TONS_PER_BUSHEL, OIL_LB_PER_BUSHEL_IN_DOLLARS, simulate_markets
+from cbi_assets.sample.markets import (
+    MEAL_TONS_PER_BUSHEL,
+    OIL_LB_PER_BUSHEL_IN_DOLLARS,
+    simulate_markets,
+)
 from cbi_assets.sample.sessions import last_session, settlement_sessions
 
 CONFIG = SampleConfig(end=dt.date(2024, 6, 28), intraday_sessions=5, tick_sessions=1, trades_per_session=6_000)

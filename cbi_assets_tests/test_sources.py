@@ -4,12 +4,16 @@ import datetime as dt
 import logging
 
 import numpy as np
-import polars as pl
 import pytest
 
 from cbi_assets.raw import dbn
 from cbi_assets.raw.datasets import raw_dataset
-from cbi_assets.raw.errors import EmptyResponseError, MissingApiKeyError, RawDataError, SourceUnavailableError
+from cbi_assets.raw.errors import (
+    EmptyResponseError,
+    MissingApiKeyError,
+    RawDataError,
+    SourceUnavailableError,
+)
 from cbi_assets.raw.ingest import ingest
 from cbi_assets.raw.store import PartitionStore
 from resources.databento_source import DatabentoSource

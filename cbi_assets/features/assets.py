@@ -11,11 +11,24 @@ import polars as pl
 
 from cbi_assets.catalogue import FRED_SERIES, INTRADAY_TIMEFRAMES, TIMEFRAMES
 from cbi_assets.features import inputs, layers
+from cbi_assets.features.master import (
+    MIN_FEATURES,
+    Table,
+    intraday_context,
+    intraday_master,
+    microstructure_table,
+)
 from cbi_assets.features.pit import RELEASE_LAGS, ReleaseLag
-from cbi_assets.features.master import MIN_FEATURES, Table, intraday_context, intraday_master, microstructure_table
-from cbi_assets.features.quality import calendar_finding, distinct_finding, finite_finding, null_finding, order_finding
+from cbi_assets.features.quality import (
+    calendar_finding,
+    distinct_finding,
+    finite_finding,
+    null_finding,
+    order_finding,
+)
 from cbi_assets.features.spec import catalogue_frame
 from cbi_assets.features.tables import read_table, write_table
+from cbi_assets.parquet import write_frame
 from cbi_assets.raw.datasets import RAW_DATASETS
 from cbi_assets.ui import table as md_table
 
@@ -26,6 +39,8 @@ CHECKS = {
     "calendar": "Rows in line with the exchange calendar.",
 }
 MASTER_CHECKS = {**CHECKS, "distinct": "Enough features; none constant, none a copy of another."}
+SEVERE = {"finite", "increasing", "distinct"}  # these fail as errors; the others warn
+
 
 def _raw_keys(*names: str) -> list[dg.AssetKey]:
     return [RAW_DATASETS[n].key for n in names]
@@ -60,14 +75,7 @@ def _checked(context, table: Table, path: Path, name: str, timeframe: str, maste
             "nulls_worst": dg.MetadataValue.json(findings["nulls_after_warmup"].metadata["worst"]),
             "preview": md_table(frame.tail(3).select(list(table.keys) + table.features[:8]), 3),
         },
-        check_results=[
-            dg.AssetCheckResult(
-                check_name=check, passed=f.passed, description=f.summary,
-                severity=dg.AssetCheckSeverity.ERROR if check in ("finite", "increasing", "distinct") else dg.AssetCheckSeverity.WARN,
-                metadata={k: v if isinstance(v, (int, float, str)) else dg.MetadataValue.json(v) for k, v in f.metadata.items()},
-            )
-            for check, f in findings.items()
-        ],
+        check_results=[f.result(check, severe=check in SEVERE) for check, f in findings.items()],
     )
 
 
@@ -88,11 +96,8 @@ def _feature_asset(key: str, description: str, deps: list, timeframe: str = "1d"
     )
 
 
-def _write_bars(context, frame: pl.DataFrame, path: Path) -> dg.MaterializeResult:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    incoming = path.with_name(f".{path.name}.incoming")
-    frame.write_parquet(incoming, compression="zstd")
-    incoming.replace(path)
+def _write_bars(frame: pl.DataFrame, path: Path) -> dg.MaterializeResult:
+    write_frame(frame, path)
     return dg.MaterializeResult(metadata={"rows": frame.height, "path": dg.MetadataValue.path(str(path)),
                                           "preview": md_table(frame.tail(5), 5)})
 
@@ -100,28 +105,26 @@ def _write_bars(context, frame: pl.DataFrame, path: Path) -> dg.MaterializeResul
 # --- Continuous daily bars ----------------------------------------------------------------------
 
 
-@dg.asset(
-    key=["zl", "features", "continuous_1d"], group_name="zl_features", required_resource_keys={"lake"},
-    deps=_raw_keys(*(f"{s.lower()}_ohlcv_1d" for s in inputs.ZL_SYMBOLS)),
-    description="Front-month daily bars of ZL, ZS, ZM, CL and HO by volume, with the roll adjustment factor.",
-    kinds={"polars", "parquet"}, tags={"layer": "features"},
-)
-def zl_continuous(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-    series = inputs.continuous(inputs.daily_bars(_lake(context), inputs.ZL_SYMBOLS))
-    frame = pl.concat([f.with_columns(pl.lit(s).alias("symbol")) for s, f in series.items()])
-    return _write_bars(context, frame, _lake(context) / "ZL" / "features" / "continuous_1d.parquet")
+def _continuous_asset(area: str, symbols: list[str], description: str) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=[area.lower(), "features", "continuous_1d"], group_name=f"{area.lower()}_features",
+        required_resource_keys={"lake"}, deps=_raw_keys(*(f"{s.lower()}_ohlcv_1d" for s in symbols)),
+        description=description, kinds={"polars", "parquet"}, tags={"layer": "features"},
+    )
+    def _bars(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        series = inputs.continuous(inputs.daily_bars(_lake(context), symbols))
+        frame = pl.concat([f.with_columns(pl.lit(s).alias("symbol")) for s, f in series.items()])
+        return _write_bars(frame, _lake(context) / area / "features" / "continuous_1d.parquet")
+
+    return _bars
 
 
-@dg.asset(
-    key=["mes", "features", "continuous_1d"], group_name="mes_features", required_resource_keys={"lake"},
-    deps=_raw_keys("es_ohlcv_1d", "mes_ohlcv_1d"),
-    description="E-mini and MES front daily bars; `mes` carries the E-mini's history before MES listed (May 2019).",
-    kinds={"polars", "parquet"}, tags={"layer": "features"},
+zl_continuous = _continuous_asset(
+    "ZL", inputs.ZL_SYMBOLS, "Front-month daily bars of ZL, ZS, ZM, CL and HO by volume, with the roll adjustment factor."
 )
-def mes_continuous(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-    series = inputs.continuous(inputs.daily_bars(_lake(context), inputs.MES_SYMBOLS))
-    frame = pl.concat([f.with_columns(pl.lit(s).alias("symbol")) for s, f in series.items()])
-    return _write_bars(context, frame, _lake(context) / "MES" / "features" / "continuous_1d.parquet")
+mes_continuous = _continuous_asset(
+    "MES", inputs.MES_SYMBOLS, "E-mini and MES front daily bars; `mes` carries the E-mini's history before MES listed (May 2019)."
+)
 
 
 def _continuous(lake: Path, areas: tuple[str, ...] = ("ZL", "MES")) -> dict[str, pl.DataFrame]:
@@ -259,7 +262,7 @@ def mes_bars(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     counts = {}
     for timeframe in TIMEFRAMES:
         frame = resample(minutes, timeframe)
-        _write_bars(context, frame, bars_path(lake, timeframe))
+        write_frame(frame, bars_path(lake, timeframe))
         counts[timeframe] = frame.height
     return dg.MaterializeResult(metadata={"bars": dg.MetadataValue.json(counts),
                                           "path": dg.MetadataValue.path(str(bars_path(lake, "1min").parent))})
@@ -315,8 +318,7 @@ def feature_catalogue(context: dg.AssetExecutionContext) -> dg.MaterializeResult
               **{f"mes_master_{tf}": master_path(lake, "mes", tf) for tf in INTRADAY_TIMEFRAMES}}
     catalogue = pl.concat([catalogue_frame(read_table(path).specs, name) for name, path in tables.items()])
     path = lake / "feature_catalogue.parquet"
-    catalogue.write_parquet(path.with_name(".feature_catalogue.parquet.incoming"))
-    path.with_name(".feature_catalogue.parquet.incoming").replace(path)
+    write_frame(catalogue, path)
     with context.resources.warehouse.get_connection() as conn:
         conn.execute("create schema if not exists features")
         conn.register("catalogue", catalogue.to_arrow())

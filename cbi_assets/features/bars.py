@@ -12,8 +12,8 @@ import datetime as dt
 
 import polars as pl
 
-from cbi_assets.catalogue import EXCHANGE_TIMEZONE, GLOBEX_OPEN, TIMEFRAMES
 from cbi_assets.calendars import trade_date
+from cbi_assets.catalogue import EXCHANGE_TIMEZONE, GLOBEX_OPEN, TIMEFRAMES
 
 OHLCV = ("open", "high", "low", "close", "volume")
 SESSION_MINUTES = 1_380  # a Globex session: 17:00 to 16:00 Chicago

@@ -15,7 +15,14 @@ from cbi_assets.features.cross_asset import cross_asset_features
 from cbi_assets.features.fx import fx_features
 from cbi_assets.features.macro import macro_features
 from cbi_assets.features.master import (
-    RELATED, Table, daily_layer, daily_master, intraday_context, intraday_master, microstructure_table, shared_table,
+    RELATED,
+    Table,
+    daily_layer,
+    daily_master,
+    intraday_context,
+    intraday_master,
+    microstructure_table,
+    shared_table,
 )
 from cbi_assets.features.pit import RELEASE_LAGS, SAME_DAY, ReleaseLag, on_grid
 from cbi_assets.features.volatility import volatility_features

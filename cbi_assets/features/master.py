@@ -15,11 +15,24 @@ import polars as pl
 
 from cbi_assets.catalogue import FUTURES, INTRADAY_TIMEFRAMES, TIMEFRAMES
 from cbi_assets.features.bars import OHLCV, resample, settled_at
-from cbi_assets.features.equity_calendar import calendar_features, calendar_table, session_features
-from cbi_assets.features.microstructure import microstructure_features, minute_microstructure
+from cbi_assets.features.equity_calendar import (
+    calendar_features,
+    calendar_table,
+    session_features,
+)
+from cbi_assets.features.microstructure import (
+    microstructure_features,
+    minute_microstructure,
+)
 from cbi_assets.features.soy_complex import seasonality_features, soy_complex_features
 from cbi_assets.features.spec import FeatureSet, FeatureSpec
-from cbi_assets.features.technical import CORE, CORE_INTRADAY, DAILY, INTRADAY, technical_features
+from cbi_assets.features.technical import (
+    CORE,
+    CORE_INTRADAY,
+    DAILY,
+    INTRADAY,
+    technical_features,
+)
 
 # An intraday table is microstructure-heavy: of the daily layers it carries the volatility layer,
 # the core of the MES daily technicals and these macro levels.

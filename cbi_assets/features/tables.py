@@ -8,6 +8,7 @@ import polars as pl
 
 from cbi_assets.features.master import Table
 from cbi_assets.features.spec import FeatureSpec, catalogue_frame
+from cbi_assets.parquet import write_frame
 
 
 def catalogue_path(path: Path) -> Path:
@@ -15,12 +16,9 @@ def catalogue_path(path: Path) -> Path:
 
 
 def write_table(table: Table, path: Path, name: str) -> None:
-    """Write atomically: a failed run leaves the previous table and catalogue in place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for frame, target in ((table.frame, path), (catalogue_frame(table.specs, name), catalogue_path(path))):
-        incoming = target.with_name(f".{target.name}.incoming")
-        frame.write_parquet(incoming, compression="zstd")
-        incoming.replace(target)
+    """The table and its catalogue entries, each written atomically."""
+    write_frame(table.frame, path)
+    write_frame(catalogue_frame(table.specs, name), catalogue_path(path))
 
 
 def read_table(path: Path) -> Table:

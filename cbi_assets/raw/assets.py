@@ -7,11 +7,11 @@ import dagster as dg
 import polars as pl
 from dagster_duckdb import DuckDBResource
 
+from cbi_assets.parquet import write_frame
 from cbi_assets.raw.datasets import RAW_DATASETS, RawDataset
 from cbi_assets.raw.ingest import ingest, records_by_day
 from cbi_assets.raw.partitions import partitions_for, window_days
 from cbi_assets.raw.quality import (
-    Finding,
     duplicate_finding,
     gap_finding,
     order_finding,
@@ -83,20 +83,10 @@ def raw_asset(dataset: RawDataset) -> dg.AssetsDefinition:
                 # Dagster copies this metadata onto every partition of the range: keep it small.
                 "preview": table(received.tail(5).drop("ingested_at", strict=False), 5),
             },
-            check_results=[_check_result(name, f) for name, f in findings.items()],
+            check_results=[f.result(name, severe=name == "schema") for name, f in findings.items()],
         )
 
     return _raw
-
-
-def _check_result(name: str, finding: Finding) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(
-        check_name=name,
-        passed=finding.passed,
-        severity=dg.AssetCheckSeverity.ERROR if name == "schema" else dg.AssetCheckSeverity.WARN,
-        description=finding.summary,
-        metadata={k: v if isinstance(v, (int, float, str)) else dg.MetadataValue.json(v) for k, v in finding.metadata.items()},
-    )
 
 
 def roll_calendar_asset(area: str) -> dg.AssetsDefinition:
@@ -130,7 +120,7 @@ def roll_calendar_asset(area: str) -> dg.AssetsDefinition:
             context.log.info(f"{dataset.symbol}: {bars.height:,} contract-days, {fronts[-1]['rolled'].sum()} rolls")
         calendar = pl.concat(fronts) if fronts else pl.DataFrame()
         path = lake.path(area, "raw", "roll_calendar.parquet")
-        _write_atomic(calendar, path)
+        write_frame(calendar, path)
         summary = (
             calendar.group_by("symbol").agg(
                 pl.col("date").min().alias("first"), pl.col("date").max().alias("last"),
@@ -147,13 +137,6 @@ def roll_calendar_asset(area: str) -> dg.AssetsDefinition:
         )
 
     return _rolls
-
-
-def _write_atomic(frame: pl.DataFrame, path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.incoming")
-    frame.write_parquet(tmp, compression="zstd")
-    tmp.replace(path)
 
 
 @dg.asset(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
+import dagster as dg
 import polars as pl
 
 from cbi_assets.calendars import expected_days, trade_date
@@ -89,6 +90,16 @@ class Finding:
     passed: bool
     summary: str
     metadata: dict = field(default_factory=dict)
+
+    def result(self, check_name: str, severe: bool) -> dg.AssetCheckResult:
+        """As a Dagster check result; a severe one fails as an error, the others as warnings."""
+        return dg.AssetCheckResult(
+            check_name=check_name,
+            passed=self.passed,
+            severity=dg.AssetCheckSeverity.ERROR if severe else dg.AssetCheckSeverity.WARN,
+            description=self.summary,
+            metadata={k: v if isinstance(v, (int, float, str)) else dg.MetadataValue.json(v) for k, v in self.metadata.items()},
+        )
 
 
 def schema_finding(dataset: RawDataset, frame: pl.DataFrame) -> Finding:

@@ -19,7 +19,12 @@ from cbi_assets.catalogue import FUTURES
 from cbi_assets.sample import writer
 from cbi_assets.sample.definitions import mes_definitions
 from cbi_assets.sample.intraday import minute_bars
-from cbi_assets.sample.macro import FRED_DECIMALS, YAHOO_DECIMALS, fred_observations, yahoo_bars
+from cbi_assets.sample.macro import (
+    FRED_DECIMALS,
+    YAHOO_DECIMALS,
+    fred_observations,
+    yahoo_bars,
+)
 from cbi_assets.sample.markets import front_bars, futures_bars, simulate_markets
 from cbi_assets.sample.sessions import business_days, last_session, settlement_sessions
 from cbi_assets.sample.ticks import tick_records

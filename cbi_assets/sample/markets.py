@@ -17,7 +17,13 @@ from scipy.signal import lfilter
 from cbi_assets.catalogue import FUTURES
 from cbi_assets.sample import anchors
 from cbi_assets.sample.contracts import contract_chain, nearest_two
-from cbi_assets.sample.shocks import correlated, fat_tailed, garch_multiplier, mean_reverting, normals
+from cbi_assets.sample.shocks import (
+    correlated,
+    fat_tailed,
+    garch_multiplier,
+    mean_reverting,
+    normals,
+)
 
 TRADING_DAYS = 252
 # Board crush conversion: a bushel of soybeans yields 11 lb of oil and 44 lb (0.022 short ton) of meal.

@@ -21,7 +21,13 @@ import polars as pl
 
 from cbi_assets.catalogue import DATABENTO_DATASET, Future
 from cbi_assets.raw.dbn import empty_records, encode
-from cbi_assets.sample.sessions import NS_PER_DAY, NS_PER_MINUTE, SESSION_MINUTES, globex_open_ns, midnight_ns
+from cbi_assets.sample.sessions import (
+    NS_PER_DAY,
+    NS_PER_MINUTE,
+    SESSION_MINUTES,
+    globex_open_ns,
+    midnight_ns,
+)
 
 PRICE_UNIT = 1_000_000_000  # DBN fixed-point prices: value * 1e9
 Interval = tuple[str, str, int]
