@@ -207,35 +207,39 @@ def master_path(lake: Path, asset: str, timeframe: str) -> Path:
     return lake / asset.upper() / "features" / f"master_{timeframe}.parquet"
 
 
-@_feature_asset("zl/features/zl_layer_1d", "ZL technicals, the core of ZS/ZM/CL/HO, the crush margin, oil share, BOHO, "
-                "ZL/CL ratio and the crop-year seasons.", CONTINUOUS)
-def zl_layer(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-    lake = _lake(context)
-    table = layers.asset_layer("zl", _continuous(lake))
-    return _checked(context, table, layer_path(lake, "zl"), "zl_layer_1d", "1d")
+LAYER_DESCRIPTIONS = {
+    "zl": "ZL technicals, the core of ZS/ZM/CL/HO, the crush margin, oil share, BOHO, ZL/CL ratio and the crop-year seasons.",
+    "mes": "MES daily technicals (E-mini before May 2019) and the core of ZL/CL/HO.",
+}
+MASTER_DESCRIPTIONS = {
+    "zl": "ZL master features: the ZL layer with the shared layer, per session.",
+    "mes": "MES daily master features: the MES layer, the equity calendar and the shared layer.",
+}
 
 
-@_feature_asset("mes/features/mes_layer_1d", "MES daily technicals (E-mini before May 2019) and the core of ZL/CL/HO.", CONTINUOUS)
-def mes_layer(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-    lake = _lake(context)
-    table = layers.asset_layer("mes", _continuous(lake))
-    return _checked(context, table, layer_path(lake, "mes"), "mes_layer_1d", "1d")
+def _layer_asset(asset: str):
+    @_feature_asset(f"{asset}/features/{asset}_layer_1d", LAYER_DESCRIPTIONS[asset], CONTINUOUS)
+    def _layer(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        lake = _lake(context)
+        table = layers.asset_layer(asset, _continuous(lake))
+        return _checked(context, table, layer_path(lake, asset), f"{asset}_layer_1d", "1d")
+
+    return _layer
 
 
-@_feature_asset("zl/features/master_1d", "ZL master features: the ZL layer with the shared layer, per session.",
-                [dg.AssetKey(["zl", "features", "zl_layer_1d"]), *SHARED_KEYS], master="daily")
-def zl_master(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-    lake = _lake(context)
-    table = layers.asset_master("zl", read_table(layer_path(lake, "zl")), _shared_tables(lake))
-    return _checked(context, table, master_path(lake, "zl", "1d"), "zl_master_1d", "1d", master="daily")
+def _daily_master_asset(asset: str):
+    @_feature_asset(f"{asset}/features/master_1d", MASTER_DESCRIPTIONS[asset],
+                    [dg.AssetKey([asset, "features", f"{asset}_layer_1d"]), *SHARED_KEYS], master="daily")
+    def _master(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        lake = _lake(context)
+        table = layers.asset_master(asset, read_table(layer_path(lake, asset)), _shared_tables(lake))
+        return _checked(context, table, master_path(lake, asset, "1d"), f"{asset}_master_1d", "1d", master="daily")
+
+    return _master
 
 
-@_feature_asset("mes/features/master_1d", "MES daily master features: the MES layer, the equity calendar and the shared layer.",
-                [dg.AssetKey(["mes", "features", "mes_layer_1d"]), *SHARED_KEYS], master="daily")
-def mes_master_1d(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-    lake = _lake(context)
-    table = layers.asset_master("mes", read_table(layer_path(lake, "mes")), _shared_tables(lake))
-    return _checked(context, table, master_path(lake, "mes", "1d"), "mes_master_1d", "1d", master="daily")
+LAYERS = [_layer_asset(asset) for asset in ("zl", "mes")]
+DAILY_MASTERS = [_daily_master_asset(asset) for asset in ("zl", "mes")]
 
 
 # --- MES intraday -------------------------------------------------------------------------------
@@ -336,6 +340,6 @@ def feature_catalogue(context: dg.AssetExecutionContext) -> dg.MaterializeResult
 
 
 FEATURE_ASSETS = [
-    zl_continuous, mes_continuous, *SHARED_ASSETS,
-    zl_layer, mes_layer, zl_master, mes_master_1d, mes_bars, mes_microstructure, *INTRADAY_MASTERS, feature_catalogue,
+    zl_continuous, mes_continuous, *SHARED_ASSETS, *LAYERS, *DAILY_MASTERS,
+    mes_bars, mes_microstructure, *INTRADAY_MASTERS, feature_catalogue,
 ]
