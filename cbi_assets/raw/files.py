@@ -10,7 +10,6 @@ A file that cannot be read raises a RawDataError naming the file, line and colum
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -111,6 +110,3 @@ def read_dbn_files(paths: list[Path]) -> pl.DataFrame:
     frames = [frame_from_store(open_dbn(path, str(path)), str(path)) for path in paths]
     return pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0]
 
-
-def date_range_filter(start: dt.date, end: dt.date) -> pl.Expr:
-    return pl.col("ts_event").dt.date().is_between(start, end)
