@@ -5,8 +5,8 @@
 
 The sample writes the bars (not timed). Timed end to end: from the raw records to every MES
 master table (1min, 5min, 15min, 30min, 1h, 4h and 1d) with the shared layer and
-microstructure. The intraday tables are built in chunks of 250 sessions, each written to a
-Parquet part (zstd), so a long history never sits whole in memory.
+microstructure. The intraday tables are built in parts of about 140,000 rows (PART_ROWS
+in master.py), each written to a Parquet part (zstd), so a long history never sits whole in memory.
 
 Peers, on the same bars:
 - `ta.add_all_ta_features` (pandas), on a slice of the rows;
@@ -52,7 +52,6 @@ from resources.local_files import LocalFilesSource
 from resources.sample_source import SampleSource
 
 END = dt.date(2026, 10, 30)
-CHUNK_SESSIONS = 250
 TA_ROWS = 20_000  # `ta` is slow; its rows/s come from a slice
 
 
@@ -69,7 +68,7 @@ def build_masters(records: dict, out: Path) -> tuple[int, dict[str, tuple[int, i
     for timeframe in INTRADAY_TIMEFRAMES:
         rows, features = 0, 0
         (out / f"master_{timeframe}").mkdir()
-        for i, part in enumerate(intraday_master_parts(context, timeframe, CHUNK_SESSIONS)):
+        for i, part in enumerate(intraday_master_parts(context, timeframe)):
             part.frame.write_parquet(out / f"master_{timeframe}" / f"part-{i:04d}.parquet", compression="zstd",
                                      compression_level=1, statistics=False)
             rows, features = rows + part.frame.height, len(part.features)

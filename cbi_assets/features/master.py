@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from cbi_assets.catalogue import FUTURES, INTRADAY_TIMEFRAMES, TIMEFRAMES
-from cbi_assets.features.bars import OHLCV, resample, settled_at
+from cbi_assets.features.bars import OHLCV, SESSION_MINUTES, resample, settled_at
 from cbi_assets.features.equity_calendar import (
     calendar_features,
     calendar_table,
@@ -65,7 +65,7 @@ def adjusted(prefix: str) -> list[pl.Expr]:
 def finish(frame: pl.DataFrame, keys: list[str], specs: list[FeatureSpec]) -> Table:
     """Keys and features only, as Float32; NaN and infinities (0/0, x/0) become null."""
     features = [
-        pl.when(pl.col(s.name).cast(pl.Float64).is_finite()).then(pl.col(s.name)).cast(pl.Float32).alias(s.name)
+        pl.when(pl.col(s.name).is_finite()).then(pl.col(s.name)).cast(pl.Float32).alias(s.name)
         for s in specs
     ]
     return Table(frame.select(*keys, *features), list(specs), tuple(keys))
@@ -167,7 +167,7 @@ WARMUP_BARS = 500
 
 def warmup_sessions(timeframe: str) -> int:
     longest = max(WARMUP_BARS, *(max(getattr(INTRADAY, f), default=0) for f in ("returns", "volatility", "sma", "high", "momentum", "shape")))
-    return -(-longest * TIMEFRAMES[timeframe] // 1380) + 1
+    return -(-longest * TIMEFRAMES[timeframe] // SESSION_MINUTES) + 1
 
 
 def intraday_master(context: IntradayContext, timeframe: str, first=None, last=None) -> Table:
@@ -222,9 +222,16 @@ def intraday_master(context: IntradayContext, timeframe: str, first=None, last=N
     return Table(frame, [s for b in blocks for s in b.specs], ("ts_event", "ts", "trade_date"))
 
 
-def intraday_master_parts(context: IntradayContext, timeframe: str, chunk_sessions: int):
-    """The same table, `chunk_sessions` sessions at a time, so a long history never sits whole in memory."""
+# Rows per part: polars passes over columns of this length stay largely in cache (measured:
+# 1-minute parts of 100 sessions build 25% faster than parts of 250).
+PART_ROWS = 140_000
+
+
+def intraday_master_parts(context: IntradayContext, timeframe: str, chunk_sessions: int | None = None):
+    """The same table in parts of `chunk_sessions` sessions (by default about PART_ROWS rows), so a
+    long history never sits whole in memory."""
     dates = context.sessions
+    chunk_sessions = chunk_sessions or max(1, PART_ROWS * TIMEFRAMES[timeframe] // SESSION_MINUTES)
     for i in range(0, len(dates), chunk_sessions):
         yield intraday_master(context, timeframe, dates[i], dates[min(i + chunk_sessions, len(dates)) - 1])
 
@@ -240,7 +247,9 @@ def microstructure_table(minutes: pl.DataFrame, trades: pl.DataFrame | None, tbb
     microstructure_features(fs, tick)
     missing = [c for c in _MINUTE_COLUMNS if c not in frame.columns]
     frame = frame.with_columns(pl.lit(None, pl.Float64).alias(c) for c in missing)
-    return finish(frame.sort("ts").with_columns(fs.exprs), ["ts_event", "ts", "trade_date"], fs.specs)
+    # Minute bars come sorted by time; sort only what is not (a sort copies every column).
+    frame = frame if frame["ts"].is_sorted() else frame.sort("ts")
+    return finish(frame.with_columns(fs.exprs), ["ts_event", "ts", "trade_date"], fs.specs)
 
 
 _MINUTE_COLUMNS = ("ofi", "microprice_dev", "quoted_spread", "effective_spread", "depth_imbalance_1", "depth_imbalance_5",

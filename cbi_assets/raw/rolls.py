@@ -30,8 +30,10 @@ def front_month(bars: pl.DataFrame) -> pl.DataFrame:
     front: int | None = None
     retired: set[int] = set()
     previous_volume: dict[int, float] = {}
-    for (day,), group in daily.group_by("date", maintain_order=True):
-        today = dict(zip(group["instrument_id"].to_list(), group["volume"].to_list(), strict=True))
+    # One pass over plain lists: the rule is sequential, and a frame per day costs more than the rule.
+    days, ids, volumes = (daily[c].to_list() for c in ("date", "instrument_id", "volume"))
+    for start, end in _runs(days):
+        day, today = days[start], dict(zip(ids[start:end], volumes[start:end], strict=True))
         ranking = previous_volume or today  # the very first day has no previous session
         candidates = [i for i in today if i not in retired]
         if not candidates:  # only contracts already rolled out of: keep the current one
@@ -54,3 +56,9 @@ def front_month(bars: pl.DataFrame) -> pl.DataFrame:
     )
     return frame.with_columns(pl.col("instrument_id", "rolled_from").replace(-1, None))
 
+
+
+def _runs(values: list) -> list[tuple[int, int]]:
+    """[start, end) of each run of equal consecutive values."""
+    starts = [i for i in range(len(values)) if i == 0 or values[i] != values[i - 1]]
+    return list(zip(starts, [*starts[1:], len(values)], strict=True))
