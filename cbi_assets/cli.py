@@ -60,8 +60,16 @@ def plan(settings: Settings) -> list[Step]:
     ]
     graph = defs.resolve_asset_graph()
     derived = sorted(k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).partitions_def is None)
-    # One run: Dagster orders the derived layers (rolls, features, ...) by their dependencies.
+    # One run: Dagster orders the derived layers (rolls, features, regimes) by their dependencies.
     steps.append(Step(f"derived layers, {len(derived)} assets", ",".join(derived), None))
+    # Then each market's training assets, every horizon in one run (single-run backfill).
+    from cbi_assets.training.assets import HORIZON_PARTITIONS
+
+    for asset, partitions in HORIZON_PARTITIONS.items():
+        keys = sorted(k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).partitions_def == partitions)
+        horizons = partitions.get_partition_keys()
+        steps.append(Step(f"{asset.upper()} training sets, {len(keys)} assets x {len(horizons)} horizons",
+                          ",".join(keys), f"{horizons[0]}...{horizons[-1]}"))
     return steps
 
 
@@ -110,6 +118,9 @@ def _print_results(settings: Settings, dagster_home: str) -> None:
         f"  shared features     {settings.lake}/shared/{{macro,volatility,fx,cross_asset}}/*_1d.parquet\n"
         f"  master features     {settings.lake}/ZL/features/master_1d.parquet, {settings.lake}/MES/features/master_<timeframe>.parquet\n"
         f"  feature catalogue   {settings.lake}/feature_catalogue.parquet (warehouse: features.catalogue)\n"
+        f"  regimes             {settings.lake}/shared/regimes/ (calendar, <asset>_state, <asset>_shifts; warehouse: regimes.*)\n"
+        f"  training sets       {settings.lake}/{{ZL,MES}}/training/by_horizon/<horizon>/ (labels, all, regime=<name>, folds, scalers)\n"
+        f"  meta-learning tasks {settings.lake}/meta_learning/<asset>/<horizon>/<regime>/{{support,query}}.parquet\n"
         f"  warehouse (DuckDB)  {settings.warehouse}  (table lake.raw_inventory)\n"
         f"  Dagster runs        {dagster_home}  (open the web UI: cbi dev)"
     )

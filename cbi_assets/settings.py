@@ -11,6 +11,8 @@
 | CBI_SAMPLE_END               | the last session before today            |
 | CBI_SAMPLE_INTRADAY_SESSIONS | 60 (MES 1-minute bars)                   |
 | CBI_SAMPLE_TICK_SESSIONS     | 2 (MES trades, TBBO, MBP-10)             |
+| CBI_PROFILE                  | sample when the futures come from the sample, else desk: |
+|                              | how much training (walk-forward folds) a run does  |
 | DATABENTO_API_KEY, FRED_API_KEY | the real sources' keys                |
 """
 
@@ -25,6 +27,7 @@ from cbi_assets.calendars import CHICAGO, settlement_days
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("auto", "sample", "live", "local")
+PROFILES = ("desk", "sample")
 
 
 def last_complete_session(today: dt.date | None = None) -> dt.date:
@@ -43,6 +46,7 @@ class Settings:
     sample_end: dt.date
     sample_intraday_sessions: int
     sample_tick_sessions: int
+    profile: str
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -52,6 +56,10 @@ class Settings:
         if source not in SOURCES:
             raise ValueError(f"CBI_SOURCE={source!r} is not one of {', '.join(SOURCES)}")
         end = env.get("CBI_SAMPLE_END")
+        on_sample = source == "sample" or (source == "auto" and not env.get("DATABENTO_API_KEY"))
+        profile = env.get("CBI_PROFILE", "sample" if on_sample else "desk").lower()
+        if profile not in PROFILES:
+            raise ValueError(f"CBI_PROFILE={profile!r} is not one of {', '.join(PROFILES)}")
         return cls(
             lake=lake,
             models=Path(env.get("CBI_MODELS") or PROJECT_ROOT / "Models"),
@@ -61,4 +69,5 @@ class Settings:
             sample_end=dt.date.fromisoformat(end) if end else last_complete_session(),
             sample_intraday_sessions=int(env.get("CBI_SAMPLE_INTRADAY_SESSIONS", 60)),
             sample_tick_sessions=int(env.get("CBI_SAMPLE_TICK_SESSIONS", 2)),
+            profile=profile,
         )

@@ -18,3 +18,26 @@ def table(frame: pl.DataFrame, rows: int = 20) -> dg.MetadataValue:
         fmt_str_lengths=80,
     ):
         return dg.MetadataValue.md(str(frame.head(rows)))
+
+
+def plot(figure) -> dg.MetadataValue:
+    """A matplotlib figure as an image in the asset's metadata (markdown with an inline PNG)."""
+    import base64
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(figure)
+    return dg.MetadataValue.md(f"![plot](data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()})")
+
+
+def figure(width: float = 10, height: float = 4, rows: int = 1):
+    """A headless matplotlib figure and its axes (asset runs have no display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(rows, 1, figsize=(width, height), sharex=True)

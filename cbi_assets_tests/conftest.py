@@ -73,3 +73,33 @@ def feature_inputs(records: dict):
     continuous = inputs.continuous(daily)
     return (continuous, inputs.series(records), inputs.minutes(records["mes_ohlcv_1m"], continuous["mes"]),
             {kind: records[f"mes_{kind}"] for kind in inputs.TICKS})
+
+
+@pytest.fixture(scope="session")
+def feature_lake(sample_folder, tmp_path_factory):
+    """The sample's records from 2016 stored as raw partitions, then every feature asset materialized
+    by Dagster on them: (lake root, the materialize result). Tests that share it are grouped on one
+    xdist worker (`xdist_group("feature_lake")`) so it is built once."""
+    import datetime as dt
+
+    import dagster as dg
+    import polars as pl
+    from dagster_duckdb import DuckDBResource
+
+    from cbi_assets.features.assets import FEATURE_ASSETS
+    from cbi_assets.raw.datasets import RAW_DATASETS
+    from cbi_assets.raw.ingest import ingest
+    from cbi_assets.raw.store import PartitionStore
+    from resources import Lake
+
+    root = tmp_path_factory.mktemp("feature_lake")
+    now = dt.datetime.now(dt.timezone.utc)
+    for name, frame in sample_records(sample_folder, start="2016-01-01").items():
+        dataset = RAW_DATASETS[name]
+        days = frame.select(pl.col("ts_event").dt.date()).to_series()
+        if frame.height:
+            ingest(dataset, frame, PartitionStore(root / dataset.area / "raw" / name), days.min() - dt.timedelta(days=1),
+                   days.max() + dt.timedelta(days=1), origin="sample", received_at=now)
+    resources = {"lake": Lake(root=str(root), profile="sample"),
+                 "warehouse": DuckDBResource(database=str(root / "warehouse.duckdb"))}
+    return root, dg.materialize(FEATURE_ASSETS, resources=resources)

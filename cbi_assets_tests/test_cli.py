@@ -2,6 +2,8 @@
 
 import datetime as dt
 
+import dagster as dg
+
 from cbi_assets.cli import plan
 from cbi_assets.definitions import defs
 from cbi_assets.settings import Settings
@@ -21,8 +23,16 @@ def test_plan_materializes_every_asset_once_within_its_partitions():
             assert step.partition_range is None
         else:
             first, last = step.partition_range.split("...")
-            assert partitions.has_partition_key(first) and last == "2024-06-28"
-    assert steps[-1].partition_range is None  # the derived assets come after the raw layer
+            if isinstance(partitions, dg.StaticPartitionsDefinition):  # a market's horizons: all of them
+                keys = partitions.get_partition_keys()
+                assert (first, last) == (keys[0], keys[-1])
+            else:  # day partitions: up to the sample's last session
+                assert partitions.has_partition_key(first) and last == "2024-06-28"
+    # The raw days come first, then the derived layers, then the training sets by horizon.
+    ranges = [s.partition_range for s in steps]
+    derived = next(i for i, s in enumerate(steps) if s.partition_range is None)
+    assert all(r and r.endswith("2024-06-28") for r in ranges[:derived])
+    assert [s.partition_range for s in steps[derived + 1:]] == ["1w...12m", "1min...12m"]
     mes_ticks = next(s for s in steps if "mes/raw/mes_trades" in s.selection)
     first = dt.date.fromisoformat(mes_ticks.partition_range.split("...")[0])
     assert first == dt.date(2024, 6, 27)  # the last two sessions

@@ -1,40 +1,16 @@
 """The feature assets, materialized by Dagster on a lake of sample records: files, checks, catalogue."""
 
-import datetime as dt
-
-import dagster as dg
 import duckdb
 import polars as pl
 import pytest
-from dagster_duckdb import DuckDBResource
 
 from cbi_assets.catalogue import INTRADAY_TIMEFRAMES
-from cbi_assets.features.assets import FEATURE_ASSETS
 from cbi_assets.features.tables import read_table
-from cbi_assets.raw.datasets import RAW_DATASETS
-from cbi_assets.raw.ingest import ingest
-from cbi_assets.raw.store import PartitionStore
-from cbi_assets_tests.conftest import sample_records
-from resources import Lake
 
 
-@pytest.fixture(scope="module")
-def lake(sample_folder, tmp_path_factory):
-    """The sample's records from 2016 stored as raw partitions, as the raw assets would."""
-    root = tmp_path_factory.mktemp("feature_lake")
-    now = dt.datetime.now(dt.timezone.utc)
-    for name, frame in sample_records(sample_folder, start="2016-01-01").items():
-        dataset = RAW_DATASETS[name]
-        days = frame.select(pl.col("ts_event").dt.date()).to_series()
-        if frame.height:
-            ingest(dataset, frame, PartitionStore(root / dataset.area / "raw" / name), days.min() - dt.timedelta(days=1),
-                   days.max() + dt.timedelta(days=1), origin="sample", received_at=now)
-    return root
-
-
-def test_feature_assets_build_every_table_with_passing_checks(lake):
-    resources = {"lake": Lake(root=str(lake)), "warehouse": DuckDBResource(database=str(lake / "warehouse.duckdb"))}
-    result = dg.materialize(FEATURE_ASSETS, resources=resources)
+@pytest.mark.xdist_group("feature_lake")
+def test_feature_assets_build_every_table_with_passing_checks(feature_lake):
+    lake, result = feature_lake
     assert result.success
     checks = {(e.asset_key.to_user_string(), e.check_name): e for e in result.get_asset_check_evaluations()}
     failed = {k: e.description for k, e in checks.items() if not e.passed}

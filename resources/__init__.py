@@ -61,7 +61,7 @@ def _sources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
 
 def build_resources(settings: Settings) -> dict[str, object]:
     return {
-        "lake": Lake(root=str(settings.lake)),
+        "lake": Lake(root=str(settings.lake), profile=settings.profile),
         "warehouse": DuckDBResource(database=str(settings.warehouse)),
         **_sources(settings),
     }

@@ -127,7 +127,7 @@ mes_continuous = _continuous_asset(
 )
 
 
-def _continuous(lake: Path, areas: tuple[str, ...] = ("ZL", "MES")) -> dict[str, pl.DataFrame]:
+def continuous_bars(lake: Path, areas: tuple[str, ...] = ("ZL", "MES")) -> dict[str, pl.DataFrame]:
     out = {}
     for area in areas:
         frame = pl.read_parquet(lake / area / "features" / "continuous_1d.parquet")
@@ -180,7 +180,7 @@ def _shared_asset(name: str):
     @_feature_asset(f"shared/features/{name}", description, _raw_keys(*raw) + CONTINUOUS)
     def _shared(context: dg.AssetExecutionContext, config: ReleaseLags) -> dg.MaterializeResult:
         lake = _lake(context)
-        table = layers.shared_layer(name, _continuous(lake), inputs.lake_series(lake), config.lags())
+        table = layers.shared_layer(name, continuous_bars(lake), inputs.lake_series(lake), config.lags())
         return _checked(context, table, shared_path(lake, name), f"shared_{name}", "1d")
 
     return _shared
@@ -221,7 +221,7 @@ def _layer_asset(asset: str):
     @_feature_asset(f"{asset}/features/{asset}_layer_1d", LAYER_DESCRIPTIONS[asset], CONTINUOUS)
     def _layer(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         lake = _lake(context)
-        table = layers.asset_layer(asset, _continuous(lake))
+        table = layers.asset_layer(asset, continuous_bars(lake))
         return _checked(context, table, layer_path(lake, asset), f"{asset}_layer_1d", "1d")
 
     return _layer
@@ -260,7 +260,7 @@ def mes_bars(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     from cbi_assets.features.bars import resample
 
     lake = _lake(context)
-    minutes = inputs.minutes(inputs.read_raw(lake, "mes_ohlcv_1m"), _continuous(lake, ("MES",))["mes"])
+    minutes = inputs.minutes(inputs.read_raw(lake, "mes_ohlcv_1m"), continuous_bars(lake, ("MES",))["mes"])
     if minutes is None:
         raise dg.Failure("mes/raw/mes_ohlcv_1m has no records: materialize its partitions first")
     counts = {}

@@ -1,0 +1,1 @@
+"""Named regimes and the data-driven regime state."""

@@ -1,0 +1,1 @@
+"""Labels, walk-forward folds, training sets and meta-learning tasks."""
