@@ -10,14 +10,19 @@ import polars as pl
 from cbi_assets.catalogue import REGIMES, Regime
 from cbi_assets.parquet import write_frame
 from cbi_assets.regimes.calendar import calendar_frame, regimes_of
-from cbi_assets.regimes.state import MarkovPlan, current_regime, regime_state, shifts
+from cbi_assets.regimes.state import (
+    STATES,
+    MarkovPlan,
+    current_regime,
+    regime_state,
+    shifts,
+)
 from cbi_assets.ui import figure, plot
 from cbi_assets.ui import table as md_table
 
 # Regimes as a partition dimension: seeded from the calendar, extended when a regime is detected
 # or added to the calendar by configuration, with no code change.
 REGIME_PARTITIONS = dg.DynamicPartitionsDefinition(name="regime")
-STATES = ("calm", "normal", "stressed", "crisis")
 STATE_COLOURS = {"calm": "#d8f0d8", "normal": "#f4f4f4", "stressed": "#fbe3c0", "crisis": "#f6c4c4"}
 
 

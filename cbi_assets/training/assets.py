@@ -18,7 +18,12 @@ from cbi_assets.features.tables import read_table
 from cbi_assets.parquet import write_frame
 from cbi_assets.regimes.assets import read_calendar, regime_calendar
 from cbi_assets.training import sets
-from cbi_assets.training.folds import FoldPlan, default_plan, walk_forward
+from cbi_assets.training.folds import (
+    FoldPlan,
+    default_plan,
+    fold_findings,
+    walk_forward,
+)
 from cbi_assets.training.sets import MetaPlan, horizon_of
 from cbi_assets.ui import figure, plot
 from cbi_assets.ui import table as md_table
@@ -214,23 +219,6 @@ def _fold_plot(folds: pl.DataFrame, title: str):
     return plot(fig)
 
 
-def fold_findings(frame: pl.DataFrame, folds: pl.DataFrame, key: str, embargo: int) -> dict[str, dict]:
-    """Recount purge, embargo and tiling from the rows themselves (independent of walk_forward)."""
-    times, ends = frame[key], frame["label_end"]
-    overlaps, short, gaps = 0, 0, 0
-    previous_hi = None
-    for f in folds.iter_rows(named=True):
-        test_first = times[f["test_lo"]]
-        train_ends = ends.slice(f["train_lo"], f["train_hi"] - f["train_lo"] + 1)
-        overlaps += int((train_ends >= test_first).sum())
-        last_end_row = times.search_sorted(train_ends.max(), side="right") - 1
-        short += int(f["test_lo"] - last_end_row <= embargo)
-        gaps += int(previous_hi is not None and f["test_lo"] != previous_hi + 1)
-        previous_hi = f["test_hi"]
-    return {"purged": {"overlapping_train_rows": overlaps}, "embargoed": {"folds_inside_embargo": short},
-            "tiled": {"gaps_or_overlaps": gaps, "test_reaches_end": previous_hi == frame.height - 1}}
-
-
 def _folds_asset(asset: str):
     @_training_asset(asset, "folds", f"{asset.upper()} purged walk-forward folds per horizon (train and test spans), and a "
                      "robust scaler per fold fitted on its training rows only.",
@@ -249,9 +237,7 @@ def _folds_asset(asset: str):
                 folds = walk_forward(frame[key], frame["label_end"], plan)
             except ValueError as error:
                 raise dg.Failure(f"{asset} {partition}: {error}") from error
-            features = [c for c in frame.columns if c not in (key, "trade_date", "available_at", *sets.LABEL_COLUMNS,
-                                                              *sets.BARRIER_COLUMNS, *sets.WEIGHT_COLUMNS)]
-            scalers = sets.fold_scalers(frame, folds, features)
+            scalers = sets.fold_scalers(frame, folds, sets.feature_columns(frame))
             write_frame(folds, folder / "folds.parquet")
             write_frame(scalers, folder / "scalers.parquet")
             findings = fold_findings(frame, folds, key, plan.embargo)

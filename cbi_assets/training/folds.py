@@ -14,7 +14,8 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
-from cbi_assets.catalogue import ASSETS, GLOBEX_CLOSE, GLOBEX_OPEN, TIMEFRAMES, Horizon
+from cbi_assets.catalogue import ASSETS, TIMEFRAMES, Horizon
+from cbi_assets.features.bars import SESSION_MINUTES  # a day of MES 1-minute rows
 
 Scheme = Literal["expanding", "sliding"]
 SCHEMES: tuple[Scheme, ...] = ("expanding", "sliding")
@@ -57,11 +58,6 @@ class FoldPlan:
 
 
 # --- Default plans ----------------------------------------------------------------------------
-
-# One CME Globex session (17:00 to 16:00 the next day) in minutes: a day of MES 1-minute rows.
-SESSION_MINUTES = 24 * 60 - (
-    (GLOBEX_OPEN.hour * 60 + GLOBEX_OPEN.minute) - (GLOBEX_CLOSE.hour * 60 + GLOBEX_CLOSE.minute)
-)
 
 # Plans per profile, keyed by (asset, the timeframe the horizon counts bars in). The embargo is
 # left at 0 here: default_plan sets it from the horizon. Daily models retrain on all the history
@@ -234,3 +230,20 @@ def fold_membership(label_end: pl.Series, folds: pl.DataFrame) -> pl.DataFrame:
             )
     schema = {"fold": pl.Int64, "row": pl.Int64, "role": pl.String}
     return pl.concat([p.cast(schema) for p in parts]) if parts else pl.DataFrame(schema=schema)
+
+
+def fold_findings(frame: pl.DataFrame, folds: pl.DataFrame, key: str, embargo: int) -> dict[str, dict]:
+    """Recount purge, embargo and tiling from the rows themselves (independent of walk_forward)."""
+    times, ends = frame[key], frame["label_end"]
+    overlaps, short, gaps = 0, 0, 0
+    previous_hi = None
+    for f in folds.iter_rows(named=True):
+        test_first = times[f["test_lo"]]
+        train_ends = ends.slice(f["train_lo"], f["train_hi"] - f["train_lo"] + 1)
+        overlaps += int((train_ends >= test_first).sum())
+        last_end_row = times.search_sorted(train_ends.max(), side="right") - 1
+        short += int(f["test_lo"] - last_end_row <= embargo)
+        gaps += int(previous_hi is not None and f["test_lo"] != previous_hi + 1)
+        previous_hi = f["test_hi"]
+    return {"purged": {"overlapping_train_rows": overlaps}, "embargoed": {"folds_inside_embargo": short},
+            "tiled": {"gaps_or_overlaps": gaps, "test_reaches_end": previous_hi == frame.height - 1}}

@@ -13,6 +13,7 @@ import polars as pl
 
 from cbi_assets.catalogue import ASSETS, Horizon
 from cbi_assets.regimes.calendar import regimes_of
+from cbi_assets.training.folds import split
 from cbi_assets.training.labels import (
     daily_labels,
     intraday_labels,
@@ -61,23 +62,27 @@ def training_set(features: pl.DataFrame, feature_names: list[str], labels: pl.Da
         .filter(pl.col("forward_return").is_not_null())
         .sort(key)
     )
-    uniqueness = label_uniqueness(frame[key], frame["label_end"])
     dates = frame[day].cast(pl.Date)
     weights = pl.DataFrame({
         "regime": regimes_of(dates, calendar),
         "regime_weight": sample_weights(dates, calendar),
-        "uniqueness": uniqueness,
-        "weight": sample_weights(dates, calendar, uniqueness),
-    })
+        "uniqueness": label_uniqueness(frame[key], frame["label_end"]),
+    }).with_columns((pl.col("regime_weight") * pl.col("uniqueness")).alias("weight"))
     label_columns = [c for c in (*LABEL_COLUMNS, *BARRIER_COLUMNS) if c in frame.columns]
     return pl.concat([frame.select(*keys, *label_columns), weights, frame.select(feature_names)], how="horizontal")
+
+
+def feature_columns(frame: pl.DataFrame) -> list[str]:
+    """The feature columns of a training set: everything but keys, labels and weights."""
+    other = {"ts", "date", "trade_date", "available_at", *LABEL_COLUMNS, *BARRIER_COLUMNS, *WEIGHT_COLUMNS}
+    return [c for c in frame.columns if c not in other]
 
 
 def fold_scalers(frame: pl.DataFrame, folds: pl.DataFrame, feature_names: list[str]) -> pl.DataFrame:
     """A robust scaler per fold, fitted on that fold's training rows only."""
     scalers = []
     for fold in folds.iter_rows(named=True):
-        train = frame.slice(fold["train_lo"], fold["train_hi"] - fold["train_lo"] + 1)
+        train, _ = split(frame, fold)
         scalers.append(RobustScaler.fit(train, feature_names).to_frame().with_columns(pl.lit(fold["fold"]).alias("fold")))
     return pl.concat(scalers) if scalers else pl.DataFrame()
 
