@@ -48,6 +48,9 @@ class Asset:
     horizons: tuple[Horizon, ...]
     timeframes: tuple[str, ...]
     related: tuple[str, ...]
+    # One side of a trade in basis points of price: a tick of slippage plus exchange and broker
+    # fees. Backtests and the Sharpe ratio of a forecast's sign are net of it.
+    cost_bps: float
 
     def horizon(self, name: str) -> Horizon:
         for h in self.horizons:
@@ -68,6 +71,7 @@ ZL = Asset(
     horizons=(_daily("1w", 5), _daily("1m", 21), _daily("3m", 63), _daily("6m", 126), _daily("12m", 252)),
     timeframes=("1d",),
     related=("ZS", "ZM", "CL", "HO"),
+    cost_bps=3.0,  # 0.01 c/lb on ~50 c/lb is 2 bp, plus fees on a $30k contract
 )
 
 MES = Asset(
@@ -86,6 +90,7 @@ MES = Asset(
     ),
     timeframes=tuple(TIMEFRAMES),
     related=("ES",),
+    cost_bps=1.0,  # a quarter point on ~5,000 is 0.5 bp, plus $0.6 of fees on a $25k contract
 )
 
 ASSETS: dict[str, Asset] = {a.symbol: a for a in (ZL, MES)}

@@ -62,13 +62,14 @@ def plan(settings: Settings) -> list[Step]:
     derived = sorted(k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).partitions_def is None)
     # One run: Dagster orders the derived layers (rolls, features, regimes) by their dependencies.
     steps.append(Step(f"derived layers, {len(derived)} assets", ",".join(derived), None))
-    # Then each market's training assets, every horizon in one run (single-run backfill).
-    from cbi_assets.training.assets import HORIZON_PARTITIONS
+    # Then each market's horizon assets (regime state, training sets, models, leaderboard), every
+    # horizon in one run (single-run backfill).
+    from cbi_assets.partitions import HORIZON_PARTITIONS
 
     for asset, partitions in HORIZON_PARTITIONS.items():
         keys = sorted(k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).partitions_def == partitions)
         horizons = partitions.get_partition_keys()
-        steps.append(Step(f"{asset.upper()} training sets, {len(keys)} assets x {len(horizons)} horizons",
+        steps.append(Step(f"{asset.upper()} regimes, training sets and models, {len(keys)} assets x {len(horizons)} horizons",
                           ",".join(keys), f"{horizons[0]}...{horizons[-1]}"))
     return steps
 
@@ -107,10 +108,17 @@ def _print_results(settings: Settings, dagster_home: str) -> None:
         inventory = conn.sql(
             "select dataset, days, first_day, last_day, records from lake.raw_inventory order by area, dataset"
         ).pl()
+        champions = conn.sql(
+            "select asset, horizon, family as champion, round(mase, 3) as mase, "
+            "round(directional_accuracy, 3) as directional_accuracy from models.leaderboard where champion "
+            "order by asset desc, horizon"
+        ).pl()
     import polars as pl
 
     with pl.Config(tbl_rows=-1, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
         print(inventory)
+        print("\nChampions on the walk-forward folds (MASE below 1 beats the random walk):")
+        print(champions)
     print(
         "\nWhere the results are:\n"
         f"  lake (Parquet)      {settings.lake}/{{shared,ZL,MES}}/raw/<dataset>/date=YYYY-MM-DD/\n"
@@ -118,9 +126,11 @@ def _print_results(settings: Settings, dagster_home: str) -> None:
         f"  shared features     {settings.lake}/shared/{{macro,volatility,fx,cross_asset}}/*_1d.parquet\n"
         f"  master features     {settings.lake}/ZL/features/master_1d.parquet, {settings.lake}/MES/features/master_<timeframe>.parquet\n"
         f"  feature catalogue   {settings.lake}/feature_catalogue.parquet (warehouse: features.catalogue)\n"
-        f"  regimes             {settings.lake}/shared/regimes/ (calendar, <asset>_state, <asset>_shifts; warehouse: regimes.*)\n"
+        f"  regimes             {settings.lake}/shared/regimes/ (calendar; <ASSET>/<horizon>/state, shifts; warehouse: regimes.*)\n"
         f"  training sets       {settings.lake}/{{ZL,MES}}/training/by_horizon/<horizon>/ (labels, all, regime=<name>, folds, scalers)\n"
         f"  meta-learning tasks {settings.lake}/meta_learning/<asset>/<horizon>/<regime>/{{support,query}}.parquet\n"
+        f"  models              {settings.lake}/{{ZL,MES}}/models/by_horizon/<horizon>/{{oof,metrics}}/<family>.parquet\n"
+        f"  leaderboard         warehouse: models.leaderboard; MLflow: {settings.tracking_uri} (champion alias)\n"
         f"  warehouse (DuckDB)  {settings.warehouse}  (table lake.raw_inventory)\n"
         f"  Dagster runs        {dagster_home}  (open the web UI: cbi dev)"
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from cbi_assets.features.assets import FEATURE_ASSETS
+from cbi_assets.models.assets import MODEL_ASSETS
 from cbi_assets.raw.assets import RAW_ASSETS, ROLL_CALENDARS, raw_inventory
 from cbi_assets.regimes.assets import REGIME_ASSETS
 from cbi_assets.settings import Settings
@@ -13,7 +14,8 @@ from resources import build_resources
 from schedules import INGEST_JOBS, INGEST_SCHEDULES
 
 defs = dg.Definitions(
-    assets=[*RAW_ASSETS, *ROLL_CALENDARS, raw_inventory, *FEATURE_ASSETS, *REGIME_ASSETS, *TRAINING_ASSETS],
+    assets=[*RAW_ASSETS, *ROLL_CALENDARS, raw_inventory, *FEATURE_ASSETS, *REGIME_ASSETS, *TRAINING_ASSETS,
+            *MODEL_ASSETS],
     jobs=INGEST_JOBS,
     schedules=INGEST_SCHEDULES,
     resources=build_resources(Settings.from_env()),

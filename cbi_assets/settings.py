@@ -5,13 +5,14 @@
 | CBI_LAKE                     | <project>/TrainingData                   |
 | CBI_MODELS                   | <project>/Models                         |
 | CBI_WAREHOUSE                | <lake>/warehouse.duckdb                  |
+| CBI_MLFLOW_URI               | sqlite:///<models>/mlflow.db (a team server: http://...) |
 | CBI_SOURCE                   | auto: a real source where its key is set, else the sample |
 |                              | sample / live (Databento, FRED, Yahoo) / local |
 | CBI_LOCAL_DIR                | folder for CBI_SOURCE=local              |
 | CBI_SAMPLE_END               | the last session before today            |
 | CBI_SAMPLE_INTRADAY_SESSIONS | 60 (MES 1-minute bars)                   |
 | CBI_SAMPLE_TICK_SESSIONS     | 2 (MES trades, TBBO, MBP-10)             |
-| CBI_PROFILE                  | sample when the futures come from the sample, else desk: |
+| CBI_PROFILE                  | sample when the futures come from the sample, else full: |
 |                              | how much training (walk-forward folds) a run does  |
 | DATABENTO_API_KEY, FRED_API_KEY | the real sources' keys                |
 """
@@ -27,7 +28,7 @@ from cbi_assets.calendars import CHICAGO, settlement_days
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("auto", "sample", "live", "local")
-PROFILES = ("desk", "sample")
+PROFILES = ("full", "sample")
 
 
 def last_complete_session(today: dt.date | None = None) -> dt.date:
@@ -41,6 +42,7 @@ class Settings:
     lake: Path
     models: Path
     warehouse: Path
+    tracking_uri: str
     source: str
     local_dir: Path | None
     sample_end: dt.date
@@ -57,12 +59,14 @@ class Settings:
             raise ValueError(f"CBI_SOURCE={source!r} is not one of {', '.join(SOURCES)}")
         end = env.get("CBI_SAMPLE_END")
         on_sample = source == "sample" or (source == "auto" and not env.get("DATABENTO_API_KEY"))
-        profile = env.get("CBI_PROFILE", "sample" if on_sample else "desk").lower()
+        profile = env.get("CBI_PROFILE", "sample" if on_sample else "full").lower()
         if profile not in PROFILES:
             raise ValueError(f"CBI_PROFILE={profile!r} is not one of {', '.join(PROFILES)}")
+        models = Path(env.get("CBI_MODELS") or PROJECT_ROOT / "Models")
         return cls(
             lake=lake,
-            models=Path(env.get("CBI_MODELS") or PROJECT_ROOT / "Models"),
+            models=models,
+            tracking_uri=env.get("CBI_MLFLOW_URI") or f"sqlite:///{models.resolve() / 'mlflow.db'}",
             warehouse=Path(env.get("CBI_WAREHOUSE") or lake / "warehouse.duckdb"),
             source=source,
             local_dir=Path(env["CBI_LOCAL_DIR"]) if env.get("CBI_LOCAL_DIR") else None,

@@ -197,20 +197,20 @@ def test_impossible_plans_say_what_to_change():
 
 
 def test_default_plans_come_from_the_catalogue():
-    plan = default_plan("desk", "ZL", "3m")
+    plan = default_plan("full", "ZL", "3m")
     assert plan == FoldPlan(60, "expanding", embargo=63)
     assert default_plan("sample", "ZL", ASSETS["ZL"].horizon("1w")).n_folds == 5
     # An intraday horizon's rows are bars of its own length: one row of embargo, 60 sessions of hours.
-    hourly = default_plan("desk", "MES", "1h")
+    hourly = default_plan("full", "MES", "1h")
     assert hourly.scheme == "sliding" and hourly.embargo == 1 and hourly.train_rows == 60 * 23
-    assert default_plan("desk", "MES", "1min").train_rows == 60 * 1380
+    assert default_plan("full", "MES", "1min").train_rows == 60 * 1380
     # Every valid asset x horizon has a plan in every profile, embargoed by one horizon.
     for profile in PLANS:
         for asset in ASSETS.values():
             for h in asset.horizons:
                 assert default_plan(profile, asset.symbol, h).embargo == (1 if h.intraday else h.bars)
     with pytest.raises(KeyError, match="valid horizons"):
-        default_plan("desk", "ZL", "1min")
+        default_plan("full", "ZL", "1min")
     with pytest.raises(KeyError, match="valid profiles"):
         default_plan("prod", "ZL", "1w")
 

@@ -17,6 +17,7 @@ from cbi_assets.regimes.state import (
     confirm_regime,
     current_regime,
     markov_state,
+    persistence_for,
     regime_state,
     shifts,
     trend_state,
@@ -185,3 +186,8 @@ def test_real_2008_crisis_is_detected(real_data, symbol, record_property):
     assert coverage > 0.5
     assert 0.05 < share < 0.5
     assert out["ms_state"][MarkovPlan().min_history + 1:].null_count() == 0
+
+
+def test_longer_horizons_need_a_change_to_last_longer():
+    assert [persistence_for(n) for n in (0, 1, 5, 21, 63, 126, 252)] == [5, 5, 5, 5, 15, 21, 21]
+    assert persistence_for(63, base=20) == 20 and persistence_for(252, longest=63) == 63

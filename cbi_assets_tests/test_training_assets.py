@@ -7,9 +7,9 @@ import pytest
 from dagster_duckdb import DuckDBResource
 
 from cbi_assets.catalogue import ASSETS, REGIMES
-from cbi_assets.regimes.assets import REGIME_ASSETS, REGIME_PARTITIONS, regime_calendar
+from cbi_assets.partitions import HORIZON_PARTITIONS, REGIME_PARTITIONS
+from cbi_assets.regimes.assets import REGIME_ASSETS, regime_calendar
 from cbi_assets.training.assets import (
-    HORIZON_PARTITIONS,
     TRAINING_ASSETS,
     horizon_dir,
     meta_dir,
@@ -27,15 +27,26 @@ def _resources(lake):
 def test_regimes_and_training_sets_for_every_asset_and_horizon(feature_lake):
     lake, _ = feature_lake
     instance = dg.DagsterInstance.ephemeral()
-    regimes = dg.materialize(REGIME_ASSETS, resources=_resources(lake), instance=instance)
-    assert regimes.success
+    calendar = dg.materialize([regime_calendar], resources=_resources(lake), instance=instance)
+    assert calendar.success
+    for asset, partitions in HORIZON_PARTITIONS.items():
+        keys = partitions.get_partition_keys()
+        regimes = dg.materialize([a for a in REGIME_ASSETS if a.key.path[0] == asset], resources=_resources(lake),
+                                 instance=instance, tags={RANGE_START: keys[0], RANGE_END: keys[-1]})
+        assert regimes.success
     # The calendar seeds the regime partitions.
     assert set(instance.get_dynamic_partitions(REGIME_PARTITIONS.name)) >= {r.name for r in REGIMES}
-    state = pl.read_parquet(lake / "shared" / "regimes" / "zl_state.parquet")
-    assert state["date"].is_sorted() and state.height > 2000
+    # One state per valid asset x horizon; a longer horizon needs a change to last longer.
+    state = {h: pl.read_parquet(lake / "shared" / "regimes" / "ZL" / h / "state.parquet") for h in ("1w", "12m")}
+    assert state["1w"]["date"].is_sorted() and state["1w"].height > 2000
+    assert state["1w"].select("date", "state").equals(state["12m"].select("date", "state"))
+    shifts = {h: pl.read_parquet(lake / "shared" / "regimes" / "ZL" / h / "shifts.parquet").height for h in state}
+    assert 0 < shifts["12m"] < shifts["1w"], shifts
+    assert not (lake / "shared" / "regimes" / "ZL" / "1min").exists()
     with duckdb.connect(str(lake / "warehouse.duckdb"), read_only=True) as conn:
-        current = conn.sql("select asset, state, since, named_regime from regimes.current order by asset").pl()
-    assert current["asset"].to_list() == ["MES", "ZL"] and current["named_regime"].to_list() == ["trump_2023_2025"] * 2
+        current = conn.sql("select asset, horizon, named_regime from regimes.current order by asset, horizon").pl()
+    assert current.height == sum(len(a.horizons) for a in ASSETS.values())
+    assert set(current["named_regime"]) == {"trump_2023_2025"}
 
     for asset, partitions in HORIZON_PARTITIONS.items():
         keys = partitions.get_partition_keys()

@@ -13,6 +13,7 @@ from resources.fred_source import FredSource
 from resources.lake import Lake
 from resources.local_files import LocalFilesSource
 from resources.sample_source import SampleSource
+from resources.tracking import Tracking
 from resources.yahoo_source import YahooSource
 
 # The resource key of each role's source (RawDataset.source_key); a raw asset asks for its own.
@@ -20,7 +21,7 @@ SOURCE_KEYS = {role: f"{role}_source" for role in ("futures", "macro", "history"
 
 __all__ = [
     "SOURCE_KEYS", "DatabentoSource", "FredSource", "Lake", "LocalFilesSource", "SampleSource",
-    "YahooSource", "build_resources", "sample_source",
+    "Tracking", "YahooSource", "build_resources", "sample_source",
 ]
 
 
@@ -63,5 +64,6 @@ def build_resources(settings: Settings) -> dict[str, object]:
     return {
         "lake": Lake(root=str(settings.lake), profile=settings.profile),
         "warehouse": DuckDBResource(database=str(settings.warehouse)),
+        "tracking": Tracking(tracking_uri=settings.tracking_uri, artifact_root=str(settings.models / "artifacts")),
         **_sources(settings),
     }

@@ -12,7 +12,7 @@ from cbi_assets.raw.store import PartitionStore
 
 class Lake(dg.ConfigurableResource):
     root: str
-    profile: str = "desk"  # "sample": the small walk-forward plans that suit the embedded sample
+    profile: str = "full"  # "sample": the small walk-forward plans that suit the embedded sample
 
     def path(self, *parts: str) -> Path:
         return Path(self.root).joinpath(*parts)

@@ -7,22 +7,22 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from cbi_assets.catalogue import REGIMES, Regime
+from cbi_assets.catalogue import ASSETS, REGIMES, Regime
 from cbi_assets.parquet import write_frame
+from cbi_assets.partitions import HORIZON_PARTITIONS, REGIME_PARTITIONS
 from cbi_assets.regimes.calendar import calendar_frame, regimes_of
 from cbi_assets.regimes.state import (
     STATES,
     MarkovPlan,
+    confirm_regime,
     current_regime,
+    persistence_for,
     regime_state,
     shifts,
 )
 from cbi_assets.ui import figure, plot
 from cbi_assets.ui import table as md_table
 
-# Regimes as a partition dimension: seeded from the calendar, extended when a regime is detected
-# or added to the calendar by configuration, with no code change.
-REGIME_PARTITIONS = dg.DynamicPartitionsDefinition(name="regime")
 STATE_COLOURS = {"calm": "#d8f0d8", "normal": "#f4f4f4", "stressed": "#fbe3c0", "crisis": "#f6c4c4"}
 
 
@@ -30,12 +30,12 @@ def calendar_path(lake: Path) -> Path:
     return lake / "shared" / "regimes" / "calendar.parquet"
 
 
-def state_path(lake: Path, asset: str) -> Path:
-    return lake / "shared" / "regimes" / f"{asset}_state.parquet"
+def state_path(lake: Path, asset: str, horizon: str) -> Path:
+    return lake / "shared" / "regimes" / asset.upper() / horizon / "state.parquet"
 
 
-def shifts_path(lake: Path, asset: str) -> Path:
-    return lake / "shared" / "regimes" / f"{asset}_shifts.parquet"
+def shifts_path(lake: Path, asset: str, horizon: str) -> Path:
+    return lake / "shared" / "regimes" / asset.upper() / horizon / "shifts.parquet"
 
 
 def read_calendar(lake: Path) -> pl.DataFrame:
@@ -106,9 +106,11 @@ def regime_calendar(context: dg.AssetExecutionContext, config: RegimeCalendarCon
 
 
 class RegimeStateConfig(dg.Config):
-    """How the state is detected: Markov-switching refits and how long a change must last to count."""
+    """How the state is detected: Markov-switching refits, and how long a change must last to count
+    (at least `persistence` sessions, a quarter of the horizon, at most `longest_persistence`)."""
 
-    persistence: int = 5  # sessions a new state must hold before it is a regime shift
+    persistence: int = 5
+    longest_persistence: int = 21
     k: int = MarkovPlan().k
     refit_days: int = MarkovPlan().refit_days
     fit_window: int | None = MarkovPlan().fit_window
@@ -117,13 +119,17 @@ class RegimeStateConfig(dg.Config):
     def plan(self) -> MarkovPlan:
         return MarkovPlan(k=self.k, refit_days=self.refit_days, fit_window=self.fit_window, min_history=self.min_history)
 
+    def persistence_of(self, asset: str, horizon: str) -> int:
+        h = ASSETS[asset.upper()].horizon(horizon)
+        return persistence_for(0 if h.intraday else h.bars, self.persistence, self.longest_persistence)
 
-def _state_plot(state: pl.DataFrame, asset: str):
+
+def _state_plot(state: pl.DataFrame, title: str):
     fig, (price, prob) = figure(11, 5, rows=2)
     dates = state["date"].to_list()
     price.plot(dates, state["close"].to_list(), color="black", linewidth=0.7)
     price.set_yscale("log")
-    price.set_title(f"{asset.upper()} roll-adjusted close, shaded by the confirmed regime state")
+    price.set_title(title)
     runs = state.select("date", "regime").with_columns(pl.col("regime").rle_id().alias("run"))
     for run in runs.group_by("run", maintain_order=True).agg(pl.col("date").first(), pl.col("date").last().alias("end"),
                                                                pl.col("regime").first()).iter_rows(named=True):
@@ -137,13 +143,22 @@ def _state_plot(state: pl.DataFrame, asset: str):
     return plot(fig)
 
 
+def _regime_asset(asset: str, name: str, description: str, deps: list, resources: set[str], kinds: set[str]):
+    return dg.asset(
+        key=[asset, "regimes", name], group_name="regimes", partitions_def=HORIZON_PARTITIONS[asset],
+        backfill_policy=dg.BackfillPolicy.single_run(), required_resource_keys=resources, deps=deps,
+        description=description, kinds=kinds, tags={"layer": "regimes"},
+    )
+
+
 def _state_asset(asset: str):
-    @dg.asset(
-        key=[asset, "regimes", "state"], group_name="regimes", required_resource_keys={"lake"},
-        deps=[dg.AssetKey([asset, "features", "continuous_1d"]), dg.AssetKey(["shared", "features", "volatility"])],
-        description=f"{asset.upper()} daily regime state from data known that day: VIX band, trend (bull/bear), "
-                    "Markov-switching (switching variance) filtered probabilities, and the confirmed regime shifts.",
-        kinds={"statsmodels", "polars"}, tags={"layer": "regimes"},
+    @_regime_asset(
+        asset, "state",
+        f"{asset.upper()} daily regime state per horizon from data known that day: VIX band, trend (bull/bear), "
+        "Markov-switching (switching variance) filtered probabilities, and the regime shifts confirmed after the "
+        "horizon's persistence (longer horizons need a change to last longer).",
+        [dg.AssetKey([asset, "features", "continuous_1d"]), dg.AssetKey(["shared", "features", "volatility"])],
+        {"lake"}, {"statsmodels", "polars"},
     )
     def _state(context: dg.AssetExecutionContext, config: RegimeStateConfig) -> dg.MaterializeResult:
         from cbi_assets.features.assets import continuous_bars, shared_path
@@ -154,55 +169,64 @@ def _state_asset(asset: str):
         daily = bars.select("date", (pl.col("close") * pl.col("adj")).alias("close")).join(vix, on="date", how="left")
         context.log.info(f"{asset}: fitting the Markov-switching state on {daily.height:,} sessions "
                          f"(refit every {config.refit_days} sessions)")
-        state = regime_state(daily, config.plan(), config.persistence)
-        found = shifts(state)
-        write_frame(state, state_path(lake, asset))
-        write_frame(found, shifts_path(lake, asset))
-        shares = state.group_by("regime").len().with_columns((pl.col("len") / pl.col("len").sum()).round(3).alias("share"))
-        return dg.MaterializeResult(metadata={
-            "sessions": state.height,
-            "shifts": found.height,
-            "state_shares": md_table(shares.sort("regime")),
-            "last_shifts": md_table(found.tail(10), 10),
-            "states": _state_plot(state, asset),
-            "path": dg.MetadataValue.path(str(state_path(lake, asset))),
-        })
+        # The Markov fit is the same for every horizon; only the persistence of a shift differs.
+        daily_state = regime_state(daily, config.plan(), 1).drop("regime", "regime_since", "shift")
+        summary, shown = [], {}
+        for partition in context.partition_keys:
+            persistence = config.persistence_of(asset, partition)
+            state = confirm_regime(daily_state, persistence)
+            found = shifts(state)
+            write_frame(state, state_path(lake, asset, partition))
+            write_frame(found, shifts_path(lake, asset, partition))
+            summary.append({"horizon": partition, "persistence": persistence, "shifts": found.height,
+                            **{s: round(float((state["regime"] == s).mean() or 0.0), 3) for s in STATES}})
+            shown.setdefault(persistence, (partition, state))
+        metadata = {"sessions": daily_state.height, "by_horizon": md_table(pl.DataFrame(summary)),
+                    "path": dg.MetadataValue.path(str(state_path(lake, asset, "").parent))}
+        for persistence, (partition, state) in shown.items():
+            metadata[f"states_{persistence}_sessions"] = _state_plot(
+                state, f"{asset.upper()} roll-adjusted close, shaded by the regime confirmed after {persistence} "
+                       f"sessions ({partition})")
+        return dg.MaterializeResult(metadata=metadata)
 
     return _state
 
 
 def _current_asset(asset: str):
-    @dg.asset(
-        key=[asset, "regimes", "current"], group_name="regimes", required_resource_keys={"lake", "warehouse"},
-        deps=[dg.AssetKey([asset, "regimes", "state"]), regime_calendar.key],
-        description=f"{asset.upper()}'s regime now: the confirmed state and since when, trend, VIX band, and the "
-                    "named calendar regime. A confirmed stressed or crisis state that began after the calendar's "
-                    "last regime is added as a new regime partition.",
-        kinds={"polars", "duckdb"}, tags={"layer": "regimes"},
+    @_regime_asset(
+        asset, "current",
+        f"{asset.upper()}'s regime now, per horizon: the confirmed state and since when, trend, VIX band, and the "
+        "named calendar regime. A confirmed stressed or crisis state that began after the calendar's last regime is "
+        "added as a new regime partition.",
+        [dg.AssetKey([asset, "regimes", "state"]), regime_calendar.key], {"lake", "warehouse"}, {"polars", "duckdb"},
     )
     def _current(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         lake = Path(context.resources.lake.root)
-        state = pl.read_parquet(state_path(lake, asset))
         calendar = read_calendar(lake)
-        now = current_regime(state)
-        now["named_regime"] = regimes_of(pl.Series([now["date"]]), calendar)[0]
         latest_start = calendar["start"].drop_nulls().max()
-        if now["state"] in ("stressed", "crisis") and latest_start and now["since"] > latest_start:
-            name = f"detected_{now['state']}_{now['since']:%Y%m%d}"
-            if name not in context.instance.get_dynamic_partitions(REGIME_PARTITIONS.name):
-                context.instance.add_dynamic_partitions(REGIME_PARTITIONS.name, [name])
-                context.log.info(f"new regime partition {name}")
-        row = pl.DataFrame([{"asset": asset.upper(), **{k: v for k, v in now.items() if not isinstance(v, dict)}}])
+        rows = []
+        for partition in context.partition_keys:
+            path = state_path(lake, asset, partition)
+            if not path.is_file():
+                raise dg.Failure(f"{path}: no regime state for {asset} {partition}; materialize {asset}/regimes/state")
+            now = current_regime(pl.read_parquet(path))
+            now["named_regime"] = regimes_of(pl.Series([now["date"]]), calendar)[0]
+            if now["state"] in ("stressed", "crisis") and latest_start and now["since"] > latest_start:
+                name = f"detected_{now['state']}_{now['since']:%Y%m%d}"
+                if name not in context.instance.get_dynamic_partitions(REGIME_PARTITIONS.name):
+                    context.instance.add_dynamic_partitions(REGIME_PARTITIONS.name, [name])
+                    context.log.info(f"new regime partition {name}")
+            rows.append({"asset": asset.upper(), "horizon": partition,
+                         **{k: v for k, v in now.items() if not isinstance(v, dict)}})
+        frame = pl.DataFrame(rows)
         with context.resources.warehouse.get_connection() as conn:
             conn.execute("create schema if not exists regimes")
-            conn.register("row", row.to_arrow())
-            conn.execute("create table if not exists regimes.current as select * from row where false")
-            conn.execute("delete from regimes.current where asset = ?", [asset.upper()])
-            conn.execute("insert into regimes.current by name select * from row")
-        return dg.MaterializeResult(metadata={
-            "state": now["state"], "since": str(now["since"]), "as_of": str(now["date"]),
-            "named_regime": now["named_regime"], "summary": md_table(row),
-        })
+            conn.register("rows", frame.to_arrow())
+            conn.execute("create table if not exists regimes.current as select * from rows where false")
+            conn.execute("delete from regimes.current where asset = ? and horizon in (select horizon from rows)",
+                         [asset.upper()])
+            conn.execute("insert into regimes.current by name select * from rows")
+        return dg.MaterializeResult(metadata={"now": md_table(frame, 50), "table": "regimes.current"})
 
     return _current
 

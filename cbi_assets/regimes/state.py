@@ -189,6 +189,15 @@ def confirm_regime(frame: pl.DataFrame, persistence: int) -> pl.DataFrame:
     )
 
 
+def persistence_for(horizon_sessions: int, base: int = 5, longest: int = 21) -> int:
+    """Sessions a new state must hold to be a shift for models of a horizon.
+
+    A quarter of the horizon, at least `base` and at most `longest` (a month): a 12-month model
+    should not be retrained for a week of stress, while a 1-week or intraday model should.
+    """
+    return max(base, min(longest, horizon_sessions // 4))
+
+
 def regime_state(daily: pl.DataFrame, plan: MarkovPlan = MarkovPlan(), persistence: int = 5,
                  trend_days: int = 200) -> pl.DataFrame:
     """The daily regime state of one asset from `date`, `close` (roll-adjusted) and optional `vix`.

@@ -16,6 +16,7 @@ from cbi_assets.catalogue import ASSETS
 from cbi_assets.features.assets import bars_path, continuous_bars, master_path
 from cbi_assets.features.tables import read_table
 from cbi_assets.parquet import write_frame
+from cbi_assets.partitions import HORIZON_PARTITIONS
 from cbi_assets.regimes.assets import read_calendar, regime_calendar
 from cbi_assets.training import sets
 from cbi_assets.training.folds import (
@@ -27,8 +28,6 @@ from cbi_assets.training.folds import (
 from cbi_assets.training.sets import MetaPlan, horizon_of
 from cbi_assets.ui import figure, plot
 from cbi_assets.ui import table as md_table
-
-HORIZON_PARTITIONS = {a: dg.StaticPartitionsDefinition([h.name for h in ASSETS[a.upper()].horizons]) for a in ("zl", "mes")}
 
 
 def horizon_dir(lake: Path, asset: str, horizon: str) -> Path:
@@ -192,7 +191,7 @@ FOLD_CHECKS = {
 
 
 class FoldConfig(dg.Config):
-    """The walk-forward plan; unset values come from the profile's plan (desk: 60 folds for daily ZL)."""
+    """The walk-forward plan; unset values come from the profile's plan (full: 60 folds for daily ZL)."""
 
     n_folds: int | None = None
     scheme: str | None = None  # expanding or sliding

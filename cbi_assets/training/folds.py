@@ -65,7 +65,7 @@ class FoldPlan:
 # refit 20 times and microstructure from long ago says little about today's book.
 PLANS: dict[str, dict[tuple[str, str], FoldPlan]] = {
     # The desk's plan: 60 expanding folds over the second half of the daily history.
-    "desk": {
+    "full": {
         ("ZL", "1d"): FoldPlan(60, "expanding"),
         ("MES", "1d"): FoldPlan(60, "expanding"),
         ("MES", "1min"): FoldPlan(20, "sliding", train_rows=60 * SESSION_MINUTES),

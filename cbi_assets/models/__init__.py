@@ -1,0 +1,1 @@
+"""Models: the family registry, the families, walk-forward evaluation and MLflow tracking."""

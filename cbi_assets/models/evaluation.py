@@ -1,0 +1,70 @@
+"""Walk-forward evaluation: out-of-fold forecasts and the metrics every family is judged by.
+
+All metrics compare a forecast of the forward log return with what happened, on test rows only:
+- mape: mean absolute percentage error of the price derived from the forecast (price x e^return);
+- rmse, mae: of the return;
+- mase: MAE over the random walk's MAE on the same rows (below 1 beats the random walk);
+- directional_accuracy: the share of rows whose sign is right; a forecast of no change scores half;
+- sharpe: annualised Sharpe ratio of holding the forecast's sign over each horizon, net of costs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+
+METRICS = ("mape", "rmse", "mae", "mase", "directional_accuracy", "sharpe")
+OOF_COLUMNS = ("fold", "regime", "price", "forward_price", "actual", "forecast", "lower", "upper", "sigma")
+
+
+def sign_returns(actual: np.ndarray, forecast: np.ndarray, horizon: int, cost_bps: float) -> np.ndarray:
+    """Net log returns of holding sign(forecast) over each horizon, on non-overlapping origins.
+
+    Taking every `horizon`-th row keeps the trades apart, so one move is not counted `horizon`
+    times; a change of position pays `cost_bps` per unit traded.
+    """
+    position = np.sign(forecast[::horizon])
+    traded = np.abs(np.diff(position, prepend=0.0))
+    return position * actual[::horizon] - traded * cost_bps / 1e4
+
+
+def metrics(actual: np.ndarray, forecast: np.ndarray, price: np.ndarray, forward_price: np.ndarray, *,
+            horizon: int, periods_per_year: float, cost_bps: float) -> dict[str, float]:
+    """The metrics of one set of test rows (a fold, a regime, or all of them)."""
+    if len(actual) == 0:
+        return dict.fromkeys(METRICS, math.nan)
+    error = forecast - actual
+    mae = float(np.mean(np.abs(error)))
+    naive = float(np.mean(np.abs(actual)))  # the random walk forecasts a return of zero
+    hit = np.where(forecast == 0, 0.5, np.sign(forecast) == np.sign(actual))
+    net = sign_returns(actual, forecast, horizon, cost_bps)
+    spread = float(np.std(net, ddof=1)) if len(net) > 1 else 0.0
+    return {
+        "mape": float(np.mean(np.abs(price * np.exp(forecast) - forward_price) / forward_price) * 100),
+        "rmse": float(np.sqrt(np.mean(error**2))),
+        "mae": mae,
+        "mase": mae / naive if naive > 0 else math.nan,
+        "directional_accuracy": float(np.mean(hit)),
+        "sharpe": float(np.mean(net) / spread * math.sqrt(periods_per_year / horizon)) if spread > 0 else 0.0,
+    }
+
+
+def scored(oof: pl.DataFrame, *, horizon: int, periods_per_year: float, cost_bps: float) -> pl.DataFrame:
+    """Metrics per fold, per regime and overall: columns scope (fold/regime/overall), group, rows, METRICS."""
+
+    def row(scope: str, group: str, part: pl.DataFrame) -> dict:
+        values = metrics(*(part[c].to_numpy() for c in ("actual", "forecast", "price", "forward_price")),
+                         horizon=horizon, periods_per_year=periods_per_year, cost_bps=cost_bps)
+        return {"scope": scope, "group": group, "rows": part.height, **values}
+
+    rows = [row("fold", str(k), part) for (k,), part in oof.partition_by("fold", as_dict=True, maintain_order=True).items()]
+    rows += [row("regime", r, part) for (r,), part in sorted(oof.partition_by("regime", as_dict=True).items())]
+    rows.append(row("overall", "all", oof))
+    return pl.DataFrame(rows, schema={"scope": pl.String, "group": pl.String, "rows": pl.Int64,
+                                      **dict.fromkeys(METRICS, pl.Float64)})
+
+
+def overall(scores: pl.DataFrame) -> dict[str, float]:
+    return scores.filter(pl.col("scope") == "overall").select(METRICS).row(0, named=True)

@@ -1,0 +1,63 @@
+"""Model assets materialized by Dagster on the sample lake: every family walks the purged folds,
+MLflow records a run per family, and the leaderboard crowns a champion in the registry."""
+
+import dagster as dg
+import duckdb
+import polars as pl
+import pytest
+from dagster_duckdb import DuckDBResource
+from mlflow import MlflowClient
+
+from cbi_assets.models.assets import MODEL_ASSETS, models_dir
+from cbi_assets.models.registry import families
+from cbi_assets.regimes.assets import regime_calendar
+from cbi_assets.training.assets import TRAINING_ASSETS
+from resources import Lake, Tracking
+from resources.tracking import experiment_name, model_name
+
+RANGE = {"dagster/asset_partition_range_start": "1w", "dagster/asset_partition_range_end": "1w"}
+
+
+@pytest.mark.xdist_group("feature_lake")
+def test_zl_models_walk_forward_tracked_and_ranked(feature_lake, tmp_path):
+    lake, _ = feature_lake
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    resources = {"lake": Lake(root=str(lake), profile="sample"),
+                 "warehouse": DuckDBResource(database=str(lake / "warehouse.duckdb")),
+                 "tracking": Tracking(tracking_uri=uri, artifact_root=str(tmp_path / "artifacts"))}
+    instance = dg.DagsterInstance.ephemeral()
+    assert dg.materialize([regime_calendar], resources=resources, instance=instance).success
+    zl = [a for a in TRAINING_ASSETS if a.key.path[0] == "zl" and a.key.path[-1] != "meta_tasks"]
+    assert dg.materialize(zl, resources=resources, instance=instance, tags=RANGE).success
+
+    selected = [a for a in MODEL_ASSETS if a.key.path[0] == "zl"]
+    result = dg.materialize(selected, resources=resources, instance=instance, tags=RANGE)
+    assert result.success
+
+    folder = models_dir(lake, "zl", "1w")
+    folds = pl.read_parquet(lake / "ZL" / "training" / "by_horizon" / "1w" / "folds.parquet")
+    for family in families():
+        oof = pl.read_parquet(folder / "oof" / f"{family.name}.parquet")
+        assert oof.height == folds["test_rows"].sum() and oof["forecast"].is_finite().all()
+        scores = pl.read_parquet(folder / "metrics" / f"{family.name}.parquet")
+        assert scores.filter(pl.col("scope") == "fold").height == folds.height
+        assert scores.filter(pl.col("scope") == "regime").height == oof["regime"].n_unique()
+
+    with duckdb.connect(str(lake / "warehouse.duckdb"), read_only=True) as conn:
+        board = conn.sql("select * from models.leaderboard where asset = 'ZL' and horizon = '1w' order by rank").pl()
+    assert set(board["family"]) == {f.name for f in families()}
+    assert board.filter(pl.col("family") == "random_walk")["mase"][0] == pytest.approx(1.0)
+    assert board["champion"].to_list() == [True] + [False] * (board.height - 1)
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    experiment = client.get_experiment_by_name(experiment_name("zl", "1w"))
+    runs = client.search_runs([experiment.experiment_id])
+    assert {r.data.tags["family"] for r in runs} == {f.name for f in families()}
+    lightgbm = next(r for r in runs if r.data.tags["family"] == "lightgbm")
+    assert len(client.get_metric_history(lightgbm.info.run_id, "fold_mase")) == folds.height
+    assert lightgbm.data.tags["data_hash"] and "mase" in lightgbm.data.metrics
+    assert {a.path for a in client.list_artifacts(lightgbm.info.run_id, "model")} >= {"model/model.pkl", "model/features.json"}
+    neural = next(r for r in runs if r.data.tags["family"] == "lstm")
+    assert neural.data.tags["device"] == "cpu"
+    champion = client.get_model_version_by_alias(model_name("zl", "1w"), "champion")
+    assert champion.run_id == board["run_id"][0] and champion.tags["family"] == board["family"][0]

@@ -1,0 +1,99 @@
+"""Experiment tracking in MLflow: a local SQLite store under `Models/` by default, or a team server.
+
+One object with one job: training code hands it what it measured and the model it fitted, and
+never learns where they are stored. An experiment per asset x horizon, a run per family.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import polars as pl
+
+
+def experiment_name(asset: str, horizon: str) -> str:
+    return f"cbi/{asset.upper()}/{horizon}"
+
+
+def model_name(asset: str, horizon: str) -> str:
+    """The registered model of an asset x horizon; its `champion` alias is the family in use."""
+    return f"cbi-{asset.upper()}-{horizon}"
+
+
+class Tracking(dg.ConfigurableResource):
+    tracking_uri: str  # sqlite:///<Models>/mlflow.db locally, http(s)://... for a team server
+    artifact_root: str  # where local runs keep their models; a server decides for itself
+
+    def _client(self):
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    def _experiment(self, client, asset: str, horizon: str) -> str:
+        name = experiment_name(asset, horizon)
+        found = client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        location = None
+        if not self.tracking_uri.startswith("http"):
+            location = (Path(self.artifact_root) / asset.upper() / horizon).resolve().as_uri()
+        return client.create_experiment(name, artifact_location=location)
+
+    def log_family(self, asset: str, horizon: str, family: str, *, params: Mapping[str, Any], scores: pl.DataFrame,
+                   model_dir: Path, features: list[str], data_hash: str, tags: Mapping[str, str]) -> str:
+        """One run: parameters, metrics per fold (step = fold) and overall, the model folder, the
+        feature list and the training data's hash. Returns the run id."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        client = self._client()
+        run = client.create_run(self._experiment(client, asset, horizon), run_name=family,
+                                tags={"family": family, "asset": asset.upper(), "horizon": horizon,
+                                      "data_hash": data_hash, **tags})
+        run_id = run.info.run_id
+        now = int(time.time() * 1000)
+        metrics = []
+        for row in scores.iter_rows(named=True):
+            for name, value in row.items():
+                if name in ("scope", "group", "rows") or value is None or not math.isfinite(value):
+                    continue
+                if row["scope"] == "fold":
+                    metrics.append(Metric(f"fold_{name}", value, now, int(row["group"])))
+                elif row["scope"] == "overall":
+                    metrics.append(Metric(name, value, now, 0))
+                else:
+                    metrics.append(Metric(f"{row['group']}_{name}", value, now, 0))
+        client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()],
+                         tags=[RunTag("features", str(len(features)))])
+        for start in range(0, len(metrics), 1000):  # MLflow's batch limit
+            client.log_batch(run_id, metrics=metrics[start:start + 1000])
+        (model_dir / "features.json").write_text(json.dumps(features))
+        client.log_artifacts(run_id, str(model_dir), "model")
+        client.set_terminated(run_id)
+        return run_id
+
+    def crown(self, asset: str, horizon: str, run_id: str, family: str) -> str:
+        """Register the run's model as a new version and point the `champion` alias at it."""
+        client = self._client()
+        name = model_name(asset, horizon)
+        if not client.search_registered_models(filter_string=f"name = '{name}'"):
+            client.create_registered_model(name, description=f"The champion forecaster of {asset.upper()} {horizon}")
+        source = f"{client.get_run(run_id).info.artifact_uri}/model"
+        version = client.create_model_version(name, source=source, run_id=run_id, tags={"family": family})
+        client.set_registered_model_alias(name, "champion", version.version)
+        return version.version
+
+    def champion(self, asset: str, horizon: str) -> dict[str, str] | None:
+        """The champion's version, family and run, or None before any was crowned."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            version = self._client().get_model_version_by_alias(model_name(asset, horizon), "champion")
+        except MlflowException:
+            return None
+        return {"version": version.version, "family": version.tags.get("family", ""), "run_id": version.run_id}
