@@ -35,6 +35,26 @@ def test_mes_has_no_partition_before_it_listed():
     assert mes.has_partition_key("2019-05-06")
 
 
+def test_horizon_assets_show_one_partition_per_valid_asset_and_horizon():
+    graph = defs.resolve_asset_graph()
+    for market, horizons in {"zl": ["1w", "1m", "3m", "6m", "12m"],
+                             "mes": ["1min", "5min", "15min", "30min", "1h", "4h", "1d", "7d", "30d", "3m", "6m", "12m"]}.items():
+        for key in (f"{market}/regimes/state", f"{market}/training/labels", f"{market}/training/folds",
+                    f"{market}/models/trees", f"{market}/models/leaderboard"):
+            assert graph.get(dg.AssetKey.from_user_string(key)).partitions_def.get_partition_keys() == horizons, key
+
+
+def test_neural_training_runs_one_job_at_a_time_in_the_gpu_pool():
+    import yaml
+
+    graph = defs.resolve_asset_graph()
+    pools = {key.to_user_string(): graph.get(key).pools for key in graph.get_all_asset_keys() if "models" in key.path}
+    assert pools["zl/models/neural"] == {"gpu"} and pools["mes/models/neural"] == {"gpu"}
+    assert not pools["zl/models/trees"]
+    instance = yaml.safe_load((PROJECT / ".dagster" / "dagster.yaml").read_text())
+    assert instance["concurrency"]["pools"]["default_limit"] == 1
+
+
 def test_dagster_validates_the_code_location():
     done = subprocess.run(
         [str(Path(sys.executable).with_name("dagster")), "definitions", "validate", "-w", "workspace.yaml"],

@@ -356,6 +356,13 @@ def test_label_uniqueness_maps_times_onto_their_grid():
     assert u.to_list()[3:] == [None, None]
 
 
+def test_a_label_ending_before_the_next_row_is_unique():
+    # The session's last bar: its 5-minute label ends in the daily halt, before the next bar.
+    times = pl.Series([dt.datetime(2024, 1, 2, 20, 55), dt.datetime(2024, 1, 2, 21, 0), dt.datetime(2024, 1, 2, 23, 5)])
+    ends = pl.Series([dt.datetime(2024, 1, 2, 21, 0), dt.datetime(2024, 1, 2, 21, 5), dt.datetime(2024, 1, 2, 23, 10)])
+    assert label_uniqueness(times, ends).to_list() == [1.0, 1.0, 1.0]
+
+
 def test_daily_labels_have_uniqueness_one_over_bars_in_steady_state():
     prices = pl.DataFrame({
         "date": pl.date_range(dt.date(2020, 1, 1), dt.date(2020, 3, 1), eager=True), "close": 50.0, "adj": 1.0,

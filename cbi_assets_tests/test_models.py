@@ -110,20 +110,21 @@ def test_fold_inputs_scale_with_the_fold_scaler_and_reach_back_for_windows():
 
 
 def test_metrics_by_hand():
-    actual = np.array([0.02, -0.01, 0.03, -0.02])
-    forecast = np.array([0.01, 0.01, 0.0, -0.01])
-    price = np.full(4, 100.0)
+    actual = np.array([0.02, -0.01, 0.03, -0.02, 0.0])
+    forecast = np.array([0.01, 0.01, 0.0, -0.01, 0.01])
+    price = np.full(5, 100.0)
     got = metrics(actual, forecast, price, price * np.exp(actual), horizon=1, periods_per_year=252, cost_bps=0)
-    assert got["mae"] == pytest.approx((0.01 + 0.02 + 0.03 + 0.01) / 4)
+    assert got["mae"] == pytest.approx((0.01 + 0.02 + 0.03 + 0.01 + 0.01) / 5)
     assert got["mase"] == pytest.approx(got["mae"] / np.mean(np.abs(actual)))
+    # The last row did not move: it has no direction to call and is left out.
     assert got["directional_accuracy"] == pytest.approx((1 + 0 + 0.5 + 1) / 4)
     expected_mape = np.mean(np.abs(np.exp(forecast) - np.exp(actual)) / np.exp(actual)) * 100
     assert got["mape"] == pytest.approx(expected_mape)
-    # Holding the sign: +2%, -1%, flat, +2%; the 2 changes of position cost 5 bp each.
+    # Holding the sign: +2%, -1%, flat, +2%, 0; the 3 changes of position cost 5 bp each.
     net = sign_returns(actual, forecast, 1, cost_bps=5)
-    assert np.allclose(net, [0.02 - 5e-4, -0.01, 0.0 - 5e-4, 0.02 - 5e-4])
+    assert np.allclose(net, [0.02 - 5e-4, -0.01, 0.0 - 5e-4, 0.02 - 5e-4, -1e-3])
     # A horizon of 2 trades every other origin, so overlapping labels are not counted twice.
-    assert len(sign_returns(actual, forecast, 2, 0)) == 2
+    assert len(sign_returns(actual, forecast, 2, 0)) == 3
 
 
 def test_scores_per_fold_regime_and_overall():

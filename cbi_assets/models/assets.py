@@ -15,6 +15,7 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import polars as pl
+from matplotlib.ticker import MaxNLocator
 
 from cbi_assets.catalogue import ASSETS
 from cbi_assets.models.evaluation import METRICS, overall, scored
@@ -103,6 +104,7 @@ def _error_plot(scores: dict[str, pl.DataFrame], title: str):
         ax.plot(folds["group"].cast(pl.Int64).to_list(), folds["mase"].to_list(), marker="o", label=name)
     ax.axhline(1.0, color="black", linestyle="--", linewidth=0.8, label="random walk")
     ax.set_xlabel("fold (test window, in time order)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("MASE")
     ax.set_title(f"{title}: walk-forward error per fold against the random walk")
     ax.legend(fontsize=7, ncols=4)

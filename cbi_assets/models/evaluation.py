@@ -4,7 +4,9 @@ All metrics compare a forecast of the forward log return with what happened, on 
 - mape: mean absolute percentage error of the price derived from the forecast (price x e^return);
 - rmse, mae: of the return;
 - mase: MAE over the random walk's MAE on the same rows (below 1 beats the random walk);
-- directional_accuracy: the share of rows whose sign is right; a forecast of no change scores half;
+- directional_accuracy: the share of rows that moved whose sign is right (a price that did not
+  move has no direction to call: minute bars often close unchanged); a forecast of no change
+  scores half;
 - sharpe: annualised Sharpe ratio of holding the forecast's sign over each horizon, net of costs.
 """
 
@@ -38,7 +40,8 @@ def metrics(actual: np.ndarray, forecast: np.ndarray, price: np.ndarray, forward
     error = forecast - actual
     mae = float(np.mean(np.abs(error)))
     naive = float(np.mean(np.abs(actual)))  # the random walk forecasts a return of zero
-    hit = np.where(forecast == 0, 0.5, np.sign(forecast) == np.sign(actual))
+    moved = actual != 0
+    hit = np.where(forecast[moved] == 0, 0.5, np.sign(forecast[moved]) == np.sign(actual[moved]))
     net = sign_returns(actual, forecast, horizon, cost_bps)
     spread = float(np.std(net, ddof=1)) if len(net) > 1 else 0.0
     return {
@@ -46,7 +49,7 @@ def metrics(actual: np.ndarray, forecast: np.ndarray, price: np.ndarray, forward
         "rmse": float(np.sqrt(np.mean(error**2))),
         "mae": mae,
         "mase": mae / naive if naive > 0 else math.nan,
-        "directional_accuracy": float(np.mean(hit)),
+        "directional_accuracy": float(np.mean(hit)) if hit.size else math.nan,
         "sharpe": float(np.mean(net) / spread * math.sqrt(periods_per_year / horizon)) if spread > 0 else 0.0,
     }
 

@@ -13,7 +13,7 @@ from cbi_assets.catalogue import TIMEFRAMES, Horizon
 from cbi_assets.features.bars import SESSION_MINUTES
 from cbi_assets.models.registry import Budget, Inputs, Shape, windows
 from cbi_assets.training.scaling import RobustScaler
-from cbi_assets.training.sets import feature_columns, feature_timeframe
+from cbi_assets.training.sets import feature_columns, feature_timeframe, time_key
 
 # Scaled features beyond this many IQRs are clipped: a network's activations saturate on the
 # 2008 and 2020 tails long before the information in them runs out.
@@ -55,6 +55,11 @@ class TrainingArrays:
         if column not in frame.columns:
             raise ValueError(f"{asset} {horizon.name}: the training set has no {column!r} column (the one-step return "
                              "statistical families model); rebuild the master features and training set")
+        unweighted = frame["weight"].is_null() | frame["weight"].is_nan() | (frame["weight"] < 0)
+        if unweighted.any():
+            row = int(unweighted.arg_true()[0])
+            raise ValueError(f"{asset} {horizon.name}: {int(unweighted.sum())} training rows have no valid weight (first: "
+                             f"row {row}, {frame[time_key(horizon)][row]}); rematerialize the training set")
         return cls(
             x=frame.select(features).to_numpy().astype(np.float32, copy=False),
             y=frame["forward_return"].to_numpy().astype(np.float64),

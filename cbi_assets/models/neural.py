@@ -111,7 +111,14 @@ class SequenceNetwork:
     scale: float  # its training standard deviation
     params: dict
     device: dict
+    weights: list | None = field(default=None, repr=False)  # its own: the network object is reused by the next fold
     _forward: Callable | None = field(default=None, repr=False)
+
+    def _activate(self) -> None:
+        """Load this network's weights into the Keras model, which a later fold may have retrained
+        (about a millisecond for these small networks)."""
+        if self.weights is not None:
+            self.model.set_weights(self.weights)
 
     def predict(self, inputs: Inputs) -> Forecast:
         x = inputs.x
@@ -122,6 +129,7 @@ class SequenceNetwork:
                 f"(rows, {expected[0]}, {expected[1]}) windows; cut the test rows with the training "
                 "set's sequence length and feature columns"
             )
+        self._activate()
         if self._forward is None:
             self._forward = _traced_forward(self.model)
         mean = _forward_all(self._forward, x).astype(np.float64) * self.scale + self.centre
@@ -131,6 +139,7 @@ class SequenceNetwork:
         """Write the network, with the target scale folded into a last layer, as a .keras file."""
         import keras
 
+        self._activate()
         path = Path(path)
         if path.suffix != ".keras":
             raise ValueError(f"{self.model.name}: save path {path} must end in .keras (the Keras archive format)")
@@ -176,6 +185,69 @@ def _huber(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> float:
     return float(np.mean(w * loss))
 
 
+@dataclass(eq=False)
+class _Trainer:
+    """A built network with its optimizer and traced train and forward steps, at its initial state."""
+
+    key: tuple
+    model: Any
+    optimizer: Any
+    step: Callable
+    forward: Callable
+    initial: list  # the network's freshly initialised weights
+    initial_optimizer: list  # the optimizer's initial variables (step count, moments, loss scale)
+
+    def reset(self) -> None:
+        self.model.set_weights(self.initial)
+        for variable, value in zip(self.optimizer.variables, self.initial_optimizer, strict=True):
+            variable.assign(value)
+
+
+_CURRENT: list[_Trainer] = []  # the one trainer kept per process
+
+
+def _trainer(name: str, build: Callable, shape: tuple, device: dict, seed: int, arch: dict) -> _Trainer:
+    """The network of a family for windows of `shape`, reset to the weights a fresh build with
+    `seed` gives. Folds of one family and horizon share it: building and tracing a network costs
+    about 0.5 s, more than training it on the sample, and a reset network trains exactly as a new
+    one would. Another family or shape clears the Keras session and builds anew."""
+    import keras
+    import tensorflow as tf
+
+    key = (name, tuple(shape), device["policy"], seed, tuple(sorted(arch.items())))
+    if _CURRENT and _CURRENT[0].key == key:
+        _CURRENT[0].reset()
+        keras.utils.set_random_seed(seed)
+        return _CURRENT[0]
+    _CURRENT.clear()
+    keras.backend.clear_session(free_memory=False)  # its garbage collection costs ~0.3 s a fit
+    keras.utils.set_random_seed(seed)
+    length, features = shape
+    model = build(keras, length, features, device["policy"], **arch)
+    optimizer = keras.optimizers.Adam(LEARNING_RATE, global_clipnorm=1.0)
+    if device["mixed_precision"]:
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)  # float16 gradients would underflow
+    optimizer.build(model.trainable_variables)
+
+    spec = tf.TensorSpec((None, length, features), tf.float32)
+    vector = tf.TensorSpec((None,), tf.float32)
+
+    @tf.function(input_signature=[spec, vector, vector], autograph=False)
+    def step(xb, yb, wb):
+        with tf.GradientTape() as tape:
+            pred = model(xb, training=True)
+            loss = tf.reduce_mean(wb * keras.losses.huber(yb[:, None], pred, delta=HUBER_DELTA))
+            scaled = optimizer.scale_loss(loss)  # inside the tape, or the loss scale has no gradient
+        grads = tape.gradient(scaled, model.trainable_variables)
+        optimizer.apply(grads, model.trainable_variables)
+        return loss
+
+    trainer = _Trainer(key, model, optimizer, step, _traced_forward(model), model.get_weights(),
+                       [v.numpy() for v in optimizer.variables])
+    _CURRENT.append(trainer)
+    return trainer
+
+
 def train(name: str, build: Callable, inputs: Inputs, budget: Budget, **arch: Any) -> SequenceNetwork:
     """Train one network on a fold's training windows, stopping early on the validation tail."""
     started = time.perf_counter()
@@ -205,33 +277,11 @@ def train(name: str, build: Callable, inputs: Inputs, budget: Budget, **arch: An
     x_fit, y_fit, w_fit = x[fit_rows], target[fit_rows], _weights(w[fit_rows])
     x_val, y_val, w_val = x[val_rows], target[val_rows], _weights(w[val_rows])
 
-    import keras
-    import tensorflow as tf
-
     device = training_device()
-    keras.backend.clear_session(free_memory=False)  # its garbage collection costs ~0.3 s a fit
-    keras.utils.set_random_seed(budget.seed)
-    length, features = x.shape[1:]
-    model = build(keras, length, features, device["policy"], **arch)
-    optimizer = keras.optimizers.Adam(LEARNING_RATE, global_clipnorm=1.0)
-    if device["mixed_precision"]:
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)  # float16 gradients would underflow
-    optimizer.build(model.trainable_variables)
+    trainer = _trainer(name, build, x.shape[1:], device, budget.seed, arch)
+    model, step = trainer.model, trainer.step
 
-    spec = tf.TensorSpec((None, length, features), tf.float32)
-    vector = tf.TensorSpec((None,), tf.float32)
-
-    @tf.function(input_signature=[spec, vector, vector], autograph=False)
-    def step(xb, yb, wb):
-        with tf.GradientTape() as tape:
-            pred = model(xb, training=True)
-            loss = tf.reduce_mean(wb * keras.losses.huber(yb[:, None], pred, delta=HUBER_DELTA))
-            scaled = optimizer.scale_loss(loss)  # inside the tape, or the loss scale has no gradient
-        grads = tape.gradient(scaled, model.trainable_variables)
-        optimizer.apply(grads, model.trainable_variables)
-        return loss
-
-    forward = _traced_forward(model)
+    forward = trainer.forward
     validating = len(x_val) > 0
 
     def val_loss() -> float:
@@ -276,7 +326,7 @@ def train(name: str, build: Callable, inputs: Inputs, budget: Budget, **arch: An
         "dtype_policy": device["policy"],
         "fit_seconds": round(time.perf_counter() - started, 3),
     }
-    return SequenceNetwork(model, centre, scale, params, device, _forward=forward)
+    return SequenceNetwork(model, centre, scale, params, device, weights=model.get_weights(), _forward=forward)
 
 
 # --- The families ---------------------------------------------------------------------------------

@@ -221,7 +221,9 @@ def label_uniqueness(times: pl.Series, label_end: pl.Series) -> pl.Series:
     """Uniqueness of labels made at `times` (sorted) and ending at `label_end`, on the grid of `times`.
 
     A label spans the rows after its own up to the last row at or before its end; null ends
-    (unlabelled rows) give null and do not count towards any other label's concurrency.
+    (unlabelled rows) give null and do not count towards any other label's concurrency. A label
+    that ends before the next row (the last bar of a session, across the halt) shares no row with
+    another label: uniqueness 1.
     """
     grid = times.to_physical().to_numpy()
     if grid.size and not (np.diff(grid) >= 0).all():
@@ -229,8 +231,10 @@ def label_uniqueness(times: pl.Series, label_end: pl.Series) -> pl.Series:
     ends = label_end.cast(times.dtype)
     start = np.searchsorted(grid, grid, side="right") - 1
     end = np.searchsorted(grid, ends.to_physical().fill_null(grid.min() if grid.size else 0).to_numpy(), side="right") - 1
-    end = np.where(ends.is_null().to_numpy(), start, end)
-    return pl.Series("uniqueness", uniqueness(start, end, grid.size)).fill_nan(None)
+    unlabelled = ends.is_null().to_numpy()
+    end = np.where(unlabelled, start, end)
+    shares = uniqueness(start, end, grid.size)
+    return pl.Series("uniqueness", np.where(unlabelled, np.nan, np.nan_to_num(shares, nan=1.0))).fill_nan(None)
 
 
 def sample_weights(dates: pl.Series, regimes: pl.DataFrame, uniqueness: pl.Series | None = None) -> pl.Series:
