@@ -120,10 +120,11 @@ def register(name: str, kind: Kind, shape: Shape, description: str, **params: An
 
 
 def families(kind: Kind | None = None) -> list[Family]:
-    """Registered families, of one kind or all, in registration order."""
+    """Registered families, of one kind or all: references first, then by kind and registration."""
     import cbi_assets.models.families  # noqa: F401  (registers every family)
 
-    return [f for f in FAMILIES.values() if kind is None or f.kind == kind]
+    chosen = [f for f in FAMILIES.values() if kind is None or f.kind == kind]
+    return sorted(chosen, key=lambda f: KINDS.index(f.kind))
 
 
 # --- Helpers the families share -----------------------------------------------------------------

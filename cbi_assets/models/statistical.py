@@ -246,9 +246,11 @@ class FittedProphet:
 )
 def fit_prophet(inputs: Inputs, budget: Budget) -> FittedProphet:
     # Imported here: loading Prophet and Stan costs a second on every import of the registry.
+    from cmdstanpy.utils import get_logger
     from prophet import Prophet
 
-    logging.getLogger("cmdstanpy").setLevel(logging.WARNING)
+    # cmdstanpy configures its logger on first use (INFO, to stderr); quiet it once it exists.
+    get_logger().setLevel(logging.WARNING)
     # Prophet regresses the label itself on its season and the row's own features, so the
     # features move the forecast. (Fitted on the price path instead, a forecast is the path's
     # difference over the horizon, where the features held at the row's values cancel out.)
