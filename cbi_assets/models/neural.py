@@ -13,6 +13,7 @@ retraces for the last, short batch) as the whole training takes here.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,7 +148,9 @@ class SequenceNetwork:
         scaled = self.model(inputs)
         out = keras.layers.Rescaling(self.scale, offset=self.centre, dtype="float32", name="forward_log_return")(scaled)
         path.parent.mkdir(parents=True, exist_ok=True)
-        keras.Model(inputs, out, name=self.model.name).save(path)
+        with warnings.catch_warnings():  # Keras 3 saving trips NumPy 2's copy-keyword deprecation
+            warnings.simplefilter("ignore", DeprecationWarning)
+            keras.Model(inputs, out, name=self.model.name).save(path)
         return path
 
     def __getstate__(self) -> dict:
