@@ -22,6 +22,7 @@ import polars as pl
 
 from cbi_assets.catalogue import ZL
 from cbi_assets.models.assets import walk_family
+from cbi_assets.models.inputs import TrainingArrays
 from cbi_assets.models.registry import BUDGETS, KINDS, families
 from cbi_assets.training.folds import FoldPlan, walk_forward
 from cbi_assets.training.sets import feature_columns, fold_scalers
@@ -54,6 +55,7 @@ def main() -> None:
     folds = walk_forward(frame["date"], frame["label_end"], FoldPlan(args.folds, "expanding", embargo=horizon.bars))
     scalers = fold_scalers(frame, folds, feature_columns(frame))
     budget = BUDGETS[args.profile]
+    data = TrainingArrays.of(frame, "zl", horizon)
     print(f"{args.rows:,} rows x {args.features} features, {folds.height} folds "
           f"({folds['test_rows'].sum():,} test rows), profile {args.profile}")
     print(f"{'family':<16}{'kind':<13}{'train s/fold':>14}{'predict rows/s':>16}{'wall s':>9}")
@@ -62,7 +64,7 @@ def main() -> None:
         if family.kind not in args.kinds.split(","):
             continue
         started = time.perf_counter()
-        _, _, timings = walk_family(family, frame, folds, scalers, "zl", "1w", budget, lambda message: None)
+        _, _, timings = walk_family(family, frame, folds, scalers, "zl", "1w", budget, lambda message: None, data)
         results[family.name] = timings
         print(f"{family.name:<16}{family.kind:<13}{timings['train_s_per_fold']:>14.3f}"
               f"{timings['predict_rows_per_s']:>16,.0f}{time.perf_counter() - started:>9.1f}", flush=True)

@@ -20,6 +20,7 @@ from matplotlib.ticker import MaxNLocator
 from cbi_assets.catalogue import ASSETS
 from cbi_assets.models.evaluation import METRICS, overall, scored
 from cbi_assets.models.inputs import (
+    SESSIONS_PER_YEAR,
     TrainingArrays,
     fold_inputs,
     horizon_rows,
@@ -33,9 +34,9 @@ from cbi_assets.training.scaling import RobustScaler
 from cbi_assets.training.sets import horizon_of, time_key
 from cbi_assets.ui import figure, plot
 from cbi_assets.ui import table as md_table
+from cbi_assets.warehouse import replace_horizons
 
 KIND_ASSETS = {"reference": "references", "statistical": "statistical", "tree": "trees", "neural": "neural"}
-SESSIONS_PER_YEAR = 252
 
 
 def models_dir(lake: Path, asset: str, horizon: str) -> Path:
@@ -58,10 +59,14 @@ def _save(model, folder: Path) -> None:
 
 
 def walk_family(family: Family, frame: pl.DataFrame, folds: pl.DataFrame, scalers: pl.DataFrame, asset: str,
-                horizon_name: str, budget, log) -> tuple[pl.DataFrame, object, dict]:
-    """Train and test one family on every fold: its out-of-fold forecasts, its last model and timings."""
+                horizon_name: str, budget, log, data: TrainingArrays | None = None) -> tuple[pl.DataFrame, object, dict]:
+    """Train and test one family on every fold: its out-of-fold forecasts, its last model and timings.
+
+    `data` is the frame as arrays; pass it when walking several families over one frame.
+    """
     horizon = horizon_of(asset, horizon_name)
-    data = TrainingArrays.of(frame, asset, horizon)
+    if data is None:
+        data = TrainingArrays.of(frame, asset, horizon)
     key = time_key(horizon)
     parts, fit_s, predict_s, predicted = [], 0.0, 0.0, 0
     model = None
@@ -145,13 +150,17 @@ def _kind_asset(asset: str, kind: str):
             folds = _read(folder / "folds.parquet", f"{asset}/training/folds")
             scalers = _read(folder / "scalers.parquet", f"{asset}/training/folds")
             data_hash = hashlib.sha256((folder / "all.parquet").read_bytes()).hexdigest()[:16]
+            try:
+                data = TrainingArrays.of(frame, asset, horizon)  # once per horizon, shared by every family
+            except ValueError as error:
+                raise dg.Failure(f"{folder / 'all.parquet'}: {error}") from error
             out = models_dir(lake, asset, partition)
             per_year = SESSIONS_PER_YEAR * (season_rows(horizon) if horizon.intraday else 1)
             scores_by_family = {}
             for family in members:
                 try:
                     oof, model, timings = walk_family(family, frame, folds, scalers, asset, partition, budget,
-                                                      context.log.debug)
+                                                      context.log.debug, data)
                 except Exception as error:  # one family's failure must not lose the others' results
                     context.log.error(f"{asset} {partition} {family.name} failed: {error!r}")
                     failed.append(f"{partition}/{family.name}: {error}")
@@ -163,7 +172,7 @@ def _kind_asset(asset: str, kind: str):
                     params = {**family.params, **budget.__dict__, **getattr(model, "params", {}),
                               "folds": folds.height, "kind": kind, **timings}
                     run_id = tracking.log_family(asset, partition, family.name, params=params, scores=scores,
-                                                 model_dir=Path(tmp), features=list(frame.columns), data_hash=data_hash,
+                                                 model_dir=Path(tmp), features=list(data.features), data_hash=data_hash,
                                                  tags={**tags, "kind": kind})
                 write_frame(oof, out / "oof" / f"{family.name}.parquet")
                 write_frame(scores.with_columns(pl.lit(family.name).alias("family"), pl.lit(kind).alias("kind"),
@@ -264,12 +273,7 @@ def _leaderboard_asset(asset: str):
                                          (pl.col("rank") == 1).alias("champion"))
                           for h, b in boards.items()], how="diagonal_relaxed")
         with context.resources.warehouse.get_connection() as conn:
-            conn.execute("create schema if not exists models")
-            conn.register("board", rows.to_arrow())
-            conn.execute("create table if not exists models.leaderboard as select * from board where false")
-            conn.execute("delete from models.leaderboard where asset = ? and horizon in (select horizon from board)",
-                         [asset.upper()])
-            conn.execute("insert into models.leaderboard by name select * from board")
+            replace_horizons(conn, "models.leaderboard", rows)
         shown = rows.select("horizon", "rank", "family", "kind", *METRICS).with_columns(pl.col(METRICS).round(4))
         return dg.MaterializeResult(metadata={
             "champions": md_table(pl.DataFrame(champions), 50),

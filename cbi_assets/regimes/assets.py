@@ -22,6 +22,7 @@ from cbi_assets.regimes.state import (
 )
 from cbi_assets.ui import figure, plot
 from cbi_assets.ui import table as md_table
+from cbi_assets.warehouse import replace_horizons
 
 STATE_COLOURS = {"calm": "#d8f0d8", "normal": "#f4f4f4", "stressed": "#fbe3c0", "crisis": "#f6c4c4"}
 
@@ -220,12 +221,7 @@ def _current_asset(asset: str):
                          **{k: v for k, v in now.items() if not isinstance(v, dict)}})
         frame = pl.DataFrame(rows)
         with context.resources.warehouse.get_connection() as conn:
-            conn.execute("create schema if not exists regimes")
-            conn.register("rows", frame.to_arrow())
-            conn.execute("create table if not exists regimes.current as select * from rows where false")
-            conn.execute("delete from regimes.current where asset = ? and horizon in (select horizon from rows)",
-                         [asset.upper()])
-            conn.execute("insert into regimes.current by name select * from rows")
+            replace_horizons(conn, "regimes.current", frame)
         return dg.MaterializeResult(metadata={"now": md_table(frame, 50), "table": "regimes.current"})
 
     return _current
