@@ -103,3 +103,31 @@ def feature_lake(sample_folder, tmp_path_factory):
     resources = {"lake": Lake(root=str(root), profile="sample"),
                  "warehouse": DuckDBResource(database=str(root / "warehouse.duckdb"))}
     return root, dg.materialize(FEATURE_ASSETS, resources=resources)
+
+
+@pytest.fixture(scope="session")
+def zl_model_lake(feature_lake, tmp_path_factory):
+    """The feature lake carried through ZL 1w: regime calendar and state, training sets, folds,
+    meta-learning tasks, every model family and the leaderboard, with an MLflow store of its own.
+    Returns (lake root, resources). Share it within `xdist_group("feature_lake")`."""
+    import dagster as dg
+    from dagster_duckdb import DuckDBResource
+
+    from cbi_assets.models.assets import MODEL_ASSETS
+    from cbi_assets.regimes.assets import REGIME_ASSETS
+    from cbi_assets.training.assets import TRAINING_ASSETS
+    from resources import Lake, Tracking
+
+    lake, _ = feature_lake
+    store = tmp_path_factory.mktemp("zl_mlflow")
+    resources = {"lake": Lake(root=str(lake), profile="sample"),
+                 "warehouse": DuckDBResource(database=str(lake / "warehouse.duckdb")),
+                 "tracking": Tracking(tracking_uri=f"sqlite:///{store / 'mlflow.db'}", artifact_root=str(store / "artifacts"))}
+    one_week = {"dagster/asset_partition_range_start": "1w", "dagster/asset_partition_range_end": "1w"}
+    instance = dg.DagsterInstance.ephemeral()
+    calendar = [a for a in REGIME_ASSETS if a.key.path[0] == "shared"]
+    assert dg.materialize(calendar, resources=resources, instance=instance).success
+    for layer in (REGIME_ASSETS, TRAINING_ASSETS, MODEL_ASSETS):
+        zl = [a for a in layer if a.key.path[0] == "zl"]
+        assert dg.materialize(zl, resources=resources, instance=instance, tags=one_week).success
+    return lake, resources

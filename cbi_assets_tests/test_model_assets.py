@@ -1,38 +1,20 @@
 """Model assets materialized by Dagster on the sample lake: every family walks the purged folds,
 MLflow records a run per family, and the leaderboard crowns a champion in the registry."""
 
-import dagster as dg
 import duckdb
 import polars as pl
 import pytest
-from dagster_duckdb import DuckDBResource
 from mlflow import MlflowClient
 
-from cbi_assets.models.assets import MODEL_ASSETS, models_dir
+from cbi_assets.models.assets import models_dir
 from cbi_assets.models.registry import families
-from cbi_assets.regimes.assets import regime_calendar
-from cbi_assets.training.assets import TRAINING_ASSETS
-from resources import Lake, Tracking
 from resources.tracking import experiment_name, model_name
-
-RANGE = {"dagster/asset_partition_range_start": "1w", "dagster/asset_partition_range_end": "1w"}
 
 
 @pytest.mark.xdist_group("feature_lake")
-def test_zl_models_walk_forward_tracked_and_ranked(feature_lake, tmp_path):
-    lake, _ = feature_lake
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    resources = {"lake": Lake(root=str(lake), profile="sample"),
-                 "warehouse": DuckDBResource(database=str(lake / "warehouse.duckdb")),
-                 "tracking": Tracking(tracking_uri=uri, artifact_root=str(tmp_path / "artifacts"))}
-    instance = dg.DagsterInstance.ephemeral()
-    assert dg.materialize([regime_calendar], resources=resources, instance=instance).success
-    zl = [a for a in TRAINING_ASSETS if a.key.path[0] == "zl" and a.key.path[-1] != "meta_tasks"]
-    assert dg.materialize(zl, resources=resources, instance=instance, tags=RANGE).success
-
-    selected = [a for a in MODEL_ASSETS if a.key.path[0] == "zl"]
-    result = dg.materialize(selected, resources=resources, instance=instance, tags=RANGE)
-    assert result.success
+def test_zl_models_walk_forward_tracked_and_ranked(zl_model_lake):
+    lake, resources = zl_model_lake
+    uri = resources["tracking"].tracking_uri
 
     folder = models_dir(lake, "zl", "1w")
     folds = pl.read_parquet(lake / "ZL" / "training" / "by_horizon" / "1w" / "folds.parquet")
