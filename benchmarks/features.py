@@ -10,8 +10,8 @@ in master.py), each written to a Parquet part (zstd), so a long history never si
 
 Peers, on the same bars:
 - `ta.add_all_ta_features` (pandas), on a slice of the rows;
-- TA-Lib (C) and our polars expressions, for the core indicators both compute: RSI, ATR, MACD,
-  SMA, EMA and Bollinger bands.
+- TA-Lib (C) and our path for the core indicators both compute (RSI, ATR, MACD, SMA, EMA and
+  Bollinger bands): the compiled single pass the feature families use (features/kernels.py).
 
 The last line is `features_rows_per_s=<n> ta_ratio=<n> talib_ratio=<n> peak_rss_mb=<n>`:
 - `ta_ratio` is our end-to-end rows/s over ta's rows/s;
@@ -34,7 +34,7 @@ import polars as pl
 
 from cbi_assets.catalogue import INTRADAY_TIMEFRAMES
 from cbi_assets.features import inputs
-from cbi_assets.features import technical as tech
+from cbi_assets.features.kernels import CoreWindows, with_core
 from cbi_assets.features.layers import (
     SHARED_LAYERS,
     asset_layer,
@@ -76,17 +76,20 @@ def build_masters(records: dict, out: Path) -> tuple[int, dict[str, tuple[int, i
     return minutes.height, shapes
 
 
+CORE = CoreWindows(rsi=(14,), atr=(14,), ema=(20,), rolling=(20,), macd=((12, 26, 9),))
+
+
 def core_ours(bars: pl.DataFrame) -> pl.DataFrame:
-    c, h, l = pl.col("close"), pl.col("high"), pl.col("low")
-    return bars.select(
-        tech.rsi(c, 14).alias("rsi"),
-        tech.atr(h, l, c, 14).alias("atr"),
-        (tech.ema(c, 12) - tech.ema(c, 26)).alias("macd"),
-        tech.ema(tech.ema(c, 12) - tech.ema(c, 26), 9).alias("macd_signal"),
-        c.rolling_mean(20).alias("sma"),
-        tech.ema(c, 20).alias("ema"),
-        (c.rolling_mean(20) + 2 * c.rolling_std(20, ddof=0)).alias("boll_upper"),
-        (c.rolling_mean(20) - 2 * c.rolling_std(20, ddof=0)).alias("boll_lower"),
+    """The product's path for these indicators: the compiled pass, then the band and MACD columns
+    (the MACD line and signal as a fraction of price, as the features use them)."""
+    c, k = pl.col("close"), with_core(bars, "", CORE, "k_")
+    return k.select(
+        "k_rsi_14", "k_atr_14", "k_mean_20", "k_ema_20",
+        ((pl.col("k_ema_12") - pl.col("k_ema_26")) / c).alias("macd"),
+        pl.col("k_macd_signal_12_26_9").alias("macd_signal"),
+        ((pl.col("k_ema_12") - pl.col("k_ema_26")) / c - pl.col("k_macd_signal_12_26_9")).alias("macd_hist"),
+        (pl.col("k_mean_20") + 2 * pl.col("k_std_20")).alias("boll_upper"),
+        (pl.col("k_mean_20") - 2 * pl.col("k_std_20")).alias("boll_lower"),
     )
 
 

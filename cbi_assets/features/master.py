@@ -93,7 +93,7 @@ def daily_layer(symbol: str, continuous: dict[str, pl.DataFrame], related: tuple
     if soy and all(s in continuous for s in ("zs", "zm", "cl", "ho")):
         soy_complex_features(fs)
         seasonality_features(fs, pl.col("date"))
-    return finish(frame.sort("date").with_columns(fs.exprs), ["date"], fs.specs)
+    return finish(fs.prepare(frame.sort("date")).with_columns(fs.exprs), ["date"], fs.specs)
 
 
 def daily_master(layer: Table, shared: list[Table], calendar: bool = False) -> Table:
@@ -112,7 +112,7 @@ def daily_master(layer: Table, shared: list[Table], calendar: bool = False) -> T
 
 
 def shared_table(frame: pl.DataFrame, fs: FeatureSet) -> Table:
-    return finish(frame.sort("date").with_columns(fs.exprs), ["date"], fs.specs)
+    return finish(fs.prepare(frame.sort("date")).with_columns(fs.exprs), ["date"], fs.specs)
 
 
 def core_suffixes(windows=CORE) -> list[str]:
@@ -151,7 +151,7 @@ def intraday_context(minutes: pl.DataFrame, micro: Table | None, mes_daily: Tabl
     for timeframe in INTRADAY_TIMEFRAMES[1:]:
         sub = FeatureSet(layer="MES", source="MES 1-minute bars", timeframe=timeframe, lag=f"closed {timeframe} bar")
         technical_features(sub, "adj_", f"mes_{timeframe}", CORE_INTRADAY)
-        frame = bars[timeframe].with_columns(adjusted("adj_")).select(pl.col("ts").alias("ts_higher"), *sub.exprs)
+        frame = sub.prepare(bars[timeframe].with_columns(adjusted("adj_"))).select(pl.col("ts").alias("ts_higher"), *sub.exprs)
         higher[timeframe] = (finish(frame, ["ts_higher"], sub.specs).frame, sub.specs)
     wanted = {f"{m}_1d_{s}" for m in ("mes", *RELATED["mes"]) for s in core_suffixes()} | set(INTRADAY_MACRO)
     carried = [s for s in mes_daily.specs if s.name in wanted or s.layer in INTRADAY_SHARED_LAYERS]
@@ -187,7 +187,7 @@ def intraday_master(context: IntradayContext, timeframe: str, first=None, last=N
     fs = FeatureSet(layer="MES", source="MES 1-minute bars", timeframe=timeframe, lag="closed bar")
     technical_features(fs, "adj_", f"mes_{timeframe}", INTRADAY)
     session_features(fs, TIMEFRAMES[timeframe])
-    own = bars.with_columns(adjusted("adj_")).with_columns(fs.exprs)
+    own = fs.prepare(bars.with_columns(adjusted("adj_"))).with_columns(fs.exprs)
     if first is not None:
         own = own.filter(pl.col("trade_date") >= first)
     keys = own.select("ts", "trade_date")
@@ -249,7 +249,7 @@ def microstructure_table(minutes: pl.DataFrame, trades: pl.DataFrame | None, tbb
     frame = frame.with_columns(pl.lit(None, pl.Float64).alias(c) for c in missing)
     # Minute bars come sorted by time; sort only what is not (a sort copies every column).
     frame = frame if frame["ts"].is_sorted() else frame.sort("ts")
-    return finish(frame.with_columns(fs.exprs), ["ts_event", "ts", "trade_date"], fs.specs)
+    return finish(fs.prepare(frame).with_columns(fs.exprs), ["ts_event", "ts", "trade_date"], fs.specs)
 
 
 _MINUTE_COLUMNS = ("ofi", "microprice_dev", "quoted_spread", "effective_spread", "depth_imbalance_1", "depth_imbalance_5",

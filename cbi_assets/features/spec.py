@@ -7,6 +7,7 @@ where it is defined and nothing is named twice.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import polars as pl
@@ -38,6 +39,8 @@ class FeatureSet:
     lag: str
     exprs: list[pl.Expr] = field(default_factory=list)
     specs: list[FeatureSpec] = field(default_factory=list)
+    # Columns the expressions read that a compiled pass computes first (see `prepare`).
+    steps: list[Callable[[pl.DataFrame], pl.DataFrame]] = field(default_factory=list)
 
     def add(self, name: str, expr: pl.Expr, description: str, window: int | None = None, **overrides) -> None:
         if any(s.name == name for s in self.specs):
@@ -52,14 +55,21 @@ class FeatureSet:
                 raise ValueError(f"feature {spec.name!r} is defined twice")
             self.exprs.append(expr)
             self.specs.append(spec)
+        self.steps.extend(other.steps)
+
+    def prepare(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """`frame` with the columns the expressions read beside its own (run before `exprs`)."""
+        for step in self.steps:
+            frame = step(frame)
+        return frame
 
     @property
     def names(self) -> list[str]:
         return [s.name for s in self.specs]
 
-    def apply(self, frame: pl.DataFrame | pl.LazyFrame, keep: list[str]) -> pl.DataFrame | pl.LazyFrame:
+    def apply(self, frame: pl.DataFrame, keep: list[str]) -> pl.DataFrame:
         """`keep` columns followed by every feature, computed on `frame`."""
-        return frame.select(*keep, *self.exprs)
+        return self.prepare(frame).select(*keep, *self.exprs)
 
 
 def catalogue_frame(specs: list[FeatureSpec], table: str) -> pl.DataFrame:

@@ -4,6 +4,11 @@ Every function reads the columns `<p>open`, `<p>high`, `<p>low`, `<p>close`, `<p
 instrument (prefix `p`, e.g. "zl_") on one timeframe, and uses only the current and earlier bars,
 so a value at a bar's close is known at that close. Scale-free forms (returns, ratios to price)
 keep the features comparable across decades of price levels.
+
+The indicator functions below are the definitions, checked by hand in the tests. The feature
+families read the averages-based ones (RSI, ATR, EMAs, the MACD signal, rolling mean and standard
+deviation of the close) from one compiled pass over the bars (`kernels.with_core`), which the
+tests hold equal to these definitions.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from cbi_assets.catalogue import TIMEFRAMES
+from cbi_assets.features.kernels import CoreWindows, with_core
 from cbi_assets.features.spec import FeatureSet
 
 TRADING_DAYS = 252
@@ -120,12 +126,25 @@ CORE_INTRADAY = Windows(
 )
 
 
+def core_windows(w: Windows) -> CoreWindows:
+    """The compiled pass's share of a family: its averages of the close and their windows."""
+    return CoreWindows(rsi=w.rsi, atr=w.atr, ema=w.ema, rolling=tuple(sorted({*w.bollinger, *w.sma})), macd=w.macd)
+
+
 def technical_features(fs: FeatureSet, p: str, name: str, w: Windows) -> None:
     """The technical families on one instrument's bars, added to `fs` as `<name>_<feature>`.
 
-    `p` prefixes the input columns; `name` prefixes the features (e.g. "mes_5min").
+    `p` prefixes the input columns; `name` prefixes the features (e.g. "mes_5min"). The core
+    averages come from one compiled pass, run by `fs.prepare` before the expressions.
     """
     o, h, l, c, v = (pl.col(f"{p}{x}") for x in ("open", "high", "low", "close", "volume"))
+    core = f"__{name}_"  # the pass's columns, dropped when the table is finished
+
+    def k(indicator: str) -> pl.Expr:
+        return pl.col(f"{core}{indicator}")
+
+    windows = core_windows(w)
+    fs.steps.append(lambda frame: with_core(frame, p, windows, core))
     r1 = log_return(c, 1)
     year = bars_per_year(fs.timeframe)
     for n in w.returns:
@@ -133,22 +152,25 @@ def technical_features(fs: FeatureSet, p: str, name: str, w: Windows) -> None:
     for n in w.volatility:
         fs.add(f"{name}_vol_{n}", r1.rolling_std(n) * math.sqrt(year), f"annualised std of 1-bar log returns over {n} bars", n)
     for n in w.rsi:
-        fs.add(f"{name}_rsi_{n}", rsi(c, n), f"Wilder RSI over {n} bars (0-100)", n)
+        fs.add(f"{name}_rsi_{n}", k(f"rsi_{n}"), f"Wilder RSI over {n} bars (0-100)", n)
     for fast, slow, signal in w.macd:
-        line = (ema(c, fast) - ema(c, slow)) / c
+        line = (k(f"ema_{fast}") - k(f"ema_{slow}")) / c
         fs.add(f"{name}_macd_{fast}_{slow}", line, f"MACD line EMA{fast}-EMA{slow}, as a fraction of price", slow)
-        fs.add(f"{name}_macd_signal_{signal}", ema(line, signal), f"MACD signal: EMA{signal} of the MACD line", slow + signal)
-        fs.add(f"{name}_macd_hist_{signal}", line - ema(line, signal), "MACD histogram: line minus signal", slow + signal)
+        macd_signal = k(f"macd_signal_{fast}_{slow}_{signal}")
+        fs.add(f"{name}_macd_signal_{signal}", macd_signal, f"MACD signal: EMA{signal} of the MACD line", slow + signal)
+        fs.add(f"{name}_macd_hist_{signal}", line - macd_signal, "MACD histogram: line minus signal", slow + signal)
     for n in w.atr:
-        fs.add(f"{name}_atr_{n}", atr(h, l, c, n) / c, f"Wilder average true range over {n} bars, fraction of price", n)
+        fs.add(f"{name}_atr_{n}", k(f"atr_{n}") / c, f"Wilder average true range over {n} bars, fraction of price", n)
     for n in w.bollinger:
-        fs.add(f"{name}_boll_pos_{n}", bollinger_position(c, n), f"position in the {n}-bar 2-sigma Bollinger band (0 lower, 1 upper)", n)
+        mean, sd = k(f"mean_{n}"), k(f"std_{n}")
+        fs.add(f"{name}_boll_pos_{n}", (c - (mean - 2 * sd)) / (4 * sd),
+               f"position in the {n}-bar 2-sigma Bollinger band (0 lower, 1 upper)", n)
         if w.full:
-            fs.add(f"{name}_boll_width_{n}", 4 * c.rolling_std(n, ddof=0) / c.rolling_mean(n), f"{n}-bar Bollinger band width / mean", n)
+            fs.add(f"{name}_boll_width_{n}", 4 * sd / mean, f"{n}-bar Bollinger band width / mean", n)
     for n in w.sma:
-        fs.add(f"{name}_sma_dist_{n}", c / c.rolling_mean(n) - 1, f"close over its {n}-bar simple moving average, minus 1", n)
+        fs.add(f"{name}_sma_dist_{n}", c / k(f"mean_{n}") - 1, f"close over its {n}-bar simple moving average, minus 1", n)
     for n in w.ema:
-        fs.add(f"{name}_ema_dist_{n}", c / ema(c, n) - 1, f"close over its {n}-bar exponential moving average, minus 1", n)
+        fs.add(f"{name}_ema_dist_{n}", c / k(f"ema_{n}") - 1, f"close over its {n}-bar exponential moving average, minus 1", n)
     for n in w.high:
         fs.add(f"{name}_drawdown_{n}", c / c.rolling_max(n) - 1, f"drawdown from the {n}-bar highest close", n)
         if w.full:
