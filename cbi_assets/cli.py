@@ -59,18 +59,43 @@ def plan(settings: Settings) -> list[Step]:
         for (_, first, last), keys in sorted(groups.items())
     ]
     graph = defs.resolve_asset_graph()
-    derived = sorted(k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).partitions_def is None)
+    from cbi_assets.catalogue import regime_of
+    from cbi_assets.partitions import HORIZON_PARTITIONS, REGIME_PARTITIONS
+
+    def keys_where(test) -> list[str]:
+        return sorted(k.to_user_string() for k in graph.get_all_asset_keys() if test(graph.get(k)))
+
+    def after_models(node) -> bool:
+        """Whether an unpartitioned asset reads, directly or further up, what the per-horizon assets write."""
+        seen, todo = set(), list(node.parent_keys)
+        while todo:
+            parent = graph.get(todo.pop())
+            if parent.partitions_def in HORIZON_PARTITIONS.values():
+                return True
+            if parent.key not in seen:
+                seen.add(parent.key)
+                todo.extend(parent.parent_keys)
+        return False
+
+    derived = keys_where(lambda n: n.partitions_def is None and not after_models(n))
     # One run: Dagster orders the derived layers (rolls, features, regimes) by their dependencies.
     steps.append(Step(f"derived layers, {len(derived)} assets", ",".join(derived), None))
-    # Then each market's horizon assets (regime state, training sets, models, leaderboard), every
-    # horizon in one run (single-run backfill).
-    from cbi_assets.partitions import HORIZON_PARTITIONS
-
+    # Then each market's horizon assets (regime state, training sets, models, ensembles,
+    # explanations), every horizon in one run (single-run backfill).
     for asset, partitions in HORIZON_PARTITIONS.items():
-        keys = sorted(k.to_user_string() for k in graph.get_all_asset_keys() if graph.get(k).partitions_def == partitions)
+        keys = keys_where(lambda n, p=partitions: n.partitions_def == p)
         horizons = partitions.get_partition_keys()
         steps.append(Step(f"{asset.upper()} regimes, training sets and models, {len(keys)} assets x {len(horizons)} horizons",
                           ",".join(keys), f"{horizons[0]}...{horizons[-1]}"))
+    # Regime specialists for the regime the sample ends in (the calendar asset adds its partition).
+    specialists = keys_where(lambda n: n.partitions_def == REGIME_PARTITIONS)
+    if specialists:
+        current = regime_of(settings.sample_end).name
+        steps.append(Step(f"regime specialists for the current regime ({current})", ",".join(specialists), f"{current}...{current}"))
+    # Last, what reads several markets' models (cross-asset transfer).
+    late = keys_where(lambda n: n.partitions_def is None and after_models(n))
+    if late:
+        steps.append(Step(f"cross-asset models, {len(late)} assets", ",".join(late), None))
     return steps
 
 
