@@ -97,3 +97,36 @@ class Tracking(dg.ConfigurableResource):
         except MlflowException:
             return None
         return {"version": version.version, "family": version.tags.get("family", ""), "run_id": version.run_id}
+
+    def family_runs(self, asset: str, horizon: str, family: str, limit: int = 2) -> list[dict[str, Any]]:
+        """The latest finished runs (trainings) of a family for an asset x horizon, newest first:
+        run_id, start_time (ms) and data_hash of each; [] before the first."""
+        client = self._client()
+        found = client.get_experiment_by_name(experiment_name(asset, horizon))
+        if found is None:
+            return []
+        runs = client.search_runs([found.experiment_id], max_results=limit, order_by=["attributes.start_time DESC"],
+                                  filter_string=f"tags.family = '{family}' and attributes.status = 'FINISHED'")
+        return [{"run_id": r.info.run_id, "start_time": r.info.start_time, "data_hash": r.data.tags.get("data_hash", "")}
+                for r in runs]
+
+    def load_model(self, run_id: str) -> tuple[Any, list[str]]:
+        """A run's model as `log_family` stored it (model/model.pkl, or model/model.keras for a
+        network) and the feature list it was trained on."""
+        import os
+        import pickle
+        import tempfile
+
+        # MLflow draws a progress bar on stderr for every download; a run loads a few models per horizon.
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(self._client().download_artifacts(run_id, "model", tmp))
+            features = json.loads((folder / "features.json").read_text())
+            if (folder / "model.pkl").is_file():
+                with open(folder / "model.pkl", "rb") as stored:
+                    return pickle.load(stored), features
+            if (folder / "model.keras").is_file():
+                import keras
+
+                return keras.saving.load_model(folder / "model.keras"), features
+        raise ValueError(f"MLflow run {run_id} has no model/model.pkl or model/model.keras artifact; retrain its family")

@@ -46,17 +46,31 @@ def _ewm(x, alpha, min_count, out):
 
 
 @_jit
-def _rsi(close, n, out, up, down):
-    """Wilder RSI: averages (alpha 1/n) of the close's rises and falls; `up`, `down` are scratch."""
-    up[0] = down[0] = np.nan
+def _rsi(close, n, out):
+    """Wilder RSI: adjust=False averages (alpha 1/n) of the close's rises and falls, in one loop."""
+    alpha = 1.0 / n
+    decay = 1.0 - alpha
+    gain = loss = 0.0
+    weight, count = decay, 0
+    out[0] = np.nan
     for i in range(1, close.size):
         change = close[i] - close[i - 1]
-        up[i] = max(change, 0.0) if not np.isnan(change) else np.nan
-        down[i] = max(-change, 0.0) if not np.isnan(change) else np.nan
-    _ewm(up, 1.0 / n, n, up)
-    _ewm(down, 1.0 / n, n, down)
-    for i in range(close.size):
-        out[i] = 100.0 - 100.0 / (1.0 + up[i] / down[i])
+        if np.isnan(change):
+            weight *= decay
+            out[i] = np.nan
+            continue
+        up, down = max(change, 0.0), max(-change, 0.0)
+        if count == 0:
+            gain, loss = up, down
+        elif weight == decay:
+            gain += alpha * (up - gain)
+            loss += alpha * (down - loss)
+        else:
+            gain = (weight * gain + alpha * up) / (weight + alpha)
+            loss = (weight * loss + alpha * down) / (weight + alpha)
+        weight = decay
+        count += 1
+        out[i] = 100.0 - 100.0 / (1.0 + gain / loss) if count >= n else np.nan
 
 
 @_jit
@@ -82,9 +96,11 @@ def _rolling(x, n, mean, std):
     rounding. A window of n equal values has std exactly 0 (a flat minute market is common).
     """
     shift = 0.0
-    total, squares, missing, same = 0.0, 0.0, 0, 0
+    total, squares, missing, same, recentre = 0.0, 0.0, 0, 0, 0
     for i in range(x.size):
-        if i % n == 0 and not np.isnan(x[i]):
+        recentre -= 1
+        if recentre <= 0 and not np.isnan(x[i]):
+            recentre = n
             shift = x[i]
             total, squares, missing = 0.0, 0.0, 0
             for j in range(max(i - n + 1, 0), i):
@@ -126,7 +142,7 @@ def _core(high, low, close, rsi_n, atr_n, ema_n, window_n, signal):
     scratch, other = np.empty(rows), np.empty(rows)
     row = 0
     for n in rsi_n:
-        _rsi(close, n, out[row], scratch, other)
+        _rsi(close, n, out[row])
         row += 1
     if atr_n.size:
         _true_range(high, low, close, other)
@@ -184,9 +200,10 @@ def core_indicators(high: np.ndarray, low: np.ndarray, close: np.ndarray, w: Cor
 
 def with_core(frame: pl.DataFrame, p: str, w: CoreWindows, prefix: str) -> pl.DataFrame:
     """`frame` with the core indicators of its `<p>high`, `<p>low`, `<p>close` columns, named
-    `<prefix><indicator>_<window>` (see CoreWindows.names)."""
+    `<prefix><indicator>_<window>` (see CoreWindows.names); NaN where polars would give null."""
     if frame.is_empty():
         return frame.with_columns(pl.lit(None, pl.Float64).alias(n) for n in w.names(prefix))
     h, l, c = (frame[f"{p}{x}"].cast(pl.Float64).fill_null(np.nan).to_numpy() for x in ("high", "low", "close"))
     values = core_indicators(h, l, c, w)
-    return frame.with_columns(pl.Series(name, row).fill_nan(None) for name, row in zip(w.names(prefix), values, strict=True))
+    # NaN stays NaN: features built on these columns are NaN there, and `finish` nulls them.
+    return frame.with_columns(pl.Series(name, row) for name, row in zip(w.names(prefix), values, strict=True))

@@ -1,0 +1,242 @@
+"""Ensemble assets per market, partitioned by horizon: the families' out-of-fold forecasts stacked and
+blended, the blend's conformal intervals beside LightGBM's quantiles, conviction and confidence, and
+how each ensemble fares against the best single family on the same folds."""
+
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import polars as pl
+
+from cbi_assets.catalogue import ASSETS
+from cbi_assets.ensembles.blend import BlendPlan
+from cbi_assets.ensembles.conformal import LEVELS, MIN_SCORES, level_name
+from cbi_assets.ensembles.forecasts import (
+    POINT,
+    Ensembled,
+    EnsemblePlan,
+    comparison,
+    ensemble,
+    members_table,
+)
+from cbi_assets.ensembles.members import Members, assemble, origins_of, read_oof
+from cbi_assets.models.assets import KIND_ASSETS, models_dir
+from cbi_assets.models.inputs import (
+    SESSIONS_PER_YEAR,
+    horizon_rows,
+    return_column,
+    season_rows,
+)
+from cbi_assets.models.registry import BUDGETS, families
+from cbi_assets.parquet import write_frame
+from cbi_assets.partitions import HORIZON_PARTITIONS
+from cbi_assets.regimes.assets import state_path
+from cbi_assets.training.assets import horizon_dir
+from cbi_assets.training.sets import horizon_of, time_key
+from cbi_assets.ui import figure, plot
+from cbi_assets.ui import table as md_table
+from cbi_assets.warehouse import replace_horizons
+
+
+def ensemble_dir(lake: Path, asset: str, horizon: str) -> Path:
+    return models_dir(lake, asset, horizon) / "ensemble"
+
+
+class EnsembleConfig(dg.Config):
+    """Interval levels, the blend's look-back and the least history each part needs."""
+
+    levels: list[float] = list(LEVELS)  # conformal interval coverage levels
+    blend_window: int = BlendPlan().window  # matured rows whose errors weight the blend
+    blend_min_rows: int = BlendPlan().min_rows  # fewer in the current state: weights from every state
+    stack_min_rows: int = EnsemblePlan().stack_min_rows  # matured rows before a fold for it to be forecast
+    min_scores: int = MIN_SCORES  # matured scores before an interval is given
+
+    def plan(self, threads: int | None) -> EnsemblePlan:
+        try:
+            return EnsemblePlan(levels=tuple(self.levels), blend=BlendPlan(self.blend_window, self.blend_min_rows),
+                                stack_min_rows=self.stack_min_rows, min_scores=self.min_scores, threads=threads)
+        except ValueError as error:
+            raise dg.Failure(f"ensemble configuration: {error}") from error
+
+
+def _training_origins(lake: Path, asset: str, partition: str) -> pl.DataFrame:
+    """The training set's key, label end and one-step return (and trade date), read as columns only."""
+    path = horizon_dir(lake, asset, partition) / "all.parquet"
+    if not path.is_file():
+        raise dg.Failure(f"{path}: the training set is not built; materialize {asset}/training/sets for {partition}")
+    horizon = horizon_of(asset, partition)
+    schema = pl.read_parquet_schema(path)
+    wanted = [time_key(horizon), "label_end", return_column(asset, horizon), "trade_date"]
+    frame = pl.read_parquet(path, columns=[c for c in wanted if c in schema])
+    try:
+        return origins_of(frame, asset, horizon)
+    except ValueError as error:
+        raise dg.Failure(f"{path}: {error}") from error
+
+
+STATE_COLOURS = {"calm": "#4caf50", "normal": "#9e9e9e", "stressed": "#ff9800", "crisis": "#e53935",
+                 "unknown": "#d0d0d0"}
+
+
+def _coverage_plot(coverage: pl.DataFrame, title: str):
+    """Coverage per horizon against each nominal level (shaded: within 3 points), and of the widest
+    level per regime state."""
+    fig, (levels, states) = figure(max(8.0, 0.9 * coverage["horizon"].n_unique() + 4), 6.5, rows=2)
+    horizons = list(dict.fromkeys(coverage["horizon"]))
+    x = np.arange(len(horizons))
+    overall = coverage.filter(pl.col("scope") == "overall")
+    nominal = sorted(set(overall.filter(pl.col("method") == "conformal")["level"]))
+    for i, level in enumerate(nominal):
+        levels.axhspan(level - 0.03, level + 0.03, color=f"C{i}", alpha=0.12, linewidth=0)
+        levels.axhline(level, color=f"C{i}", linestyle="--", linewidth=0.8)
+        for method, marker, shift in (("conformal", "o", -0.08), ("lightgbm_quantile", "x", 0.08)):
+            values = dict(overall.filter((pl.col("method") == method) & (pl.col("level") == level))
+                          .select("horizon", "coverage").iter_rows())
+            if values:
+                levels.scatter(x + shift, [values.get(h, np.nan) for h in horizons], marker=marker, s=45,
+                               color=f"C{i}", label=f"{method.replace('_', ' ')} {level:.0%}")
+    levels.set_ylabel("empirical coverage")
+    levels.set_title(f"{title} (dashed: nominal, shaded: within 3 points)")
+    levels.legend(fontsize=7, ncols=4)
+    top = max(nominal)
+    by_state = coverage.filter((pl.col("scope") == "state") & (pl.col("method") == "conformal")
+                               & (pl.col("level") == top))
+    groups = [g for g in STATE_COLOURS if g in set(by_state["group"])]
+    width = 0.8 / max(len(groups), 1)
+    for i, group in enumerate(groups):
+        values = dict(by_state.filter(pl.col("group") == group).select("horizon", "coverage").iter_rows())
+        states.bar(x - 0.4 + (i + 0.5) * width, [values.get(h, np.nan) for h in horizons], width,
+                   color=STATE_COLOURS[group], label=group)
+    states.axhline(top, color="black", linestyle="--", linewidth=0.8)
+    states.set_ylim(0, 1.05)
+    states.set_ylabel(f"coverage of the {top:.0%} interval")
+    states.set_xticks(x, horizons)
+    states.set_xlabel("horizon; bars: data-driven regime state at the origin")
+    states.legend(fontsize=7, ncols=5, loc="lower right")
+    return plot(fig)
+
+
+def _fan_plot(table: pl.DataFrame, key: str, levels: tuple[float, ...], title: str, folds: int = 2, rows: int = 400):
+    """Price, the blend's price forecast for each target time, and its bands over the last folds (at
+    most their last `rows` origins, so minute bars stay readable)."""
+    last = table.filter(pl.col("fold") >= table["fold"].max() - folds + 1).tail(rows)
+    fig, ax = figure(11, 4)
+    ax.plot(last[key], last["price"], color="black", linewidth=0.8, label="price at the origin")
+    target = last["label_end"]
+    for level, alpha in zip(sorted(levels, reverse=True), (0.18, 0.3, 0.4, 0.5), strict=False):
+        n = level_name(level)
+        ax.fill_between(target, last[f"lower_{n}_price"].fill_null(np.nan), last[f"upper_{n}_price"].fill_null(np.nan),
+                        color="C0", alpha=alpha, linewidth=0, label=f"{level:.0%} conformal")
+    ax.plot(target, last["forecast_price"], color="C0", linewidth=1.0, label="blend forecast")
+    ax.plot(target, last["forward_price"], color="C3", linewidth=0.8, label="what happened")
+    ax.set_title(title)
+    ax.set_ylabel("price")
+    ax.set_xlabel("target time (origin + horizon)")
+    ax.legend(fontsize=7, ncols=5)
+    return plot(fig)
+
+
+def _write(result: Ensembled, members, out: Path) -> None:
+    """Every file of one horizon, each replaced atomically; written only once all were computed."""
+    for name, frame in result.oof.items():
+        write_frame(frame, out / f"{name}.parquet")
+        write_frame(result.scores[name].with_columns(pl.lit(name).alias("family"), pl.lit("ensemble").alias("kind")),
+                    out / "metrics" / f"{name}.parquet")
+    write_frame(result.forecasts, out / "intervals.parquet")
+    write_frame(members_table(members), out / "members.parquet")
+
+
+def ensemble_horizon(lake: Path, asset: str, partition: str, plan: EnsemblePlan, log) -> tuple[Ensembled, Members]:
+    """Read one horizon's families, regime state and training origins, and ensemble them (nothing written)."""
+    horizon = horizon_of(asset, partition)
+    folder = models_dir(lake, asset, partition) / "oof"
+    state_file = state_path(lake, asset, partition)
+    if not state_file.is_file():
+        raise dg.Failure(f"{state_file}: no regime state for {asset} {partition}; materialize {asset}/regimes/state "
+                         "for this horizon first")
+    origins = _training_origins(lake, asset, partition)
+    oof, missing = read_oof(folder, [f.name for f in families()])
+    if missing:
+        log.warning(f"{asset} {partition}: no out-of-fold forecasts of {', '.join(missing)} in {folder}; ensembling "
+                    f"the {len(oof)} families present")
+    per_year = SESSIONS_PER_YEAR * (season_rows(horizon) if horizon.intraday else 1)
+    try:
+        members = assemble(oof, origins, pl.read_parquet(state_file), time_key(horizon), missing, where=str(folder))
+        result = ensemble(members, horizon_rows(horizon), plan, periods_per_year=per_year,
+                          cost_bps=ASSETS[asset.upper()].cost_bps, log=lambda m: log.debug(f"{asset} {partition}: {m}"))
+    except ValueError as error:
+        raise dg.Failure(f"{asset} {partition}: {error}") from error
+    return result, members
+
+
+def _ensemble_asset(asset: str):
+    deps = [dg.AssetKey([asset, "models", name]) for name in KIND_ASSETS.values()]
+
+    @dg.asset(
+        key=[asset, "models", "ensemble"], group_name=f"{asset}_models", partitions_def=HORIZON_PARTITIONS[asset],
+        backfill_policy=dg.BackfillPolicy.single_run(), deps=[*deps, dg.AssetKey([asset, "regimes", "state"])],
+        required_resource_keys={"lake", "warehouse"}, kinds={"python", "duckdb"}, tags={"layer": "models"},
+        description=f"{asset.upper()} ensembles per horizon on the families' out-of-fold forecasts: stacked (ridge, "
+                    "LightGBM) and a regime-aware blend, walked forward on matured rows only; the blend's conformal "
+                    "intervals beside LightGBM's quantiles, conviction and confidence per row (ensemble/intervals"
+                    ".parquet); warehouse models.ensembles (MASE against the best family on the same folds) and "
+                    "models.coverage.",
+    )
+    def _ensemble(context: dg.AssetExecutionContext, config: EnsembleConfig) -> dg.MaterializeResult:
+        lake = Path(context.resources.lake.root)
+        plan = config.plan(BUDGETS[context.resources.lake.profile].threads)
+        top = max(plan.levels)
+        compared, covered, plots, missing, failed = [], [], {}, {}, []
+        for partition in context.partition_keys:
+            try:  # one horizon's failure must not lose the others' results
+                result, members = ensemble_horizon(lake, asset, partition, plan, context.log)
+            except dg.Failure as error:
+                context.log.error(error.description)
+                failed.append(error.description)
+                continue
+            _write(result, members, ensemble_dir(lake, asset, partition))
+            if members.missing:
+                missing[partition] = list(members.missing)
+            labels = [pl.lit(asset.upper()).alias("asset"), pl.lit(partition).alias("horizon")]
+            board = comparison(result, members).with_columns(labels)
+            compared.append(board)
+            covered.append(result.coverage.with_columns(labels))
+            point = board.filter(pl.col("ensemble") == POINT).row(0, named=True)
+            interval = result.coverage.filter((pl.col("method") == "conformal") & (pl.col("scope") == "overall")
+                                              & (pl.col("level") == top))
+            covered_now = (f"{top:.0%} conformal coverage {interval['coverage'][0]:.3f} on {interval['rows'][0]:,} "
+                           f"rows (about {interval['outcomes'][0]:,.0f} independent outcomes)" if interval.height else
+                           f"no conformal interval yet (fewer than {plan.min_scores} matured scores before any fold)")
+            context.log.info(f"{asset} {partition}: blend MASE {point['mase']:.3f} against the best family "
+                             f"({point['best_family']}) {point['best_family_mase']:.3f} on folds "
+                             f"{result.evaluated[0]}..{result.evaluated[-1]}; {covered_now}")
+            plots[f"fan_{partition}"] = _fan_plot(
+                result.forecasts, members.key, plan.levels,
+                f"{asset.upper()} {partition}: the blend's forecast and conformal bands, last test origins")
+        metadata: dict = {"path": dg.MetadataValue.path(str(ensemble_dir(lake, asset, "").parent)),
+                          "missing_families": dg.MetadataValue.json(missing),
+                          "tables": "models.ensembles, models.coverage"}
+        if compared:
+            boards, coverage = pl.concat(compared, how="diagonal_relaxed"), pl.concat(covered, how="diagonal_relaxed")
+            with context.resources.warehouse.get_connection() as conn:
+                replace_horizons(conn, "models.ensembles", boards)
+                replace_horizons(conn, "models.coverage", coverage)
+            metadata["against_best_family"] = md_table(boards.select(
+                "horizon", "ensemble", "folds", "rows", "mase", "best_family", "best_family_mase", "mase_vs_best",
+                "directional_accuracy", "best_family_directional_accuracy", "random_walk_mase",
+            ).with_columns(pl.col(pl.Float64).round(4)), 100)
+            metadata["coverage"] = md_table(coverage.filter(pl.col("scope") != "regime").select(
+                "horizon", "method", "level", "scope", "group", "rows", "outcomes", "coverage", "mean_width",
+            ).with_columns(pl.col(pl.Float64).round(4)), 400)
+            metadata["coverage_plot"] = _coverage_plot(
+                coverage, f"{asset.upper()} interval coverage on the walk-forward test folds")
+            metadata |= plots
+        if failed:
+            raise dg.Failure(f"{len(failed)} of {len(context.partition_keys)} horizons could not be ensembled; the "
+                             "others are stored", metadata={"failed": dg.MetadataValue.json(failed), **metadata})
+        return dg.MaterializeResult(metadata=metadata)
+
+    return _ensemble
+
+
+ENSEMBLE_ASSETS = [_ensemble_asset(a) for a in ("zl", "mes")]
