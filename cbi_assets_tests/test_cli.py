@@ -6,6 +6,7 @@ import dagster as dg
 
 from cbi_assets.cli import plan
 from cbi_assets.definitions import defs
+from cbi_assets.partitions import REGIME_PARTITIONS
 from cbi_assets.settings import Settings
 
 
@@ -26,13 +27,18 @@ def test_plan_materializes_every_asset_once_within_its_partitions():
             if isinstance(partitions, dg.StaticPartitionsDefinition):  # a market's horizons: all of them
                 keys = partitions.get_partition_keys()
                 assert (first, last) == (keys[0], keys[-1])
+            elif partitions == REGIME_PARTITIONS:  # specialists: the regime the sample ends in
+                assert first == last == "trump_2023_2025"
             else:  # day partitions: up to the sample's last session
                 assert partitions.has_partition_key(first) and last == "2024-06-28"
-    # The raw days come first, then the derived layers, then the training sets by horizon.
+    # The raw days come first, then the derived layers, the horizon assets of each market, the
+    # current regime's specialists, and last what reads both markets' training sets.
     ranges = [s.partition_range for s in steps]
     derived = next(i for i, s in enumerate(steps) if s.partition_range is None)
     assert all(r and r.endswith("2024-06-28") for r in ranges[:derived])
-    assert [s.partition_range for s in steps[derived + 1:]] == ["1w...12m", "1min...12m"]
+    assert ranges[derived + 1:] == ["1w...12m", "1min...12m", "trump_2023_2025...trump_2023_2025", None]
+    assert steps[-1].selection == "shared/models/transfer"
+    assert "zl/features/master_1d" in steps[derived].selection and "shared/models/transfer" not in steps[derived].selection
     mes_ticks = next(s for s in steps if "mes/raw/mes_trades" in s.selection)
     first = dt.date.fromisoformat(mes_ticks.partition_range.split("...")[0])
     assert first == dt.date(2024, 6, 27)  # the last two sessions
