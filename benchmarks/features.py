@@ -80,14 +80,11 @@ CORE = CoreWindows(rsi=(14,), atr=(14,), ema=(20,), rolling=(20,), macd=((12, 26
 
 
 def core_ours(bars: pl.DataFrame) -> pl.DataFrame:
-    """The product's path for these indicators: the compiled pass, then the band and MACD columns
-    (the MACD line and signal as a fraction of price, as the features use them)."""
-    c, k = pl.col("close"), with_core(bars, "", CORE, "k_")
+    """The product's path for these indicators: the compiled pass, then the bands from its mean and
+    standard deviation (the MACD as a fraction of price, as the features use it)."""
+    k = with_core(bars, "", CORE, "k_")
     return k.select(
-        "k_rsi_14", "k_atr_14", "k_mean_20", "k_ema_20",
-        ((pl.col("k_ema_12") - pl.col("k_ema_26")) / c).alias("macd"),
-        pl.col("k_macd_signal_12_26_9").alias("macd_signal"),
-        ((pl.col("k_ema_12") - pl.col("k_ema_26")) / c - pl.col("k_macd_signal_12_26_9")).alias("macd_hist"),
+        "k_rsi_14", "k_atr_14", "k_mean_20", "k_ema_20", "k_macd_12_26_9", "k_macd_signal_12_26_9", "k_macd_hist_12_26_9",
         (pl.col("k_mean_20") + 2 * pl.col("k_std_20")).alias("boll_upper"),
         (pl.col("k_mean_20") - 2 * pl.col("k_std_20")).alias("boll_lower"),
     )

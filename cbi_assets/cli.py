@@ -156,6 +156,12 @@ def _print_results(settings: Settings, dagster_home: str) -> None:
         f"  meta-learning tasks {settings.lake}/meta_learning/<asset>/<horizon>/<regime>/{{support,query}}.parquet\n"
         f"  models              {settings.lake}/{{ZL,MES}}/models/by_horizon/<horizon>/{{oof,metrics}}/<family>.parquet\n"
         f"  leaderboard         warehouse: models.leaderboard; MLflow: {settings.tracking_uri} (champion alias)\n"
+        f"  ensembles, intervals {settings.lake}/{{ZL,MES}}/models/by_horizon/<horizon>/ensemble/ (warehouse: models.ensembles, models.coverage)\n"
+        f"  explanations        {settings.lake}/{{ZL,MES}}/models/by_horizon/<horizon>/explain/ (warehouse: models.drivers)\n"
+        f"  meta-learner        {settings.lake}/{{ZL,MES}}/models/by_horizon/<horizon>/meta/ (few_shot.parquet)\n"
+        f"  specialists         {settings.lake}/{{ZL,MES}}/models/specialists/<regime>/<horizon>/\n"
+        f"  transfer            {settings.lake}/shared/models/transfer/comparison.parquet\n"
+        f"  backtests           {settings.lake}/{{ZL,MES}}/backtests/by_horizon/<horizon>/ (warehouse: backtests.procurement, backtests.trading)\n"
         f"  warehouse (DuckDB)  {settings.warehouse}  (table lake.raw_inventory)\n"
         f"  Dagster runs        {dagster_home}  (open the web UI: cbi dev)"
     )

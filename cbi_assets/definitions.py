@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from cbi_assets.backtests.assets import BACKTEST_ASSETS
 from cbi_assets.ensembles.assets import ENSEMBLE_ASSETS
 from cbi_assets.explain.assets import EXPLAIN_ASSETS
 from cbi_assets.features.assets import FEATURE_ASSETS
@@ -19,7 +20,8 @@ from schedules import INGEST_JOBS, INGEST_SCHEDULES
 
 defs = dg.Definitions(
     assets=[*RAW_ASSETS, *ROLL_CALENDARS, raw_inventory, *FEATURE_ASSETS, *REGIME_ASSETS, *TRAINING_ASSETS,
-            *MODEL_ASSETS, *ENSEMBLE_ASSETS, *EXPLAIN_ASSETS, *SPECIALIST_ASSETS, *META_ASSETS],
+            *MODEL_ASSETS, *ENSEMBLE_ASSETS, *EXPLAIN_ASSETS, *SPECIALIST_ASSETS, *META_ASSETS,
+            *BACKTEST_ASSETS],
     jobs=INGEST_JOBS,
     schedules=INGEST_SCHEDULES,
     resources=build_resources(Settings.from_env()),

@@ -31,7 +31,10 @@ def reference(frame: pl.DataFrame) -> dict[str, pl.Expr]:
     out |= {f"k_ema_{n}": ta.ema(c, n) for n in WINDOWS.spans()}
     out |= {f"k_mean_{n}": c.rolling_mean(n) for n in WINDOWS.rolling}
     out |= {f"k_std_{n}": c.rolling_std(n, ddof=0) for n in WINDOWS.rolling}
-    out |= {f"k_macd_signal_{f}_{s}_{g}": ta.ema((ta.ema(c, f) - ta.ema(c, s)) / c, g) for f, s, g in WINDOWS.macd}
+    for f, s, g in WINDOWS.macd:
+        line = (ta.ema(c, f) - ta.ema(c, s)) / c
+        out |= {f"k_macd_{f}_{s}_{g}": line, f"k_macd_signal_{f}_{s}_{g}": ta.ema(line, g),
+                f"k_macd_hist_{f}_{s}_{g}": line - ta.ema(line, g)}
     return out
 
 

@@ -6,7 +6,7 @@ so a value at a bar's close is known at that close. Scale-free forms (returns, r
 keep the features comparable across decades of price levels.
 
 The indicator functions below are the definitions, checked by hand in the tests. The feature
-families read the averages-based ones (RSI, ATR, EMAs, the MACD signal, rolling mean and standard
+families read the averages-based ones (RSI, ATR, EMAs, the MACD, rolling mean and standard
 deviation of the close) from one compiled pass over the bars (`kernels.with_core`), which the
 tests hold equal to these definitions.
 """
@@ -154,11 +154,11 @@ def technical_features(fs: FeatureSet, p: str, name: str, w: Windows) -> None:
     for n in w.rsi:
         fs.add(f"{name}_rsi_{n}", k(f"rsi_{n}"), f"Wilder RSI over {n} bars (0-100)", n)
     for fast, slow, signal in w.macd:
-        line = (k(f"ema_{fast}") - k(f"ema_{slow}")) / c
-        fs.add(f"{name}_macd_{fast}_{slow}", line, f"MACD line EMA{fast}-EMA{slow}, as a fraction of price", slow)
-        macd_signal = k(f"macd_signal_{fast}_{slow}_{signal}")
-        fs.add(f"{name}_macd_signal_{signal}", macd_signal, f"MACD signal: EMA{signal} of the MACD line", slow + signal)
-        fs.add(f"{name}_macd_hist_{signal}", line - macd_signal, "MACD histogram: line minus signal", slow + signal)
+        spans = f"{fast}_{slow}_{signal}"
+        fs.add(f"{name}_macd_{fast}_{slow}", k(f"macd_{spans}"), f"MACD line EMA{fast}-EMA{slow}, as a fraction of price", slow)
+        fs.add(f"{name}_macd_signal_{signal}", k(f"macd_signal_{spans}"), f"MACD signal: EMA{signal} of the MACD line",
+               slow + signal)
+        fs.add(f"{name}_macd_hist_{signal}", k(f"macd_hist_{spans}"), "MACD histogram: line minus signal", slow + signal)
     for n in w.atr:
         fs.add(f"{name}_atr_{n}", k(f"atr_{n}") / c, f"Wilder average true range over {n} bars, fraction of price", n)
     for n in w.bollinger:
