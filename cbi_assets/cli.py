@@ -58,6 +58,8 @@ def plan(settings: Settings) -> list[Step]:
         Step(f"raw layer, {len(keys)} datasets, {first}..{last}", ",".join(keys), f"{first}...{last}")
         for (_, first, last), keys in sorted(groups.items())
     ]
+    import dagster as dg
+
     graph = defs.resolve_asset_graph()
     from cbi_assets.catalogue import regime_of
     from cbi_assets.partitions import HORIZON_PARTITIONS, REGIME_PARTITIONS
@@ -65,28 +67,40 @@ def plan(settings: Settings) -> list[Step]:
     def keys_where(test) -> list[str]:
         return sorted(k.to_user_string() for k in graph.get_all_asset_keys() if test(graph.get(k)))
 
-    def after_models(node) -> bool:
-        """Whether an unpartitioned asset reads, directly or further up, what the per-horizon assets write."""
-        seen, todo = set(), list(node.parent_keys)
+    def upstream(key) -> set:
+        """Every asset `key` reads, directly or further up."""
+        seen, todo = set(), list(graph.get(key).parent_keys)
         while todo:
-            parent = graph.get(todo.pop())
-            if parent.partitions_def in HORIZON_PARTITIONS.values():
-                return True
-            if parent.key not in seen:
-                seen.add(parent.key)
-                todo.extend(parent.parent_keys)
-        return False
+            parent = todo.pop()
+            if parent not in seen:
+                seen.add(parent)
+                todo.extend(graph.get(parent).parent_keys)
+        return seen
+
+    def after_models(node) -> bool:
+        """Whether an unpartitioned asset reads what the per-horizon assets write."""
+        return any(graph.get(k).partitions_def in HORIZON_PARTITIONS.values() for k in upstream(node.key))
 
     derived = keys_where(lambda n: n.partitions_def is None and not after_models(n))
     # One run: Dagster orders the derived layers (rolls, features, regimes) by their dependencies.
     steps.append(Step(f"derived layers, {len(derived)} assets", ",".join(derived), None))
-    # Then each market's horizon assets (regime state, training sets, models, ensembles,
-    # explanations), every horizon in one run (single-run backfill).
+    # Then each market's horizon assets, every horizon in one run (single-run backfill): first
+    # through the leaderboard (labels, training sets, folds, model families), then the rest: the
+    # regime state and what builds on the models (ensembles, explanations, meta-learning, backtests).
+    later = []
     for asset, partitions in HORIZON_PARTITIONS.items():
         keys = keys_where(lambda n, p=partitions: n.partitions_def == p)
+        board = dg.AssetKey([asset, "models", "leaderboard"])
+        needed = {k.to_user_string() for k in upstream(board) | {board}}
+        through = [k for k in keys if k in needed]
+        rest = [k for k in keys if k not in needed]
         horizons = partitions.get_partition_keys()
-        steps.append(Step(f"{asset.upper()} regimes, training sets and models, {len(keys)} assets x {len(horizons)} horizons",
-                          ",".join(keys), f"{horizons[0]}...{horizons[-1]}"))
+        span = f"{horizons[0]}...{horizons[-1]}"
+        steps.append(Step(f"{asset.upper()} training sets and models through the leaderboard, "
+                          f"{len(through)} assets x {len(horizons)} horizons", ",".join(through), span))
+        later.append(Step(f"{asset.upper()} regime state, ensembles, explanations, meta-learning and backtests, "
+                          f"{len(rest)} assets x {len(horizons)} horizons", ",".join(rest), span))
+    steps += later
     # Regime specialists for the regime the sample ends in (the calendar asset adds its partition).
     specialists = keys_where(lambda n: n.partitions_def == REGIME_PARTITIONS)
     if specialists:
@@ -120,7 +134,7 @@ def demo(settings: Settings) -> int:
         if done.returncode:
             print(f"step {i} failed ({step.what}); see the run in the web UI: cbi dev", file=sys.stderr)
             return done.returncode
-        print(f"  done in {time.perf_counter() - started:.0f}s", flush=True)
+        print(f"  done in {time.perf_counter() - started:.0f}s ({time.perf_counter() - began:.0f}s since the start)", flush=True)
     print(f"\nThe asset graph is materialized on the sample data in {time.perf_counter() - began:.0f}s.")
     _print_results(settings, env["DAGSTER_HOME"])
     return 0

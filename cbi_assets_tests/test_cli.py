@@ -36,7 +36,12 @@ def test_plan_materializes_every_asset_once_within_its_partitions():
     ranges = [s.partition_range for s in steps]
     derived = next(i for i, s in enumerate(steps) if s.partition_range is None)
     assert all(r and r.endswith("2024-06-28") for r in ranges[:derived])
-    assert ranges[derived + 1:] == ["1w...12m", "1min...12m", "trump_2023_2025...trump_2023_2025", None]
+    assert ranges[derived + 1:] == ["1w...12m", "1min...12m", "1w...12m", "1min...12m",
+                                    "trump_2023_2025...trump_2023_2025", None]
+    # Each market's leaderboard comes in the first of its two steps, with everything it reads.
+    zl_models, mes_models = steps[derived + 1].selection.split(","), steps[derived + 2].selection.split(",")
+    assert "zl/models/leaderboard" in zl_models and "zl/models/ensemble" not in zl_models
+    assert "mes/models/leaderboard" in mes_models and "mes/backtests/trading" in steps[derived + 4].selection
     assert steps[-1].selection == "shared/models/transfer"
     assert "zl/features/master_1d" in steps[derived].selection and "shared/models/transfer" not in steps[derived].selection
     mes_ticks = next(s for s in steps if "mes/raw/mes_trades" in s.selection)
