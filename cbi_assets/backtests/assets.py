@@ -22,7 +22,7 @@ from cbi_assets.models.inputs import SESSIONS_PER_YEAR, horizon_rows, season_row
 from cbi_assets.parquet import write_frame
 from cbi_assets.partitions import HORIZON_PARTITIONS
 from cbi_assets.training.sets import horizon_of, time_key
-from cbi_assets.ui import figure, plot
+from cbi_assets.ui import figure, partly_failed, plot
 from cbi_assets.ui import table as md_table
 from cbi_assets.warehouse import replace_horizons
 
@@ -161,8 +161,7 @@ def zl_procurement(context: dg.AssetExecutionContext, config: ProcurementConfig)
             months, f"ZL procurement of {plan.volume:,.0f} contracts a month")
         metadata |= plots
     if failed:
-        raise dg.Failure(f"{len(failed)} of {len(context.partition_keys)} horizons could not be backtested; the others "
-                         "are stored", metadata={"failed": dg.MetadataValue.json(failed), **metadata})
+        raise partly_failed(failed, f"of {len(context.partition_keys)} horizons' backtests", metadata)
     return dg.MaterializeResult(metadata=metadata)
 
 
@@ -242,8 +241,7 @@ def mes_trading(context: dg.AssetExecutionContext, config: TradingConfig) -> dg.
             if group:
                 metadata[name] = _equity_plot(group, "time", f"MES trading the forecasts after {cost_bps:g} bp a side")
     if failed:
-        raise dg.Failure(f"{len(failed)} of {len(context.partition_keys)} horizons could not be backtested; the others "
-                         "are stored", metadata={"failed": dg.MetadataValue.json(failed), **metadata})
+        raise partly_failed(failed, f"of {len(context.partition_keys)} horizons' backtests", metadata)
     return dg.MaterializeResult(metadata=metadata)
 
 

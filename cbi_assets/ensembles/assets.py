@@ -33,7 +33,7 @@ from cbi_assets.partitions import HORIZON_PARTITIONS
 from cbi_assets.regimes.assets import state_path
 from cbi_assets.training.assets import horizon_dir
 from cbi_assets.training.sets import horizon_of, time_key
-from cbi_assets.ui import figure, plot
+from cbi_assets.ui import figure, partly_failed, plot
 from cbi_assets.ui import table as md_table
 from cbi_assets.warehouse import replace_horizons
 
@@ -232,8 +232,7 @@ def _ensemble_asset(asset: str):
                 coverage, f"{asset.upper()} interval coverage on the walk-forward test folds")
             metadata |= plots
         if failed:
-            raise dg.Failure(f"{len(failed)} of {len(context.partition_keys)} horizons could not be ensembled; the "
-                             "others are stored", metadata={"failed": dg.MetadataValue.json(failed), **metadata})
+            raise partly_failed(failed, f"of {len(context.partition_keys)} horizons' ensembles", metadata)
         return dg.MaterializeResult(metadata=metadata)
 
     return _ensemble

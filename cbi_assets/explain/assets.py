@@ -40,7 +40,7 @@ from cbi_assets.training.sets import (
     horizon_of,
     time_key,
 )
-from cbi_assets.ui import figure, plot
+from cbi_assets.ui import figure, partly_failed, plot
 from cbi_assets.ui import table as md_table
 from cbi_assets.warehouse import replace_horizons
 
@@ -342,9 +342,7 @@ def _explain_asset(asset: str):
             with context.resources.warehouse.get_connection() as conn:
                 replace_horizons(conn, "models.drivers", pl.concat(warehouse_rows))
         if failed:
-            raise dg.Failure(f"{len(failed)} of {len(context.partition_keys)} horizons failed (first: {failed[0]}); "
-                             "the others are stored",
-                             metadata={"failed": dg.MetadataValue.json(failed), **metadata})
+            raise partly_failed(failed, f"of {len(context.partition_keys)} horizons", metadata)
         return dg.MaterializeResult(metadata=metadata)
 
     return _explanations

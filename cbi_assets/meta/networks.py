@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from cbi_assets.models.registry import validation_split
+from cbi_assets.models.registry import train_epochs, validation_split
 
 # Inputs are robust-scaled before they reach a network; beyond this many IQRs a value says
 # "extreme", not how extreme (the models' convention, cbi_assets.models.inputs.CLIP).
@@ -263,29 +263,15 @@ class Trainer:
         validating = len(y_val) > 0
 
         def val_loss() -> float:
-            return float(self._loss(x_val, y_val, m_val)) if validating else float("nan")
+            return float(self._loss(x_val, y_val, m_val))
 
-        rng = np.random.default_rng(seed)
-        best, best_epoch, best_weights, waited, run = val_loss(), 0, self.weights(), 0, 0
-        for epoch in range(1, epochs + 1):
-            order = rng.permutation(len(y_fit))
-            for start in range(0, len(order), batch_size):
-                rows = np.sort(order[start:start + batch_size])
-                self._step([x[rows] for x in x_fit], y_fit[rows], m_fit[rows], keep)
-            run = epoch
-            if not validating:
-                continue
-            loss = val_loss()
-            if loss < best:
-                best, best_epoch, best_weights, waited = loss, epoch, self.weights(), 0
-            else:
-                waited += 1
-                if waited >= patience:
-                    break
+        trained = train_epochs(len(y_fit), epochs, batch_size, patience, seed,
+                               lambda rows: self._step([x[rows] for x in x_fit], y_fit[rows], m_fit[rows], keep),
+                               val_loss if validating else None, self.weights)
         if validating:
-            for variable, value in zip(variables, best_weights, strict=True):
+            for variable, value in zip(variables, trained.best_weights, strict=True):
                 variable.assign(value)
-        return {"epochs_run": run, "best_epoch": best_epoch if validating else run, "best_val_loss": best,
+        return {"epochs_run": trained.epochs_run, "best_epoch": trained.best_epoch, "best_val_loss": trained.best_loss,
                 "fit_rows": len(y_fit), "val_rows": len(y_val)}
 
     def predict(self, xs: list[np.ndarray]) -> np.ndarray:

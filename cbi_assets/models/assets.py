@@ -32,7 +32,7 @@ from cbi_assets.partitions import HORIZON_PARTITIONS
 from cbi_assets.training.assets import horizon_dir
 from cbi_assets.training.scaling import RobustScaler
 from cbi_assets.training.sets import horizon_of, time_key
-from cbi_assets.ui import figure, plot
+from cbi_assets.ui import figure, partly_failed, plot
 from cbi_assets.ui import table as md_table
 from cbi_assets.warehouse import replace_horizons
 
@@ -194,8 +194,7 @@ def _kind_asset(asset: str, kind: str):
         if neural:
             metadata["device"] = dg.MetadataValue.json(device)
         if failed:
-            raise dg.Failure(f"{len(failed)} family x horizon runs failed; the others are stored",
-                             metadata={"failed": dg.MetadataValue.json(failed), **metadata})
+            raise partly_failed(failed, "family x horizon runs", metadata)
         return dg.MaterializeResult(metadata=metadata)
 
     return _models

@@ -27,6 +27,7 @@ from cbi_assets.models.registry import (
     Forecast,
     Inputs,
     register,
+    train_epochs,
     validation_split,
 )
 
@@ -288,39 +289,23 @@ def train(name: str, build: Callable, inputs: Inputs, budget: Budget, **arch: An
     validating = len(x_val) > 0
 
     def val_loss() -> float:
-        return _huber(y_val, _forward_all(forward, x_val), w_val) if validating else float("nan")
+        return _huber(y_val, _forward_all(forward, x_val), w_val)
 
     # Epoch 0 is the untrained network (the training mean): a network that never beats it on the
     # validation tail is given back as it, rather than as its least bad overfit.
-    rng = np.random.default_rng(budget.seed)
-    best, best_epoch, best_weights, waited, epochs_run = val_loss(), 0, model.get_weights(), 0, 0
-    for epoch in range(1, budget.epochs + 1):
-        order = rng.permutation(len(x_fit))
-        for start in range(0, len(order), budget.batch_size):
-            rows = np.sort(order[start:start + budget.batch_size])
-            step(x_fit[rows], y_fit[rows], w_fit[rows])
-        epochs_run = epoch
-        if not validating:
-            continue
-        loss = val_loss()
-        if loss < best:
-            best, best_epoch, best_weights, waited = loss, epoch, model.get_weights(), 0
-        else:
-            waited += 1
-            if waited >= budget.patience:
-                break
+    trained = train_epochs(len(x_fit), budget.epochs, budget.batch_size, budget.patience, budget.seed,
+                           lambda rows: step(x_fit[rows], y_fit[rows], w_fit[rows]),
+                           val_loss if validating else None, model.get_weights)
     if validating:
-        model.set_weights(best_weights)
-    else:
-        best_epoch = epochs_run
+        model.set_weights(trained.best_weights)
 
     params = {
         **arch,
         "trainable_parameters": int(sum(np.prod(v.shape) for v in model.trainable_variables)),
         "learning_rate": LEARNING_RATE,
-        "epochs_run": epochs_run,
-        "best_epoch": best_epoch,
-        "best_val_loss": best,
+        "epochs_run": trained.epochs_run,
+        "best_epoch": trained.best_epoch,
+        "best_val_loss": trained.best_loss,
         "train_rows": len(x),
         "fit_rows": len(x_fit),
         "val_rows": len(x_val),

@@ -149,3 +149,39 @@ def windows(x: np.ndarray, length: int) -> np.ndarray:
     pad = np.repeat(x[:1], length - 1, axis=0)
     padded = np.concatenate([pad, x]) if len(x) else x
     return np.lib.stride_tricks.sliding_window_view(padded, length, axis=0).transpose(0, 2, 1)
+
+
+@dataclass(frozen=True)
+class Trained:
+    """What `train_epochs` did: epochs run, the best validation epoch (0: the starting weights), its
+    loss and weights (NaN and the last weights without a validation set)."""
+
+    epochs_run: int
+    best_epoch: int
+    best_loss: float
+    best_weights: Any
+
+
+def train_epochs(rows: int, epochs: int, batch_size: int, patience: int, seed: int, step: Callable[[np.ndarray], None],
+                 val_loss: Callable[[], float] | None, weights: Callable[[], Any]) -> Trained:
+    """Shuffled mini-batch epochs over `rows` training rows (`step` trains on a batch's row indices, in
+    time order), stopped when `val_loss` has not improved for `patience` epochs. The caller restores
+    `best_weights`; the starting network is epoch 0, so one that never beats it is given back as is."""
+    rng = np.random.default_rng(seed)
+    best = val_loss() if val_loss else float("nan")
+    best_epoch, best_weights, waited, run = 0, weights(), 0, 0
+    for epoch in range(1, epochs + 1):
+        order = rng.permutation(rows)
+        for start in range(0, len(order), batch_size):
+            step(np.sort(order[start:start + batch_size]))
+        run = epoch
+        if val_loss is None:
+            continue
+        loss = val_loss()
+        if loss < best:
+            best, best_epoch, best_weights, waited = loss, epoch, weights(), 0
+        else:
+            waited += 1
+            if waited >= patience:
+                break
+    return Trained(run, best_epoch if val_loss else run, best, best_weights)

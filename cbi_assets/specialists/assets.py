@@ -38,7 +38,7 @@ from cbi_assets.specialists.walk import (
 )
 from cbi_assets.training.assets import horizon_dir
 from cbi_assets.training.sets import horizon_of, time_key
-from cbi_assets.ui import figure, plot
+from cbi_assets.ui import figure, partly_failed, plot
 from cbi_assets.ui import table as md_table
 
 GENERALIST = "lightgbm"  # the family a specialist is a regime-only version of
@@ -242,8 +242,7 @@ def _specialist_asset(asset: str):
         if per_fold:
             metadata["folds"] = md_table(pl.concat(per_fold), 300)
         if failed:
-            raise dg.Failure(f"{len(failed)} regime x horizon specialists failed (first: {failed[0]}); the others are "
-                             "stored", metadata={"failed": dg.MetadataValue.json(failed), **metadata})
+            raise partly_failed(failed, "regime x horizon specialists", metadata)
         return dg.MaterializeResult(metadata=metadata)
 
     return _specialists
