@@ -86,7 +86,8 @@ def plan(settings: Settings) -> list[Step]:
     steps.append(Step(f"derived layers, {len(derived)} assets", ",".join(derived), None))
     # Then each market's horizon assets, every horizon in one run (single-run backfill): first
     # through the leaderboard (labels, training sets, folds, model families), then the rest: the
-    # regime state and what builds on the models (ensembles, explanations, meta-learning, backtests).
+    # regime state and what builds on the models (ensembles, explanations, meta-learning, backtests,
+    # today's forecasts, their upload and validation).
     later = []
     for asset, partitions in HORIZON_PARTITIONS.items():
         keys = keys_where(lambda n, p=partitions: n.partitions_def == p)
@@ -98,7 +99,8 @@ def plan(settings: Settings) -> list[Step]:
         span = f"{horizons[0]}...{horizons[-1]}"
         steps.append(Step(f"{asset.upper()} training sets and models through the leaderboard, "
                           f"{len(through)} assets x {len(horizons)} horizons", ",".join(through), span))
-        later.append(Step(f"{asset.upper()} regime state, ensembles, explanations, meta-learning and backtests, "
+        later.append(Step(f"{asset.upper()} regime state, ensembles, explanations, meta-learning, backtests, "
+                          "forecasts and their validation, "
                           f"{len(rest)} assets x {len(horizons)} horizons", ",".join(rest), span))
     steps += later
     # Regime specialists for the regime the sample ends in (the calendar asset adds its partition).
@@ -106,10 +108,10 @@ def plan(settings: Settings) -> list[Step]:
     if specialists:
         current = regime_of(settings.sample_end).name
         steps.append(Step(f"regime specialists for the current regime ({current})", ",".join(specialists), f"{current}...{current}"))
-    # Last, what reads several markets' models (cross-asset transfer).
+    # Last, what reads several markets' models and forecasts (cross-asset transfer, the audit).
     late = keys_where(lambda n: n.partitions_def is None and after_models(n))
     if late:
-        steps.append(Step(f"cross-asset models, {len(late)} assets", ",".join(late), None))
+        steps.append(Step(f"cross-asset models and the audit, {len(late)} assets", ",".join(late), None))
     return steps
 
 
@@ -143,7 +145,7 @@ def demo(settings: Settings) -> int:
 def _print_results(settings: Settings, dagster_home: str) -> None:
     import duckdb
 
-    with duckdb.connect(str(settings.warehouse), read_only=True) as conn:
+    with duckdb.connect(settings.warehouse, read_only=True) as conn:
         inventory = conn.sql(
             "select dataset, days, first_day, last_day, records from lake.raw_inventory order by area, dataset"
         ).pl()
@@ -152,12 +154,22 @@ def _print_results(settings: Settings, dagster_home: str) -> None:
             "round(directional_accuracy, 3) as directional_accuracy from models.leaderboard where champion "
             "order by asset desc, horizon"
         ).pl()
+        forecasts = conn.sql(
+            "select asset, horizon, as_of::date as as_of, family, round(price, 2) as price, "
+            "round(forecast_price, 2) as forecast, round(lower_90_price, 2) as low_90, "
+            "round(upper_90_price, 2) as high_90, round(conviction, 2) as conviction, "
+            "round(confidence, 2) as confidence from predictions.history h where role = 'champion' "
+            "qualify row_number() over (partition by asset, horizon order by as_of desc, published_at desc) = 1 "
+            "order by asset desc, horizon"
+        ).pl()
     import polars as pl
 
     with pl.Config(tbl_rows=-1, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
         print(inventory)
         print("\nChampions on the walk-forward folds (MASE below 1 beats the random walk):")
         print(champions)
+        print("\nLatest published forecasts (warehouse views predictions.vw_<asset>_<horizon>_latest):")
+        print(forecasts)
     print(
         "\nWhere the results are:\n"
         f"  lake (Parquet)      {settings.lake}/{{shared,ZL,MES}}/raw/<dataset>/date=YYYY-MM-DD/\n"
@@ -175,6 +187,8 @@ def _print_results(settings: Settings, dagster_home: str) -> None:
         f"  meta-learner        {settings.lake}/{{ZL,MES}}/models/by_horizon/<horizon>/meta/ (few_shot.parquet)\n"
         f"  specialists         {settings.lake}/{{ZL,MES}}/models/specialists/<regime>/<horizon>/\n"
         f"  transfer            {settings.lake}/shared/models/transfer/comparison.parquet\n"
+        f"  predictions         {settings.lake}/{{ZL,MES}}/predictions/by_horizon/<horizon>/ (warehouse: predictions.history, predictions.vw_*_latest)\n"
+        f"  monitoring          warehouse: monitoring.validation, monitoring.validation_status, monitoring.alerts, monitoring.audits\n"
         f"  backtests           {settings.lake}/{{ZL,MES}}/backtests/by_horizon/<horizon>/ (warehouse: backtests.procurement, backtests.trading)\n"
         f"  warehouse (DuckDB)  {settings.warehouse}  (table lake.raw_inventory)\n"
         f"  Dagster runs        {dagster_home}  (open the web UI: cbi dev)"

@@ -10,19 +10,22 @@ from cbi_assets.explain.assets import EXPLAIN_ASSETS
 from cbi_assets.features.assets import FEATURE_ASSETS
 from cbi_assets.meta.assets import META_ASSETS
 from cbi_assets.models.assets import MODEL_ASSETS
+from cbi_assets.monitoring.assets import MONITORING_ASSETS
+from cbi_assets.predictions.assets import PREDICTION_ASSETS
 from cbi_assets.raw.assets import RAW_ASSETS, ROLL_CALENDARS, raw_inventory
 from cbi_assets.regimes.assets import REGIME_ASSETS
 from cbi_assets.settings import Settings
 from cbi_assets.specialists.assets import SPECIALIST_ASSETS
 from cbi_assets.training.assets import TRAINING_ASSETS
 from resources import build_resources
-from schedules import INGEST_JOBS, INGEST_SCHEDULES
+from schedules import JOBS, SCHEDULES, SENSORS
 
 defs = dg.Definitions(
     assets=[*RAW_ASSETS, *ROLL_CALENDARS, raw_inventory, *FEATURE_ASSETS, *REGIME_ASSETS, *TRAINING_ASSETS,
             *MODEL_ASSETS, *ENSEMBLE_ASSETS, *EXPLAIN_ASSETS, *SPECIALIST_ASSETS, *META_ASSETS,
-            *BACKTEST_ASSETS],
-    jobs=INGEST_JOBS,
-    schedules=INGEST_SCHEDULES,
+            *BACKTEST_ASSETS, *PREDICTION_ASSETS, *MONITORING_ASSETS],
+    jobs=JOBS,
+    schedules=SCHEDULES,
+    sensors=SENSORS,
     resources=build_resources(Settings.from_env()),
 )

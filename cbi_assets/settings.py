@@ -4,7 +4,8 @@
 | ---------------------------- | ---------------------------------------- |
 | CBI_LAKE                     | <project>/TrainingData                   |
 | CBI_MODELS                   | <project>/Models                         |
-| CBI_WAREHOUSE                | <lake>/warehouse.duckdb                  |
+| CBI_WAREHOUSE                | <lake>/warehouse.duckdb (a team's shared file, or md:<db> for |
+|                              | MotherDuck with MOTHERDUCK_TOKEN set)    |
 | CBI_MLFLOW_URI               | sqlite:///<models>/mlflow.db (a team server: http://...) |
 | CBI_SOURCE                   | auto: a real source where its key is set, else the sample |
 |                              | sample / live (Databento, FRED, Yahoo) / local |
@@ -41,7 +42,7 @@ def last_complete_session(today: dt.date | None = None) -> dt.date:
 class Settings:
     lake: Path
     models: Path
-    warehouse: Path
+    warehouse: str  # a DuckDB file path, or a MotherDuck database (md:<name>)
     tracking_uri: str
     source: str
     local_dir: Path | None
@@ -67,7 +68,7 @@ class Settings:
             lake=lake,
             models=models,
             tracking_uri=env.get("CBI_MLFLOW_URI") or f"sqlite:///{models.resolve() / 'mlflow.db'}",
-            warehouse=Path(env.get("CBI_WAREHOUSE") or lake / "warehouse.duckdb"),
+            warehouse=env.get("CBI_WAREHOUSE") or str(lake / "warehouse.duckdb"),
             source=source,
             local_dir=Path(env["CBI_LOCAL_DIR"]) if env.get("CBI_LOCAL_DIR") else None,
             sample_end=dt.date.fromisoformat(end) if end else last_complete_session(),

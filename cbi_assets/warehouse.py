@@ -15,6 +15,19 @@ def replace_horizons(conn, table: str, frame: pl.DataFrame) -> None:
     conn.execute(f"create schema if not exists {schema}")
     conn.register("incoming", frame.to_arrow())
     conn.execute(f"create table if not exists {table} as select * from incoming where false")
+    add_new_columns(conn, table, frame)
     conn.execute(f"delete from {table} where (asset, horizon) in (select distinct asset, horizon from incoming)")
     conn.execute(f"insert into {table} by name select * from incoming")
     conn.unregister("incoming")
+
+
+def add_new_columns(conn, table: str, frame: pl.DataFrame) -> None:
+    """Columns a newer version of an asset writes are added to its existing table (null in older rows).
+    `frame` must be registered as `incoming`."""
+    schema, name = table.split(".")
+    have = {r[0] for r in conn.execute("select column_name from information_schema.columns where table_schema = ? "
+                                        "and table_name = ?", [schema, name]).fetchall()}
+    incoming = conn.sql("select * from incoming limit 0")
+    for column, kind in zip(incoming.columns, incoming.dtypes, strict=True):
+        if column not in have:
+            conn.execute(f'alter table {table} add column "{column}" {kind}')

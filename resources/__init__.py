@@ -8,6 +8,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from cbi_assets.settings import Settings
+from resources.alerts import Alerts, alerts_from_env
 from resources.databento_source import DatabentoSource
 from resources.fred_source import FredSource
 from resources.lake import Lake
@@ -20,7 +21,7 @@ from resources.yahoo_source import YahooSource
 SOURCE_KEYS = {role: f"{role}_source" for role in ("futures", "macro", "history")}
 
 __all__ = [
-    "SOURCE_KEYS", "DatabentoSource", "FredSource", "Lake", "LocalFilesSource", "SampleSource",
+    "SOURCE_KEYS", "Alerts", "DatabentoSource", "FredSource", "Lake", "LocalFilesSource", "SampleSource",
     "Tracking", "YahooSource", "build_resources", "sample_source",
 ]
 
@@ -61,9 +62,11 @@ def _sources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
 
 
 def build_resources(settings: Settings) -> dict[str, object]:
+    warehouse = DuckDBResource(database=settings.warehouse)
     return {
         "lake": Lake(root=str(settings.lake), profile=settings.profile),
-        "warehouse": DuckDBResource(database=str(settings.warehouse)),
+        "warehouse": warehouse,
         "tracking": Tracking(tracking_uri=settings.tracking_uri, artifact_root=str(settings.models / "artifacts")),
+        "alerts": alerts_from_env(warehouse),  # CBI_ALERT_*: webhook and mail, off when unset
         **_sources(settings),
     }

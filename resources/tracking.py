@@ -79,24 +79,50 @@ class Tracking(dg.ConfigurableResource):
 
     def crown(self, asset: str, horizon: str, run_id: str, family: str) -> str:
         """Register the run's model as a new version and point the `champion` alias at it."""
+        return self.register(asset, horizon, run_id, family, "champion")
+
+    def register(self, asset: str, horizon: str, run_id: str, family: str, alias: str) -> str:
+        """Register the run's model as a new version and point `alias` (champion or challenger) at it."""
         client = self._client()
         name = model_name(asset, horizon)
         if not client.search_registered_models(filter_string=f"name = '{name}'"):
             client.create_registered_model(name, description=f"The champion forecaster of {asset.upper()} {horizon}")
         source = f"{client.get_run(run_id).info.artifact_uri}/model"
         version = client.create_model_version(name, source=source, run_id=run_id, tags={"family": family})
-        client.set_registered_model_alias(name, "champion", version.version)
+        client.set_registered_model_alias(name, alias, version.version)
         return version.version
 
     def champion(self, asset: str, horizon: str) -> dict[str, str] | None:
         """The champion's version, family and run, or None before any was crowned."""
+        return self.aliased(asset, horizon, "champion")
+
+    def challenger(self, asset: str, horizon: str) -> dict[str, str] | None:
+        """The shadow model's version, family and run, or None when there is none."""
+        return self.aliased(asset, horizon, "challenger")
+
+    def aliased(self, asset: str, horizon: str, alias: str) -> dict[str, str] | None:
         from mlflow.exceptions import MlflowException
 
         try:
-            version = self._client().get_model_version_by_alias(model_name(asset, horizon), "champion")
+            version = self._client().get_model_version_by_alias(model_name(asset, horizon), alias)
         except MlflowException:
             return None
-        return {"version": version.version, "family": version.tags.get("family", ""), "run_id": version.run_id}
+        return {"version": version.version, "family": version.tags.get("family", ""), "run_id": version.run_id,
+                "model_version": f"{model_name(asset, horizon)}/{version.version}"}
+
+    def promote(self, asset: str, horizon: str) -> dict[str, str]:
+        """Move the `champion` alias to the challenger's version and retire the `challenger` alias."""
+        challenger = self.challenger(asset, horizon)
+        if challenger is None:
+            raise ValueError(f"{model_name(asset, horizon)} has no challenger to promote")
+        client = self._client()
+        client.set_registered_model_alias(model_name(asset, horizon), "champion", challenger["version"])
+        client.delete_registered_model_alias(model_name(asset, horizon), "challenger")
+        return challenger
+
+    def retire_challenger(self, asset: str, horizon: str) -> None:
+        if self.challenger(asset, horizon) is not None:
+            self._client().delete_registered_model_alias(model_name(asset, horizon), "challenger")
 
     def family_runs(self, asset: str, horizon: str, family: str, limit: int = 2) -> list[dict[str, Any]]:
         """The latest finished runs (trainings) of a family for an asset x horizon, newest first:

@@ -59,7 +59,7 @@ class EnsembleConfig(dg.Config):
             raise dg.Failure(f"ensemble configuration: {error}") from error
 
 
-def _training_origins(lake: Path, asset: str, partition: str) -> pl.DataFrame:
+def training_origins(lake: Path, asset: str, partition: str) -> pl.DataFrame:
     """The training set's key, label end and one-step return (and trade date), read as columns only."""
     path = horizon_dir(lake, asset, partition) / "all.parquet"
     if not path.is_file():
@@ -154,7 +154,7 @@ def ensemble_horizon(lake: Path, asset: str, partition: str, plan: EnsemblePlan,
     if not state_file.is_file():
         raise dg.Failure(f"{state_file}: no regime state for {asset} {partition}; materialize {asset}/regimes/state "
                          "for this horizon first")
-    origins = _training_origins(lake, asset, partition)
+    origins = training_origins(lake, asset, partition)
     oof, missing = read_oof(folder, [f.name for f in families()])
     if missing:
         log.warning(f"{asset} {partition}: no out-of-fold forecasts of {', '.join(missing)} in {folder}; ensembling "

@@ -71,7 +71,7 @@ def _read(path: Path, what: str) -> pl.DataFrame:
     return pl.read_parquet(path)
 
 
-def _trained_on(logged: list[str]) -> tuple[str, ...]:
+def trained_on(logged: list[str]) -> tuple[str, ...]:
     """The features a run's model was trained on: its logged list, less the keys and labels that runs
     logged before only features were listed carry (every column of the training set)."""
     return tuple(feature_columns(pl.DataFrame(schema=dict.fromkeys(logged, pl.Float64))))
@@ -97,7 +97,7 @@ def explain_family(tracking, asset: str, horizon: str, family: str, run_ids: lis
     """Explain the latest training (run_ids[0]) on the rows and, when there is a previous one
     (run_ids[1]), compare their importance on the same rows."""
     model, features = tracking.load_model(run_ids[0])
-    features = _trained_on(features)
+    features = trained_on(features)
     if features != rows.features:
         raise ValueError(f"{asset} {horizon} {family}: MLflow run {run_ids[0]} was trained on {len(features)} features "
                          f"but the training set has {len(rows.features)}; rematerialize {asset}/models for this horizon")
@@ -117,7 +117,7 @@ def explain_family(tracking, asset: str, horizon: str, family: str, run_ids: lis
         out.drift = {"drift": f"one training so far (run {run_ids[0][:8]}); drift needs a second"}
         return out
     previous, previous_features = tracking.load_model(run_ids[1])
-    previous_features = _trained_on(previous_features)
+    previous_features = trained_on(previous_features)
     missing = [f for f in previous_features if f not in rows.features]
     if missing:
         out.drift = {"drift": f"the previous training (run {run_ids[1][:8]}) used {len(missing)} features the training "

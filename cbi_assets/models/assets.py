@@ -218,6 +218,15 @@ def leaderboard(metrics: pl.DataFrame) -> pl.DataFrame:
             .with_row_index("rank", offset=1))
 
 
+def registry_role(champion: dict | None, best_family: str) -> str:
+    """Where the leaderboard's best goes in the registry. The first, or a retraining of the champion's own
+    family, becomes the champion; another family becomes the challenger: a shadow whose forecasts are
+    stored but not published until it beats the champion on matured predictions (predictions/upload)."""
+    if champion is None or champion["family"] == best_family:
+        return "champion"
+    return "challenger"
+
+
 def _leaderboard_plot(boards: dict[str, pl.DataFrame], title: str):
     fig, (mase, hits) = figure(10, 6, rows=2)
     width = 0.8 / max(len(boards), 1)
@@ -245,7 +254,8 @@ def _leaderboard_asset(asset: str):
         deps=[dg.AssetKey([asset, "models", name]) for name in KIND_ASSETS.values()],
         required_resource_keys={"lake", "warehouse", "tracking"}, kinds={"duckdb", "mlflow"}, tags={"layer": "models"},
         description=f"{asset.upper()} leaderboard per horizon: every family's walk-forward metrics beside the random "
-                    "walk's (warehouse models.leaderboard); the best MASE is registered in MLflow as `champion`.",
+                    "walk's (warehouse models.leaderboard). The best MASE is registered in MLflow: as `champion` the "
+                    "first time or when it is the champion's family, else as `challenger` (a shadow model).",
     )
     def _leaderboard(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         lake = Path(context.resources.lake.root)
@@ -261,15 +271,22 @@ def _leaderboard_asset(asset: str):
             except ValueError as error:
                 raise dg.Failure(f"{asset} {partition}: {error}") from error
             best = board.row(0, named=True)
-            version = context.resources.tracking.crown(asset, partition, best["run_id"], best["family"])
-            champions.append({"horizon": partition, "champion": best["family"], "mase": round(best["mase"], 4),
+            tracking = context.resources.tracking
+            role = registry_role(tracking.champion(asset, partition), best["family"])
+            version = tracking.register(asset, partition, best["run_id"], best["family"], role)
+            published = tracking.champion(asset, partition)
+            challenger = tracking.challenger(asset, partition)
+            champions.append({"horizon": partition, "best": best["family"], "mase": round(best["mase"], 4),
                               "directional_accuracy": round(best["directional_accuracy"], 4),
-                              "model_version": version})
+                              "registered_as": f"{role} (version {version})", "champion": published["family"],
+                              "challenger": challenger["family"] if challenger else ""})
+            board = board.with_columns((pl.col("family") == published["family"]).alias("champion"),
+                                       ((pl.col("family") == challenger["family"]) if challenger else pl.lit(False))
+                                       .alias("challenger"))
+            context.log.info(f"{asset} {partition}: best {best['family']} (MASE {best['mase']:.3f}), registered as "
+                             f"{role} version {version}; the champion is {published['family']}")
             boards[partition] = board
-            context.log.info(f"{asset} {partition}: champion {best['family']} (MASE {best['mase']:.3f}), "
-                             f"registered as version {version}")
-        rows = pl.concat([b.with_columns(pl.lit(asset.upper()).alias("asset"), pl.lit(h).alias("horizon"),
-                                         (pl.col("rank") == 1).alias("champion"))
+        rows = pl.concat([b.with_columns(pl.lit(asset.upper()).alias("asset"), pl.lit(h).alias("horizon"))
                           for h, b in boards.items()], how="diagonal_relaxed")
         with context.resources.warehouse.get_connection() as conn:
             replace_horizons(conn, "models.leaderboard", rows)

@@ -1,0 +1,1 @@
+"""Monitoring: realized outcomes of published forecasts, their validation, and the post-move audit."""

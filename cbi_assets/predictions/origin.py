@@ -1,0 +1,130 @@
+"""The latest forecast origin of one asset x horizon: the newest row of its master feature table, cut
+and scaled for each model as the last walk-forward fold's test rows were, with what the desk reads
+beside the forecast (price, volatility scale, regime).
+
+The models MLflow keeps are the last fold's, trained only on rows whose labels ended before that
+fold's test rows; the newest origin comes after all of them, so forecasting it uses nothing from its
+own future.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from cbi_assets.catalogue import Horizon, regime_of
+from cbi_assets.ensembles.conformal import volatility_scale
+from cbi_assets.ensembles.members import state_asof
+from cbi_assets.models.inputs import (
+    TrainingArrays,
+    fold_inputs,
+    horizon_rows,
+    return_column,
+    season_rows,
+)
+from cbi_assets.models.registry import Budget, Inputs, Shape
+from cbi_assets.training.scaling import RobustScaler
+
+
+@dataclass(frozen=True)
+class LatestOrigin:
+    key: str  # "date" or "ts"
+    time: Any  # the origin: a session date, or a bar's close time (UTC)
+    target: dt.datetime  # when its label matures (UTC)
+    data: TrainingArrays  # master rows from the last fold's first training row to the origin
+    fold: dict[str, Any]  # bounds in `data`: the fold's training rows, and the origin as its one test row
+    scaler: RobustScaler  # the last fold's
+    scale: float  # the volatility scale over the horizon at the origin (conformal.volatility_scale)
+
+    @property
+    def raw(self) -> np.ndarray:
+        """The origin's unscaled features, as a person reads them."""
+        return self.data.x[-1].astype(np.float64)
+
+    def inputs(self, shape: Shape, budget: Budget) -> Inputs:
+        """The origin as a family of `shape` sees a test row: scaled, windowed, with its return history."""
+        return fold_inputs(self.data, self.fold, self.scaler, shape, budget)[1]
+
+
+def target_time(time: Any, horizon: Horizon, sessions: list[dt.date]) -> dt.datetime:
+    """When a forecast made at `time` matures: `bars` sessions later for a daily horizon (at 00:00 UTC,
+    standing for that session's close), `bars` minutes later intraday. `sessions` are the exchange's
+    settlement days from the origin on."""
+    if horizon.intraday:
+        return time + dt.timedelta(minutes=horizon.bars)
+    later = [d for d in sessions if d > time]
+    if len(later) < horizon.bars:
+        raise ValueError(f"the settlement calendar ends {len(later)} sessions after {time}; {horizon.bars} needed")
+    return dt.datetime.combine(later[horizon.bars - 1], dt.time(), dt.UTC)
+
+
+def as_timestamp(time: Any) -> dt.datetime:
+    """A daily origin's date as 00:00 UTC; an intraday time as it is."""
+    return time if isinstance(time, dt.datetime) else dt.datetime.combine(time, dt.time(), dt.UTC)
+
+
+def latest_origin(keys: pl.Series, folds: pl.DataFrame, scalers: pl.DataFrame, master: Path, asset: str,
+                  horizon: Horizon, budget: Budget, sessions: list[dt.date]) -> LatestOrigin:
+    """The newest master row of `master` as a test row of the last fold.
+
+    keys:    the training set's time key column (the rows the folds index); folds, scalers: the stored
+             walk-forward folds and their scalers; budget: the profile's (its training-row cap moves
+             the first training row, as in `fold_inputs`).
+    """
+    if folds.is_empty():
+        raise ValueError("the folds table is empty; materialize the walk-forward folds first")
+    last = folds.sort("fold").row(-1, named=True)
+    scaler = RobustScaler.from_frame(scalers.filter(pl.col("fold") == last["fold"]).drop("fold"))
+    train_hi = last["train_hi"]
+    train_lo = max(last["train_lo"], train_hi + 1 - budget.max_train_rows) if budget.max_train_rows else last["train_lo"]
+    key = keys.name
+    first, trained_until = keys[train_lo], keys[train_hi]
+    features = list(scaler.columns)
+    column = return_column(asset, horizon)
+    available = pl.read_parquet_schema(master)
+    missing = [c for c in (key, column, *features) if c not in available]
+    if missing:
+        raise ValueError(f"{master}: lacks {len(missing)} of the columns the models were trained on (first: "
+                         f"{missing[0]}); rebuild the training set and the models from the same master table")
+    rows = (pl.scan_parquet(master).filter(pl.col(key) >= first).select(*dict.fromkeys([key, column, *features]))
+            .sort(key).collect())
+    if rows.is_empty():
+        raise ValueError(f"{master}: no rows from {first} on; rebuild the master features")
+    hi = rows[key].search_sorted(trained_until, side="right") - 1
+    returns = rows[column].cast(pl.Float64).fill_nan(None).fill_null(0.0).to_numpy()
+    n = rows.height
+    data = TrainingArrays(
+        x=rows.select(features).to_numpy().astype(np.float32), y=np.zeros(n), weight=np.ones(n), returns=returns,
+        features=tuple(features), horizon=horizon_rows(horizon), season=season_rows(horizon),
+    )
+    fold = {"fold": last["fold"], "train_lo": 0, "train_hi": int(hi), "test_lo": n - 1, "test_hi": n - 1}
+    time = rows[key][-1]
+    scale = float(volatility_scale(returns, horizon_rows(horizon))[-1])
+    return LatestOrigin(key, time, target_time(time, horizon, sessions), data, fold, scaler, scale)
+
+
+def origin_state(origin: LatestOrigin, state: pl.DataFrame | None) -> str:
+    """The data-driven regime state known at the origin (`members.state_asof`'s rule)."""
+    rows = pl.DataFrame({origin.key: [origin.time]})
+    return state_asof(rows, state, origin.key)["state"][0]
+
+
+def origin_regime(origin: LatestOrigin) -> str:
+    """The named calendar regime the origin's session falls in."""
+    day = origin.time.date() if isinstance(origin.time, dt.datetime) else origin.time
+    return regime_of(day).name
+
+
+def origin_price(bars: pl.DataFrame, origin: LatestOrigin) -> float:
+    """The front contract's close at the origin, from `bars` (the continuous daily bars, or the MES
+    bars of the feature timeframe, both with the origin's time key and `close`)."""
+    found = bars.filter(pl.col(origin.key) == origin.time)["close"]
+    if found.is_empty() or not np.isfinite(found[-1]):
+        raise ValueError(f"no close at the forecast origin {origin.time}: the bars and the master features disagree; "
+                         "rebuild the features")
+    return float(found[-1])
