@@ -128,6 +128,9 @@ def demo(settings: Settings) -> int:
     env = _environment(settings)
     dagster = str(Path(sys.executable).with_name("dagster"))
     steps = plan(settings)
+    if not (Path(env["DAGSTER_HOME"]) / "dagster.yaml").is_file():
+        print(f"note: DAGSTER_HOME={env['DAGSTER_HOME']} has no dagster.yaml, so Dagster's stock storage records "
+              "the raw backfill (most of an hour instead of minutes); copy .dagster/dagster.yaml there", flush=True)
     began = time.perf_counter()
     for i, step in enumerate(steps, 1):
         print(f"\n[{i}/{len(steps)}] {step.what}\n  $ {' '.join(step.command('dagster'))}", flush=True)
@@ -164,7 +167,8 @@ def _print_results(settings: Settings, dagster_home: str) -> None:
         ).pl()
     import polars as pl
 
-    with pl.Config(tbl_rows=-1, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200, tbl_hide_dataframe_shape=True,
+                   tbl_hide_column_data_types=True):
         print(inventory)
         print("\nChampions on the walk-forward folds (MASE below 1 beats the random walk):")
         print(champions)

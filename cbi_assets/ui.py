@@ -33,14 +33,15 @@ def plot(figure) -> dg.MetadataValue:
     return dg.MetadataValue.md(f"![plot](data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()})")
 
 
-def figure(width: float = 10, height: float = 4, rows: int = 1):
-    """A headless matplotlib figure and its axes (asset runs have no display)."""
+def figure(width: float = 10, height: float = 4, rows: int = 1, sharex: bool = True):
+    """A headless matplotlib figure and its axes (asset runs have no display); rows share the x axis
+    unless `sharex` is False."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt.subplots(rows, 1, figsize=(width, height), sharex=True)
+    return plt.subplots(rows, 1, figsize=(width, height), sharex=sharex)
 
 
 def partly_failed(failed: list[str], what: str, metadata: dict) -> dg.Failure:

@@ -154,8 +154,9 @@ def _run(instance, location, job: str, day: str, status: dg.DagsterRunStatus, pa
 
 
 def _tick(instance, location, cursor=None):
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=location)
-    return daily_cycle_sensor.evaluate_tick(context)
+    with dg.build_sensor_context(instance=instance, cursor=cursor, definitions=location,
+                                 resources=location.resources) as context:
+        return daily_cycle_sensor.evaluate_tick(context)
 
 
 def test_cycle_sensor_moves_a_day_from_ingest_to_features_to_predictions(location):
@@ -193,13 +194,18 @@ def test_cycle_sensor_moves_a_day_from_ingest_to_features_to_predictions(locatio
         assert "complete" in result.skip_message
 
 
-def test_a_failed_ingest_stops_the_cycle(location):
+def test_a_failed_ingest_stops_the_cycle_and_raises_one_alert(location):
     with dg.instance_for_test() as instance:
         _run(instance, location, "ingest_market_days", DAY, dg.DagsterRunStatus.SUCCESS, DAY)
         _run(instance, location, "ingest_mes_days", DAY, dg.DagsterRunStatus.FAILURE, DAY)
         result = _tick(instance, location)
         assert not result.run_requests
         assert "ingest failed" in result.skip_message and result.cursor == DAY
+        _tick(instance, location)  # the same failure seen again: no second alert
+        with location.resources["warehouse"].get_connection() as conn:
+            alerts = conn.execute("select kind, severity from monitoring.alerts where key = ?",
+                                  [f"cycle:{DAY}:ingest_mes_days[{DAY}]"]).fetchall()
+        assert alerts == [("daily_cycle", "error")]
         # Closed: a later tick does not look at that day again.
         assert "no daily cycle" in _tick(instance, location, cursor=result.cursor).skip_message
 

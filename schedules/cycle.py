@@ -8,7 +8,7 @@ succeeded:
     ingest_market_days + ingest_mes_days (the day's partition) -> daily_features -> zl_predict, mes_predict (each
     horizon)
 
-A failed or canceled run stops that day's cycle: nothing downstream is requested and the failure is logged.
+A failed or canceled run stops that day's cycle: nothing downstream is requested, and an alert says so.
 `zl_daily_validation` and `mes_daily_validation` run the validation jobs, every horizon, at 18:30 Chicago on exchange
 days (one schedule per job, for the same reason).
 """
@@ -134,8 +134,9 @@ def _newest_status(runs: Iterable[dg.DagsterRun]) -> dict[tuple[str, str | None]
     jobs=[ingest_mes_days, daily_features, *PREDICT_JOBS.values()],
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,  # a few run-storage queries per tick
+    required_resource_keys={"alerts"},
     description="Carries each daily cycle on: MES ingest beside the market ingest, features once every ingest "
-                "succeeded, predictions once the features did. A failed run stops its day.",
+                "succeeded, predictions once the features did. A failed run stops its day and raises an alert.",
 )
 def daily_cycle_sensor(context: dg.SensorEvaluationContext):
     # The cursor is the newest day through which every cycle is finished: only later days are read.
@@ -147,8 +148,12 @@ def daily_cycle_sensor(context: dg.SensorEvaluationContext):
         runs = context.instance.get_runs(filters=dg.RunsFilter(tags={CYCLE_TAG: day}))
         state = cycle_state(day, _newest_status(runs), newest=day == days[-1])
         if state.failed:
-            context.log.error(f"daily cycle {day} stopped: {', '.join(state.failed)} failed; nothing downstream "
-                              "is requested (re-run the failed run and the later steps by hand)")
+            # The desk reads no forecast that evening: say so once per day and failure, not in the log alone.
+            context.resources.alerts.send(
+                "daily_cycle", f"daily cycle {day} stopped: {', '.join(state.failed)} failed; nothing downstream is "
+                               "requested (re-run the failed run and the later steps by hand)",
+                severity="error", details={"day": day, "failed": state.failed},
+                key=f"cycle:{day}:{','.join(state.failed)}", log=context.log)
         requests += [dg.RunRequest(job_name=s.job, partition_key=s.partition, run_key=s.run_key,
                                    tags={CYCLE_TAG: day}) for s in state.requests]
         notes.append(f"{day}: {state.waiting}")

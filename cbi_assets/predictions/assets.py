@@ -229,7 +229,7 @@ def _fan_plot(frames: list[pl.DataFrame], bars: dict[str, pl.DataFrame], title: 
     rows = pl.concat(frames, how="diagonal_relaxed").filter(pl.col("role") == "champion")
     panels = [(name, rows.filter(pl.col("intraday") == (name == "intraday"))) for name in bars]
     panels = [(n, r) for n, r in panels if r.height]
-    fig, axes = figure(11, 4 * len(panels), rows=len(panels))
+    fig, axes = figure(11, 4 * len(panels), rows=len(panels), sharex=False)  # sessions above, minutes below
     for axis, (name, shown) in zip(np.atleast_1d(axes), panels, strict=True):
         recent = bars[name]
         axis.plot(recent["time"].to_list(), recent["close"].to_list(), color="black", linewidth=0.8, label="close")
@@ -295,7 +295,7 @@ def _forecast_asset(asset: str):
             first = rows["as_of"].min()
             bars = {"daily": _recent_prices(lake, asset, False, (first - dt.timedelta(days=365)).date())}
             if rows["intraday"].any():
-                bars["intraday"] = _recent_prices(lake, asset, True, first - dt.timedelta(days=2))
+                bars["intraday"] = _recent_prices(lake, asset, True, first - dt.timedelta(hours=12))
             metadata["forecast_fan"] = _fan_plot(frames, bars, f"{asset.upper()} forecasts at {first:%Y-%m-%d}")
         if failed:
             raise partly_failed(failed, f"of {len(context.partition_keys)} horizons' forecasts", metadata)
