@@ -157,14 +157,14 @@ def _print_results(settings: Settings, dagster_home: str) -> None:
             "round(directional_accuracy, 3) as directional_accuracy from models.leaderboard where champion "
             "order by asset desc, horizon"
         ).pl()
-        forecasts = conn.sql(
-            "select asset, horizon, as_of::date as as_of, family, round(price, 2) as price, "
-            "round(forecast_price, 2) as forecast, round(lower_90_price, 2) as low_90, "
-            "round(upper_90_price, 2) as high_90, round(conviction, 2) as conviction, "
-            "round(confidence, 2) as confidence from predictions.history h where role = 'champion' "
-            "qualify row_number() over (partition by asset, horizon order by as_of desc, published_at desc) = 1 "
-            "order by asset desc, horizon"
-        ).pl()
+        # The latest-forecast views hold the rule of what is published; read them, not the history.
+        views = [r[0] for r in conn.execute("select table_name from information_schema.tables where table_schema = "
+                                            "'predictions' and table_type = 'VIEW'").fetchall()]
+        columns = ("asset, horizon, as_of::date as as_of, family, round(price, 2) as price, round(forecast_price, 2) "
+                   "as forecast, round(lower_90_price, 2) as low_90, round(upper_90_price, 2) as high_90, "
+                   "round(conviction, 2) as conviction, round(confidence, 2) as confidence")
+        forecasts = conn.sql(" union all ".join(f"select {columns} from predictions.{v}" for v in views)
+                             + " order by asset desc, horizon").pl() if views else None
     import polars as pl
 
     with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200, tbl_hide_dataframe_shape=True,
@@ -173,7 +173,7 @@ def _print_results(settings: Settings, dagster_home: str) -> None:
         print("\nChampions on the walk-forward folds (MASE below 1 beats the random walk):")
         print(champions)
         print("\nLatest published forecasts (warehouse views predictions.vw_<asset>_<horizon>_latest):")
-        print(forecasts)
+        print(forecasts if forecasts is not None else "none published yet")
     print(
         "\nWhere the results are:\n"
         f"  lake (Parquet)      {settings.lake}/{{shared,ZL,MES}}/raw/<dataset>/date=YYYY-MM-DD/\n"

@@ -216,18 +216,33 @@ def forecast_at(family_forecasts: dict[str, float], state: str, origin, price: f
                          "materialize the ensemble on more history")
     point = float(sum(weights[n] * family_forecasts[n] for n in names))
     intervals = interval_at(point, scale, history, origin, plan.levels, plan.min_scores)
-    votes = np.array([[family_forecasts[n] for n in directional]])
-    spread = float(votes.std())
-    matured = members.filter(pl.col("label_end") < origin)["actual"].abs()
-    typical = float(matured.mean()) if matured.len() else np.nan
-    out = {"origin": origin, "state": state, "price": price, "forecast": point, "forecast_price": price * np.exp(point),
-           "weights": weights, "conviction": float(conviction(votes, np.array([point]))[0]), "spread": spread,
-           "typical_move": typical, "confidence": None}
+    votes = np.array([family_forecasts[n] for n in directional])
+    return {"origin": origin, "state": state, "price": price, "weights": weights,
+            **described(point, votes, intervals, typical_move_before(members, origin), price)}
+
+
+def typical_move_before(history: pl.DataFrame, origin) -> float:
+    """Mean absolute forward return of the stored rows (`label_end`, `actual`) matured before `origin`."""
+    matured = history.filter(pl.col("label_end") < origin)["actual"].abs()
+    return float(matured.mean()) if matured.len() else np.nan
+
+
+def described(point: float, votes: np.ndarray, intervals: dict[float, tuple[float, float]] | None, typical: float,
+              price: float) -> dict:
+    """One origin's forecast as the desk reads it: `forecast` (log return) and `forecast_price`; `conviction`
+    across the directional members' forecasts `votes` (None without any); their `spread`; the
+    `typical_move`; each level's bounds (`lower_80`, `upper_80_price`, ... only when `intervals` is
+    given) and `confidence` from the widest (None without intervals)."""
+    votes = np.asarray(votes, dtype=np.float64).reshape(1, -1)
+    spread = float(votes.std()) if votes.size else np.nan
+    out = {"forecast": point, "forecast_price": price * float(np.exp(point)),
+           "conviction": float(conviction(votes, np.array([point]))[0]) if votes.size else None,
+           "spread": spread, "typical_move": typical, "confidence": None}
     if intervals is not None:
         for level, (lo, hi) in intervals.items():
             n = level_name(level)
-            out |= {f"lower_{n}": lo, f"upper_{n}": hi, f"lower_{n}_price": price * np.exp(lo),
-                    f"upper_{n}_price": price * np.exp(hi)}
+            out |= {f"lower_{n}": lo, f"upper_{n}": hi, f"lower_{n}_price": price * float(np.exp(lo)),
+                    f"upper_{n}_price": price * float(np.exp(hi))}
         lo, hi = intervals[max(intervals)]
         out["confidence"] = float(confidence(np.array([(hi - lo) / 2]), np.array([spread]), np.array([typical]))[0])
     return out

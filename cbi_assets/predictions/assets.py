@@ -170,7 +170,8 @@ def forecast_horizon(lake: Path, tracking, asset: str, partition: str, profile: 
     except ValueError as error:
         raise dg.Failure(f"{asset} {partition}: {error}") from error
     bars = (continuous_bars(lake, (asset.upper(),))[asset] if key == "date"
-            else pl.read_parquet(bars_path(lake, feature_timeframe(horizon)), columns=["ts", "close"]))
+            else pl.scan_parquet(bars_path(lake, feature_timeframe(horizon))).select("ts", "close")
+            .filter(pl.col("ts") == origin.time).collect())  # one bar of a table of millions
     price = origin_price(bars, origin)
     now_state, regime = origin_state(origin, state), origin_regime(origin)
     forecasts, models = family_forecasts(tracking, asset, partition, origin, budget, log)
@@ -186,14 +187,16 @@ def forecast_horizon(lake: Path, tracking, asset: str, partition: str, profile: 
                              f"forecast {origin.time} (see the warnings above); retrain it or register another")
         out = {"model_version": registered["model_version"], "run_id": registered["run_id"], "family": family,
                "role": role, "source": role}
-        point, drivers = forecasts[family], _drivers(models[family][1], tabular, origin, every, config.drivers, budget)
-        if role == "champion":
-            chosen = choose_model(lake, asset, partition, regime)
+        chosen = choose_model(lake, asset, partition, regime) if role == "champion" else None
+        if chosen is not None:
             log.info(f"{asset} {partition}: {chosen.why}")
-            if chosen.source == "specialist":
-                point, drivers = specialist_forecast(chosen.path, origin, config.drivers)
-                out |= {"model_version": f"specialist/{regime}/{chosen.run_id[:8]}", "run_id": chosen.run_id,
-                        "family": chosen.model, "source": "specialist"}
+        if chosen is not None and chosen.source == "specialist":
+            point, drivers = specialist_forecast(chosen.path, origin, config.drivers)
+            out |= {"model_version": f"specialist/{regime}/{chosen.run_id[:8]}", "run_id": chosen.run_id,
+                    "family": chosen.model, "source": "specialist"}
+        else:
+            point = forecasts[family]
+            drivers = _drivers(models[family][1], tabular, origin, every, config.drivers, budget)
         # A specialist's interval is calibrated on the champion it stands in for: its own regime folds are few.
         values = published(point, family, forecasts, calibration, origin.time, price, origin.scale, levels,
                            config.min_scores)

@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 
 from cbi_assets.ensembles.conformal import interval_at, level_name
-from cbi_assets.ensembles.conviction import confidence, conviction
+from cbi_assets.ensembles.forecasts import described, typical_move_before
 from cbi_assets.ensembles.members import DIRECTIONLESS, Members
 
 
@@ -40,23 +40,12 @@ def published(point: float, calibrate_on: str, family_forecasts: dict[str, float
     scores = history.select("label_end", ((pl.col("actual") - pl.col(calibrate_on)).abs() / pl.col("scale"))
                             .alias("score"))
     intervals = interval_at(point, scale, scores, origin, levels, min_scores)
-    directional = np.array([[v for n, v in family_forecasts.items() if n not in DIRECTIONLESS]])
-    spread = float(directional.std()) if directional.size else np.nan
-    matured = history.filter(pl.col("label_end") < origin)["actual"].abs()
-    typical = float(matured.mean()) if matured.len() else np.nan
-    out = {"forecast_return": point, "forecast_price": price * float(np.exp(point)), "price": price,
-           "conviction": float(conviction(directional, np.array([point]))[0]) if directional.size else None,
-           "spread": spread, "typical_move": typical, "confidence": None}
-    for level in levels:
-        n = level_name(level)
-        lo, hi = intervals[level] if intervals else (None, None)
-        out |= {f"lower_{n}": lo, f"upper_{n}": hi,
-                f"lower_{n}_price": None if lo is None else price * float(np.exp(lo)),
-                f"upper_{n}_price": None if hi is None else price * float(np.exp(hi))}
-    if intervals:
-        lo, hi = intervals[max(levels)]
-        out["confidence"] = float(confidence(np.array([(hi - lo) / 2]), np.array([spread]), np.array([typical]))[0])
-    return out
+    directional = [v for n, v in family_forecasts.items() if n not in DIRECTIONLESS]
+    out = described(point, np.array(directional), intervals, typical_move_before(history, origin), price)
+    out["forecast_return"] = out.pop("forecast")
+    # Without an interval the bounds are stored as nulls, so every row has the same columns.
+    empty = {f"{side}_{level_name(v)}{unit}": None for v in levels for side in ("lower", "upper") for unit in ("", "_price")}
+    return {**empty, **out, "price": price}
 
 
 def drivers_json(drivers: pl.DataFrame | None) -> str:
