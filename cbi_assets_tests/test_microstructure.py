@@ -13,6 +13,7 @@ from polars.testing import assert_frame_equal
 from cbi_assets.catalogue import FUTURES
 from cbi_assets.features.microstructure import (
     BOOK_LEVELS,
+    MINUTE_COLUMNS,
     microstructure_features,
     minute_microstructure,
 )
@@ -84,8 +85,12 @@ def features(tick_size: float = TICK) -> FeatureSet:
 
 
 def feature(frame: pl.DataFrame, name: str) -> pl.Series:
+    """One feature on bars, with null minute columns where the frame has none (as without ticks);
+    NaN, which the finished table stores as null, as null."""
     fs = features()
-    return frame.select(fs.exprs[fs.names.index(name)]).to_series()
+    absent = [c for c in MINUTE_COLUMNS if c not in frame.columns]
+    frame = frame.with_columns(pl.lit(None, pl.Float64).alias(c) for c in absent)
+    return fs.prepare(frame).select(fs.exprs[fs.names.index(name)]).to_series().fill_nan(None)
 
 
 # --- Minute aggregation on hand-made records -------------------------------------------------------
@@ -275,7 +280,7 @@ def test_every_feature_is_named_once_with_a_window_that_matches_its_first_value(
     )
     out = fs.apply(frame, [])
     for spec in fs.specs:
-        values = out[spec.name]
+        values = out[spec.name].fill_nan(None)  # NaN is stored as null
         first = int(values.is_not_null().arg_true()[0])
         assert first == (spec.warmup - 1 if spec.window else 0), (spec.name, first, spec.window)
         assert values[first:].is_not_null().all() and values[first:].is_finite().all(), spec.name

@@ -50,6 +50,16 @@ def _ewm(x, alpha, min_count, out):
 
 
 @_jit
+def _ewm_clean(x, alpha, min_count, out):
+    """`_ewm` for input without missing values: the same arithmetic, without its branches."""
+    state = x[0]
+    for i in range(x.size):
+        state += alpha * (x[i] - state)
+        out[i] = state
+    out[:min(min_count - 1, x.size)] = np.nan
+
+
+@_jit
 def _rsi(close, n, out):
     """Wilder RSI: averages (alpha 1/n) of the close's rises and falls, in one loop."""
     alpha = 1.0 / n
@@ -64,6 +74,24 @@ def _rsi(close, n, out):
         gain, gain_w, gain_k = _step(gain, gain_w, gain_k, up, alpha)
         loss, loss_w, loss_k = _step(loss, loss_w, loss_k, down, alpha)
         out[i] = 100.0 - 100.0 / (1.0 + gain / loss) if gain_k >= n and not np.isnan(change) else np.nan
+
+
+@_jit
+def _rsi_clean(close, n, out):
+    """`_rsi` for closes without missing values."""
+    alpha = 1.0 / n
+    out[0] = np.nan
+    if close.size < 2:
+        return
+    change = close[1] - close[0]
+    gain, loss = max(change, 0.0), max(-change, 0.0)
+    for i in range(1, close.size):
+        change = close[i] - close[i - 1]
+        if i > 1:
+            gain += alpha * (max(change, 0.0) - gain)
+            loss += alpha * (max(-change, 0.0) - loss)
+        out[i] = 100.0 - 100.0 / (1.0 + gain / loss)
+    out[:min(n, close.size)] = np.nan
 
 
 @_jit
@@ -83,6 +111,19 @@ def _atr(high, low, close, n, out):
                 tr = down
         state, weight, count = _step(state, weight, count, tr, alpha)
         out[i] = state if count >= n and not np.isnan(tr) else np.nan
+
+
+@_jit
+def _atr_clean(high, low, close, n, out):
+    """`_atr` for bars without missing values."""
+    alpha = 1.0 / n
+    state = high[0] - low[0]
+    out[0] = state
+    for i in range(1, close.size):
+        tr = max(high[i] - low[i], abs(high[i] - close[i - 1]), abs(low[i] - close[i - 1]))
+        state += alpha * (tr - state)
+        out[i] = state
+    out[:min(n - 1, close.size)] = np.nan
 
 
 @_jit
@@ -109,10 +150,36 @@ def _macd(close, fast, slow, span, out_fast, out_slow, out_signal, out_line, out
 
 
 @_jit
+def _macd_clean(close, fast, slow, span, out_fast, out_slow, out_signal, out_line, out_hist):
+    """`_macd` for closes without missing values: the line starts at the slow average's first
+    value, and the signal at the line's."""
+    a_fast, a_slow, a_signal = 2.0 / (fast + 1.0), 2.0 / (slow + 1.0), 2.0 / (span + 1.0)
+    f = s = close[0]
+    g = 0.0
+    start = max(fast, slow) - 1
+    for i in range(close.size):
+        c = close[i]
+        f += a_fast * (c - f)
+        s += a_slow * (c - s)
+        line = (f - s) / c
+        g = line if i == start else g + a_signal * (line - g)
+        out_fast[i], out_slow[i], out_line[i], out_signal[i], out_hist[i] = f, s, line, g, line - g
+    out_fast[:min(fast - 1, close.size)] = np.nan
+    out_slow[:min(slow - 1, close.size)] = np.nan
+    out_line[:min(start, close.size)] = np.nan
+    out_signal[:min(start + span - 1, close.size)] = np.nan
+    out_hist[:min(start + span - 1, close.size)] = np.nan
+
+
+# Windows between re-centrings of a rolling sum: each costs a window's worth of additions.
+RECENTRE = 4
+
+
+@_jit
 def _rolling(x, n, mean, std):
     """Mean and population std over the last n values; missing while the window holds a missing one.
 
-    Running sums of (x - shift) and its square, re-centred on the window every n rows: the shift
+    Running sums of (x - shift) and its square, re-centred on the window every RECENTRE x n rows: the shift
     keeps the variance from cancelling at high price levels, and the re-centring keeps rounding
     from accumulating over millions of rows, so a table built in parts equals one built whole to
     rounding. A window of n equal values has std exactly 0 (a flat minute market is common).
@@ -122,7 +189,7 @@ def _rolling(x, n, mean, std):
     for i in range(x.size):
         recentre -= 1
         if recentre <= 0 and not np.isnan(x[i]):
-            recentre = n
+            recentre = RECENTRE * n
             shift = x[i]
             total, squares, missing = 0.0, 0.0, 0
             for j in range(max(i - n + 1, 0), i):
@@ -157,18 +224,63 @@ def _rolling(x, n, mean, std):
             std[i] = np.sqrt(max(squares / n - m * m, 0.0))
 
 
+@_jit
+def _rolling_clean(x, n, mean, std):
+    """`_rolling` for input without missing values."""
+    shift, total, squares, same, recentre = 0.0, 0.0, 0.0, 0, 0
+    for i in range(x.size):
+        recentre -= 1
+        if recentre <= 0:
+            recentre = RECENTRE * n
+            shift = x[i]
+            total = squares = 0.0
+            for j in range(max(i - n + 1, 0), i):
+                v = x[j] - shift
+                total += v
+                squares += v * v
+        elif i >= n:
+            gone = x[i - n] - shift
+            total -= gone
+            squares -= gone * gone
+        v = x[i] - shift
+        total += v
+        squares += v * v
+        same = same + 1 if i > 0 and x[i] == x[i - 1] else 1
+        if same >= n:
+            mean[i], std[i] = x[i], 0.0
+        else:
+            m = total / n
+            mean[i] = m + shift
+            std[i] = np.sqrt(max(squares / n - m * m, 0.0))
+    mean[:min(n - 1, x.size)] = np.nan
+    std[:min(n - 1, x.size)] = np.nan
+
+
 RSI, ATR, EMA, ROLLING, MACD = range(5)
 
 
-# Relative single-core cost of each kind of task, measured on 5 million bars: the tasks are
-# shared out so that every core gets about the same work.
-COST = {RSI: 1.5, ATR: 1.5, EMA: 1.0, ROLLING: 3.0, MACD: 2.0}
+# Relative single-core cost of each kind of task, measured on 5 million bars without missing
+# values: the tasks are shared out so that every core gets about the same work.
+COST = {RSI: 1.0, ATR: 1.0, EMA: 1.0, ROLLING: 2.0, MACD: 1.2}
+
+
+@_jit
+def _has_missing(x):
+    for v in x:
+        if np.isnan(v):
+            return True
+    return False
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", parallel=True)
 def _run(high, low, close, tasks, out):
-    """Each task (kind, n1, n2, n3, row1..row5, core) on its core; the indicators are independent."""
+    """Each task (kind, n1, n2, n3, row1..row5, core) on its core; the indicators are independent.
+
+    Bars without a missing value (the usual case) take loops without the missing-value branches.
+    """
     cores = tasks[:, 9].max() + 1 if tasks.shape[0] else 0
+    clean_close = not _has_missing(close)
+    clean_bars = clean_close and not _has_missing(high) and not _has_missing(low)
     for core in numba.prange(cores):
         for t in range(tasks.shape[0]):
             if tasks[t, 9] != core:
@@ -176,13 +288,27 @@ def _run(high, low, close, tasks, out):
             kind, n1, n2, n3 = tasks[t, 0], tasks[t, 1], tasks[t, 2], tasks[t, 3]
             r1, r2, r3, r4, r5 = tasks[t, 4], tasks[t, 5], tasks[t, 6], tasks[t, 7], tasks[t, 8]
             if kind == RSI:
-                _rsi(close, n1, out[r1])
+                if clean_close:
+                    _rsi_clean(close, n1, out[r1])
+                else:
+                    _rsi(close, n1, out[r1])
             elif kind == ATR:
-                _atr(high, low, close, n1, out[r1])
+                if clean_bars:
+                    _atr_clean(high, low, close, n1, out[r1])
+                else:
+                    _atr(high, low, close, n1, out[r1])
             elif kind == EMA:
-                _ewm(close, 2.0 / (n1 + 1.0), n1, out[r1])
+                if clean_close:
+                    _ewm_clean(close, 2.0 / (n1 + 1.0), n1, out[r1])
+                else:
+                    _ewm(close, 2.0 / (n1 + 1.0), n1, out[r1])
             elif kind == ROLLING:
-                _rolling(close, n1, out[r1], out[r2])
+                if clean_close:
+                    _rolling_clean(close, n1, out[r1], out[r2])
+                else:
+                    _rolling(close, n1, out[r1], out[r2])
+            elif clean_close:
+                _macd_clean(close, n1, n2, n3, out[r1], out[r2], out[r3], out[r4], out[r5])
             else:
                 _macd(close, n1, n2, n3, out[r1], out[r2], out[r3], out[r4], out[r5])
 
@@ -223,19 +349,25 @@ def _tasks(w: CoreWindows) -> np.ndarray:
     tasks += [(RSI, n, 0, 0, row[f"rsi_{n}"], 0, 0, 0, 0) for n in w.rsi]
     tasks += [(ATR, n, 0, 0, row[f"atr_{n}"], 0, 0, 0, 0) for n in w.atr]
     tasks += [(EMA, n, 0, 0, row[f"ema_{n}"], 0, 0, 0, 0) for n in w.ema if n not in macd_spans]
-    # Longest first onto the least loaded core.
+    return place(tasks, [COST[t[0]] for t in tasks])
+
+
+def place(tasks: list[tuple], costs: list[float]) -> np.ndarray:
+    """The tasks as int64 rows, each with the core it runs on appended: longest first onto the
+    least loaded core."""
     load = [0.0] * numba.get_num_threads()
     placed = []
-    for task in sorted(tasks, key=lambda t: -COST[t[0]]):
+    for i in sorted(range(len(tasks)), key=lambda i: -costs[i]):
         core = load.index(min(load))
-        load[core] += COST[task[0]]
-        placed.append((*task, core))
-    return np.array(placed, dtype=np.int64).reshape(-1, 10)
+        load[core] += costs[i]
+        placed.append((*tasks[i], core))
+    width = len(tasks[0]) + 1 if tasks else 1
+    return np.array(placed, dtype=np.int64).reshape(-1, width)
 
 
-# The compiled pass runs on numba's own thread pool, which must not be entered by two Python
+# The compiled passes run on numba's own thread pool, which must not be entered by two Python
 # threads at once.
-_POOL = threading.Lock()
+POOL = threading.Lock()
 
 
 def core_indicators(high: np.ndarray, low: np.ndarray, close: np.ndarray, w: CoreWindows) -> np.ndarray:
@@ -244,7 +376,7 @@ def core_indicators(high: np.ndarray, low: np.ndarray, close: np.ndarray, w: Cor
     # numpy allocates the output (it asks the kernel for huge pages on large arrays: a third of
     # the time numba's own allocation spends on page faults).
     out = np.empty((len(w.names("")), close.size))
-    with _POOL:
+    with POOL:
         _run(*as_float, _tasks(w), out)
     return out
 

@@ -21,6 +21,7 @@ from cbi_assets.features.equity_calendar import (
     session_features,
 )
 from cbi_assets.features.microstructure import (
+    MINUTE_COLUMNS,
     microstructure_features,
     minute_microstructure,
 )
@@ -245,12 +246,9 @@ def microstructure_table(minutes: pl.DataFrame, trades: pl.DataFrame | None, tbb
         frame = frame.join(minute_microstructure(trades, tbbo, book, tick), on="ts_event", how="left")
     fs = FeatureSet(layer="MES/microstructure", source="MES trades, TBBO, MBP-10", timeframe="1min", lag="closed 1-minute bar")
     microstructure_features(fs, tick)
-    missing = [c for c in _MINUTE_COLUMNS if c not in frame.columns]
+    missing = [c for c in MINUTE_COLUMNS if c not in frame.columns]
     frame = frame.with_columns(pl.lit(None, pl.Float64).alias(c) for c in missing)
     # Minute bars come sorted by time; sort only what is not (a sort copies every column).
     frame = frame if frame["ts"].is_sorted() else frame.sort("ts")
     return finish(fs.prepare(frame).with_columns(fs.exprs), ["ts_event", "ts", "trade_date"], fs.specs)
 
-
-_MINUTE_COLUMNS = ("ofi", "microprice_dev", "quoted_spread", "effective_spread", "depth_imbalance_1", "depth_imbalance_5",
-                   "depth_imbalance_10", "signed_volume", "buy_share", "trade_count", "quote_count", "mean_trade_size", "vwap")

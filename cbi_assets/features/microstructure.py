@@ -13,6 +13,7 @@ import math
 import polars as pl
 
 from cbi_assets.calendars import trade_date
+from cbi_assets.features.moments import Rolling, with_moments
 from cbi_assets.features.spec import FeatureSet
 
 BOOK_LEVELS = 10
@@ -200,22 +201,6 @@ def minute_microstructure(trades: pl.DataFrame, tbbo: pl.DataFrame, book: pl.Dat
 # --- Features on the 1-minute master table --------------------------------------------------------
 
 
-def kyle_lambda(ret: pl.Expr, signed_volume: pl.Expr, n: int) -> pl.Expr:
-    """Least-squares slope of return on signed volume over `n` rows: price impact per contract."""
-    var = signed_volume.rolling_var(n)
-    return pl.when(var > 0).then(pl.rolling_cov(ret, signed_volume, window_size=n) / var)
-
-
-def roll_spread(close: pl.Expr, n: int) -> pl.Expr:
-    """Roll's implied spread: 2 sqrt(max(0, -cov(dc_t, dc_t-1))) over `n` rows, in price units.
-
-    The population covariance (ddof 0) over the window, as in Roll (1984).
-    """
-    change = close.diff()
-    serial = pl.rolling_cov(change, change.shift(1), window_size=n, ddof=0)
-    return 2 * (-serial).clip(lower_bound=0).sqrt()
-
-
 def corwin_schultz(high: pl.Expr, low: pl.Expr) -> pl.Expr:
     """Corwin-Schultz (2012) spread from two consecutive bars' highs and lows, as a fraction of price.
 
@@ -225,8 +210,8 @@ def corwin_schultz(high: pl.Expr, low: pl.Expr) -> pl.Expr:
     beta = (high / low).log().pow(2) + (high.shift(1) / low.shift(1)).log().pow(2)
     gamma = (pl.max_horizontal(high, high.shift(1)) / pl.min_horizontal(low, low.shift(1))).log().pow(2)
     alpha = ((2 * beta).sqrt() - beta.sqrt()) / k - (gamma / k).sqrt()
-    spread = 2 * (alpha.exp() - 1) / (1 + alpha.exp())
-    return spread.clip(lower_bound=0)
+    # 2 (e^a - 1) / (1 + e^a) = tanh(a / 2)
+    return (2 * (alpha / 2).tanh()).clip(lower_bound=0)
 
 
 def microstructure_features(fs: FeatureSet, tick_size: float, windows: tuple[int, ...] = (5, 15, 60)) -> None:
@@ -240,6 +225,7 @@ def microstructure_features(fs: FeatureSet, tick_size: float, windows: tuple[int
     h, l, c, v = (pl.col(x) for x in ("high", "low", "close", "volume"))
     volume = v.cast(pl.Float64)
     ret = (c / c.shift(1)).log()
+    change = c.diff()
 
     per_minute = {
         "ofi": "order-flow imbalance (Cont-Kukanov-Stoikov) of the best levels over the minute, contracts",
@@ -259,39 +245,64 @@ def microstructure_features(fs: FeatureSet, tick_size: float, windows: tuple[int
         fs.add(f"{name}_{column}", pl.col(column), description)
     fs.add(f"{name}_vwap_dev", _per(c, pl.col("vwap")) - 1, "close over the minute's trade VWAP, minus 1")
 
+    # Rolling sums, means, deviations and covariances come from one compiled pass (moments.py);
+    # a ratio of two windows' sums is the ratio of their means.
+    inputs = {
+        "ofi": pl.col("ofi"), "volume": volume, "signed_volume": pl.col("signed_volume"),
+        "microprice_dev": pl.col("microprice_dev"), "depth_imbalance_5": pl.col("depth_imbalance_5"),
+        "trades": pl.col("trade_count"), "ret": ret, "change": change, "change_lag": change.shift(1),
+        "amihud": pl.when(volume > 0).then(ret.abs() / (volume * c)) * 1e10,
+        "corwin_schultz": corwin_schultz(h, l) * c / tick_size, "tick_rule": ret.sign() * volume,
+    }
+    requests = [Rolling(x, n, ("mean",)) for n in windows
+                for x in ("ofi", "volume", "signed_volume", "microprice_dev", "depth_imbalance_5")]
+    requests += [Rolling("trades", 60, ("mean", "std"))] + [Rolling("trades", n, ("mean",)) for n in windows if n < 60]
+    requests += [r for n in (15, 60) for r in (Rolling("ret", n, ("cov",), other="signed_volume"),
+                                               Rolling("signed_volume", n, ("std",)), Rolling("tick_rule", n, ("mean",)),
+                                               Rolling("volume", n, ("mean",)))]
+    requests += [Rolling("change", 60, ("cov",), other="change_lag"), Rolling("amihud", 60, ("mean",)),
+                 Rolling("corwin_schultz", 30, ("mean",))]
+    k = "__micro_"
+    fs.steps.append(lambda frame: with_moments(frame, inputs, requests, k))
+
+    def mean(x: str, n: int) -> pl.Expr:
+        return pl.col(f"{k}mean_{x}_{n}")
+
     for n in windows:
-        fs.add(f"{name}_ofi_sum_{n}", pl.col("ofi").rolling_sum(n),
-               f"order-flow imbalance summed over {n} minutes, contracts", n)
-        fs.add(f"{name}_ofi_norm_{n}", _per(pl.col("ofi").rolling_sum(n), volume.rolling_sum(n)),
+        fs.add(f"{name}_ofi_sum_{n}", mean("ofi", n) * n, f"order-flow imbalance summed over {n} minutes, contracts", n)
+        fs.add(f"{name}_ofi_norm_{n}", _per(mean("ofi", n), mean("volume", n)),
                f"order-flow imbalance over {n} minutes per contract traded", n)
-        fs.add(f"{name}_signed_volume_norm_{n}", _per(pl.col("signed_volume").rolling_sum(n), volume.rolling_sum(n)),
+        fs.add(f"{name}_signed_volume_norm_{n}", _per(mean("signed_volume", n), mean("volume", n)),
                f"aggressor-signed volume over {n} minutes as a fraction of volume (-1 all sells, 1 all buys)", n)
-        fs.add(f"{name}_microprice_dev_mean_{n}", pl.col("microprice_dev").rolling_mean(n),
+        fs.add(f"{name}_microprice_dev_mean_{n}", mean("microprice_dev", n),
                f"mean microprice deviation from mid over {n} minutes, ticks", n)
-        fs.add(f"{name}_depth_imbalance_5_mean_{n}", pl.col("depth_imbalance_5").rolling_mean(n),
+        fs.add(f"{name}_depth_imbalance_5_mean_{n}", mean("depth_imbalance_5", n),
                f"mean top-5-level depth imbalance over {n} minutes", n)
 
     # Trades per minute now, and over shorter windows, against the last hour's mean and spread.
     count = pl.col("trade_count").cast(pl.Float64)
-    hour_mean, hour_std = count.rolling_mean(60), count.rolling_std(60)
+    hour_mean, hour_std = mean("trades", 60), pl.col(f"{k}std_trades_60")
     fs.add(f"{name}_trade_intensity_z_60", _per(count - hour_mean, hour_std),
            "trades this minute, z-score against the last 60 minutes", 60)
     for n in (n for n in windows if n < 60):
-        fs.add(f"{name}_trade_intensity_{n}_z_60", _per(count.rolling_mean(n) - hour_mean, hour_std),
+        fs.add(f"{name}_trade_intensity_{n}_z_60", _per(mean("trades", n) - hour_mean, hour_std),
                f"mean trades per minute over {n} minutes, z-score against the last 60 minutes", 60)
 
     for n in (15, 60):
-        fs.add(f"{name}_kyle_lambda_{n}", kyle_lambda(ret, pl.col("signed_volume").cast(pl.Float64), n),
+        # Kyle lambda: the least-squares slope of return on signed volume, price impact per contract.
+        var = pl.col(f"{k}std_signed_volume_{n}").pow(2)
+        fs.add(f"{name}_kyle_lambda_{n}", pl.when(var > 0).then(pl.col(f"{k}cov_ret_signed_volume_{n}") / var),
                f"Kyle lambda: slope of the 1-minute log return on signed volume over {n} minutes, per contract", n + 1)
-    fs.add(f"{name}_roll_spread_60", roll_spread(c, 60) / tick_size,
+    # Roll (1984): 2 sqrt(max(0, -cov(dc_t, dc_t-1))), the population covariance (ddof 0) over the window.
+    serial = pl.col(f"{k}cov_change_change_lag_60") * (59 / 60)
+    fs.add(f"{name}_roll_spread_60", 2 * (-serial).clip(lower_bound=0).sqrt() / tick_size,
            "Roll spread 2 sqrt(-cov(dc_t, dc_t-1)) from 1-minute closes over 60 minutes, ticks", 62)
 
     # Bar-based proxies: defined for every minute with a bar, ticks or not.
-    fs.add(f"{name}_amihud_60", (pl.when(volume > 0).then(ret.abs() / (volume * c)) * 1e10).rolling_mean(60),
+    fs.add(f"{name}_amihud_60", mean("amihud", 60),
            "Amihud illiquidity over 60 minutes: mean |1-minute return| in basis points per million of volume x close", 61)
-    fs.add(f"{name}_corwin_schultz_30", (corwin_schultz(h, l) * c / tick_size).rolling_mean(30),
+    fs.add(f"{name}_corwin_schultz_30", mean("corwin_schultz", 30),
            "Corwin-Schultz two-bar high-low spread estimate, ticks, mean over 30 minutes", 31)
-    tick_rule = ret.sign() * volume
     for n in (15, 60):
-        fs.add(f"{name}_tick_rule_volume_{n}", _per(tick_rule.rolling_sum(n), volume.rolling_sum(n)),
+        fs.add(f"{name}_tick_rule_volume_{n}", _per(mean("tick_rule", n), mean("volume", n)),
                f"tick-rule signed volume (sign of the close change x volume) over {n} minutes, fraction of volume", n + 1)

@@ -7,8 +7,9 @@ keep the features comparable across decades of price levels.
 
 The indicator functions below are the definitions, checked by hand in the tests. The feature
 families read the averages-based ones (RSI, ATR, EMAs, the MACD, rolling mean and standard
-deviation of the close) from one compiled pass over the bars (`kernels.with_core`), which the
-tests hold equal to these definitions.
+deviation of the close) from one compiled pass over the bars (`kernels.with_core`), and their
+rolling moments (of returns, ranges, log price and volume) from another (`moments.with_moments`);
+the tests hold both equal to the polars definitions.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import polars as pl
 
 from cbi_assets.catalogue import TIMEFRAMES
 from cbi_assets.features.kernels import CoreWindows, with_core
+from cbi_assets.features.moments import Rolling, with_moments
 from cbi_assets.features.spec import FeatureSet
 
 TRADING_DAYS = 252
@@ -74,15 +76,6 @@ def stochastic_k(high: pl.Expr, low: pl.Expr, close: pl.Expr, n: int) -> pl.Expr
     return (close - lowest) / (highest - lowest)
 
 
-def slope(y: pl.Expr, n: int) -> pl.Expr:
-    """Least-squares slope of y on the bar index over n bars: cov(t, y) / var(t).
-
-    The index 0, 1, 2, ... has the same sample variance in every window, n (n + 1) / 12.
-    """
-    index = pl.int_range(pl.len()).cast(pl.Float64)
-    return pl.rolling_cov(index, y, window_size=n) / (n * (n + 1) / 12)
-
-
 # --- Window presets -----------------------------------------------------------------------------
 
 
@@ -131,26 +124,52 @@ def core_windows(w: Windows) -> CoreWindows:
     return CoreWindows(rsi=w.rsi, atr=w.atr, ema=w.ema, rolling=tuple(sorted({*w.bollinger, *w.sma})), macd=w.macd)
 
 
+def rolling_requests(w: Windows) -> list[Rolling]:
+    """The compiled rolling-moments pass's share of a family (see `moment_inputs` for the series)."""
+    requests = [Rolling("r1", n, ("std",)) for n in (*w.volatility, *w.momentum)]
+    if not w.full:
+        return requests
+    for n in w.shape:
+        requests += [Rolling("r1", n, ("skew", "kurt")), Rolling("r1", n, ("corr",), other="r1_lag"),
+                     Rolling("path", n, ("mean",)), Rolling("hl2", n, ("mean",)), Rolling("gk", n, ("mean",)),
+                     Rolling("index", n, ("cov",), other="logc")]
+    requests += [Rolling("volume", n, ("mean", "std")) for n in w.volume]
+    return requests + [Rolling("signed_volume", w.volume[-1], ("mean",))]
+
+
+def moment_inputs(o: pl.Expr, h: pl.Expr, l: pl.Expr, c: pl.Expr, v: pl.Expr) -> dict[str, pl.Expr]:
+    """The series the rolling moments are taken of: 1-bar log returns and their lag, the path
+    |close change|, the squared log range (Parkinson), the Garman-Klass variance, log price against
+    the bar index, volume and return-signed volume."""
+    r1 = log_return(c, 1)
+    return {
+        "r1": r1, "r1_lag": r1.shift(1), "path": c.diff().abs(), "hl2": (h / l).log().pow(2),
+        "gk": 0.5 * (h / l).log().pow(2) - (2 * math.log(2) - 1) * (c / o).log().pow(2),
+        "index": pl.int_range(pl.len()), "logc": c.log(), "volume": v, "signed_volume": r1.sign() * v,
+    }
+
+
 def technical_features(fs: FeatureSet, p: str, name: str, w: Windows) -> None:
     """The technical families on one instrument's bars, added to `fs` as `<name>_<feature>`.
 
     `p` prefixes the input columns; `name` prefixes the features (e.g. "mes_5min"). The core
-    averages come from one compiled pass, run by `fs.prepare` before the expressions.
+    averages and the rolling moments come from two compiled passes, run by `fs.prepare` before the
+    expressions; the tests hold both equal to their polars definitions.
     """
     o, h, l, c, v = (pl.col(f"{p}{x}") for x in ("open", "high", "low", "close", "volume"))
-    core = f"__{name}_"  # the pass's columns, dropped when the table is finished
+    core = f"__{name}_"  # the passes' columns, dropped when the table is finished
 
     def k(indicator: str) -> pl.Expr:
         return pl.col(f"{core}{indicator}")
 
-    windows = core_windows(w)
+    windows, requests, inputs = core_windows(w), rolling_requests(w), moment_inputs(o, h, l, c, v)
     fs.steps.append(lambda frame: with_core(frame, p, windows, core))
-    r1 = log_return(c, 1)
+    fs.steps.append(lambda frame: with_moments(frame, inputs, requests, core))
     year = bars_per_year(fs.timeframe)
     for n in w.returns:
         fs.add(f"{name}_ret_{n}", log_return(c, n), f"log return over {n} bars", n)
     for n in w.volatility:
-        fs.add(f"{name}_vol_{n}", r1.rolling_std(n) * math.sqrt(year), f"annualised std of 1-bar log returns over {n} bars", n)
+        fs.add(f"{name}_vol_{n}", k(f"std_r1_{n}") * math.sqrt(year), f"annualised std of 1-bar log returns over {n} bars", n)
     for n in w.rsi:
         fs.add(f"{name}_rsi_{n}", k(f"rsi_{n}"), f"Wilder RSI over {n} bars (0-100)", n)
     for fast, slow, signal in w.macd:
@@ -176,7 +195,7 @@ def technical_features(fs: FeatureSet, p: str, name: str, w: Windows) -> None:
         if w.full:
             fs.add(f"{name}_above_low_{n}", c / c.rolling_min(n) - 1, f"rise above the {n}-bar lowest close", n)
     for n in w.momentum:
-        fs.add(f"{name}_mom_z_{n}", log_return(c, n) / (r1.rolling_std(n) * math.sqrt(n)),
+        fs.add(f"{name}_mom_z_{n}", log_return(c, n) / (k(f"std_r1_{n}") * math.sqrt(n)),
                f"{n}-bar return in units of its own volatility (risk-adjusted momentum)", n)
     if not w.full:
         return
@@ -188,17 +207,19 @@ def technical_features(fs: FeatureSet, p: str, name: str, w: Windows) -> None:
     fs.add(f"{name}_body", c / o - 1, "bar body: close / open - 1")
     fs.add(f"{name}_gap", o / c.shift(1) - 1, "gap: open / previous close - 1", 1)
     for n in w.shape:
-        fs.add(f"{name}_skew_{n}", r1.rolling_skew(n), f"skewness of 1-bar returns over {n} bars", n)
-        fs.add(f"{name}_kurt_{n}", r1.rolling_kurtosis(n), f"excess kurtosis of 1-bar returns over {n} bars", n)
-        fs.add(f"{name}_autocorr_{n}", pl.rolling_corr(r1, r1.shift(1), window_size=n), f"lag-1 autocorrelation of returns over {n} bars", n + 1)
-        fs.add(f"{name}_efficiency_{n}", (c - c.shift(n)).abs() / c.diff().abs().rolling_sum(n),
+        fs.add(f"{name}_skew_{n}", k(f"skew_r1_{n}"), f"skewness of 1-bar returns over {n} bars", n)
+        fs.add(f"{name}_kurt_{n}", k(f"kurt_r1_{n}"), f"excess kurtosis of 1-bar returns over {n} bars", n)
+        fs.add(f"{name}_autocorr_{n}", k(f"corr_r1_r1_lag_{n}"), f"lag-1 autocorrelation of returns over {n} bars", n + 1)
+        fs.add(f"{name}_efficiency_{n}", (c - c.shift(n)).abs() / (k(f"mean_path_{n}") * n),
                f"Kaufman efficiency: net move / path length over {n} bars", n)
-        fs.add(f"{name}_parkinson_{n}", ((h / l).log().pow(2).rolling_mean(n) / (4 * math.log(2))).sqrt() * math.sqrt(year),
+        fs.add(f"{name}_parkinson_{n}", (k(f"mean_hl2_{n}") / (4 * math.log(2))).sqrt() * math.sqrt(year),
                f"Parkinson high-low volatility over {n} bars, annualised", n)
-        gk = 0.5 * (h / l).log().pow(2) - (2 * math.log(2) - 1) * (c / o).log().pow(2)
-        fs.add(f"{name}_garman_klass_{n}", gk.rolling_mean(n).sqrt() * math.sqrt(year), f"Garman-Klass volatility over {n} bars, annualised", n)
-        fs.add(f"{name}_slope_{n}", slope(c.log(), n), f"least-squares slope of log price per bar over {n} bars", n)
+        fs.add(f"{name}_garman_klass_{n}", k(f"mean_gk_{n}").sqrt() * math.sqrt(year), f"Garman-Klass volatility over {n} bars, annualised", n)
+        # cov(t, log c) / var(t): the index 0, 1, 2, ... has the sample variance n (n + 1) / 12 in every window.
+        fs.add(f"{name}_slope_{n}", k(f"cov_index_logc_{n}") / (n * (n + 1) / 12),
+               f"least-squares slope of log price per bar over {n} bars", n)
     for n in w.volume:
-        fs.add(f"{name}_volume_z_{n}", (v - v.rolling_mean(n)) / v.rolling_std(n), f"volume z-score over {n} bars", n)
-    fs.add(f"{name}_obv_slope_{w.volume[-1]}", (r1.sign() * v).rolling_sum(w.volume[-1]) / v.rolling_sum(w.volume[-1]),
-           f"on-balance volume over {w.volume[-1]} bars, as a fraction of volume traded", w.volume[-1])
+        fs.add(f"{name}_volume_z_{n}", (v - k(f"mean_volume_{n}")) / k(f"std_volume_{n}"), f"volume z-score over {n} bars", n)
+    last = w.volume[-1]
+    fs.add(f"{name}_obv_slope_{last}", k(f"mean_signed_volume_{last}") / k(f"mean_volume_{last}"),
+           f"on-balance volume over {last} bars, as a fraction of volume traded", last)
