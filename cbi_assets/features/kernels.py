@@ -7,17 +7,19 @@ state in registers (a MACD's three averages share one), and the indicators run s
 the cores, all in one compiled call. The results equal polars' `ewm_mean(adjust=False,
 min_samples=n)`, `rolling_mean(n)` and `rolling_std(n, ddof=0)` (tests compare them), including
 where inputs are null (NaN here): an average starts at the first value, skips a missing one with
-its weight decayed, and a rolling value is missing while its window holds a missing input.
+its weight decayed, and a rolling value is missing while its window holds a missing input. The
+rolling mean and deviation are the rolling-moments loop (moments.py) with ddof 0.
 """
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
 import numba
 import numpy as np
 import polars as pl
+
+from cbi_assets.features.moments import POOL, _moments, place
 
 _jit = numba.njit(cache=True, nogil=True, error_model="numpy")
 
@@ -171,97 +173,12 @@ def _macd_clean(close, fast, slow, span, out_fast, out_slow, out_signal, out_lin
     out_hist[:min(start + span - 1, close.size)] = np.nan
 
 
-# Windows between re-centrings of a rolling sum: each costs a window's worth of additions.
-RECENTRE = 4
-
-
-@_jit
-def _rolling(x, n, mean, std):
-    """Mean and population std over the last n values; missing while the window holds a missing one.
-
-    Running sums of (x - shift) and its square, re-centred on the window every RECENTRE x n rows: the shift
-    keeps the variance from cancelling at high price levels, and the re-centring keeps rounding
-    from accumulating over millions of rows, so a table built in parts equals one built whole to
-    rounding. A window of n equal values has std exactly 0 (a flat minute market is common).
-    """
-    shift = 0.0
-    total, squares, missing, same, recentre = 0.0, 0.0, 0, 0, 0
-    for i in range(x.size):
-        recentre -= 1
-        if recentre <= 0 and not np.isnan(x[i]):
-            recentre = RECENTRE * n
-            shift = x[i]
-            total, squares, missing = 0.0, 0.0, 0
-            for j in range(max(i - n + 1, 0), i):
-                v = x[j] - shift
-                if np.isnan(v):
-                    missing += 1
-                else:
-                    total += v
-                    squares += v * v
-        elif i >= n:
-            gone = x[i - n] - shift
-            if np.isnan(gone):
-                missing -= 1
-            else:
-                total -= gone
-                squares -= gone * gone
-        v = x[i] - shift
-        if np.isnan(v):
-            missing += 1
-            same = 0
-        else:
-            total += v
-            squares += v * v
-            same = same + 1 if i > 0 and x[i] == x[i - 1] else 1
-        if i < n - 1 or missing > 0:
-            mean[i] = std[i] = np.nan
-        elif same >= n:
-            mean[i], std[i] = x[i], 0.0
-        else:
-            m = total / n
-            mean[i] = m + shift
-            std[i] = np.sqrt(max(squares / n - m * m, 0.0))
-
-
-@_jit
-def _rolling_clean(x, n, mean, std):
-    """`_rolling` for input without missing values."""
-    shift, total, squares, same, recentre = 0.0, 0.0, 0.0, 0, 0
-    for i in range(x.size):
-        recentre -= 1
-        if recentre <= 0:
-            recentre = RECENTRE * n
-            shift = x[i]
-            total = squares = 0.0
-            for j in range(max(i - n + 1, 0), i):
-                v = x[j] - shift
-                total += v
-                squares += v * v
-        elif i >= n:
-            gone = x[i - n] - shift
-            total -= gone
-            squares -= gone * gone
-        v = x[i] - shift
-        total += v
-        squares += v * v
-        same = same + 1 if i > 0 and x[i] == x[i - 1] else 1
-        if same >= n:
-            mean[i], std[i] = x[i], 0.0
-        else:
-            m = total / n
-            mean[i] = m + shift
-            std[i] = np.sqrt(max(squares / n - m * m, 0.0))
-    mean[:min(n - 1, x.size)] = np.nan
-    std[:min(n - 1, x.size)] = np.nan
-
-
 RSI, ATR, EMA, ROLLING, MACD = range(5)
 
 
 # Relative single-core cost of each kind of task, measured on 5 million bars without missing
 # values: the tasks are shared out so that every core gets about the same work.
-COST = {RSI: 1.0, ATR: 1.0, EMA: 1.0, ROLLING: 2.0, MACD: 1.2}
+COST = {RSI: 1.0, ATR: 1.0, EMA: 1.0, ROLLING: 1.6, MACD: 1.2}
 
 
 @_jit
@@ -303,10 +220,7 @@ def _run(high, low, close, tasks, out):
                 else:
                     _ewm(close, 2.0 / (n1 + 1.0), n1, out[r1])
             elif kind == ROLLING:
-                if clean_close:
-                    _rolling_clean(close, n1, out[r1], out[r2])
-                else:
-                    _rolling(close, n1, out[r1], out[r2])
+                _moments(close, n1, out, r1, r2, -1, -1, 0)
             elif clean_close:
                 _macd_clean(close, n1, n2, n3, out[r1], out[r2], out[r3], out[r4], out[r5])
             else:
@@ -350,24 +264,6 @@ def _tasks(w: CoreWindows) -> np.ndarray:
     tasks += [(ATR, n, 0, 0, row[f"atr_{n}"], 0, 0, 0, 0) for n in w.atr]
     tasks += [(EMA, n, 0, 0, row[f"ema_{n}"], 0, 0, 0, 0) for n in w.ema if n not in macd_spans]
     return place(tasks, [COST[t[0]] for t in tasks])
-
-
-def place(tasks: list[tuple], costs: list[float]) -> np.ndarray:
-    """The tasks as int64 rows, each with the core it runs on appended: longest first onto the
-    least loaded core."""
-    load = [0.0] * numba.get_num_threads()
-    placed = []
-    for i in sorted(range(len(tasks)), key=lambda i: -costs[i]):
-        core = load.index(min(load))
-        load[core] += costs[i]
-        placed.append((*tasks[i], core))
-    width = len(tasks[0]) + 1 if tasks else 1
-    return np.array(placed, dtype=np.int64).reshape(-1, width)
-
-
-# The compiled passes run on numba's own thread pool, which must not be entered by two Python
-# threads at once.
-POOL = threading.Lock()
 
 
 def core_indicators(high: np.ndarray, low: np.ndarray, close: np.ndarray, w: CoreWindows) -> np.ndarray:

@@ -16,15 +16,17 @@ rounding neither cancels at high levels nor accumulates over millions of rows.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numba
 import numpy as np
 import polars as pl
 
-from cbi_assets.features.kernels import POOL, RECENTRE, place
-
 _jit = numba.njit(cache=True, nogil=True, error_model="numpy")
+
+# Windows between re-takings of a rolling sum: each costs a window's worth of additions.
+RECENTRE = 4
 
 SINGLE = ("mean", "std", "skew", "kurt")
 PAIRED = ("cov", "corr")
@@ -47,9 +49,9 @@ def _row(out, r, size):
 
 
 @_jit
-def _moments(x, n, out, r_mean, r_std, r_skew, r_kurt):
-    """Rolling mean, std (ddof 1), skewness and excess kurtosis of x over n rows into the rows of
-    `out` named by r_* (negative: not wanted).
+def _moments(x, n, out, r_mean, r_std, r_skew, r_kurt, ddof=1):
+    """Rolling mean, std (ddof 1, or 0 for the core indicators' Bollinger bands), skewness and
+    excess kurtosis of x over n rows into the rows of `out` named by r_* (negative: not wanted).
 
     The loop leaves the population variance and the 3rd and 4th central moments; square roots and
     ratios follow in element-wise passes, which the compiler vectorises (a square root in the loop
@@ -103,7 +105,7 @@ def _moments(x, n, out, r_mean, r_std, r_skew, r_kurt):
             defined = c2 > 0  # False for NaN too
             m3[i] = m3[i] / (c2 * np.sqrt(c2)) if defined else np.nan
             m4[i] = m4[i] / (c2 * c2) - 3.0 if defined else np.nan
-    unbiased = n / (n - 1.0)
+    unbiased = n / (n - ddof)
     for i in range(x.size):
         var[i] = np.sqrt(var[i] * unbiased)
 
@@ -156,6 +158,23 @@ def _comoments(x, y, n, out, r_cov, r_corr):
         corr[i] = c / np.sqrt(v) if v > 0 else np.nan
         cov[i] = c * unbiased
 
+
+def place(tasks: list[tuple], costs: list[float]) -> np.ndarray:
+    """The tasks of a compiled pass as int64 rows, each with the core it runs on appended: longest
+    first onto the least loaded core."""
+    load = [0.0] * numba.get_num_threads()
+    placed = []
+    for i in sorted(range(len(tasks)), key=lambda i: -costs[i]):
+        core = load.index(min(load))
+        load[core] += costs[i]
+        placed.append((*tasks[i], core))
+    width = len(tasks[0]) + 1 if tasks else 1
+    return np.array(placed, dtype=np.int64).reshape(-1, width)
+
+
+# The compiled passes (this one and the core indicators') run on numba's own thread pool, which
+# must not be entered by two Python threads at once.
+POOL = threading.Lock()
 
 MOMENTS, COMOMENTS = 0, 1
 COST = {MOMENTS: 1.5, COMOMENTS: 2.0}
