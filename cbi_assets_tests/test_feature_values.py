@@ -144,6 +144,7 @@ def test_resampled_bars_close_at_their_window_end_or_the_session_close():
     assert five["volume"].to_list() == [60.0, 40.0, 50.0]
     assert five["ts"].to_list()[0] == dt.datetime(2024, 3, 4, 23, 5, tzinfo=UTC)
     assert five["ts_event"].to_list()[1] == dt.datetime(2024, 3, 4, 23, 5, tzinfo=UTC)  # window start, not first trade
+    assert resample(minutes.reverse(), "5min").equals(five)  # bars in any order give the same bars
     four_hours = resample(minutes, "4h")
     # The last 4h bar of a session (13:00-16:00 Chicago) is 3 hours long and closes at 16:00.
     assert four_hours["ts"].to_list()[-1] == dt.datetime(2024, 3, 5, 22, 0, tzinfo=UTC)

@@ -32,6 +32,7 @@ REQUESTS = [Rolling("x", n, ("mean", "std", "skew", "kurt")) for n in (3, 20, 12
 REQUESTS += [Rolling("y", 20, ("mean", "std")), Rolling("z", 5, ("std",)), Rolling("z", 5, ("mean",))]
 REQUESTS += [Rolling("x", n, ("cov", "corr"), other="x_1") for n in (3, 30)]
 REQUESTS += [Rolling("i", 30, ("cov",), other="y")]
+REQUESTS += [Rolling("y", n, ("max", "min")) for n in (3, 7, 50)] + [Rolling("x", 20, ("max",)), Rolling("x", 20, ("min",))]
 
 
 def computed(frame: pl.DataFrame) -> pl.DataFrame:
@@ -52,7 +53,9 @@ def reference() -> dict[str, pl.Expr]:
         out |= {f"m_cov_x_x_1_{n}": pl.rolling_cov(x, x.shift(1), window_size=n),
                 f"m_corr_x_x_1_{n}": pl.rolling_corr(x, x.shift(1), window_size=n)}
     out["m_cov_i_y_30"] = pl.rolling_cov(pl.int_range(pl.len()).cast(pl.Float64), y, window_size=30)
-    return out
+    for n in (3, 7, 50):
+        out |= {f"m_max_y_{n}": y.rolling_max(n), f"m_min_y_{n}": y.rolling_min(n)}
+    return out | {"m_max_x_20": x.rolling_max(20), "m_min_x_20": x.rolling_min(20)}
 
 
 @pytest.mark.parametrize(("rows", "nulls", "flat"), [(2_000, 0, False), (2_000, 15, False), (3_000, 0, True),
@@ -87,6 +90,14 @@ def test_hand_checked_window():
     assert np.isnan(got["mean_x_3"][1])  # two rows are not a window of three
 
 
+def test_hand_checked_extremes():
+    """Windows of 3 across the blocks the pass splits rows into, and a gap that spoils three windows."""
+    frame = pl.DataFrame({"x": [5.0, 1.0, 4.0, 2.0, 9.0, 3.0, None, 7.0, 6.0, 8.0, 0.0]})
+    got = with_moments(frame, {"x": pl.col("x")}, [Rolling("x", 3, ("max", "min"))], "").fill_nan(None)
+    assert got["max_x_3"].to_list() == [None, None, 5.0, 4.0, 9.0, 9.0, None, None, None, 8.0, 8.0]
+    assert got["min_x_3"].to_list() == [None, None, 1.0, 1.0, 2.0, 2.0, None, None, None, 6.0, 0.0]
+
+
 def test_moments_are_causal_and_parts_equal_the_whole():
     frame = series(5_000, seed=9)
     later = frame.with_columns(pl.when(pl.int_range(pl.len()) >= 3_000).then(pl.col(c) * 1.7).otherwise(pl.col(c)).alias(c)
@@ -115,6 +126,7 @@ def test_technical_families_equal_their_polars_definitions():
         INTRADAY,
         bars_per_year,
         log_return,
+        stochastic_k,
         technical_features,
     )
 
@@ -146,6 +158,9 @@ def test_technical_families_equal_their_polars_definitions():
     want |= {f"t_volume_z_{n}": (v - v.rolling_mean(n)) / v.rolling_std(n) for n in INTRADAY.volume}
     last = INTRADAY.volume[-1]
     want[f"t_obv_slope_{last}"] = (r1.sign() * v).rolling_sum(last) / v.rolling_sum(last)
+    for n in INTRADAY.high:
+        want |= {f"t_drawdown_{n}": c / c.rolling_max(n) - 1, f"t_above_low_{n}": c / c.rolling_min(n) - 1}
+    want |= {"t_stoch_k_14": stochastic_k(h, l, c, 14), "t_stoch_d_14": stochastic_k(h, l, c, 14).rolling_mean(3)}
     expected = bars.select(**want)
     for name in expected.columns:
         assert_series_equal(got[name].fill_nan(None), expected[name].fill_nan(None), check_names=False,

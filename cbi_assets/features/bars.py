@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import numpy as np
 import polars as pl
 
 from cbi_assets.calendars import trade_date
@@ -128,27 +129,33 @@ def resample(minutes: pl.DataFrame, timeframe: str) -> pl.DataFrame:
     if timeframe == "1min":
         return minutes
     span = TIMEFRAMES[timeframe] or SESSION_MINUTES  # 1d: the whole session
-    bars = (
-        minutes.with_columns((pl.col("session_minute") // span * span).alias("bucket"))
-        .group_by("trade_date", "bucket", maintain_order=True)
-        .agg(
-            pl.col("ts_event").first().alias("first_open"),
-            pl.col("session_minute").first().alias("first_minute"),
-            pl.col("instrument_id").last(),
-            pl.col("open").first(),
-            pl.col("high").max(),
-            pl.col("low").min(),
-            pl.col("close").last(),
-            pl.col("volume").sum(),
-            pl.col("adj").last(),
-        )
-    )
+    columns = ["ts_event", "ts", "trade_date", "session_minute", "instrument_id", *OHLCV, "adj"]
+    if minutes.is_empty():
+        return minutes.select(columns)
+    minutes = minutes if minutes["ts_event"].is_sorted() else minutes.sort("ts_event")
+    # In time order a bar's minutes are one run of rows: its open and close are the run's first
+    # and last rows, its high, low and volume reductions over the run (no hashing of keys).
+    bucket = pl.col("session_minute") // span * span
+    starts = minutes.select(
+        ((pl.col("trade_date") != pl.col("trade_date").shift(1)) | (bucket != bucket.shift(1))).fill_null(True).arg_true()
+    ).to_series()
+    first = starts.to_numpy()
+    last = pl.Series(np.append(first[1:], minutes.height) - 1)
+
+    def reduced(ufunc, column: str, missing: float) -> np.ndarray:
+        return ufunc.reduceat(minutes[column].fill_null(missing).to_numpy(), first)
+
+    bars = pl.concat([
+        minutes.select("ts_event", "trade_date", "session_minute", "open")[starts],
+        minutes.select("instrument_id", "close", "adj")[last],
+        pl.DataFrame({"high": reduced(np.fmax, "high", np.nan), "low": reduced(np.fmin, "low", np.nan),
+                      "volume": reduced(np.add, "volume", 0.0)}),
+    ], how="horizontal").with_columns(bucket.alias("bucket"))
     # The bar opens at its window's start and closes at its end, or at the session close.
-    opened = pl.col("first_open") - pl.duration(minutes=pl.col("first_minute") - pl.col("bucket"))
+    opened = pl.col("ts_event") - pl.duration(minutes=pl.col("session_minute") - pl.col("bucket"))
     length = pl.min_horizontal(pl.lit(span), SESSION_MINUTES - pl.col("bucket"))
     return (
         bars.with_columns(opened.alias("ts_event"), pl.col("bucket").alias("session_minute"))
         .with_columns((pl.col("ts_event") + pl.duration(minutes=length)).alias("ts"))
-        .sort("ts")
-        .select("ts_event", "ts", "trade_date", "session_minute", "instrument_id", *OHLCV, "adj")
+        .select(columns)
     )

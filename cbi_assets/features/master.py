@@ -203,7 +203,12 @@ def intraday_master(context: IntradayContext, timeframe: str, first=None, last=N
         times = right[right_on]
         lo = max(times.search_sorted(keys["ts"][0], side="right") - 1, 0) if keys.height else 0
         hi = times.search_sorted(keys["ts"][-1], side="right") if keys.height else 0
-        joined = keys.join_asof(right.slice(lo, hi - lo), left_on="ts", right_on=right_on, strategy="backward")
+        right = right.slice(lo, hi - lo)
+        if right.height == keys.height and right[right_on].equals(keys["ts"]):
+            # Row for row at the same times (the 1-minute bars and their microstructure): a slice is the join.
+            blocks.append(Table(right.select(s.name for s in specs), specs, ()))
+            return
+        joined = keys.join_asof(right, left_on="ts", right_on=right_on, strategy="backward")
         blocks.append(Table(joined.select(s.name for s in specs), specs, ()))
 
     # Higher intraday timeframes: only bars that had closed by this bar's close.

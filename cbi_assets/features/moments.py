@@ -2,16 +2,16 @@
 
 The technical families' rolling statistics beyond the core averages (the deviation, skewness and
 kurtosis of returns, their lag-1 autocorrelation, mean ranges and path lengths, the slope of log
-price, volume's mean and deviation) are, as polars expressions, a separate pass each, most of them
-several. Here each (series, window) is one loop of running power sums, and the loops run side by
-side on the cores in one compiled call.
+price, volume's mean and deviation, the highest and lowest prices) are, as polars expressions, a
+separate pass each, most of them several. Here each (series, window) is one loop of running power
+sums, or of running extremes, and the loops run side by side on the cores in one compiled call.
 
 Definitions are polars' (tests compare them): `mean`; `std` with ddof=1; `skew` and `kurt` the
-population (biased) skewness and excess kurtosis; `cov` with ddof=1 and `corr` of a pair of series.
-A statistic is missing (NaN) while its window holds a missing (NaN or infinite) value, or, for
-`skew`, `kurt` and `corr`, where a series is flat over the window (as polars' 0/0). The sums are
-taken about a recent value of the series and re-taken over the window every few windows, so
-rounding neither cancels at high levels nor accumulates over millions of rows.
+population (biased) skewness and excess kurtosis; `max` and `min`; `cov` with ddof=1 and `corr`
+of a pair of series. A statistic is missing (NaN) while its window holds a missing (NaN or
+infinite) value, or, for `skew`, `kurt` and `corr`, where a series is flat over the window (as
+polars' 0/0). The sums are taken about a recent value of the series and re-taken over the window
+every few windows, so rounding neither cancels at high levels nor accumulates over millions of rows.
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ _jit = numba.njit(cache=True, nogil=True, error_model="numpy")
 # Windows between re-takings of a rolling sum: each costs a window's worth of additions.
 RECENTRE = 4
 
-SINGLE = ("mean", "std", "skew", "kurt")
+POWERS = ("mean", "std", "skew", "kurt")
+EXTREMES = ("max", "min")
+SINGLE = (*POWERS, *EXTREMES)
 PAIRED = ("cov", "corr")
 
 
@@ -42,24 +44,20 @@ def _add(s1, s2, s3, s4, v, sign, higher):
     return s1 + sign * v, s2 + sign * v2, s3, s4
 
 
-@numba.njit(inline="always")
-def _row(out, r, size):
-    """Row r of `out`, or scratch space where the row is not wanted."""
-    return out[r] if r >= 0 else np.empty(size)
-
-
 @_jit
 def _moments(x, n, out, r_mean, r_std, r_skew, r_kurt, ddof=1):
     """Rolling mean, std (ddof 1, or 0 for the core indicators' Bollinger bands), skewness and
-    excess kurtosis of x over n rows into the rows of `out` named by r_* (negative: not wanted).
+    excess kurtosis of x over n rows into the rows of `out` named by r_* (negative: not
+    wanted; the shape needs the std's row, where the variance is kept until the end).
 
     The loop leaves the population variance and the 3rd and 4th central moments; square roots and
     ratios follow in element-wise passes, which the compiler vectorises (a square root in the loop
     would cost more than the sums).
     """
-    higher = r_skew >= 0 or r_kurt >= 0
-    mean, var = _row(out, r_mean, x.size), _row(out, r_std, x.size)
-    m3, m4 = _row(out, r_skew, x.size if higher else 0), _row(out, r_kurt, x.size if higher else 0)
+    higher, keep_mean, keep_var = r_skew >= 0, r_mean >= 0, r_std >= 0
+    # A row not wanted is not written: another stands in for it.
+    mean, var = out[r_mean if keep_mean else r_std], out[r_std if keep_var else r_mean]
+    m3, m4 = (out[r_skew], out[r_kurt]) if higher else (mean, mean)
     s1 = s2 = s3 = s4 = shift = 0.0
     missing, same, recentre = 0, 0, 0
     inv_n = 1.0 / n
@@ -87,18 +85,21 @@ def _moments(x, n, out, r_mean, r_std, r_skew, r_kurt, ddof=1):
             missing += 1
             same = 0
         if i < n - 1 or missing > 0:
-            mean[i] = var[i] = np.nan
+            centre, v = np.nan, np.nan
         elif same >= n:  # a flat window: exactly no deviation, and no shape
-            mean[i], var[i] = x[i], 0.0
+            centre, v = x[i], 0.0
         else:
             m = s1 * inv_n
             e2 = s2 * inv_n
-            mean[i] = m + shift
-            var[i] = max(e2 - m * m, 0.0)
+            centre, v = m + shift, max(e2 - m * m, 0.0)
             if higher:
                 e3, e4 = s3 * inv_n, s4 * inv_n
                 m3[i] = e3 - 3 * m * e2 + 2 * m * m * m
                 m4[i] = e4 - 4 * m * e3 + 6 * m * m * e2 - 3 * m * m * m * m
+        if keep_mean:
+            mean[i] = centre
+        if keep_var:
+            var[i] = v
     if higher:
         for i in range(x.size):
             c2 = var[i]
@@ -106,7 +107,7 @@ def _moments(x, n, out, r_mean, r_std, r_skew, r_kurt, ddof=1):
             m3[i] = m3[i] / (c2 * np.sqrt(c2)) if defined else np.nan
             m4[i] = m4[i] / (c2 * c2) - 3.0 if defined else np.nan
     unbiased = n / (n - ddof)
-    for i in range(x.size):
+    for i in range(x.size if keep_var else 0):
         var[i] = np.sqrt(var[i] * unbiased)
 
 
@@ -114,7 +115,7 @@ def _moments(x, n, out, r_mean, r_std, r_skew, r_kurt, ddof=1):
 def _comoments(x, y, n, out, r_cov, r_corr):
     """Rolling covariance (ddof 1) and correlation of x and y over n rows (as `_moments`: the loop
     leaves the population covariance and the product of variances, element-wise passes the rest)."""
-    cov, corr = _row(out, r_cov, x.size), _row(out, r_corr, x.size)
+    cov, corr = out[r_cov], out[r_corr]
     sx, sy, sxx, syy, sxy, dx, dy = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
     missing, same_x, same_y, recentre = 0, 0, 0, 0
     inv_n = 1.0 / n
@@ -159,6 +160,45 @@ def _comoments(x, y, n, out, r_cov, r_corr):
         cov[i] = c * unbiased
 
 
+@_jit
+def _extremes(x, n, out, r_max, r_min):
+    """Rolling max and min of x over n rows into rows r_max and r_min of `out`.
+
+    Van Herk / Gil-Werman: in blocks of n rows, the extreme of a window is that of the suffix of
+    the block it starts in and the prefix of the block it ends in. Each block takes one pass
+    forward (its prefixes, joined to the previous block's suffixes) and one back (its suffixes),
+    whatever the window (2.2 ns a row). Its scratch is one block, so it stays in cache.
+    """
+    hi, lo = out[r_max], out[r_min]
+    suffix_hi, suffix_lo = np.empty(n), np.empty(n)  # of the previous block, by offset in it
+    missing = -n  # the last row with a missing value
+    for start in range(0, x.size, n):
+        end = min(start + n, x.size)
+        a, b = -np.inf, np.inf
+        for i in range(start, end):
+            # A NaN compares false: it leaves the extremes alone, and its windows are missing.
+            v = x[i]
+            a = v if v > a else a
+            b = v if v < b else b
+            if not np.isfinite(v):
+                missing = i
+            offset = i - start + 1  # the window starts at this offset of the previous block
+            if i < n - 1 or i - missing < n:
+                hi[i] = lo[i] = np.nan
+            elif offset == n:  # the window is this block
+                hi[i], lo[i] = a, b
+            else:
+                h, l = suffix_hi[offset], suffix_lo[offset]
+                hi[i] = h if h > a else a
+                lo[i] = l if l < b else b
+        a, b = -np.inf, np.inf
+        for i in range(end - 1, start - 1, -1):
+            v = x[i]
+            a = v if v > a else a
+            b = v if v < b else b
+            suffix_hi[i - start], suffix_lo[i - start] = a, b
+
+
 def place(tasks: list[tuple], costs: list[float]) -> np.ndarray:
     """The tasks of a compiled pass as int64 rows, each with the core it runs on appended: longest
     first onto the least loaded core."""
@@ -176,8 +216,8 @@ def place(tasks: list[tuple], costs: list[float]) -> np.ndarray:
 # must not be entered by two Python threads at once.
 POOL = threading.Lock()
 
-MOMENTS, COMOMENTS = 0, 1
-COST = {MOMENTS: 1.5, COMOMENTS: 2.0}
+MOMENTS, COMOMENTS, EXTREMA = 0, 1, 2
+COST = {MOMENTS: 1.5, COMOMENTS: 2.0, EXTREMA: 0.8}
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", parallel=True)
@@ -191,6 +231,8 @@ def _run(inputs, tasks, out):
             kind, n, x, y = tasks[t, 0], tasks[t, 1], tasks[t, 2], tasks[t, 3]
             if kind == MOMENTS:
                 _moments(inputs[x], n, out, tasks[t, 4], tasks[t, 5], tasks[t, 6], tasks[t, 7])
+            elif kind == EXTREMA:
+                _extremes(inputs[x], n, out, tasks[t, 4], tasks[t, 5])
             else:
                 _comoments(inputs[x], inputs[y], n, out, tasks[t, 4], tasks[t, 5])
 
@@ -231,13 +273,29 @@ def with_moments(frame: pl.DataFrame, inputs: dict[str, pl.Expr], requests: list
     values = frame.select(**{s: inputs[s].cast(pl.Float64) for s in series}).fill_null(np.nan)
     matrix = np.ascontiguousarray(values.to_numpy().T)
     row = {n: i for i, n in enumerate(names)}
-    tasks = []
+    tasks, scratch = [], len(names)
     for r in requests:
-        rows = [row.get(r.column(prefix, s), -1) for s in (PAIRED if r.other else SINGLE)]
-        rows += [-1] * (4 - len(rows))
-        kind = COMOMENTS if r.other else MOMENTS
-        tasks.append((kind, r.window, series.index(r.series), series.index(r.other) if r.other else 0, *rows))
-    out = np.empty((len(names), frame.height))
+        for kind, stats in ((COMOMENTS, PAIRED),) if r.other else ((MOMENTS, POWERS), (EXTREMA, EXTREMES)):
+            if not set(stats) & set(r.stats):
+                continue
+            # Rows a loop needs beyond those asked for (the variance under the shape, a pair's
+            # covariance under its correlation) lie past the outputs, allocated with them: a
+            # fresh array per loop would cost its page faults again.
+            needed = set(r.stats) & set(stats)
+            if kind == COMOMENTS or needed & {"skew", "kurt"}:
+                needed |= set(stats) - {"mean"}
+            rows = []
+            for s in stats:
+                if r.column(prefix, s) in row:
+                    rows.append(row[r.column(prefix, s)])
+                elif s in needed or kind == EXTREMA:
+                    rows.append(scratch)
+                    scratch += 1
+                else:
+                    rows.append(-1)
+            rows += [-1] * (4 - len(rows))
+            tasks.append((kind, r.window, series.index(r.series), series.index(r.other) if r.other else 0, *rows))
+    out = np.empty((scratch, frame.height))
     with POOL:
         _run(matrix, place(tasks, [COST[t[0]] for t in tasks]), out)
-    return frame.with_columns(pl.Series(name, values) for name, values in zip(names, out, strict=True))
+    return frame.with_columns(pl.Series(name, values) for name, values in zip(names, out[: len(names)], strict=True))

@@ -26,6 +26,7 @@ from cbi_assets.features.spec import FeatureSet
 
 TRADING_DAYS = 252
 SESSION_MINUTES = 1_380  # a Globex session, 17:00-16:00 Chicago
+STOCHASTIC = 14  # bars of the stochastic oscillator's high-low range
 
 
 def bars_per_year(timeframe: str) -> float:
@@ -127,8 +128,10 @@ def core_windows(w: Windows) -> CoreWindows:
 def rolling_requests(w: Windows) -> list[Rolling]:
     """The compiled rolling-moments pass's share of a family (see `moment_inputs` for the series)."""
     requests = [Rolling("r1", n, ("std",)) for n in (*w.volatility, *w.momentum)]
+    requests += [Rolling("close", n, ("max", "min") if w.full else ("max",)) for n in w.high]
     if not w.full:
         return requests
+    requests += [Rolling("high", STOCHASTIC, ("max",)), Rolling("low", STOCHASTIC, ("min",))]
     for n in w.shape:
         requests += [Rolling("r1", n, ("skew", "kurt")), Rolling("r1", n, ("corr",), other="r1_lag"),
                      Rolling("path", n, ("mean",)), Rolling("hl2", n, ("mean",)), Rolling("gk", n, ("mean",)),
@@ -140,9 +143,10 @@ def rolling_requests(w: Windows) -> list[Rolling]:
 def moment_inputs(o: pl.Expr, h: pl.Expr, l: pl.Expr, c: pl.Expr, v: pl.Expr) -> dict[str, pl.Expr]:
     """The series the rolling moments are taken of: 1-bar log returns and their lag, the path
     |close change|, the squared log range (Parkinson), the Garman-Klass variance, log price against
-    the bar index, volume and return-signed volume."""
+    the bar index, volume and return-signed volume; and the extremes of the close, high and low."""
     r1 = log_return(c, 1)
     return {
+        "close": c, "high": h, "low": l,
         "r1": r1, "r1_lag": r1.shift(1), "path": c.diff().abs(), "hl2": (h / l).log().pow(2),
         "gk": 0.5 * (h / l).log().pow(2) - (2 * math.log(2) - 1) * (c / o).log().pow(2),
         "index": pl.int_range(pl.len()), "logc": c.log(), "volume": v, "signed_volume": r1.sign() * v,
@@ -191,16 +195,18 @@ def technical_features(fs: FeatureSet, p: str, name: str, w: Windows) -> None:
     for n in w.ema:
         fs.add(f"{name}_ema_dist_{n}", c / k(f"ema_{n}") - 1, f"close over its {n}-bar exponential moving average, minus 1", n)
     for n in w.high:
-        fs.add(f"{name}_drawdown_{n}", c / c.rolling_max(n) - 1, f"drawdown from the {n}-bar highest close", n)
+        fs.add(f"{name}_drawdown_{n}", c / k(f"max_close_{n}") - 1, f"drawdown from the {n}-bar highest close", n)
         if w.full:
-            fs.add(f"{name}_above_low_{n}", c / c.rolling_min(n) - 1, f"rise above the {n}-bar lowest close", n)
+            fs.add(f"{name}_above_low_{n}", c / k(f"min_close_{n}") - 1, f"rise above the {n}-bar lowest close", n)
     for n in w.momentum:
         fs.add(f"{name}_mom_z_{n}", log_return(c, n) / (k(f"std_r1_{n}") * math.sqrt(n)),
                f"{n}-bar return in units of its own volatility (risk-adjusted momentum)", n)
     if not w.full:
         return
-    fs.add(f"{name}_stoch_k_14", stochastic_k(h, l, c, 14), "stochastic %K: close in the 14-bar high-low range", 14)
-    fs.add(f"{name}_stoch_d_14", stochastic_k(h, l, c, 14).rolling_mean(3), "stochastic %D: 3-bar mean of %K", 16)
+    lowest, highest = k(f"min_low_{STOCHASTIC}"), k(f"max_high_{STOCHASTIC}")
+    stoch_k = (c - lowest) / (highest - lowest)
+    fs.add(f"{name}_stoch_k_{STOCHASTIC}", stoch_k, f"stochastic %K: close in the {STOCHASTIC}-bar high-low range", STOCHASTIC)
+    fs.add(f"{name}_stoch_d_{STOCHASTIC}", stoch_k.rolling_mean(3), "stochastic %D: 3-bar mean of %K", STOCHASTIC + 2)
     fs.add(f"{name}_range", (h - l) / c, "bar range (high - low) / close")
     fs.add(f"{name}_close_loc", pl.when(h > l).then((c - l) / (h - l)).otherwise(0.5),
            "close location in the bar (0 at low, 1 at high; 0.5 when the bar did not move)")
