@@ -7,7 +7,8 @@ The sample writes the bars (not timed). Timed end to end: from the raw records t
 master table (1min, 5min, 15min, 30min, 1h, 4h and 1d) with the shared layer and
 microstructure. The intraday tables are built in parts of about 140,000 rows (PART_ROWS
 in master.py), each written to a Parquet part by the product's writer (parquet.write_frame), so a
-long history never sits whole in memory.
+long history never sits whole in memory. (The intraday master assets still build each table
+whole: the peak memory here is the parts' path, not theirs.)
 
 Peers, on the same bars:
 - `ta.add_all_ta_features` (pandas), on a slice of the rows;
