@@ -6,9 +6,11 @@ from pathlib import Path
 
 import polars as pl
 
-# Derived tables are rebuilt often and read whole. zstd at level 1 writes them in four fifths of the
-# time level 3 (the default) takes, for files 5% larger (measured on MES 1-minute master parts).
-COMPRESSION = {"compression": "zstd", "compression_level": 1}
+# Derived tables are rebuilt often and read whole, by every training and forecast. On MES 1-minute
+# master parts LZ4 wrote in 0.21 s what zstd took 0.26 s for at level 1 and 0.35 s at level 3 (the
+# default), and read back in half the time (0.05 s against 0.10 s), for files 17% larger than at
+# zstd level 1. The raw layer, written once and kept, stays zstd (raw/store.py).
+COMPRESSION = {"compression": "lz4"}
 
 
 def write_frame(frame: pl.DataFrame, path: Path) -> None:
