@@ -282,13 +282,15 @@ def with_moments(frame: pl.DataFrame, inputs: dict[str, pl.Expr], requests: list
             # covariance under its correlation) lie past the outputs, allocated with them: a
             # fresh array per loop would cost its page faults again.
             needed = set(r.stats) & set(stats)
-            if kind == COMOMENTS or needed & {"skew", "kurt"}:
-                needed |= set(stats) - {"mean"}
+            if kind != MOMENTS:  # a pair's loop and the extremes' write both their rows
+                needed = set(stats)
+            elif needed & {"skew", "kurt"}:
+                needed |= {"std", "skew", "kurt"}
             rows = []
             for s in stats:
                 if r.column(prefix, s) in row:
                     rows.append(row[r.column(prefix, s)])
-                elif s in needed or kind == EXTREMA:
+                elif s in needed:
                     rows.append(scratch)
                     scratch += 1
                 else:
