@@ -8,15 +8,19 @@ import polars as pl
 import pytest
 
 from cbi_assets.ensembles.conformal import (
+    Calibration,
     check_levels,
+    conformal_quantiles,
     coverage,
     interval_at,
     level_name,
     volatility_scale,
     walk_forward_intervals,
+    weighted_quantiles,
 )
 
 LEVELS = (0.8, 0.9)
+PRODUCT = Calibration.of(1, 252)  # one-row labels, a year of 252 rows
 
 
 def timeline(n: int, horizon: int, fold_rows: int):
@@ -25,17 +29,20 @@ def timeline(n: int, horizon: int, fold_rows: int):
     return dates[:n], dates[horizon:n + horizon], np.arange(n) // fold_rows
 
 
-def test_intervals_cover_at_the_nominal_rate_with_known_noise():
+@pytest.mark.parametrize("calibration", [Calibration(), PRODUCT], ids=["equal weights", "product"])
+def test_intervals_cover_at_the_nominal_rate_with_known_noise(calibration):
     # 6,000 independent rows (h = 1): 5,800 with an interval. Exchangeable scores give coverage of
     # at least the level and at most level + 1/(n + 1) per fold; the sampling sd of a share near 0.9
-    # over 5,800 rows is 0.4 points, and folds sharing a quantile add some: 2 points is 5 sd.
+    # over 5,800 rows is 0.4 points, and folds sharing a quantile add some: 2 points is 5 sd. The
+    # product's weights leave about 730 effective scores, and its normal prior is the truth here.
     rng = np.random.default_rng(3)
     n, h = 6000, 1
     origins, label_end, folds = timeline(n, h, 200)
     truth = rng.normal(0, 0.02, n)
     forecast = truth + rng.normal(0, 0.01, n)
     actual = truth
-    lower, upper, _ = walk_forward_intervals(forecast, actual, np.ones(n), folds, label_end, origins, LEVELS, 50)
+    lower, upper, _ = walk_forward_intervals(forecast, actual, np.full(n, 0.01), folds, label_end, origins, LEVELS,
+                                             50, calibration)
     have = np.isfinite(lower[:, 0])
     assert have.sum() == n - 200  # fold 0 has no matured scores; every later fold has 199 or more
     for i, level in enumerate(LEVELS):
@@ -74,17 +81,19 @@ def test_normalised_intervals_follow_the_volatility():
     assert covered(flat_lower, flat_upper, calm) > 0.98 and covered(flat_lower, flat_upper, stressed) < 0.8
 
 
-def test_intervals_use_no_residual_that_had_not_matured():
+@pytest.mark.parametrize("calibration", [Calibration(), Calibration.of(5, 252)], ids=["equal weights", "product"])
+def test_intervals_use_no_residual_that_had_not_matured(calibration):
     rng = np.random.default_rng(5)
     n, h = 900, 5
     origins, label_end, folds = timeline(n, h, 60)
     forecast, actual = rng.normal(0, 0.01, n), rng.normal(0, 0.02, n)
     scale = volatility_scale(rng.normal(0, 0.01, n), h)
-    lower, upper, _ = walk_forward_intervals(forecast, actual, scale, folds, label_end, origins, LEVELS, 50)
+    lower, upper, _ = walk_forward_intervals(forecast, actual, scale, folds, label_end, origins, LEVELS, 50, calibration)
     for t in (420, 431, 660):  # folds' first rows and a row inside a fold
         unknown = (label_end >= origins[t]).to_numpy()  # outcomes not known at t's close
         changed = np.where(unknown, actual * 7 + 0.3, actual)
-        lower2, upper2, _ = walk_forward_intervals(forecast, changed, scale, folds, label_end, origins, LEVELS, 50)
+        lower2, upper2, _ = walk_forward_intervals(forecast, changed, scale, folds, label_end, origins, LEVELS, 50,
+                                                   calibration)
         np.testing.assert_array_equal(lower2[:t + 1], lower[:t + 1])
         np.testing.assert_array_equal(upper2[:t + 1], upper[:t + 1])
         assert not np.allclose(np.nan_to_num(upper2[t + 61:]), np.nan_to_num(upper[t + 61:]))  # the change shows later
@@ -101,20 +110,65 @@ def test_volatility_scale_is_known_at_each_row():
     assert np.isnan(volatility_scale(np.zeros(40), 1)[-1])  # no movement: no scale, hence no interval
 
 
-def test_interval_at_matches_the_walk_at_a_folds_first_origin():
+@pytest.mark.parametrize("calibration", [Calibration(), Calibration.of(5, 252)], ids=["equal weights", "product"])
+def test_interval_at_matches_the_walk_at_a_folds_first_origin(calibration):
     rng = np.random.default_rng(8)
     n, h = 500, 5
     origins, label_end, folds = timeline(n, h, 100)
     forecast, actual = rng.normal(0, 0.01, n), rng.normal(0, 0.02, n)
     scale = np.abs(rng.normal(0.02, 0.005, n))
-    lower, upper, _ = walk_forward_intervals(forecast, actual, scale, folds, label_end, origins, LEVELS, 50)
+    lower, upper, _ = walk_forward_intervals(forecast, actual, scale, folds, label_end, origins, LEVELS, 50, calibration)
     history = pl.DataFrame({"label_end": label_end, "score": np.abs(actual - forecast) / scale})
     t = 300
-    latest = interval_at(float(forecast[t]), float(scale[t]), history, origins[t], LEVELS, 50)
+    latest = interval_at(float(forecast[t]), float(scale[t]), history, origins[t], LEVELS, 50, calibration)
     for i, level in enumerate(LEVELS):
         assert latest[level] == pytest.approx((lower[t, i], upper[t, i]))
     assert interval_at(0.0, 0.02, history, origins[40], LEVELS, 50) is None  # 35 matured scores are too few
     assert interval_at(0.0, float("nan"), history, origins[t], LEVELS, 50) is None
+
+
+def test_equal_weights_give_mapies_split_conformal_quantile():
+    rng = np.random.default_rng(4)
+    for n in (50, 51, 199, 1000):
+        scores = np.abs(rng.standard_t(3, n))
+        np.testing.assert_allclose(weighted_quantiles(scores, np.ones(n), LEVELS), conformal_quantiles(scores, LEVELS))
+        np.testing.assert_allclose(Calibration().quantiles(scores, LEVELS), conformal_quantiles(scores, LEVELS))
+
+
+def test_weighted_quantile_by_hand():
+    # Weights 1, 1, 2, 4 (total 8) and the new origin's 1 at +inf: cumulative shares of 9 are
+    # 1/9, 2/9, 4/9 and 8/9 at the sorted scores 0.5, 1, 2, 3.
+    scores, weights = np.array([3.0, 0.5, 2.0, 1.0]), np.array([4.0, 1.0, 2.0, 1.0])
+    np.testing.assert_array_equal(weighted_quantiles(scores, weights, (0.2, 4 / 9, 0.5, 0.85, 0.9)),
+                                  [1.0, 2.0, 3.0, 3.0, np.inf])
+    # Halving each year back: with a one-row half-life the newest score alone outweighs the rest.
+    assert Calibration(half_life_rows=1.0).quantiles(np.array([9.0, 9.0, 9.0, 1.0, 2.0]), (0.4,))[0] == 2.0
+    assert np.isnan(Calibration(half_life_rows=1.0).quantiles(np.array([9.0, 1.0]), (0.9,))[0])  # out of reach
+
+
+def test_the_normal_prior_weighs_as_ten_outcomes_at_90_percent():
+    scores = np.linspace(0.01, 3.0, 300)
+    data = conformal_quantiles(scores, (0.9,))[0]
+    # 300 equal-weight scores of a 30-row label are 10 outcomes: half data, half the normal 1.6449.
+    shrunk = Calibration(horizon_rows=30, normal_prior=True).quantiles(scores, (0.9,))[0]
+    assert shrunk == pytest.approx((data + 1.644854) / 2)
+    # A 1-row label: 300 outcomes against the prior's 10.
+    assert Calibration(normal_prior=True).quantiles(scores, (0.9,))[0] == pytest.approx((300 * data + 10 * 1.644854) / 310)
+    # At 80% the prior counts 5 outcomes, toward 1.2816.
+    at80 = conformal_quantiles(scores, (0.8,))[0]
+    assert Calibration(horizon_rows=30, normal_prior=True).quantiles(scores, (0.8,))[0] == pytest.approx(
+        (10 * at80 + 5 * 1.281552) / 15)
+
+
+def test_decaying_weights_follow_a_change_in_the_error_size():
+    # Normalised errors grow threefold after a calm spell of 8 years. Three years later the last three
+    # years hold 7/8 of the weight, and the weighted 90% quantile is within 10% of the new errors'
+    # (3 x 1.645 = 4.93); the equal-weight one, 73% calm scores, is under two thirds of it.
+    rng = np.random.default_rng(9)
+    scores = np.abs(np.r_[rng.normal(0, 1, 2016), rng.normal(0, 3, 756)])
+    weighted = Calibration(half_life_rows=252.0).quantiles(scores, (0.9,))[0]
+    equal = Calibration().quantiles(scores, (0.9,))[0]
+    assert weighted == pytest.approx(3 * 1.645, rel=0.1) and equal < 0.65 * 3 * 1.645
 
 
 def test_levels_are_checked_and_named():

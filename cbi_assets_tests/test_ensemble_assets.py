@@ -7,6 +7,7 @@ import polars as pl
 import pytest
 
 from cbi_assets.ensembles.assets import ENSEMBLE_ASSETS, ensemble_dir
+from cbi_assets.ensembles.conformal import Calibration
 from cbi_assets.ensembles.forecasts import ENSEMBLES, forecast_at
 from cbi_assets.models.assets import models_dir
 from cbi_assets.models.evaluation import METRICS
@@ -64,7 +65,8 @@ def test_zl_ensemble_materializes(zl_model_lake):
     members = pl.read_parquet(folder / "members.parquet")
     last = members.row(-1, named=True)
     latest = forecast_at({n: last[n] for n in ("random_walk", "lightgbm", "xgboost", "arima")}, last["state"],
-                         last["label_end"], price=50.0, scale=float(have["scale"][-1]), members=members, history=table)
+                         last["label_end"], price=50.0, scale=float(have["scale"][-1]), members=members, history=table,
+                         calibration=Calibration.of(5, 252))  # ZL 1w: 5 sessions, 252 a year
     assert latest["lower_90"] < latest["lower_80"] < latest["forecast"] < latest["upper_80"] < latest["upper_90"]
     assert 0 <= latest["conviction"] <= 1 and 0 <= latest["confidence"] <= 1
     assert sum(latest["weights"].values()) == pytest.approx(1.0)

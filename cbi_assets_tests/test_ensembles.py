@@ -8,6 +8,7 @@ import polars as pl
 import pytest
 
 from cbi_assets.ensembles.blend import BlendPlan, blend, blend_weights
+from cbi_assets.ensembles.conformal import Calibration
 from cbi_assets.ensembles.conviction import confidence, conviction, typical_move
 from cbi_assets.ensembles.forecasts import (
     EnsemblePlan,
@@ -248,7 +249,8 @@ def test_forecast_at_a_new_origin_from_stored_tables():
     t = 1100
     row = members.rows.row(t, named=True)
     latest = forecast_at(dict(zip(members.names, members.forecasts[t], strict=True)), row["state"], row["date"],
-                         price=100.0, scale=0.03, members=table, history=history, plan=plan)
+                         price=100.0, scale=0.03, members=table, history=history, plan=plan,
+                         calibration=Calibration.of(5, 252))
     stored = history.filter(pl.col("date") == row["date"]).row(0, named=True)
     assert latest["forecast"] == pytest.approx(stored["forecast"])
     assert latest["conviction"] == pytest.approx(stored["conviction"])
@@ -256,5 +258,6 @@ def test_forecast_at_a_new_origin_from_stored_tables():
     assert latest["lower_90"] < latest["lower_80"] < latest["forecast"] < latest["upper_80"] < latest["upper_90"]
     assert 0 < latest["confidence"] < 1 and latest["weights"]["good"] > latest["weights"]["noise"]
     with pytest.raises(ValueError, match="at least 2 stored families"):
-        forecast_at({"random_walk": 0.0, "good": 0.01}, "calm", row["date"], 100.0, 0.03, table, history, plan)
+        forecast_at({"random_walk": 0.0, "good": 0.01}, "calm", row["date"], 100.0, 0.03, table, history, plan,
+                    calibration=Calibration.of(5, 252))
     assert blend(np.array([[1.0, 3.0]]), np.array([[0.25, 0.75]]))[0] == 2.5

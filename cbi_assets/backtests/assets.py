@@ -18,7 +18,7 @@ from cbi_assets.backtests.trading import SIZINGS, backtest
 from cbi_assets.catalogue import ASSETS
 from cbi_assets.ensembles.assets import ensemble_dir
 from cbi_assets.models.assets import models_dir
-from cbi_assets.models.inputs import SESSIONS_PER_YEAR, horizon_rows, season_rows
+from cbi_assets.models.inputs import horizon_rows, rows_per_year
 from cbi_assets.parquet import write_frame
 from cbi_assets.partitions import HORIZON_PARTITIONS
 from cbi_assets.training.sets import horizon_of, time_key
@@ -206,7 +206,7 @@ def mes_trading(context: dg.AssetExecutionContext, config: TradingConfig) -> dg.
     with context.resources.warehouse.get_connection() as conn:
         for partition in context.partition_keys:
             horizon = horizon_of("mes", partition)
-            per_year = SESSIONS_PER_YEAR * (season_rows(horizon) if horizon.intraday else 1)
+            per_year = rows_per_year(horizon)
             try:
                 frame, source = read_forecasts(lake, "mes", partition, config.source, conn, context.log)
                 try:

@@ -21,12 +21,7 @@ from cbi_assets.ensembles.forecasts import (
 )
 from cbi_assets.ensembles.members import Members, assemble, origins_of, read_oof
 from cbi_assets.models.assets import KIND_ASSETS, models_dir
-from cbi_assets.models.inputs import (
-    SESSIONS_PER_YEAR,
-    horizon_rows,
-    return_column,
-    season_rows,
-)
+from cbi_assets.models.inputs import horizon_rows, return_column, rows_per_year
 from cbi_assets.models.registry import BUDGETS, families
 from cbi_assets.parquet import write_frame
 from cbi_assets.partitions import HORIZON_PARTITIONS
@@ -159,7 +154,7 @@ def ensemble_horizon(lake: Path, asset: str, partition: str, plan: EnsemblePlan,
     if missing:
         log.warning(f"{asset} {partition}: no out-of-fold forecasts of {', '.join(missing)} in {folder}; ensembling "
                     f"the {len(oof)} families present")
-    per_year = SESSIONS_PER_YEAR * (season_rows(horizon) if horizon.intraday else 1)
+    per_year = rows_per_year(horizon)
     try:
         members = assemble(oof, origins, pl.read_parquet(state_file), time_key(horizon), missing, where=str(folder))
         result = ensemble(members, horizon_rows(horizon), plan, periods_per_year=per_year,

@@ -11,7 +11,7 @@ puzzle"), and it can be recomputed for a new origin from stored history without 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import polars as pl
@@ -21,6 +21,7 @@ from cbi_assets.ensembles.blend import BlendPlan, blend, blend_weights
 from cbi_assets.ensembles.conformal import (
     LEVELS,
     MIN_SCORES,
+    Calibration,
     check_levels,
     coverage,
     interval_at,
@@ -97,10 +98,13 @@ def ensemble(members: Members, horizon_rows: int, plan: EnsemblePlan = EnsembleP
 
     point = forecasts[POINT]
     scale = rows["scale"].to_numpy().astype(np.float64)
+    calibration = Calibration.of(horizon_rows, periods_per_year)
     lower, upper, _ = walk_forward_intervals(point, actual, scale, folds, label_end, origins, plan.levels,
-                                             plan.min_scores)
+                                             plan.min_scores, calibration)
+    # Unscaled, for comparison: the same weights; a normal prior needs a volatility scale.
     raw_lower, raw_upper, _ = walk_forward_intervals(point, actual, np.ones_like(scale), folds, label_end, origins,
-                                                     plan.levels, plan.min_scores)
+                                                     plan.levels, plan.min_scores,
+                                                     replace(calibration, normal_prior=False))
     spread = votes.std(axis=1)
     typical = typical_move(actual, label_end, origins)
     widest = len(plan.levels) - 1
@@ -193,7 +197,8 @@ def weights_at(history: pl.DataFrame, names: tuple[str, ...], state: str, origin
 
 
 def forecast_at(family_forecasts: dict[str, float], state: str, origin, price: float, scale: float,
-                members: pl.DataFrame, history: pl.DataFrame, plan: EnsemblePlan = EnsemblePlan()) -> dict:
+                members: pl.DataFrame, history: pl.DataFrame, plan: EnsemblePlan = EnsemblePlan(), *,
+                calibration: Calibration) -> dict:
     """The ensemble for a new origin: the blend of the families' forecasts, its conformal intervals,
     conviction and confidence, from stored history only.
 
@@ -203,6 +208,7 @@ def forecast_at(family_forecasts: dict[str, float], state: str, origin, price: f
     scale:            `conformal.volatility_scale` at the origin.
     members:          the stored members table (ensemble/members.parquet); history: the stored
                       forecasts table (ensemble/intervals.parquet, with `label_end` and `score`).
+    calibration:      the horizon's, as the walk used (`Calibration.of`).
     """
     names = tuple(n for n in family_forecasts if n in members.columns)
     directional = [n for n in names if n not in DIRECTIONLESS]
@@ -215,7 +221,7 @@ def forecast_at(family_forecasts: dict[str, float], state: str, origin, price: f
         raise ValueError(f"forecast_at: fewer than {plan.blend.min_rows} stored rows had matured before {origin}; "
                          "materialize the ensemble on more history")
     point = float(sum(weights[n] * family_forecasts[n] for n in names))
-    intervals = interval_at(point, scale, history, origin, plan.levels, plan.min_scores)
+    intervals = interval_at(point, scale, history, origin, plan.levels, plan.min_scores, calibration)
     votes = np.array([family_forecasts[n] for n in directional])
     return {"origin": origin, "state": state, "price": price, "weights": weights,
             **described(point, votes, intervals, typical_move_before(members, origin), price)}

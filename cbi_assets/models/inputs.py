@@ -31,6 +31,11 @@ def season_rows(horizon: Horizon) -> int:
     return SESSION_MINUTES // TIMEFRAMES[horizon.name] if horizon.intraday else SESSIONS_PER_YEAR
 
 
+def rows_per_year(horizon: Horizon) -> int:
+    """Rows a year of the horizon's training set holds: sessions daily, bars of its timeframe intraday."""
+    return SESSIONS_PER_YEAR * (season_rows(horizon) if horizon.intraday else 1)
+
+
 def return_column(asset: str, horizon: Horizon) -> str:
     """The feature holding each row's own one-step log return (its bar's close over the last)."""
     return f"{asset.lower()}_{feature_timeframe(horizon)}_ret_1"

@@ -19,7 +19,7 @@ import polars as pl
 
 from cbi_assets.calendars import settlement_days
 from cbi_assets.ensembles.assets import training_origins
-from cbi_assets.ensembles.conformal import LEVELS, MIN_SCORES, level_name
+from cbi_assets.ensembles.conformal import LEVELS, MIN_SCORES, Calibration, level_name
 from cbi_assets.ensembles.members import assemble, read_oof
 from cbi_assets.explain.assets import trained_on
 from cbi_assets.explain.shapley import (
@@ -36,7 +36,7 @@ from cbi_assets.features.assets import (
     master_path,
 )
 from cbi_assets.models.assets import models_dir
-from cbi_assets.models.inputs import fold_inputs
+from cbi_assets.models.inputs import fold_inputs, horizon_rows, rows_per_year
 from cbi_assets.models.registry import BUDGETS, Budget, families
 from cbi_assets.parquet import write_frame
 from cbi_assets.partitions import HORIZON_PARTITIONS
@@ -175,7 +175,8 @@ def forecast_horizon(lake: Path, tracking, asset: str, partition: str, profile: 
     price = origin_price(bars, origin)
     now_state, regime = origin_state(origin, state), origin_regime(origin)
     forecasts, models = family_forecasts(tracking, asset, partition, origin, budget, log)
-    calibration = history_of(members)
+    history = history_of(members)
+    calibration = Calibration.of(horizon_rows(horizon), rows_per_year(horizon))
     levels = tuple(sorted(config.levels))
     every = list(range(len(origin.data.features)))
     tabular = origin.inputs("tabular", budget).x[0]
@@ -198,8 +199,8 @@ def forecast_horizon(lake: Path, tracking, asset: str, partition: str, profile: 
             point = forecasts[family]
             drivers = _drivers(models[family][1], tabular, origin, every, config.drivers, budget)
         # A specialist's interval is calibrated on the champion it stands in for: its own regime folds are few.
-        values = published(point, family, forecasts, calibration, origin.time, price, origin.scale, levels,
-                           config.min_scores)
+        values = published(point, family, forecasts, history, origin.time, price, origin.scale, levels,
+                           config.min_scores, calibration)
         return {"asset": asset.upper(), "horizon": partition, "as_of": as_timestamp(origin.time),
                 "target_time": origin.target, **out, **values, "regime": regime, "state": now_state,
                 "drivers": drivers}

@@ -2,7 +2,7 @@
 conviction and confidence, computed from the families' stored walk-forward history only.
 
 The interval of a model is calibrated on that model's own matured out-of-fold errors, scaled by the
-volatility known at each origin (the same split-conformal rule as the ensemble's, `conformal.interval_at`);
+volatility known at each origin (the same conformal calibration as the ensemble's, `conformal.interval_at`);
 conviction and confidence are the ensemble's definitions applied to this forecast.
 """
 
@@ -13,7 +13,7 @@ import json
 import numpy as np
 import polars as pl
 
-from cbi_assets.ensembles.conformal import interval_at, level_name
+from cbi_assets.ensembles.conformal import Calibration, interval_at, level_name
 from cbi_assets.ensembles.forecasts import described, typical_move_before
 from cbi_assets.ensembles.members import DIRECTIONLESS, Members
 
@@ -25,7 +25,7 @@ def history_of(members: Members) -> pl.DataFrame:
 
 
 def published(point: float, calibrate_on: str, family_forecasts: dict[str, float], history: pl.DataFrame, origin,
-              price: float, scale: float, levels: tuple[float, ...], min_scores: int) -> dict:
+              price: float, scale: float, levels: tuple[float, ...], min_scores: int, calibration: Calibration) -> dict:
     """Forecast return and price, interval bounds per level (returns and prices; None with too little
     matured history), conviction across the families' forecasts, confidence, spread and typical move.
 
@@ -33,13 +33,14 @@ def published(point: float, calibrate_on: str, family_forecasts: dict[str, float
                       regime specialist the champion it replaced).
     family_forecasts: every family's forecast for the origin (the ensemble the conviction is read from).
     history:          `history_of(members)`; only rows whose label ended before `origin` are used.
+    calibration:      the horizon's (`Calibration.of`), as the ensemble's walk-forward intervals use.
     """
     if calibrate_on not in history.columns:
         raise ValueError(f"no walk-forward history of {calibrate_on!r} to calibrate its interval on (stored: "
                          f"{[c for c in history.columns if c not in ('label_end', 'scale', 'actual')]})")
     scores = history.select("label_end", ((pl.col("actual") - pl.col(calibrate_on)).abs() / pl.col("scale"))
                             .alias("score"))
-    intervals = interval_at(point, scale, scores, origin, levels, min_scores)
+    intervals = interval_at(point, scale, scores, origin, levels, min_scores, calibration)
     directional = [v for n, v in family_forecasts.items() if n not in DIRECTIONLESS]
     out = described(point, np.array(directional), intervals, typical_move_before(history, origin), price)
     out["forecast_return"] = out.pop("forecast")
