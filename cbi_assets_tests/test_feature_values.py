@@ -77,7 +77,7 @@ def test_moving_average_distance_drawdown_and_stochastic_by_hand():
     out = frame.select(
         (pl.col("c") / pl.col("c").rolling_mean(3) - 1).alias("sma"),
         (pl.col("c") / pl.col("c").rolling_max(3) - 1).alias("dd"),
-        ta.stochastic_k(pl.col("h"), pl.col("l"), pl.col("c"), 3).alias("k"),
+        ta.stochastic_k(pl.col("c"), pl.col("l").rolling_min(3), pl.col("h").rolling_max(3)).alias("k"),
     ).row(2, named=True)
     assert out["sma"] == pytest.approx(11 / 11 - 1)
     assert out["dd"] == pytest.approx(11 / 12 - 1)

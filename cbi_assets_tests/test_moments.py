@@ -160,7 +160,8 @@ def test_technical_families_equal_their_polars_definitions():
     want[f"t_obv_slope_{last}"] = (r1.sign() * v).rolling_sum(last) / v.rolling_sum(last)
     for n in INTRADAY.high:
         want |= {f"t_drawdown_{n}": c / c.rolling_max(n) - 1, f"t_above_low_{n}": c / c.rolling_min(n) - 1}
-    want |= {"t_stoch_k_14": stochastic_k(h, l, c, 14), "t_stoch_d_14": stochastic_k(h, l, c, 14).rolling_mean(3)}
+    stoch = stochastic_k(c, l.rolling_min(14), h.rolling_max(14))
+    want |= {"t_stoch_k_14": stoch, "t_stoch_d_14": stoch.rolling_mean(3)}
     expected = bars.select(**want)
     for name in expected.columns:
         assert_series_equal(got[name].fill_nan(None), expected[name].fill_nan(None), check_names=False,

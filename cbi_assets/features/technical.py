@@ -72,8 +72,8 @@ def bollinger_position(close: pl.Expr, n: int, k: float = 2.0) -> pl.Expr:
     return (close - (mean - k * sd)) / (2 * k * sd)
 
 
-def stochastic_k(high: pl.Expr, low: pl.Expr, close: pl.Expr, n: int) -> pl.Expr:
-    lowest, highest = low.rolling_min(n), high.rolling_max(n)
+def stochastic_k(close: pl.Expr, lowest: pl.Expr, highest: pl.Expr) -> pl.Expr:
+    """Stochastic %K: where the close sits between the window's lowest low and highest high."""
     return (close - lowest) / (highest - lowest)
 
 
@@ -203,8 +203,7 @@ def technical_features(fs: FeatureSet, p: str, name: str, w: Windows) -> None:
                f"{n}-bar return in units of its own volatility (risk-adjusted momentum)", n)
     if not w.full:
         return
-    lowest, highest = k(f"min_low_{STOCHASTIC}"), k(f"max_high_{STOCHASTIC}")
-    stoch_k = (c - lowest) / (highest - lowest)
+    stoch_k = stochastic_k(c, k(f"min_low_{STOCHASTIC}"), k(f"max_high_{STOCHASTIC}"))
     fs.add(f"{name}_stoch_k_{STOCHASTIC}", stoch_k, f"stochastic %K: close in the {STOCHASTIC}-bar high-low range", STOCHASTIC)
     fs.add(f"{name}_stoch_d_{STOCHASTIC}", stoch_k.rolling_mean(3), "stochastic %D: 3-bar mean of %K", STOCHASTIC + 2)
     fs.add(f"{name}_range", (h - l) / c, "bar range (high - low) / close")
