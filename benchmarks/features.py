@@ -4,11 +4,11 @@
     .venv/bin/python benchmarks/features.py --sessions 740   # about 1 million
 
 The sample writes the bars (not timed). Timed end to end: from the raw records to every MES
-master table (1min, 5min, 15min, 30min, 1h, 4h and 1d) with the shared layer and
-microstructure. The intraday tables are built in parts of about 140,000 rows (PART_ROWS
-in master.py), each written to a Parquet part by the product's writer (parquet.write_frame), so a
-long history never sits whole in memory. (The intraday master assets still build each table
-whole: the peak memory here is the parts' path, not theirs.)
+master table (1d, 1min, 5min, 15min, 30min, 1h, 4h) with the shared layer and microstructure, each
+written to Parquet and checked by the product's own path, the one its asset runs: intraday tables
+are built in parts of about 140,000 rows (PART_ROWS in master.py) streamed into one file
+(tables.stream_table), each part taken into the checks' profile (quality.Profile) as it passes, so
+a long history never sits whole in memory.
 
 Peers, on the same bars:
 - `ta.add_all_ta_features` (pandas), on a slice of the rows;
@@ -44,11 +44,13 @@ from cbi_assets.features.layers import (
     shared_layer,
 )
 from cbi_assets.features.master import (
+    MIN_FEATURES,
     intraday_context,
     intraday_master_parts,
     microstructure_table,
 )
-from cbi_assets.parquet import write_frame
+from cbi_assets.features.quality import Profile
+from cbi_assets.features.tables import stream_table, write_table
 from cbi_assets.raw.datasets import RAW_DATASETS
 from cbi_assets.sample import SampleConfig, build_sample
 from resources.local_files import LocalFilesSource
@@ -59,23 +61,27 @@ TA_ROWS = 20_000  # `ta` is slow; its rows/s come from a slice
 
 
 def build_masters(records: dict, out: Path) -> tuple[int, dict[str, tuple[int, int]]]:
-    """Every MES master table from raw records, intraday ones written chunk by chunk. Returns (minute rows, shapes)."""
+    """Every MES master table from raw records, each written and checked as its asset does. Returns
+    (minute rows, shapes)."""
     continuous = inputs.continuous({s: records[f"{s.lower()}_ohlcv_1d"] for s in ("ZL", "ZS", "ZM", "CL", "HO", "ES", "MES")})
     series = inputs.series(records)
     minutes = inputs.minutes(records["mes_ohlcv_1m"], continuous["mes"])
     shared = [shared_layer(name, continuous, series) for name in SHARED_LAYERS]
     mes_daily = asset_master("mes", asset_layer("mes", continuous), shared)
+    write_table(mes_daily, out / "master_1d.parquet", "mes_master_1d")
+    profiles = {"1d": Profile().add(mes_daily)}
     micro = microstructure_table(minutes, records["mes_trades"], records["mes_tbbo"], records["mes_mbp_10"])
     context = intraday_context(minutes, micro, mes_daily)
-    shapes = {"1d": (mes_daily.frame.height, len(mes_daily.features))}
     for timeframe in INTRADAY_TIMEFRAMES:
-        rows, features = 0, 0
-        (out / f"master_{timeframe}").mkdir()
-        for i, part in enumerate(intraday_master_parts(context, timeframe)):
-            write_frame(part.frame, out / f"master_{timeframe}" / f"part-{i:04d}.parquet")
-            rows, features = rows + part.frame.height, len(part.features)
-        shapes[timeframe] = (rows, features)
-    return minutes.height, shapes
+        profiles[timeframe] = Profile()
+        stream_table(intraday_master_parts(context, timeframe), out / f"master_{timeframe}.parquet",
+                     f"mes_master_{timeframe}", profiles[timeframe].add)
+    for timeframe, profile in profiles.items():
+        minimum = MIN_FEATURES["daily" if timeframe == "1d" else "intraday"]
+        failed = [check for check, found in profile.findings(timeframe, minimum).items() if not found.passed]
+        if failed:
+            print(f"master {timeframe}: checks failed: {failed}")
+    return minutes.height, {timeframe: (p.rows, len(p.specs)) for timeframe, p in profiles.items()}
 
 
 CORE = CoreWindows(rsi=(14,), atr=(14,), ema=(20,), rolling=(20,), macd=((12, 26, 9),))

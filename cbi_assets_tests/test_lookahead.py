@@ -117,7 +117,7 @@ def test_a_table_built_in_chunks_equals_the_table_built_whole(sample_folder):
     context = intraday_context(minutes, micro, mes_daily)
     for timeframe in ("1min", "15min"):
         whole = intraday_master(context, timeframe).frame
-        parts = list(intraday_master_parts(context, timeframe, chunk_sessions=7))
+        parts = [build() for build in intraday_master_parts(context, timeframe, chunk_sessions=7)]
         assert len(parts) == 9  # 60 sessions, 7 at a time
         # Rolling sums update incrementally, so their last bits depend on where a run started.
         assert_frame_equal(pl.concat([p.frame for p in parts]), whole, check_exact=False, rel_tol=1e-5, abs_tol=1e-6)

@@ -4,6 +4,7 @@ Each asset reads its inputs from the lake, computes a table, writes it atomicall
 catalogue entries, and reports the feature-table checks with what they found.
 """
 
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -15,19 +16,13 @@ from cbi_assets.features.master import (
     MIN_FEATURES,
     Table,
     intraday_context,
-    intraday_master,
+    intraday_master_parts,
     microstructure_table,
 )
 from cbi_assets.features.pit import RELEASE_LAGS, ReleaseLag
-from cbi_assets.features.quality import (
-    calendar_finding,
-    distinct_finding,
-    finite_finding,
-    null_finding,
-    order_finding,
-)
+from cbi_assets.features.quality import Profile
 from cbi_assets.features.spec import catalogue_frame
-from cbi_assets.features.tables import read_table, write_table
+from cbi_assets.features.tables import read_table, stream_table, write_table
 from cbi_assets.parquet import write_frame
 from cbi_assets.raw.datasets import RAW_DATASETS
 from cbi_assets.ui import table as md_table
@@ -52,28 +47,26 @@ def _lake(context) -> Path:
 
 def _checked(context, table: Table, path: Path, name: str, timeframe: str, master: str | None = None) -> dg.MaterializeResult:
     write_table(table, path, name)
-    findings = {
-        "finite": finite_finding(table),
-        "nulls_after_warmup": null_finding(table),
-        "increasing": order_finding(table),
-        "calendar": calendar_finding(table, timeframe),
-    }
-    if master:
-        findings["distinct"] = distinct_finding(table, MIN_FEATURES[master])
-    frame = table.frame
-    by_layer = pl.DataFrame({"layer": [s.layer for s in table.specs]}).group_by("layer").len().sort("len", descending=True)
-    context.log.info(f"{name}: {frame.height:,} rows x {len(table.features)} features -> {path}")
-    key = "ts" if "ts" in frame.columns else "date"
+    return _reported(context, Profile().add(table), path, name, timeframe, master)
+
+
+def _reported(context, profile: Profile, path: Path, name: str, timeframe: str, master: str | None = None) -> dg.MaterializeResult:
+    """The written table's metadata and its checks, from the profile of its rows."""
+    findings = profile.findings(timeframe, MIN_FEATURES[master] if master else None)
+    features = [s.name for s in profile.specs]
+    by_layer = pl.DataFrame({"layer": [s.layer for s in profile.specs]}).group_by("layer").len().sort("len", descending=True)
+    context.log.info(f"{name}: {profile.rows:,} rows x {len(features)} features -> {path}")
+    first, last = profile.bounds or (None, None)
     return dg.MaterializeResult(
         metadata={
-            "rows": frame.height,
-            "features": len(table.features),
-            "first": str(frame[key].min()) if frame.height else None,
-            "last": str(frame[key].max()) if frame.height else None,
+            "rows": profile.rows,
+            "features": len(features),
+            "first": str(first) if profile.rows else None,
+            "last": str(last) if profile.rows else None,
             "path": dg.MetadataValue.path(str(path)),
             "features_by_layer": md_table(by_layer),
             "nulls_worst": dg.MetadataValue.json(findings["nulls_after_warmup"].metadata["worst"]),
-            "preview": md_table(frame.tail(3).select(list(table.keys) + table.features[:8]), 3),
+            "preview": md_table(profile.tail.select(list(profile.keys) + features[:8]), 3),
         },
         check_results=[f.result(check, severe=check in SEVERE) for check, f in findings.items()],
     )
@@ -298,9 +291,17 @@ def _intraday_master_asset(timeframe: str):
         bars = {tf: pl.read_parquet(bars_path(lake, tf)) for tf in INTRADAY_TIMEFRAMES}
         micro = read_table(micro_path(lake)) if micro_path(lake).is_file() else None
         built = intraday_context(bars["1min"], micro, read_table(master_path(lake, "mes", "1d")), bars)
-        table = intraday_master(built, timeframe)
-        return _checked(context, table, master_path(lake, "mes", timeframe), f"mes_master_{timeframe}", timeframe,
-                        master="intraday")
+        parts, profile, began = intraday_master_parts(built, timeframe), Profile(), time.monotonic()
+
+        def take(part: Table) -> None:
+            profile.add(part)
+            if profile.parts % 10 == 0 or profile.parts == len(parts):
+                context.log.info(f"mes_master_{timeframe}: {profile.parts} of {len(parts)} parts built, {profile.rows:,} rows "
+                                 f"up to {profile.last}, {time.monotonic() - began:.0f} s")
+
+        path = master_path(lake, "mes", timeframe)
+        stream_table(parts, path, f"mes_master_{timeframe}", take)
+        return _reported(context, profile, path, f"mes_master_{timeframe}", timeframe, master="intraday")
 
     return _master
 

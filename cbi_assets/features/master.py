@@ -9,7 +9,9 @@ last session that had settled (17:00 Chicago).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import polars as pl
 
@@ -233,13 +235,13 @@ def intraday_master(context: IntradayContext, timeframe: str, first=None, last=N
 PART_ROWS = 140_000
 
 
-def intraday_master_parts(context: IntradayContext, timeframe: str, chunk_sessions: int | None = None):
-    """The same table in parts of `chunk_sessions` sessions (by default about PART_ROWS rows), so a
-    long history never sits whole in memory."""
+def intraday_master_parts(context: IntradayContext, timeframe: str, chunk_sessions: int | None = None) -> list[Callable[[], Table]]:
+    """The same table in parts of `chunk_sessions` sessions (by default about PART_ROWS rows), in
+    time order, each a function that builds it: a long history never sits whole in memory."""
     dates = context.sessions
     chunk_sessions = chunk_sessions or max(1, PART_ROWS * TIMEFRAMES[timeframe] // SESSION_MINUTES)
-    for i in range(0, len(dates), chunk_sessions):
-        yield intraday_master(context, timeframe, dates[i], dates[min(i + chunk_sessions, len(dates)) - 1])
+    return [partial(intraday_master, context, timeframe, dates[i], dates[min(i + chunk_sessions, len(dates)) - 1])
+            for i in range(0, len(dates), chunk_sessions)]
 
 
 def microstructure_table(minutes: pl.DataFrame, trades: pl.DataFrame | None, tbbo: pl.DataFrame | None,

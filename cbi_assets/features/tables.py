@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import polars as pl
 
 from cbi_assets.features.master import Table
 from cbi_assets.features.spec import FeatureSpec, catalogue_frame
-from cbi_assets.parquet import write_frame
+from cbi_assets.parquet import sink_frame, write_frame
 
 
 def catalogue_path(path: Path) -> Path:
@@ -19,6 +20,34 @@ def write_table(table: Table, path: Path, name: str) -> None:
     """The table and its catalogue entries, each written atomically."""
     write_frame(table.frame, path)
     write_frame(catalogue_frame(table.specs, name), catalogue_path(path))
+
+
+def stream_table(parts: Sequence[Callable[[], Table]], path: Path, name: str, take: Callable[[Table], None]) -> list[FeatureSpec]:
+    """A table built part by part, in time order, and streamed into one Parquet file as write_table
+    writes it; only a part or two is ever in memory. Each part is handed to `take` (the checks'
+    profile, progress) as it is built. Returns the table's feature specs."""
+    first = parts[0]()
+    take(first)
+    built = [0]
+
+    def deferred(i: int, build: Callable[[], Table]) -> Callable[[], pl.DataFrame]:
+        def run() -> pl.DataFrame:
+            # Polars calls the parts one after another in order; `take` relies on it.
+            if built[0] != i - 1:
+                raise RuntimeError(f"{path}: part {i} was asked for after part {built[0]}; parts must be built in order")
+            part = build()
+            if part.features != first.features:
+                raise ValueError(f"{path}: part {i} has other features than part 0")
+            take(part)
+            built[0] = i
+            return part.frame
+
+        return run
+
+    later = [pl.defer(deferred(i, build), schema=first.frame.schema) for i, build in enumerate(parts) if i]
+    sink_frame(pl.concat([first.frame.lazy(), *later]), path)
+    write_frame(catalogue_frame(first.specs, name), catalogue_path(path))
+    return first.specs
 
 
 def read_table(path: Path) -> Table:
