@@ -94,7 +94,7 @@ class Profile:
         extremes = frame.select(*(pl.col(n).min().alias(f"{i}l") for i, n in enumerate(names)),
                                 *(pl.col(n).max().alias(f"{i}h") for i, n in enumerate(names))).row(0)
         for n, low, high in zip(names, extremes[: len(names)], extremes[len(names):], strict=True):
-            if math.isinf(low) or math.isinf(high):
+            if isinstance(low, float) and (math.isinf(low) or math.isinf(high)):
                 self.infinite[n] += frame[n].is_infinite().sum()
             if n not in self.varying and (low != high or self.value.get(n, low) != low):
                 self.varying.add(n)
