@@ -32,7 +32,7 @@ class Profile:
         self.specs, self.keys = table.specs, table.keys
         # The time key: bars' close `ts`, or a session's `date` (none in a slice of features alone).
         self.key = next((k for k in ("ts", "date") if k in table.frame.columns), None)
-        names = table.features
+        self.names = names = table.features
         self.infinite = dict.fromkeys(names, 0)
         self.first: dict[str, int] = {}  # the row of each feature's first value
         self.after = {n: [0, 0] for n in names}  # nulls and rows once the feature has warmed up
@@ -75,7 +75,7 @@ class Profile:
 
     def _nulls(self, frame: pl.DataFrame, offset: int) -> None:
         """Each feature's first value, then its nulls from that row plus its window on."""
-        unseen = [n for n in self.infinite if n not in self.first and frame[n].null_count() < frame.height]
+        unseen = [n for n in self.names if n not in self.first and frame[n].null_count() < frame.height]
         if unseen:
             rows = frame.select(pl.col(n).is_not_null().arg_max() for n in unseen).row(0)
             self.first.update({n: offset + r for n, r in zip(unseen, rows, strict=True)})
@@ -90,13 +90,15 @@ class Profile:
     def _extremes(self, frame: pl.DataFrame) -> None:
         """Infinite values (counted where a least or greatest value is infinite), and which features
         vary: two non-null values differ, in a part or across parts."""
-        names = [n for n in self.infinite if frame[n].null_count() < frame.height]
+        names = [n for n in self.names if frame[n].null_count() < frame.height]
         extremes = frame.select(*(pl.col(n).min().alias(f"{i}l") for i, n in enumerate(names)),
                                 *(pl.col(n).max().alias(f"{i}h") for i, n in enumerate(names))).row(0)
         for n, low, high in zip(names, extremes[: len(names)], extremes[len(names):], strict=True):
             if isinstance(low, float) and (math.isinf(low) or math.isinf(high)):
                 self.infinite[n] += frame[n].is_infinite().sum()
-            if n not in self.varying and (low != high or self.value.get(n, low) != low):
+            if n in self.varying:
+                continue
+            if low != high or self.value.get(n, low) != low:
                 self.varying.add(n)
             self.value[n] = low
 
@@ -167,7 +169,7 @@ class Profile:
 
     def distinct(self, minimum: int) -> Finding:
         """Enough features, none constant and none an exact copy of another."""
-        constant = [n for n in self.infinite if n not in self.varying]
+        constant = [n for n in self.names if n not in self.varying]
         count = len(self.specs)
         passed = not constant and not self.copies and count >= minimum
         return Finding(passed, f"{count} features (at least {minimum}), {len(constant)} constant, {len(self.copies)} duplicated",

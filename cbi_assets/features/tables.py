@@ -28,18 +28,19 @@ def stream_table(parts: Sequence[Callable[[], Table]], path: Path, name: str, ta
     profile, progress) as it is built. Returns the table's feature specs."""
     first = parts[0]()
     take(first)
-    built = [0]
+    built = 0  # the last part built
 
     def deferred(i: int, build: Callable[[], Table]) -> Callable[[], pl.DataFrame]:
         def run() -> pl.DataFrame:
+            nonlocal built
             # Polars calls the parts one after another in order; `take` relies on it.
-            if built[0] != i - 1:
-                raise RuntimeError(f"{path}: part {i} was asked for after part {built[0]}; parts must be built in order")
+            if built != i - 1:
+                raise RuntimeError(f"{path}: part {i} was asked for after part {built}; parts must be built in order")
             part = build()
             if part.features != first.features:
                 raise ValueError(f"{path}: part {i} has other features than part 0")
             take(part)
-            built[0] = i
+            built = i
             return part.frame
 
         return run
