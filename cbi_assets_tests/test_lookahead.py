@@ -113,7 +113,11 @@ def test_a_table_built_in_chunks_equals_the_table_built_whole(sample_folder):
     continuous, series, minutes, ticks = feature_inputs(sample_records(sample_folder, start="2022-01-01"))
     shared = [shared_layer(name, continuous, series) for name in SHARED_LAYERS]
     mes_daily = asset_master("mes", asset_layer("mes", continuous), shared)
-    micro = microstructure_table(minutes, ticks["trades"], ticks["tbbo"], ticks["mbp_10"])
+    micro = microstructure_table(minutes, ticks["trades"], ticks["tbbo"], ticks["mbp_10"], part_rows=minutes.height)
+    # The microstructure table is built in parts of minutes as well: here 83 parts of 997.
+    micro_parts = microstructure_table(minutes, ticks["trades"], ticks["tbbo"], ticks["mbp_10"], part_rows=997)
+    assert -(-minutes.height // 997) == 83 and micro.frame["mes_1min_ofi_sum_60"].is_not_null().sum() > 1_000
+    assert_frame_equal(micro_parts.frame, micro.frame, check_exact=False, rel_tol=1e-5, abs_tol=1e-6)
     context = intraday_context(minutes, micro, mes_daily)
     for timeframe in ("1min", "15min"):
         whole = intraday_master(context, timeframe).frame

@@ -128,9 +128,10 @@ def core_suffixes(windows=CORE) -> list[str]:
 class IntradayContext:
     """What every intraday master table draws on, computed once.
 
-    `bars` holds the MES bars of every timeframe; `higher` the core technicals of each intraday
-    timeframe keyed by that bar's close; `settled` the daily MES and shared columns keyed by the
-    time their session settled.
+    `bars` holds the MES bars of every timeframe; `micro` the 1-minute microstructure features keyed
+    by their minute's close `ts_minute`; `higher` the core technicals of each intraday timeframe
+    keyed by that bar's close; `settled` the daily MES and shared columns keyed by the time their
+    session settled.
     """
 
     bars: dict[str, pl.DataFrame]
@@ -150,6 +151,9 @@ def intraday_context(minutes: pl.DataFrame, micro: Table | None, mes_daily: Tabl
     """`minutes` is the canonical 1-minute table, `micro` the 1-minute microstructure features and
     `mes_daily` the MES daily master; `bars` the resampled bars when they are at hand already."""
     bars = bars or {tf: resample(minutes, tf) for tf in INTRADAY_TIMEFRAMES}
+    if micro is not None:
+        # Keyed once here, not per part.
+        micro = Table(micro.frame.select(pl.col("ts").alias("ts_minute"), *micro.features), micro.specs, ("ts_minute",))
     higher = {}
     for timeframe in INTRADAY_TIMEFRAMES[1:]:
         sub = FeatureSet(layer="MES", source="MES 1-minute bars", timeframe=timeframe, lag=f"closed {timeframe} bar")
@@ -218,15 +222,16 @@ def intraday_master(context: IntradayContext, timeframe: str, first=None, last=N
         columns, higher_specs = context.higher[higher]
         beside(columns, "ts_higher", higher_specs)
     if context.micro is not None:
-        beside(context.micro.frame.rename({"ts": "ts_minute"}).select("ts_minute", *context.micro.features),
-               "ts_minute", context.micro.specs)
+        beside(context.micro.frame, "ts_minute", context.micro.specs)
     # The last settled session's daily technicals (MES and its related markets) and shared layer.
     beside(context.settled, "available_at", context.settled_specs)
     sub = FeatureSet(layer="MES", source="exchange calendar", timeframe="1d", lag="known in advance")
     calendar_features(sub)
     calendar = keys.join(context.calendar, left_on="trade_date", right_on="date", how="left", maintain_order="left")
     blocks.append(finish(calendar, [], sub.specs))
-    frame = pl.concat([b.frame for b in blocks], how="horizontal")
+    # Blocks whose columns lie in several chunks (slices across parts or Parquet row groups) are
+    # joined into one first: set beside blocks of other chunking, the whole frame would be copied.
+    frame = pl.concat([b.frame.rechunk() for b in blocks], how="horizontal")
     return Table(frame, [s for b in blocks for s in b.specs], ("ts_event", "ts", "trade_date"))
 
 
@@ -244,18 +249,37 @@ def intraday_master_parts(context: IntradayContext, timeframe: str, chunk_sessio
             for i in range(0, len(dates), chunk_sessions)]
 
 
+# Rows a microstructure part computes before its first: more than its longest window (60 minutes)
+# with the lags inside it.
+MICRO_WARMUP_ROWS = 128
+
+
 def microstructure_table(minutes: pl.DataFrame, trades: pl.DataFrame | None, tbbo: pl.DataFrame | None,
-                         book: pl.DataFrame | None) -> Table:
-    """1-minute microstructure features keyed like the minute bars; null where no ticks are stored."""
+                         book: pl.DataFrame | None, part_rows: int = PART_ROWS) -> Table:
+    """1-minute microstructure features keyed like the minute bars; null where no ticks are stored.
+
+    Built in parts of `part_rows` minutes, each after MICRO_WARMUP_ROWS earlier ones: a part's
+    intermediate columns are a few hundred MB at most where the whole history's were several GB.
+    """
     tick = FUTURES["MES"].tick_size
-    frame = minutes
-    if trades is not None and tbbo is not None and book is not None:
-        frame = frame.join(minute_microstructure(trades, tbbo, book, tick), on="ts_event", how="left")
+    per_minute = (minute_microstructure(trades, tbbo, book, tick)
+                  if trades is not None and tbbo is not None and book is not None else None)
     fs = FeatureSet(layer="MES/microstructure", source="MES trades, TBBO, MBP-10", timeframe="1min", lag="closed 1-minute bar")
     microstructure_features(fs, tick)
-    missing = [c for c in MINUTE_COLUMNS if c not in frame.columns]
-    frame = frame.with_columns(pl.lit(None, pl.Float64).alias(c) for c in missing)
     # Minute bars come sorted by time; sort only what is not (a sort copies every column).
-    frame = frame if frame["ts"].is_sorted() else frame.sort("ts")
-    return finish(fs.prepare(frame).with_columns(fs.exprs), ["ts_event", "ts", "trade_date"], fs.specs)
+    minutes = minutes if minutes["ts"].is_sorted() else minutes.sort("ts")
 
+    def part(first: int) -> pl.DataFrame:
+        start = max(first - MICRO_WARMUP_ROWS, 0)
+        frame = minutes.slice(start, first + part_rows - start)
+        if per_minute is not None:
+            frame = frame.join(per_minute, on="ts_event", how="left", maintain_order="left")
+        missing = [c for c in MINUTE_COLUMNS if c not in frame.columns]
+        frame = frame.with_columns(pl.lit(None, pl.Float64).alias(c) for c in missing)
+        built = finish(fs.prepare(frame).with_columns(fs.exprs), ["ts_event", "ts", "trade_date"], fs.specs)
+        return built.frame.slice(first - start)
+
+    # One chunk per column: concatenated parts leave the columns' chunks unaligned, and every later
+    # select over them would copy the whole table to align them.
+    frame = pl.concat([part(first) for first in range(0, max(minutes.height, 1), part_rows)], rechunk=True)
+    return Table(frame, fs.specs, ("ts_event", "ts", "trade_date"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import polars as pl
@@ -24,29 +25,46 @@ def write_table(table: Table, path: Path, name: str) -> None:
 
 def stream_table(parts: Sequence[Callable[[], Table]], path: Path, name: str, take: Callable[[Table], None]) -> list[FeatureSpec]:
     """A table built part by part, in time order, and streamed into one Parquet file as write_table
-    writes it; only a part or two is ever in memory. Each part is handed to `take` (the checks'
-    profile, progress) as it is built. Returns the table's feature specs."""
+    writes it; only a few parts are ever in memory. Each part is handed to `take` (the checks'
+    profile, progress) as it is built. Returns the table's feature specs.
+
+    The writer asks for a part only once it has encoded the one before, so one thread builds a part
+    ahead while the writer encodes: building and encoding each leave a core idle part of the time.
+    """
     first = parts[0]()
     take(first)
     built = 0  # the last part built
 
-    def deferred(i: int, build: Callable[[], Table]) -> Callable[[], pl.DataFrame]:
-        def run() -> pl.DataFrame:
-            nonlocal built
-            # Polars calls the parts one after another in order; `take` relies on it.
-            if built != i - 1:
-                raise RuntimeError(f"{path}: part {i} was asked for after part {built}; parts must be built in order")
-            part = build()
-            if part.features != first.features:
-                raise ValueError(f"{path}: part {i} has other features than part 0")
-            take(part)
-            built = i
-            return part.frame
+    def build(i: int) -> pl.DataFrame:
+        nonlocal built
+        # One thread builds the parts in the order they are asked for; `take` relies on it.
+        if built != i - 1:
+            raise RuntimeError(f"{path}: part {i} was asked for after part {built}; parts must be built in order")
+        part = parts[i]()
+        if part.features != first.features:
+            raise ValueError(f"{path}: part {i} has other features than part 0")
+        take(part)
+        built = i
+        return part.frame
 
-        return run
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"build-{name}") as builder:
+        ahead = {1: builder.submit(build, 1)} if len(parts) > 1 else {}
 
-    later = [pl.defer(deferred(i, build), schema=first.frame.schema) for i, build in enumerate(parts) if i]
-    sink_frame(pl.concat([first.frame.lazy(), *later]), path)
+        def deferred(i: int) -> Callable[[], pl.DataFrame]:
+            def run() -> pl.DataFrame:
+                frame = (ahead.pop(i, None) or builder.submit(build, i)).result()
+                if i + 1 < len(parts):
+                    ahead[i + 1] = builder.submit(build, i + 1)
+                return frame
+
+            return run
+
+        later = [pl.defer(deferred(i), schema=first.frame.schema) for i in range(1, len(parts))]
+        try:
+            sink_frame(pl.concat([first.frame.lazy(), *later]), path)
+        finally:
+            for waiting in ahead.values():  # a failed write builds nothing further
+                waiting.cancel()
     write_frame(catalogue_frame(first.specs, name), catalogue_path(path))
     return first.specs
 
