@@ -229,9 +229,7 @@ def intraday_master(context: IntradayContext, timeframe: str, first=None, last=N
     calendar_features(sub)
     calendar = keys.join(context.calendar, left_on="trade_date", right_on="date", how="left", maintain_order="left")
     blocks.append(finish(calendar, [], sub.specs))
-    # Blocks whose columns lie in several chunks (slices across parts or Parquet row groups) are
-    # joined into one first: set beside blocks of other chunking, the whole frame would be copied.
-    frame = pl.concat([b.frame.rechunk() for b in blocks], how="horizontal")
+    frame = pl.concat([b.frame for b in blocks], how="horizontal")
     return Table(frame, [s for b in blocks for s in b.specs], ("ts_event", "ts", "trade_date"))
 
 
