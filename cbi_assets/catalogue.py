@@ -1,7 +1,7 @@
-"""The domain catalogue: assets, horizons, timeframes, regimes and sources.
+"""The domain catalogue: markets, horizons, timeframes, regimes and sources.
 
 This is the one source of truth. Partitions, assets, the sample source and the tests derive
-from it; nothing else spells out a horizon, a regime or a series by hand.
+from it; nothing else spells out a market, a horizon, a regime or a series by hand.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ TIMEFRAMES: dict[str, int | None] = {
 INTRADAY_TIMEFRAMES = tuple(name for name, minutes in TIMEFRAMES.items() if minutes)
 
 
-# --- Assets and horizons ----------------------------------------------------------------------
+# --- Markets and horizons ---------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,9 @@ class Horizon:
 
 
 @dataclass(frozen=True)
-class Asset:
+class Market:
+    """A market we forecast: ZL or MES. Its `key` ("zl", "mes") prefixes its Dagster assets."""
+
     symbol: str
     name: str
     horizons: tuple[Horizon, ...]
@@ -52,6 +54,13 @@ class Asset:
     # fees. Backtests and the Sharpe ratio of a forecast's sign are net of it.
     cost_bps: float
 
+    @property
+    def key(self) -> str:
+        return self.symbol.lower()
+
+    def __str__(self) -> str:
+        return self.symbol
+
     def horizon(self, name: str) -> Horizon:
         for h in self.horizons:
             if h.name == name:
@@ -59,12 +68,16 @@ class Asset:
         valid = ", ".join(h.name for h in self.horizons)
         raise KeyError(f"{self.symbol} has no horizon {name!r}; valid horizons: {valid}")
 
+    @property
+    def daily_horizons(self) -> tuple[Horizon, ...]:
+        return tuple(h for h in self.horizons if not h.intraday)
+
 
 def _daily(name: str, bars: int) -> Horizon:
     return Horizon(name, bars, "1d")
 
 
-ZL = Asset(
+ZL = Market(
     symbol="ZL",
     name="CBOT soybean oil futures",
     # Trading days: a week, a month, a quarter, half a year, a year.
@@ -74,7 +87,7 @@ ZL = Asset(
     cost_bps=3.0,  # 0.01 c/lb on ~50 c/lb is 2 bp, plus fees on a $30k contract
 )
 
-MES = Asset(
+MES = Market(
     symbol="MES",
     name="CME Micro E-mini S&P 500 futures",
     horizons=(
@@ -93,12 +106,22 @@ MES = Asset(
     cost_bps=1.0,  # a quarter point on ~5,000 is 0.5 bp, plus $0.6 of fees on a $25k contract
 )
 
-ASSETS: dict[str, Asset] = {a.symbol: a for a in (ZL, MES)}
+MARKETS: dict[str, Market] = {m.symbol: m for m in (ZL, MES)}
 
 
-def asset_horizons() -> list[tuple[str, str]]:
-    """Every valid (asset, horizon) pair, in catalogue order."""
-    return [(a.symbol, h.name) for a in ASSETS.values() for h in a.horizons]
+def market(name: str | Market) -> Market:
+    """The market called `name` ("ZL", "zl", "MES", "mes")."""
+    if isinstance(name, Market):
+        return name
+    found = MARKETS.get(name.upper())
+    if found is None:
+        raise KeyError(f"no market {name!r} in the catalogue; markets: {', '.join(MARKETS)}")
+    return found
+
+
+def market_horizons() -> list[tuple[str, str]]:
+    """Every valid (market, horizon) pair, in catalogue order."""
+    return [(m.symbol, h.name) for m in MARKETS.values() for h in m.horizons]
 
 
 # --- Named regimes ----------------------------------------------------------------------------
@@ -170,7 +193,7 @@ class Future:
     unit: str
     tick_size: float
     contract_months: str  # month codes that are listed
-    area: Literal["ZL", "MES"]  # which asset's lake layer stores it
+    area: Literal["ZL", "MES"]  # which market's lake layer stores it
     listed: dt.date = HISTORY_START
     # WTI settled at -$37.63 on 2020-04-20; other markets have never priced below zero.
     negative_prices_possible: bool = False

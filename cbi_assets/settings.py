@@ -13,8 +13,9 @@
 | CBI_SAMPLE_END               | the last session before today            |
 | CBI_SAMPLE_INTRADAY_SESSIONS | 60 (MES 1-minute bars)                   |
 | CBI_SAMPLE_TICK_SESSIONS     | 2 (MES trades, TBBO, MBP-10)             |
-| CBI_PROFILE                  | sample when the futures come from the sample, else full: |
-|                              | how much training (walk-forward folds) a run does  |
+| CBI_PROFILE                  | sample when the futures come from the sample, else full, |
+|                              | or the path of your own profile (.toml): how much training |
+|                              | a run does (cbi_assets/profiles.py)      |
 | DATABENTO_API_KEY, FRED_API_KEY | the real sources' keys                |
 """
 
@@ -26,10 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cbi_assets.calendars import CHICAGO, settlement_days
+from cbi_assets.lake import warehouse_file
+from cbi_assets.profiles import load_profile
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("auto", "sample", "live", "local")
-PROFILES = ("full", "sample")
 
 
 def last_complete_session(today: dt.date | None = None) -> dt.date:
@@ -49,7 +51,7 @@ class Settings:
     sample_end: dt.date
     sample_intraday_sessions: int
     sample_tick_sessions: int
-    profile: str
+    profile: str  # a built-in profile's name, or the path of a TOML file
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -60,15 +62,17 @@ class Settings:
             raise ValueError(f"CBI_SOURCE={source!r} is not one of {', '.join(SOURCES)}")
         end = env.get("CBI_SAMPLE_END")
         on_sample = source == "sample" or (source == "auto" and not env.get("DATABENTO_API_KEY"))
-        profile = env.get("CBI_PROFILE", "sample" if on_sample else "full").lower()
-        if profile not in PROFILES:
-            raise ValueError(f"CBI_PROFILE={profile!r} is not one of {', '.join(PROFILES)}")
+        profile = env.get("CBI_PROFILE") or ("sample" if on_sample else "full")
+        try:
+            load_profile(profile)
+        except (ValueError, FileNotFoundError) as error:
+            raise ValueError(f"CBI_PROFILE={profile!r}: {error}") from None
         models = Path(env.get("CBI_MODELS") or PROJECT_ROOT / "Models")
         return cls(
             lake=lake,
             models=models,
             tracking_uri=env.get("CBI_MLFLOW_URI") or f"sqlite:///{models.resolve() / 'mlflow.db'}",
-            warehouse=env.get("CBI_WAREHOUSE") or str(lake / "warehouse.duckdb"),
+            warehouse=env.get("CBI_WAREHOUSE") or str(warehouse_file(lake)),
             source=source,
             local_dir=Path(env["CBI_LOCAL_DIR"]) if env.get("CBI_LOCAL_DIR") else None,
             sample_end=dt.date.fromisoformat(end) if end else last_complete_session(),

@@ -33,6 +33,23 @@ def plain_server():
         yield server
 
 
+def lake_resources(root, mlflow=None) -> dict:
+    """The resources an asset test materializes with: the lake at `root`, its warehouse file, the
+    sample profile, and an MLflow store in the folder `mlflow` when given."""
+    from dagster_duckdb import DuckDBResource
+
+    from cbi_assets.lake import Lake, warehouse_file
+    from cbi_assets.profiles import TrainingProfile
+    from resources import Tracking
+
+    resources = {"lake": Lake(root=str(root)), "profile": TrainingProfile(name="sample"),
+                 "warehouse": DuckDBResource(database=str(warehouse_file(root)))}
+    if mlflow is not None:
+        resources["tracking"] = Tracking(tracking_uri=f"sqlite:///{Path(mlflow) / 'mlflow.db'}",
+                                         artifact_root=str(Path(mlflow) / "artifacts"))
+    return resources
+
+
 # --- The sample as feature-layer inputs, without a lake ---------------------------------------
 
 SAMPLE_END = "2024-06-28"
@@ -84,25 +101,22 @@ def feature_lake(sample_folder, tmp_path_factory):
 
     import dagster as dg
     import polars as pl
-    from dagster_duckdb import DuckDBResource
 
     from cbi_assets.features.assets import FEATURE_ASSETS
+    from cbi_assets.lake import Lake
     from cbi_assets.raw.datasets import RAW_DATASETS
     from cbi_assets.raw.ingest import ingest
-    from cbi_assets.raw.store import PartitionStore
-    from resources import Lake
 
     root = tmp_path_factory.mktemp("feature_lake")
+    lake = Lake(root=str(root))
     now = dt.datetime.now(dt.timezone.utc)
     for name, frame in sample_records(sample_folder, start="2016-01-01").items():
         dataset = RAW_DATASETS[name]
         days = frame.select(pl.col("ts_event").dt.date()).to_series()
         if frame.height:
-            ingest(dataset, frame, PartitionStore(root / dataset.area / "raw" / name), days.min() - dt.timedelta(days=1),
+            ingest(dataset, frame, lake.raw(dataset), days.min() - dt.timedelta(days=1),
                    days.max() + dt.timedelta(days=1), origin="sample", received_at=now)
-    resources = {"lake": Lake(root=str(root), profile="sample"),
-                 "warehouse": DuckDBResource(database=str(root / "warehouse.duckdb"))}
-    return root, dg.materialize(FEATURE_ASSETS, resources=resources)
+    return root, dg.materialize(FEATURE_ASSETS, resources=lake_resources(root))
 
 
 @pytest.fixture(scope="session")
@@ -111,18 +125,13 @@ def zl_model_lake(feature_lake, tmp_path_factory):
     meta-learning tasks, every model family and the leaderboard, with an MLflow store of its own.
     Returns (lake root, resources). Share it within `xdist_group("feature_lake")`."""
     import dagster as dg
-    from dagster_duckdb import DuckDBResource
 
     from cbi_assets.models.assets import MODEL_ASSETS
     from cbi_assets.regimes.assets import REGIME_ASSETS
     from cbi_assets.training.assets import TRAINING_ASSETS
-    from resources import Lake, Tracking
 
     lake, _ = feature_lake
-    store = tmp_path_factory.mktemp("zl_mlflow")
-    resources = {"lake": Lake(root=str(lake), profile="sample"),
-                 "warehouse": DuckDBResource(database=str(lake / "warehouse.duckdb")),
-                 "tracking": Tracking(tracking_uri=f"sqlite:///{store / 'mlflow.db'}", artifact_root=str(store / "artifacts"))}
+    resources = lake_resources(lake, mlflow=tmp_path_factory.mktemp("zl_mlflow"))
     one_week = {"dagster/asset_partition_range_start": "1w", "dagster/asset_partition_range_end": "1w"}
     instance = dg.DagsterInstance.ephemeral()
     calendar = [a for a in REGIME_ASSETS if a.key.path[0] == "shared"]

@@ -5,28 +5,28 @@ import datetime as dt
 import pytest
 
 from cbi_assets.catalogue import (
-    ASSETS,
+    MARKETS,
     FRED_SERIES,
     FUTURES,
     REGIMES,
     TIMEFRAMES,
     YAHOO_TICKERS,
-    asset_horizons,
+    market_horizons,
     regime_of,
 )
 from cbi_assets.raw.datasets import RAW_DATASETS
 
 
 def test_horizons_and_their_length_in_bars():
-    assert {h.name: h.bars for h in ASSETS["ZL"].horizons} == {"1w": 5, "1m": 21, "3m": 63, "6m": 126, "12m": 252}
-    mes = {h.name: (h.bars, h.timeframe) for h in ASSETS["MES"].horizons}
+    assert {h.name: h.bars for h in MARKETS["ZL"].horizons} == {"1w": 5, "1m": 21, "3m": 63, "6m": 126, "12m": 252}
+    mes = {h.name: (h.bars, h.timeframe) for h in MARKETS["MES"].horizons}
     assert mes["1min"] == (1, "1min") and mes["4h"] == (240, "1min") and mes["1h"] == (60, "1min")
     assert [n for n, (_, tf) in mes.items() if tf == "1d"] == ["1d", "7d", "30d", "3m", "6m", "12m"]
     assert list(TIMEFRAMES) == ["1min", "5min", "15min", "30min", "1h", "4h", "1d"]
 
 
 def test_no_invalid_asset_horizon_pairs():
-    pairs = set(asset_horizons())
+    pairs = set(market_horizons())
     assert ("ZL", "1w") in pairs and ("MES", "1min") in pairs
     assert ("MES", "1w") not in pairs and ("ZL", "1min") not in pairs
     assert len(pairs) == 5 + 12
@@ -66,4 +66,4 @@ def test_raw_datasets_derive_from_the_catalogue():
 
 def test_unknown_horizon_names_the_valid_ones():
     with pytest.raises(KeyError, match="valid horizons: 1w, 1m"):
-        ASSETS["ZL"].horizon("1min")
+        MARKETS["ZL"].horizon("1min")

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from cbi_assets.catalogue import ASSETS
+from cbi_assets.catalogue import MARKETS
 from cbi_assets.training.folds import (
     FOLD_COLUMNS,
     PLANS,
@@ -199,14 +199,14 @@ def test_impossible_plans_say_what_to_change():
 def test_default_plans_come_from_the_catalogue():
     plan = default_plan("full", "ZL", "3m")
     assert plan == FoldPlan(60, "expanding", embargo=63)
-    assert default_plan("sample", "ZL", ASSETS["ZL"].horizon("1w")).n_folds == 5
+    assert default_plan("sample", "ZL", MARKETS["ZL"].horizon("1w")).n_folds == 5
     # An intraday horizon's rows are bars of its own length: one row of embargo, 60 sessions of hours.
     hourly = default_plan("full", "MES", "1h")
     assert hourly.scheme == "sliding" and hourly.embargo == 1 and hourly.train_rows == 60 * 23
     assert default_plan("full", "MES", "1min").train_rows == 60 * 1380
     # Every valid asset x horizon has a plan in every profile, embargoed by one horizon.
     for profile in PLANS:
-        for asset in ASSETS.values():
+        for asset in MARKETS.values():
             for h in asset.horizons:
                 assert default_plan(profile, asset.symbol, h).embargo == (1 if h.intraday else h.bars)
     with pytest.raises(KeyError, match="valid horizons"):

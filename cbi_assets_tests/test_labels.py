@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal, assert_series_equal
 
-from cbi_assets.catalogue import ASSETS, REGIMES
+from cbi_assets.catalogue import MARKETS, REGIMES
 from cbi_assets.training.labels import (
     Barriers,
     daily_labels,
@@ -87,7 +87,7 @@ def test_daily_flat_is_zero_direction():
     assert daily_labels(prices, 1)["direction"][0] == 0
 
 
-@pytest.mark.parametrize("horizon", ASSETS["ZL"].horizons, ids=lambda h: h.name)
+@pytest.mark.parametrize("horizon", MARKETS["ZL"].horizons, ids=lambda h: h.name)
 def test_daily_last_rows_carry_no_label(horizon):
     n = 400
     prices = pl.DataFrame({
@@ -292,7 +292,7 @@ def test_barriers_match_a_bar_by_bar_walk_on_gappy_data(h):
 # --- Intraday look-ahead ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("horizon", [h for h in ASSETS["MES"].horizons if h.intraday], ids=lambda h: h.name)
+@pytest.mark.parametrize("horizon", [h for h in MARKETS["MES"].horizons if h.intraday], ids=lambda h: h.name)
 def test_intraday_label_ignores_everything_after_its_horizon(horizon):
     minutes = random_minutes(1500, seed=2)
     cut = minutes["ts"][700]
@@ -312,7 +312,7 @@ def test_intraday_label_ignores_everything_after_its_horizon(horizon):
     assert not before.filter(~upto).equals(after.filter(~upto))
 
 
-@pytest.mark.parametrize("horizon", [h for h in ASSETS["MES"].horizons if h.intraday], ids=lambda h: h.name)
+@pytest.mark.parametrize("horizon", [h for h in MARKETS["MES"].horizons if h.intraday], ids=lambda h: h.name)
 def test_intraday_last_horizon_minutes_carry_no_label(horizon):
     minutes = random_minutes(600)
     out = intraday_labels(minutes, minutes["ts"], horizon.bars, Barriers(vol_window=10))

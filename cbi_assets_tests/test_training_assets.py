@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 from dagster_duckdb import DuckDBResource
 
-from cbi_assets.catalogue import ASSETS, REGIMES
+from cbi_assets.catalogue import MARKETS, market, REGIMES
 from cbi_assets.partitions import HORIZON_PARTITIONS, REGIME_PARTITIONS
 from cbi_assets.regimes.assets import REGIME_ASSETS, regime_calendar
 from cbi_assets.training.assets import (
@@ -45,12 +45,12 @@ def test_regimes_and_training_sets_for_every_asset_and_horizon(feature_lake):
     assert not (lake / "shared" / "regimes" / "ZL" / "1min").exists()
     with duckdb.connect(str(lake / "warehouse.duckdb"), read_only=True) as conn:
         current = conn.sql("select asset, horizon, named_regime from regimes.current order by asset, horizon").pl()
-    assert current.height == sum(len(a.horizons) for a in ASSETS.values())
+    assert current.height == sum(len(a.horizons) for a in MARKETS.values())
     assert set(current["named_regime"]) == {"trump_2023_2025"}
 
     for asset, partitions in HORIZON_PARTITIONS.items():
         keys = partitions.get_partition_keys()
-        assert keys == [h.name for h in ASSETS[asset.upper()].horizons]  # no MES 1w, no ZL 1min
+        assert keys == [h.name for h in market(asset).horizons]  # no MES 1w, no ZL 1min
         selected = [a for a in TRAINING_ASSETS if a.key.path[0] == asset]
         result = dg.materialize(selected, resources=_resources(lake), instance=instance,
                                 tags={RANGE_START: keys[0], RANGE_END: keys[-1]})

@@ -145,12 +145,12 @@ def _keep_screenshots(shots: Path) -> None:
 def test_web_ui_shows_layers_partitions_and_runs_a_materialization(dagster_dev, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
-    from cbi_assets.catalogue import ASSETS
+    from cbi_assets.catalogue import MARKETS
 
     base, lake = dagster_dev
     groups = _expected_groups()
     assert {"regimes", "zl_training", "mes_training"} <= groups
-    horizons = {market: [h.name for h in ASSETS[market].horizons] for market in ("ZL", "MES")}
+    horizons = {m: [h.name for h in MARKETS[m].horizons] for m in ("ZL", "MES")}
     shots = tmp_path / "screenshots"
     shots.mkdir()
     # A loaded machine renders slowly: every UI assertion waits up to a minute.

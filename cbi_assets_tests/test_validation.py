@@ -177,9 +177,9 @@ def test_status_without_enough_champion_rows_is_not_a_failure():
 
 
 def test_thresholds_cover_every_horizon_and_grow_with_it():
-    from cbi_assets.catalogue import ASSETS
+    from cbi_assets.catalogue import MARKETS
 
-    for asset in ASSETS.values():
+    for asset in MARKETS.values():
         for kind in (True, False):
             values = [validation.MAPE_THRESHOLDS[asset.symbol][h.name] for h in asset.horizons if h.intraday is kind]
             assert values == sorted(values) and len(set(values)) == len(values), (asset.symbol, values)

@@ -7,11 +7,12 @@ import os
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
+from cbi_assets.lake import Lake, sample_folder
+from cbi_assets.profiles import TrainingProfile
 from cbi_assets.settings import Settings
 from resources.alerts import Alerts, alerts_from_env
 from resources.databento_source import DatabentoSource
 from resources.fred_source import FredSource
-from resources.lake import Lake
 from resources.local_files import LocalFilesSource
 from resources.sample_source import SampleSource
 from resources.tracking import Tracking
@@ -22,13 +23,13 @@ SOURCE_KEYS = {role: f"{role}_source" for role in ("futures", "macro", "history"
 
 __all__ = [
     "SOURCE_KEYS", "Alerts", "DatabentoSource", "FredSource", "Lake", "LocalFilesSource", "SampleSource",
-    "Tracking", "YahooSource", "build_resources", "sample_source",
+    "Tracking", "TrainingProfile", "YahooSource", "build_resources", "sample_source",
 ]
 
 
 def sample_source(settings: Settings) -> SampleSource:
     return SampleSource(
-        cache_dir=str(settings.lake / "sample"),
+        cache_dir=str(sample_folder(settings.lake)),
         end=settings.sample_end.isoformat(),
         intraday_sessions=settings.sample_intraday_sessions,
         tick_sessions=settings.sample_tick_sessions,
@@ -64,7 +65,8 @@ def _sources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
 def build_resources(settings: Settings) -> dict[str, object]:
     warehouse = DuckDBResource(database=settings.warehouse)
     return {
-        "lake": Lake(root=str(settings.lake), profile=settings.profile),
+        "lake": Lake(root=str(settings.lake)),
+        "profile": TrainingProfile(name=settings.profile),
         "warehouse": warehouse,
         "tracking": Tracking(tracking_uri=settings.tracking_uri, artifact_root=str(settings.models / "artifacts")),
         "alerts": alerts_from_env(warehouse),  # CBI_ALERT_*: webhook and mail, off when unset

@@ -15,7 +15,7 @@ from cbi_assets.backtests.procurement import (
     procurement_summary,
 )
 from cbi_assets.backtests.trading import SIZINGS, backtest
-from cbi_assets.catalogue import ASSETS
+from cbi_assets.catalogue import MARKETS
 from cbi_assets.ensembles.assets import ensemble_dir
 from cbi_assets.models.assets import models_dir
 from cbi_assets.models.inputs import horizon_rows, rows_per_year
@@ -118,7 +118,7 @@ def _monthly_plot(frame: pl.DataFrame, title: str):
 )
 def zl_procurement(context: dg.AssetExecutionContext, config: ProcurementConfig) -> dg.MaterializeResult:
     lake = Path(context.resources.lake.root)
-    plan = config.plan(ASSETS["ZL"].cost_bps)
+    plan = config.plan(MARKETS["ZL"].cost_bps)
     months, summaries, plots, failed = {}, [], {}, []
     with context.resources.warehouse.get_connection() as conn:
         for partition in context.partition_keys:
@@ -201,7 +201,7 @@ def mes_trading(context: dg.AssetExecutionContext, config: TradingConfig) -> dg.
     if config.sizing not in SIZINGS:
         raise dg.Failure(f"trading configuration: sizing={config.sizing!r}; choose one of {SIZINGS}")
     lake = Path(context.resources.lake.root)
-    cost_bps = ASSETS["MES"].cost_bps
+    cost_bps = MARKETS["MES"].cost_bps
     summaries, curves, failed = [], {}, []
     with context.resources.warehouse.get_connection() as conn:
         for partition in context.partition_keys:

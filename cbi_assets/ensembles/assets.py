@@ -8,7 +8,7 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from cbi_assets.catalogue import ASSETS
+from cbi_assets.catalogue import market
 from cbi_assets.ensembles.blend import BlendPlan
 from cbi_assets.ensembles.conformal import LEVELS, MIN_SCORES, level_name
 from cbi_assets.ensembles.forecasts import (
@@ -19,7 +19,7 @@ from cbi_assets.ensembles.forecasts import (
     ensemble,
     members_table,
 )
-from cbi_assets.ensembles.members import Members, assemble, origins_of, read_oof
+from cbi_assets.ensembles.members import Members, assemble, read_oof, training_origins
 from cbi_assets.models.assets import KIND_ASSETS, models_dir
 from cbi_assets.models.inputs import horizon_rows, return_column, rows_per_year
 from cbi_assets.models.registry import BUDGETS, families
@@ -52,21 +52,6 @@ class EnsembleConfig(dg.Config):
                                 stack_min_rows=self.stack_min_rows, min_scores=self.min_scores, threads=threads)
         except ValueError as error:
             raise dg.Failure(f"ensemble configuration: {error}") from error
-
-
-def training_origins(lake: Path, asset: str, partition: str) -> pl.DataFrame:
-    """The training set's key, label end and one-step return (and trade date), read as columns only."""
-    path = horizon_dir(lake, asset, partition) / "all.parquet"
-    if not path.is_file():
-        raise dg.Failure(f"{path}: the training set is not built; materialize {asset}/training/sets for {partition}")
-    horizon = horizon_of(asset, partition)
-    schema = pl.read_parquet_schema(path)
-    wanted = [time_key(horizon), "label_end", return_column(asset, horizon), "trade_date"]
-    frame = pl.read_parquet(path, columns=[c for c in wanted if c in schema])
-    try:
-        return origins_of(frame, asset, horizon)
-    except ValueError as error:
-        raise dg.Failure(f"{path}: {error}") from error
 
 
 STATE_COLOURS = {"calm": "#4caf50", "normal": "#9e9e9e", "stressed": "#ff9800", "crisis": "#e53935",
@@ -158,7 +143,7 @@ def ensemble_horizon(lake: Path, asset: str, partition: str, plan: EnsemblePlan,
     try:
         members = assemble(oof, origins, pl.read_parquet(state_file), time_key(horizon), missing, where=str(folder))
         result = ensemble(members, horizon_rows(horizon), plan, periods_per_year=per_year,
-                          cost_bps=ASSETS[asset.upper()].cost_bps, log=lambda m: log.debug(f"{asset} {partition}: {m}"))
+                          cost_bps=market(asset).cost_bps, log=lambda m: log.debug(f"{asset} {partition}: {m}"))
     except ValueError as error:
         raise dg.Failure(f"{asset} {partition}: {error}") from error
     return result, members

@@ -152,3 +152,21 @@ def assemble(oof: dict[str, pl.DataFrame], origins: pl.DataFrame, state: pl.Data
     rows = pl.concat([rows, state_asof(rows, state, key), quantiles.cast(pl.Float64)], how="horizontal")
     forecasts = np.column_stack([oof[n]["forecast"].to_numpy().astype(np.float64) for n in names])
     return Members(rows.drop(extra), names, forecasts, missing, key)
+
+
+def training_origins(lake, market, horizon: str) -> pl.DataFrame:
+    """The training set's key, label end and one-step return (and trade date), read as columns only."""
+    from cbi_assets import lake as tables
+    from cbi_assets.catalogue import market as market_of
+    from cbi_assets.lake import Lake
+
+    lake = lake if isinstance(lake, Lake) else Lake(root=str(lake))  # TRANSITIONAL: a root path
+    m = market_of(market)
+    h = m.horizon(horizon)
+    have = set(lake.columns(tables.TRAINING_SET, market=m, horizon=horizon))
+    wanted = [time_key(h), "label_end", return_column(m.key, h), "trade_date"]
+    frame = lake.read(tables.TRAINING_SET, columns=[c for c in wanted if c in have], market=m, horizon=horizon)
+    try:
+        return origins_of(frame, m.key, h)
+    except ValueError as error:
+        raise ValueError(f"{lake.path(tables.TRAINING_SET, market=m, horizon=horizon)}: {error}") from None

@@ -36,6 +36,7 @@ from cbi_assets.partitions import HORIZON_PARTITIONS
 from cbi_assets.training.assets import horizon_dir
 from cbi_assets.training.sets import (
     feature_columns,
+    trained_on,
     feature_timeframe,
     horizon_of,
     time_key,
@@ -69,12 +70,6 @@ def _read(path: Path, what: str) -> pl.DataFrame:
     if not path.is_file():
         raise dg.Failure(f"{path}: {what} not built yet; materialize it for this horizon first")
     return pl.read_parquet(path)
-
-
-def trained_on(logged: list[str]) -> tuple[str, ...]:
-    """The features a run's model was trained on: its logged list, less the keys and labels that runs
-    logged before only features were listed carry (every column of the training set)."""
-    return tuple(feature_columns(pl.DataFrame(schema=dict.fromkeys(logged, pl.Float64))))
 
 
 def _attribute(model, features: tuple[str, ...], rows: ExplainedRows, budget: Budget,

@@ -5,13 +5,15 @@ catalogue entries, and reports the feature-table checks with what they found.
 """
 
 import time
-from pathlib import Path
 
 import dagster as dg
 import polars as pl
+from dagster_duckdb import DuckDBResource
 
-from cbi_assets.catalogue import FRED_SERIES, INTRADAY_TIMEFRAMES, TIMEFRAMES
+from cbi_assets import lake as tables
+from cbi_assets.catalogue import FRED_SERIES, INTRADAY_TIMEFRAMES, MES, MARKETS, TIMEFRAMES, ZL, Market
 from cbi_assets.features import inputs, layers
+from cbi_assets.features.inputs import continuous_bars
 from cbi_assets.features.master import (
     MIN_FEATURES,
     Table,
@@ -21,10 +23,7 @@ from cbi_assets.features.master import (
 )
 from cbi_assets.features.pit import RELEASE_LAGS, ReleaseLag
 from cbi_assets.features.quality import Profile
-from cbi_assets.features.spec import catalogue_frame
-from cbi_assets.features.tables import read_table, stream_table, write_table
-from cbi_assets.parquet import write_frame
-from cbi_assets.raw.datasets import RAW_DATASETS
+from cbi_assets.lake import Lake, reads
 from cbi_assets.ui import table as md_table
 
 CHECKS = {
@@ -37,20 +36,13 @@ MASTER_CHECKS = {**CHECKS, "distinct": "Enough features; none constant, none a c
 SEVERE = {"finite", "increasing", "distinct"}  # these fail as errors; the others warn
 
 
-def _raw_keys(*names: str) -> list[dg.AssetKey]:
-    return [RAW_DATASETS[n].key for n in names]
-
-
-def _lake(context) -> Path:
-    return Path(context.resources.lake.root)
-
-
-def _checked(context, table: Table, path: Path, name: str, timeframe: str, master: str | None = None) -> dg.MaterializeResult:
-    write_table(table, path, name)
+def _checked(context, lake: Lake, table: Table, target: tables.Table, name: str, timeframe: str,
+             master: str | None = None, parts: dict | None = None) -> dg.MaterializeResult:
+    path = lake.write_features(target, table, name, **(parts or {}))
     return _reported(context, Profile().add(table), path, name, timeframe, master)
 
 
-def _reported(context, profile: Profile, path: Path, name: str, timeframe: str, master: str | None = None) -> dg.MaterializeResult:
+def _reported(context, profile: Profile, path, name: str, timeframe: str, master: str | None = None) -> dg.MaterializeResult:
     """The written table's metadata and its checks, from the profile of its rows."""
     findings = profile.findings(timeframe, MIN_FEATURES[master] if master else None)
     features = [s.name for s in profile.specs]
@@ -80,7 +72,6 @@ def _feature_asset(key: str, description: str, deps: list, timeframe: str = "1d"
         description=description,
         deps=deps,
         group_name=f"{key.split('/')[0]}_features",
-        required_resource_keys={"lake"},
         check_specs=[dg.AssetCheckSpec(name, asset=asset_key, description=text)
                      for name, text in (MASTER_CHECKS if master else CHECKS).items()],
         kinds={"polars", "parquet"},
@@ -89,64 +80,48 @@ def _feature_asset(key: str, description: str, deps: list, timeframe: str = "1d"
     )
 
 
-def _write_bars(frame: pl.DataFrame, path: Path) -> dg.MaterializeResult:
-    write_frame(frame, path)
+def _written(frame: pl.DataFrame, path) -> dg.MaterializeResult:
     return dg.MaterializeResult(metadata={"rows": frame.height, "path": dg.MetadataValue.path(str(path)),
                                           "preview": md_table(frame.tail(5), 5)})
 
 
 # --- Continuous daily bars ----------------------------------------------------------------------
 
+SYMBOLS = {"ZL": inputs.ZL_SYMBOLS, "MES": inputs.MES_SYMBOLS}
+CONTINUOUS_DESCRIPTIONS = {
+    "ZL": "Front-month daily bars of ZL, ZS, ZM, CL and HO by volume, with the roll adjustment factor.",
+    "MES": "E-mini and MES front daily bars; `mes` carries the E-mini's history before MES listed (May 2019).",
+}
 
-def _continuous_asset(area: str, symbols: list[str], description: str) -> dg.AssetsDefinition:
+
+def _continuous_asset(market: Market) -> dg.AssetsDefinition:
+    symbols = SYMBOLS[market.symbol]
+
     @dg.asset(
-        key=[area.lower(), "features", "continuous_1d"], group_name=f"{area.lower()}_features",
-        required_resource_keys={"lake"}, deps=_raw_keys(*(f"{s.lower()}_ohlcv_1d" for s in symbols)),
-        description=description, kinds={"polars", "parquet"}, tags={"layer": "features"},
+        key=tables.CONTINUOUS.asset_key(market=market), group_name=f"{market.key}_features",
+        deps=reads(*inputs.daily_datasets(symbols)), description=CONTINUOUS_DESCRIPTIONS[market.symbol],
+        kinds={"polars", "parquet"}, tags={"layer": "features"},
     )
-    def _bars(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        series = inputs.continuous(inputs.daily_bars(_lake(context), symbols))
+    def _bars(context: dg.AssetExecutionContext, lake: Lake) -> dg.MaterializeResult:
+        series = inputs.continuous(inputs.daily_bars(lake, symbols))
         frame = pl.concat([f.with_columns(pl.lit(s).alias("symbol")) for s, f in series.items()])
-        return _write_bars(frame, _lake(context) / area / "features" / "continuous_1d.parquet")
+        return _written(frame, lake.write(tables.CONTINUOUS, frame, market=market))
 
     return _bars
 
 
-zl_continuous = _continuous_asset(
-    "ZL", inputs.ZL_SYMBOLS, "Front-month daily bars of ZL, ZS, ZM, CL and HO by volume, with the roll adjustment factor."
-)
-mes_continuous = _continuous_asset(
-    "MES", inputs.MES_SYMBOLS, "E-mini and MES front daily bars; `mes` carries the E-mini's history before MES listed (May 2019)."
-)
-
-
-def continuous_bars(lake: Path, areas: tuple[str, ...] = ("ZL", "MES")) -> dict[str, pl.DataFrame]:
-    out = {}
-    for area in areas:
-        frame = pl.read_parquet(lake / area / "features" / "continuous_1d.parquet")
-        for (symbol,), part in frame.partition_by("symbol", as_dict=True).items():
-            out[symbol] = part.drop("symbol").sort("date")
-    return out
-
-
-CONTINUOUS = [dg.AssetKey(["zl", "features", "continuous_1d"]), dg.AssetKey(["mes", "features", "continuous_1d"])]
+CONTINUOUS_ASSETS = [_continuous_asset(m) for m in MARKETS.values()]
 
 
 # --- Shared layer -------------------------------------------------------------------------------
 
-
-def shared_path(lake: Path, name: str) -> Path:
-    return lake / "shared" / name / f"{name}_1d.parquet"
-
-
 SHARED_DESCRIPTIONS = {
-    "macro": ("Rates, curve, policy path, dollar, inflation expectations, credit spread and CPI, each placed on the "
-              "session it was published (per-series release lags).", [f"fred_{s.lower()}" for s in FRED_SERIES]),
-    "volatility": ("VIX level, percentile and bands; realised volatility of ES and ZL; vol of vol.", ["yahoo_vix", "fred_vixcls"]),
-    "fx": ("The dollar against CNY, EUR, JPY, BRL and MYR (where a source has them): levels, returns, volatility.",
-           ["fred_dexchus", "fred_dexuseu", "fred_dexjpus", "yahoo_brl", "yahoo_myr", "yahoo_dxy"]),
-    "cross_asset": ("Rolling correlations and betas of ZL against CL, HO, MES (E-mini) and the dollar at 21/63/252 sessions.",
-                    ["yahoo_dxy", "fred_dtwexbgs"]),
+    "macro": "Rates, curve, policy path, dollar, inflation expectations and credit spread, each placed on the "
+             "session it was published (per-series release lags).",
+    "volatility": "VIX level, percentile and bands; realised volatility of ES and ZL; vol of vol.",
+    "fx": "The dollar against CNY, EUR, JPY, BRL and MYR (where a source has them): levels, returns, volatility.",
+    "cross_asset": "Rolling correlations and betas of ZL against CL, HO, MES (E-mini) and the dollar at 21/63/252 "
+                   "sessions.",
 }
 
 
@@ -168,13 +143,14 @@ class ReleaseLags(dg.Config):
 
 
 def _shared_asset(name: str):
-    description, raw = SHARED_DESCRIPTIONS[name]
+    series = inputs.series_datasets(layers.SHARED_SERIES[name])
 
-    @_feature_asset(f"shared/features/{name}", description, _raw_keys(*raw) + CONTINUOUS)
-    def _shared(context: dg.AssetExecutionContext, config: ReleaseLags) -> dg.MaterializeResult:
-        lake = _lake(context)
-        table = layers.shared_layer(name, continuous_bars(lake), inputs.lake_series(lake), config.lags())
-        return _checked(context, table, shared_path(lake, name), f"shared_{name}", "1d")
+    @_feature_asset(tables.SHARED_LAYER.asset_key(layer=name).to_user_string(), SHARED_DESCRIPTIONS[name],
+                    reads(tables.CONTINUOUS, *series, markets=[ZL, MES]))
+    def _shared(context: dg.AssetExecutionContext, lake: Lake, config: ReleaseLags) -> dg.MaterializeResult:
+        table = layers.shared_layer(name, continuous_bars(lake), inputs.series(inputs.read_many(lake, series)),
+                                    config.lags())
+        return _checked(context, lake, table, tables.SHARED_LAYER, f"shared_{name}", "1d", parts={"layer": name})
 
     return _shared
 
@@ -182,149 +158,131 @@ def _shared_asset(name: str):
 SHARED_ASSETS = [_shared_asset(name) for name in layers.SHARED_LAYERS]
 
 
-SHARED_KEYS = [dg.AssetKey(["shared", "features", n]) for n in layers.SHARED_LAYERS]
+def _shared_tables(lake: Lake) -> list[Table]:
+    return [lake.read_features(tables.SHARED_LAYER, layer=n) for n in layers.SHARED_LAYERS]
 
 
-def _shared_tables(lake: Path) -> list[Table]:
-    return [read_table(shared_path(lake, n)) for n in layers.SHARED_LAYERS]
-
-
-# --- Asset layers and daily masters -------------------------------------------------------------
-
-
-def layer_path(lake: Path, asset: str) -> Path:
-    return lake / asset.upper() / "features" / f"{asset}_layer_1d.parquet"
-
-
-def master_path(lake: Path, asset: str, timeframe: str) -> Path:
-    return lake / asset.upper() / "features" / f"master_{timeframe}.parquet"
-
+# --- Market layers and daily masters ------------------------------------------------------------
 
 LAYER_DESCRIPTIONS = {
-    "zl": "ZL technicals, the core of ZS/ZM/CL/HO, the crush margin, oil share, BOHO, ZL/CL ratio and the crop-year seasons.",
-    "mes": "MES daily technicals (E-mini before May 2019) and the core of ZL/CL/HO.",
+    "ZL": "ZL technicals, the core of ZS/ZM/CL/HO, the crush margin, oil share, BOHO, ZL/CL ratio and the crop-year "
+          "seasons.",
+    "MES": "MES daily technicals (E-mini before May 2019) and the core of ZL/CL/HO.",
 }
 MASTER_DESCRIPTIONS = {
-    "zl": "ZL master features: the ZL layer with the shared layer, per session.",
-    "mes": "MES daily master features: the MES layer, the equity calendar and the shared layer.",
+    "ZL": "ZL master features: the ZL layer with the shared layer, per session.",
+    "MES": "MES daily master features: the MES layer, the equity calendar and the shared layer.",
 }
 
 
-def _layer_asset(asset: str):
-    @_feature_asset(f"{asset}/features/{asset}_layer_1d", LAYER_DESCRIPTIONS[asset], CONTINUOUS)
-    def _layer(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        lake = _lake(context)
-        table = layers.asset_layer(asset, continuous_bars(lake))
-        return _checked(context, table, layer_path(lake, asset), f"{asset}_layer_1d", "1d")
+def _layer_asset(market: Market):
+    @_feature_asset(tables.MARKET_LAYER.asset_key(market=market).to_user_string(), LAYER_DESCRIPTIONS[market.symbol],
+                    reads(tables.CONTINUOUS, markets=[ZL, MES]))
+    def _layer(context: dg.AssetExecutionContext, lake: Lake) -> dg.MaterializeResult:
+        table = layers.asset_layer(market.key, continuous_bars(lake))
+        return _checked(context, lake, table, tables.MARKET_LAYER, f"{market.key}_layer_1d", "1d",
+                        parts={"market": market})
 
     return _layer
 
 
-def _daily_master_asset(asset: str):
-    @_feature_asset(f"{asset}/features/master_1d", MASTER_DESCRIPTIONS[asset],
-                    [dg.AssetKey([asset, "features", f"{asset}_layer_1d"]), *SHARED_KEYS], master="daily")
-    def _master(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        lake = _lake(context)
-        table = layers.asset_master(asset, read_table(layer_path(lake, asset)), _shared_tables(lake))
-        return _checked(context, table, master_path(lake, asset, "1d"), f"{asset}_master_1d", "1d", master="daily")
+def _daily_master_asset(market: Market):
+    @_feature_asset(tables.MASTER.asset_key(market=market, timeframe="1d").to_user_string(),
+                    MASTER_DESCRIPTIONS[market.symbol],
+                    reads(tables.MARKET_LAYER, markets=[market]) + reads(tables.SHARED_LAYER, layer=list(layers.SHARED_LAYERS)),
+                    master="daily")
+    def _master(context: dg.AssetExecutionContext, lake: Lake) -> dg.MaterializeResult:
+        table = layers.asset_master(market.key, lake.read_features(tables.MARKET_LAYER, market=market),
+                                    _shared_tables(lake))
+        return _checked(context, lake, table, tables.MASTER, f"{market.key}_master_1d", "1d", master="daily",
+                        parts={"market": market, "timeframe": "1d"})
 
     return _master
 
 
-LAYERS = [_layer_asset(asset) for asset in ("zl", "mes")]
-DAILY_MASTERS = [_daily_master_asset(asset) for asset in ("zl", "mes")]
+LAYERS = [_layer_asset(m) for m in MARKETS.values()]
+DAILY_MASTERS = [_daily_master_asset(m) for m in MARKETS.values()]
 
 
 # --- MES intraday -------------------------------------------------------------------------------
 
 
-def bars_path(lake: Path, timeframe: str) -> Path:
-    return lake / "MES" / "features" / f"bars_{timeframe}.parquet"
-
-
 @dg.asset(
-    key=["mes", "features", "bars"], group_name="mes_features", required_resource_keys={"lake"},
-    deps=[RAW_DATASETS["mes_ohlcv_1m"].key, dg.AssetKey(["mes", "features", "continuous_1d"])],
+    key=tables.BARS.asset_key(), group_name="mes_features",
+    deps=reads(inputs.MINUTE_DATASET, tables.CONTINUOUS, markets=[MES]),
     description="The canonical MES 1-minute bar table and, from it, bars at 5min, 15min, 30min, 1h, 4h and 1d "
                 "aligned to the Globex session; each bar stamped with its close `ts`.",
     kinds={"polars", "parquet"}, tags={"layer": "features"},
 )
-def mes_bars(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+def mes_bars(context: dg.AssetExecutionContext, lake: Lake) -> dg.MaterializeResult:
     from cbi_assets.features.bars import resample
 
-    lake = _lake(context)
-    minutes = inputs.minutes(inputs.read_raw(lake, "mes_ohlcv_1m"), continuous_bars(lake, ("MES",))["mes"])
+    minutes = inputs.minutes(lake.read_raw(inputs.MINUTE_DATASET), continuous_bars(lake, (MES,))["mes"])
     if minutes is None:
-        raise dg.Failure("mes/raw/mes_ohlcv_1m has no records: materialize its partitions first")
+        raise dg.Failure(f"{inputs.MINUTE_DATASET.key.to_user_string()} has no records: materialize its partitions "
+                         "first")
     counts = {}
     for timeframe in TIMEFRAMES:
         frame = resample(minutes, timeframe)
-        write_frame(frame, bars_path(lake, timeframe))
+        lake.write(tables.BARS, frame, timeframe=timeframe)
         counts[timeframe] = frame.height
     return dg.MaterializeResult(metadata={"bars": dg.MetadataValue.json(counts),
-                                          "path": dg.MetadataValue.path(str(bars_path(lake, "1min").parent))})
+                                          "path": dg.MetadataValue.path(str(lake.path(tables.BARS, timeframe="1min")))})
 
 
-def micro_path(lake: Path) -> Path:
-    return lake / "MES" / "features" / "microstructure_1min.parquet"
-
-
-@_feature_asset("mes/features/microstructure_1min", "Order flow, microprice, spreads, depth imbalance, aggressor flow, "
-                "trade and quote intensity and liquidity estimates from MES trades, TBBO and MBP-10, per minute.",
-                [*_raw_keys("mes_trades", "mes_tbbo", "mes_mbp_10"), dg.AssetKey(["mes", "features", "bars"])], timeframe="1min")
-def mes_microstructure(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-    lake = _lake(context)
-    minutes = pl.read_parquet(bars_path(lake, "1min"))
+@_feature_asset(tables.MICROSTRUCTURE.asset_key().to_user_string(),
+                "Order flow, microprice, spreads, depth imbalance, aggressor flow, trade and quote intensity and "
+                "liquidity estimates from MES trades, TBBO and MBP-10, per minute.",
+                reads(*inputs.TICK_DATASETS, tables.BARS), timeframe="1min")
+def mes_microstructure(context: dg.AssetExecutionContext, lake: Lake) -> dg.MaterializeResult:
+    minutes = lake.read(tables.BARS, timeframe="1min")
     ticks = inputs.lake_ticks(lake)
     table = microstructure_table(minutes, ticks["trades"], ticks["tbbo"], ticks["mbp_10"])
-    return _checked(context, table, micro_path(lake), "mes_microstructure_1min", "1min")
+    return _checked(context, lake, table, tables.MICROSTRUCTURE, "mes_microstructure_1min", "1min")
 
 
 def _intraday_master_asset(timeframe: str):
-    @_feature_asset(f"mes/features/master_{timeframe}",
+    @_feature_asset(tables.MASTER.asset_key(market=MES, timeframe=timeframe).to_user_string(),
                     f"MES {timeframe} master features: {timeframe} technicals, closed higher-timeframe bars, "
                     "microstructure, session and calendar, and the last settled session's daily layers.",
-                    [dg.AssetKey(["mes", "features", "bars"]), dg.AssetKey(["mes", "features", "microstructure_1min"]),
-                     dg.AssetKey(["mes", "features", "master_1d"])], timeframe=timeframe, master="intraday")
-    def _master(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        lake = _lake(context)
-        bars = {tf: pl.read_parquet(bars_path(lake, tf)) for tf in INTRADAY_TIMEFRAMES}
-        micro = read_table(micro_path(lake)) if micro_path(lake).is_file() else None
-        built = intraday_context(bars["1min"], micro, read_table(master_path(lake, "mes", "1d")), bars)
+                    reads(tables.BARS, tables.MICROSTRUCTURE, tables.MASTER, markets=[MES], timeframe="1d"),
+                    timeframe=timeframe, master="intraday")
+    def _master(context: dg.AssetExecutionContext, lake: Lake) -> dg.MaterializeResult:
+        bars = {tf: lake.read(tables.BARS, timeframe=tf) for tf in INTRADAY_TIMEFRAMES}
+        micro = lake.read_features(tables.MICROSTRUCTURE) if lake.exists(tables.MICROSTRUCTURE) else None
+        daily = lake.read_features(tables.MASTER, market=MES, timeframe="1d")
+        built = intraday_context(bars["1min"], micro, daily, bars)
         parts, profile, began = intraday_master_parts(built, timeframe), Profile(), time.monotonic()
+        name = f"mes_master_{timeframe}"
 
         def take(part: Table) -> None:
             profile.add(part)
             if profile.parts % 10 == 0 or profile.parts == len(parts):
-                context.log.info(f"mes_master_{timeframe}: {profile.parts} of {len(parts)} parts built, {profile.rows:,} rows "
+                context.log.info(f"{name}: {profile.parts} of {len(parts)} parts built, {profile.rows:,} rows "
                                  f"up to {profile.last}, {time.monotonic() - began:.0f} s")
 
-        path = master_path(lake, "mes", timeframe)
-        stream_table(parts, path, f"mes_master_{timeframe}", take)
-        return _reported(context, profile, path, f"mes_master_{timeframe}", timeframe, master="intraday")
+        path = lake.stream_features(tables.MASTER, parts, name, take, market=MES, timeframe=timeframe)
+        return _reported(context, profile, path, name, timeframe, master="intraday")
 
     return _master
 
 
 INTRADAY_MASTERS = [_intraday_master_asset(tf) for tf in INTRADAY_TIMEFRAMES]
-MASTER_KEYS = [dg.AssetKey(["zl", "features", "master_1d"]), dg.AssetKey(["mes", "features", "master_1d"]),
-               *(dg.AssetKey(["mes", "features", f"master_{tf}"]) for tf in INTRADAY_TIMEFRAMES)]
+# Every master table: (market, timeframe).
+MASTERS = [(ZL, "1d"), (MES, "1d"), *((MES, tf) for tf in INTRADAY_TIMEFRAMES)]
 
 
 @dg.asset(
-    key=["features", "catalogue"], group_name="features", deps=MASTER_KEYS,
-    required_resource_keys={"lake", "warehouse"},
+    key=tables.FEATURE_CATALOGUE.asset_key(), group_name="features",
+    deps=[tables.MASTER.asset_key(market=m, timeframe=tf) for m, tf in MASTERS],
     description="Every feature of every master table with its layer, source, timeframe, window and lag.",
     kinds={"duckdb", "parquet"}, tags={"layer": "features"},
 )
-def feature_catalogue(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-    lake = _lake(context)
-    tables = {"zl_master_1d": master_path(lake, "zl", "1d"), "mes_master_1d": master_path(lake, "mes", "1d"),
-              **{f"mes_master_{tf}": master_path(lake, "mes", tf) for tf in INTRADAY_TIMEFRAMES}}
-    catalogue = pl.concat([catalogue_frame(read_table(path).specs, name) for name, path in tables.items()])
-    path = lake / "feature_catalogue.parquet"
-    write_frame(catalogue, path)
-    with context.resources.warehouse.get_connection() as conn:
+def feature_catalogue(context: dg.AssetExecutionContext, lake: Lake, warehouse: DuckDBResource) -> dg.MaterializeResult:
+    # The entries stored beside each master table: reading the tables themselves would cost minutes.
+    catalogue = pl.concat([lake.feature_catalogue(tables.MASTER, market=m, timeframe=tf) for m, tf in MASTERS])
+    path = lake.write(tables.FEATURE_CATALOGUE, catalogue)
+    with warehouse.get_connection() as conn:
         conn.execute("create schema if not exists features")
         conn.register("catalogue", catalogue.to_arrow())
         conn.execute("create or replace table features.catalogue as select * from catalogue")
@@ -341,6 +299,26 @@ def feature_catalogue(context: dg.AssetExecutionContext) -> dg.MaterializeResult
 
 
 FEATURE_ASSETS = [
-    zl_continuous, mes_continuous, *SHARED_ASSETS, *LAYERS, *DAILY_MASTERS,
+    *CONTINUOUS_ASSETS, *SHARED_ASSETS, *LAYERS, *DAILY_MASTERS,
     mes_bars, mes_microstructure, *INTRADAY_MASTERS, feature_catalogue,
 ]
+
+
+# --- TRANSITIONAL: the old path helpers, until every domain reads through the lake (removed after) --
+def _as_lake(lake) -> Lake:  # noqa: F811
+    return lake if isinstance(lake, Lake) else Lake(root=str(lake))
+
+
+def bars_path(lake, timeframe):
+    return _as_lake(lake).path(tables.BARS, timeframe=timeframe)
+
+
+def master_path(lake, asset, timeframe):
+    return _as_lake(lake).path(tables.MASTER, market=asset, timeframe=timeframe)
+
+
+def shared_path(lake, name):
+    return _as_lake(lake).path(tables.SHARED_LAYER, layer=name)
+
+
+MASTER_KEYS = [tables.MASTER.asset_key(market=m, timeframe=tf) for m, tf in MASTERS]

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import datetime as dt
-from pathlib import Path
-
 import polars as pl
 
-from cbi_assets.catalogue import FRED_SERIES, FUTURES, YAHOO_TICKERS
+from cbi_assets.catalogue import FRED_SERIES, FUTURES, MES, YAHOO_TICKERS, ZL, Market
 from cbi_assets.features.bars import front_daily, minute_bars, splice
-from cbi_assets.raw.datasets import RAW_DATASETS
+from cbi_assets.raw.datasets import RAW_DATASETS, RawDataset
 from cbi_assets.raw.rolls import front_month
-from cbi_assets.raw.store import PartitionStore
 
 SERIES_DATASETS = {
     **{series_id: (f"fred_{series_id.lower()}", "value") for series_id in FRED_SERIES},
@@ -53,33 +49,57 @@ def minutes(raw_minutes: pl.DataFrame | None, mes: pl.DataFrame | None) -> pl.Da
     return minute_bars(raw_minutes, mes.select("date", "adj") if mes is not None else None)
 
 
-# --- From the lake ------------------------------------------------------------------------------
-
-
-def read_raw(lake: Path, name: str, start: dt.date | None = None, end: dt.date | None = None) -> pl.DataFrame | None:
-    """The latest stored records of a raw dataset, or None when nothing is stored."""
-    dataset = RAW_DATASETS[name]
-    stored = PartitionStore(Path(lake) / dataset.area / "raw" / dataset.name).read(start, end)
-    return None if stored is None else stored.collect()
-
-
-def read_many(lake: Path, names: list[str]) -> dict[str, pl.DataFrame]:
-    found = {name: read_raw(lake, name) for name in names}
-    return {name: frame for name, frame in found.items() if frame is not None}
-
-
-def daily_bars(lake: Path, symbols: list[str]) -> dict[str, pl.DataFrame]:
-    raw = read_many(lake, [f"{s.lower()}_ohlcv_1d" for s in symbols])
-    return {s: raw[f"{s.lower()}_ohlcv_1d"] for s in symbols if f"{s.lower()}_ohlcv_1d" in raw}
-
-
-def lake_series(lake: Path) -> dict[str, pl.DataFrame]:
-    return series(read_many(lake, [name for name, _ in SERIES_DATASETS.values()]))
-
-
-def lake_ticks(lake: Path) -> dict[str, pl.DataFrame | None]:
-    return {kind: read_raw(lake, f"mes_{kind}") for kind in TICKS}
-
+# --- Which raw datasets each input comes from ---------------------------------------------------
 
 ZL_SYMBOLS = [s for s, f in FUTURES.items() if f.area == "ZL"]
 MES_SYMBOLS = [s for s, f in FUTURES.items() if f.area == "MES"]
+
+
+def daily_datasets(symbols: list[str]) -> list[RawDataset]:
+    return [RAW_DATASETS[f"{s.lower()}_ohlcv_1d"] for s in symbols]
+
+
+def series_datasets(keys: list[str] | None = None) -> list[RawDataset]:
+    """The raw datasets of FRED series and Yahoo closes (all, or those of `keys`)."""
+    return [RAW_DATASETS[name] for key, (name, _) in SERIES_DATASETS.items() if keys is None or key in keys]
+
+
+TICK_DATASETS = [RAW_DATASETS[f"mes_{kind}"] for kind in TICKS]
+MINUTE_DATASET = RAW_DATASETS["mes_ohlcv_1m"]
+
+
+# --- From the lake ------------------------------------------------------------------------------
+
+
+def read_many(lake, datasets: list[RawDataset]) -> dict[str, pl.DataFrame]:
+    """The stored records of each dataset that has any, by dataset name (`lake` is the Lake)."""
+    found = {d.name: lake.read_raw(d) for d in datasets}
+    return {name: frame for name, frame in found.items() if frame is not None}
+
+
+def daily_bars(lake, symbols: list[str]) -> dict[str, pl.DataFrame]:
+    raw = read_many(lake, daily_datasets(symbols))
+    return {s: raw[f"{s.lower()}_ohlcv_1d"] for s in symbols if f"{s.lower()}_ohlcv_1d" in raw}
+
+
+def lake_series(lake) -> dict[str, pl.DataFrame]:
+    return series(read_many(lake, series_datasets()))
+
+
+def lake_ticks(lake) -> dict[str, pl.DataFrame | None]:
+    return {kind: lake.read_raw(d) for kind, d in zip(TICKS, TICK_DATASETS, strict=True)}
+
+
+def continuous_bars(lake, markets: tuple[Market, ...] = (ZL, MES)) -> dict[str, pl.DataFrame]:
+    """Continuous front daily bars by lower-case symbol ("zl", "cl", "mes", ...) of the markets' layers."""
+    from cbi_assets import lake as tables
+    from cbi_assets.catalogue import market
+    from cbi_assets.lake import Lake
+
+    lake = lake if isinstance(lake, Lake) else Lake(root=str(lake))  # TRANSITIONAL: a root path
+    out = {}
+    for m in markets:
+        frame = lake.read(tables.CONTINUOUS, market=market(m))
+        for (symbol,), part in frame.partition_by("symbol", as_dict=True).items():
+            out[symbol] = part.drop("symbol").sort("date")
+    return out

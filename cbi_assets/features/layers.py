@@ -12,8 +12,8 @@ import polars as pl
 from cbi_assets.calendars import settlement_days
 from cbi_assets.catalogue import INTRADAY_TIMEFRAMES
 from cbi_assets.features.cross_asset import cross_asset_features
-from cbi_assets.features.fx import fx_features
-from cbi_assets.features.macro import macro_features
+from cbi_assets.features.fx import PAIRS, fx_features
+from cbi_assets.features.macro import SERIES, macro_features
 from cbi_assets.features.master import (
     RELATED,
     Table,
@@ -28,6 +28,14 @@ from cbi_assets.features.pit import RELEASE_LAGS, SAME_DAY, ReleaseLag, on_grid
 from cbi_assets.features.volatility import volatility_features
 
 SHARED_LAYERS = ("macro", "volatility", "fx", "cross_asset")
+# The FRED series and Yahoo tickers each shared layer reads (every layer also reads the continuous
+# daily bars of both markets: their sessions are its grid).
+SHARED_SERIES = {
+    "macro": list(SERIES),
+    "volatility": ["^VIX", "VIXCLS"],
+    "fx": [key for _, key, _ in PAIRS.values()],
+    "cross_asset": ["DX-Y.NYB", "DTWEXBGS"],
+}
 
 
 def session_grid(continuous: dict[str, pl.DataFrame]) -> pl.DataFrame:

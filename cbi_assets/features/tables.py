@@ -1,4 +1,5 @@
-"""Feature tables on disk: the Parquet table and its catalogue entries side by side."""
+"""Feature tables on disk: the Parquet table and its catalogue entries side by side (where they lie is
+the lake's to say: `cbi_assets.lake`)."""
 
 from __future__ import annotations
 
@@ -9,24 +10,14 @@ from pathlib import Path
 import polars as pl
 
 from cbi_assets.features.master import Table
-from cbi_assets.features.spec import FeatureSpec, catalogue_frame
-from cbi_assets.parquet import sink_frame, write_frame
+from cbi_assets.features.spec import FeatureSpec
 
 
-def catalogue_path(path: Path) -> Path:
-    return path.with_name(path.name.replace(".parquet", ".catalogue.parquet"))
-
-
-def write_table(table: Table, path: Path, name: str) -> None:
-    """The table and its catalogue entries, each written atomically."""
-    write_frame(table.frame, path)
-    write_frame(catalogue_frame(table.specs, name), catalogue_path(path))
-
-
-def stream_table(parts: Sequence[Callable[[], Table]], path: Path, name: str, take: Callable[[Table], None]) -> list[FeatureSpec]:
-    """A table built part by part, in time order, and streamed into one Parquet file as write_table
-    writes it; only a few parts are ever in memory. Each part is handed to `take` (the checks'
-    profile, progress) as it is built. Returns the table's feature specs.
+def stream_table(parts: Sequence[Callable[[], Table]], sink: Callable[[pl.LazyFrame], object], name: str,
+                 take: Callable[[Table], None]) -> list[FeatureSpec]:
+    """A table built part by part, in time order, and streamed by `sink` into one Parquet file; only a
+    few parts are ever in memory. Each part is handed to `take` (the checks' profile, progress) as it
+    is built. Returns the table's feature specs (its catalogue entries are the caller's to write).
 
     The writer asks for a part only once it has encoded the one before, so one thread builds a part
     ahead while the writer encodes: building and encoding each leave a core idle part of the time.
@@ -39,10 +30,10 @@ def stream_table(parts: Sequence[Callable[[], Table]], path: Path, name: str, ta
         nonlocal built
         # One thread builds the parts in the order they are asked for; `take` relies on it.
         if built != i - 1:
-            raise RuntimeError(f"{path}: part {i} was asked for after part {built}; parts must be built in order")
+            raise RuntimeError(f"{name}: part {i} was asked for after part {built}; parts must be built in order")
         part = parts[i]()
         if part.features != first.features:
-            raise ValueError(f"{path}: part {i} has other features than part 0")
+            raise ValueError(f"{name}: part {i} has other features than part 0")
         take(part)
         built = i
         return part.frame
@@ -61,20 +52,22 @@ def stream_table(parts: Sequence[Callable[[], Table]], path: Path, name: str, ta
 
         later = [pl.defer(deferred(i), schema=first.frame.schema) for i in range(1, len(parts))]
         try:
-            sink_frame(pl.concat([first.frame.lazy(), *later]), path)
+            sink(pl.concat([first.frame.lazy(), *later]))
         finally:
             for waiting in ahead.values():  # a failed write builds nothing further
                 waiting.cancel()
-    write_frame(catalogue_frame(first.specs, name), catalogue_path(path))
     return first.specs
 
 
-def read_table(path: Path) -> Table:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: feature table not built yet; materialize its asset first")
+def read_table(path: Path, catalogue: Path) -> Table:
+    """A stored feature table and its features' catalogue entries."""
     frame = pl.read_parquet(path)
-    entries = pl.read_parquet(catalogue_path(path))
+    entries = pl.read_parquet(catalogue)
     specs = [FeatureSpec(**{k: row[k] for k in ("name", "layer", "source", "timeframe", "window", "lag", "description")})
              for row in entries.iter_rows(named=True)]
     keys = tuple(c for c in frame.columns if c not in {s.name for s in specs})
     return Table(frame, specs, keys)
+
+
+def catalogue_path(path: Path) -> Path:  # TRANSITIONAL: until every domain reads through the lake
+    return path.with_name(path.name.replace(".parquet", ".catalogue.parquet"))

@@ -21,7 +21,7 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from cbi_assets.catalogue import ASSETS
+from cbi_assets.catalogue import market
 from cbi_assets.features.assets import master_path
 from cbi_assets.features.tables import catalogue_path
 from cbi_assets.meta import reptile, transfer
@@ -136,7 +136,7 @@ def _meta_asset(asset: str):
             history = frame.select(key, *features)
             per_year = SESSIONS_PER_YEAR * (season_rows(horizon) if horizon.intraday else 1)
             scoring = {"horizon": horizon_rows(horizon), "periods_per_year": per_year,
-                       "cost_bps": ASSETS[asset.upper()].cost_bps}
+                       "cost_bps": market(asset).cost_bps}
             context.log.info(f"{asset} {partition}: {len(tasks)} regime tasks ({', '.join(t.regime for t in tasks)})")
             evaluation = reptile.few_shot(tasks, history, features, budget, log=context.log.info, **scoring)
             init = reptile.meta_train(tasks, history, features, budget, log=context.log.debug)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from cbi_assets.catalogue import ASSETS
+from cbi_assets.catalogue import MARKETS, market
 from cbi_assets.meta.budget import MetaBudget
 from cbi_assets.meta.networks import Trainer, clean, fresh_session
 from cbi_assets.meta.scores import SHOWN, scores
@@ -54,8 +54,8 @@ class Pair:
 
 def horizon_pairs() -> list[Pair]:
     """Every ZL horizon with the MES daily horizon of the same length (from the catalogue)."""
-    mes = {h.bars: h.name for h in ASSETS["MES"].horizons if not h.intraday}
-    return [Pair(h.name, mes[h.bars], h.bars) for h in ASSETS["ZL"].horizons if not h.intraday and h.bars in mes]
+    mes = {h.bars: h.name for h in MARKETS["MES"].horizons if not h.intraday}
+    return [Pair(h.name, mes[h.bars], h.bars) for h in MARKETS["ZL"].horizons if not h.intraday and h.bars in mes]
 
 
 def column_roles(catalogues: dict[str, pl.DataFrame],
@@ -250,7 +250,7 @@ def compare(train: dict[str, Side], test: dict[str, Side], budget: MetaBudget, b
         for model in MODELS:
             predicted, info = found[model]
             values = scores(held.y, predicted, held.price, held.forward_price, horizon=bars,
-                            periods_per_year=SESSIONS_PER_YEAR, cost_bps=ASSETS[asset].cost_bps)
+                            periods_per_year=SESSIONS_PER_YEAR, cost_bps=market(asset).cost_bps)
             rows.append({"asset": asset, "model": model, "train_rows": side.rows, "test_rows": held.rows,
                          "pretrain_rows": sum(s.rows for s in train.values()), "epochs": info["best_epoch"],
                          **{m: values[m] for m in SHOWN}})

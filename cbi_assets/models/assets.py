@@ -17,8 +17,9 @@ import numpy as np
 import polars as pl
 from matplotlib.ticker import MaxNLocator
 
-from cbi_assets.catalogue import ASSETS
+from cbi_assets.catalogue import market
 from cbi_assets.models.evaluation import METRICS, overall, scored
+from cbi_assets.models.leaderboard import leaderboard, registry_role
 from cbi_assets.models.inputs import (
     SESSIONS_PER_YEAR,
     TrainingArrays,
@@ -166,7 +167,7 @@ def _kind_asset(asset: str, kind: str):
                     failed.append(f"{partition}/{family.name}: {error}")
                     continue
                 scores = scored(oof, horizon=horizon_rows(horizon), periods_per_year=per_year,
-                                cost_bps=ASSETS[asset.upper()].cost_bps)
+                                cost_bps=market(asset).cost_bps)
                 with tempfile.TemporaryDirectory() as tmp:
                     _save(model, Path(tmp))
                     params = {**family.params, **budget.__dict__, **getattr(model, "params", {}),
@@ -201,30 +202,6 @@ def _kind_asset(asset: str, kind: str):
 
 
 # --- Leaderboard --------------------------------------------------------------------------------
-
-
-def leaderboard(metrics: pl.DataFrame) -> pl.DataFrame:
-    """Every family's overall metrics beside the random walk's, best MASE first.
-
-    `metrics` holds the stored metrics files of one asset x horizon (scope, family, kind, run_id, METRICS).
-    """
-    board = metrics.filter(pl.col("scope") == "overall").select("family", "kind", "run_id", *METRICS)
-    walk = board.filter(pl.col("family") == "random_walk").select(
-        *(pl.col(m).alias(f"random_walk_{m}") for m in ("mape", "mae", "directional_accuracy")))
-    if walk.is_empty():
-        raise ValueError("the leaderboard needs the random walk's metrics; materialize the reference models first")
-    return (board.join(walk, how="cross")
-            .sort(pl.col("mase").fill_nan(None), nulls_last=True)
-            .with_row_index("rank", offset=1))
-
-
-def registry_role(champion: dict | None, best_family: str) -> str:
-    """Where the leaderboard's best goes in the registry. The first, or a retraining of the champion's own
-    family, becomes the champion; another family becomes the challenger: a shadow whose forecasts are
-    stored but not published until it beats the champion on matured predictions (predictions/upload)."""
-    if champion is None or champion["family"] == best_family:
-        return "champion"
-    return "challenger"
 
 
 def _leaderboard_plot(boards: dict[str, pl.DataFrame], title: str):

@@ -13,7 +13,7 @@ from pathlib import Path
 import polars as pl
 
 from cbi_assets.calendars import expected_days, is_settlement_day, trade_date
-from cbi_assets.catalogue import ASSETS, TIMEFRAMES
+from cbi_assets.catalogue import MARKETS, TIMEFRAMES
 from cbi_assets.features.master import Table
 from cbi_assets.features.quality import NULL_LIMIT, finite_finding
 from cbi_assets.features.spec import FeatureSpec
@@ -179,7 +179,7 @@ def feature_findings(lake: Path, day: dt.date) -> list[dict]:
 
 
 # "ASSET/horizon" of every intraday horizon: its predictions belong to a Globex session, not a date.
-INTRADAY = [f"{a.symbol}/{h.name}" for a in ASSETS.values() for h in a.horizons if h.intraday]
+INTRADAY = [f"{a.symbol}/{h.name}" for a in MARKETS.values() for h in a.horizons if h.intraday]
 
 
 def day_predictions(history: pl.DataFrame, day: dt.date) -> pl.DataFrame:

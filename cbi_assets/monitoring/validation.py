@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from cbi_assets.catalogue import ASSETS
+from cbi_assets.catalogue import MARKETS, market
 
 # MAPE (of price, in %) above which the champion of a horizon fails. Each is about the random
 # walk's expected absolute move over the horizon, 0.8 * sigma * sqrt(horizon / year) rounded up,
@@ -23,7 +23,7 @@ MAPE_THRESHOLDS: dict[str, dict[str, float]] = {
     "MES": {"1min": 0.03, "5min": 0.06, "15min": 0.1, "30min": 0.15, "1h": 0.2, "4h": 0.4,
             "1d": 1.0, "7d": 2.0, "30d": 4.0, "3m": 7.0, "6m": 10.0, "12m": 14.0},
 }
-_unset = {a: sorted({h.name for h in ASSETS[a].horizons} - set(MAPE_THRESHOLDS.get(a, {}))) for a in ASSETS}
+_unset = {a: sorted({h.name for h in market(a).horizons} - set(MAPE_THRESHOLDS.get(a, {}))) for a in MARKETS}
 if any(_unset.values()):
     raise ValueError(f"MAPE_THRESHOLDS lacks horizons {_unset}; give every horizon of the catalogue a threshold")
 

@@ -18,10 +18,9 @@ import numpy as np
 import polars as pl
 
 from cbi_assets.calendars import settlement_days
-from cbi_assets.ensembles.assets import training_origins
+from cbi_assets.ensembles.members import training_origins
 from cbi_assets.ensembles.conformal import LEVELS, MIN_SCORES, Calibration, level_name
 from cbi_assets.ensembles.members import assemble, read_oof
-from cbi_assets.explain.assets import trained_on
 from cbi_assets.explain.shapley import (
     NoAttribution,
     top_drivers,
@@ -53,7 +52,7 @@ from cbi_assets.predictions.origin import (
 from cbi_assets.regimes.assets import state_path
 from cbi_assets.specialists.choice import choose_model, load_specialist
 from cbi_assets.training.assets import horizon_dir
-from cbi_assets.training.sets import feature_timeframe, horizon_of, time_key
+from cbi_assets.training.sets import feature_timeframe, horizon_of, time_key, trained_on
 from cbi_assets.ui import figure, partly_failed, plot
 from cbi_assets.ui import table as md_table
 

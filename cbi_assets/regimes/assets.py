@@ -7,7 +7,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from cbi_assets.catalogue import ASSETS, REGIMES, Regime
+from cbi_assets.catalogue import market, REGIMES, Regime
 from cbi_assets.parquet import write_frame
 from cbi_assets.partitions import HORIZON_PARTITIONS, REGIME_PARTITIONS
 from cbi_assets.regimes.calendar import calendar_frame, regimes_of
@@ -121,7 +121,7 @@ class RegimeStateConfig(dg.Config):
         return MarkovPlan(k=self.k, refit_days=self.refit_days, fit_window=self.fit_window, min_history=self.min_history)
 
     def persistence_of(self, asset: str, horizon: str) -> int:
-        h = ASSETS[asset.upper()].horizon(horizon)
+        h = market(asset).horizon(horizon)
         return persistence_for(0 if h.intraday else h.bars, self.persistence, self.longest_persistence)
 
 

@@ -16,7 +16,7 @@ import dagster as dg
 import numpy as np
 import polars as pl
 
-from cbi_assets.catalogue import ASSETS
+from cbi_assets.catalogue import market
 from cbi_assets.models.assets import models_dir
 from cbi_assets.models.evaluation import METRICS
 from cbi_assets.models.inputs import SESSIONS_PER_YEAR, TrainingArrays, horizon_rows
@@ -54,7 +54,7 @@ VERDICT_SCHEMA = {
 
 def daily_horizons(asset: str) -> list[str]:
     """The horizons a market's specialists cover: its daily ones (an intraday regime has few sessions)."""
-    return [h.name for h in ASSETS[asset.upper()].horizons if not h.intraday]
+    return [h.name for h in market(asset).horizons if not h.intraday]
 
 
 class SpecialistConfig(dg.Config):
@@ -125,7 +125,7 @@ def specialise(lake: Path, tracking, asset: str, regime: str, horizon_name: str,
     stored = models_dir(lake, asset, horizon_name) / "oof" / f"{GENERALIST}.parquet"
     walked = with_generalist_oof(walked, pl.read_parquet(stored) if stored.is_file() else None, key)
     board = scores(walked, horizon=horizon_rows(horizon), periods_per_year=SESSIONS_PER_YEAR,
-                   cost_bps=ASSETS[asset.upper()].cost_bps)
+                   cost_bps=market(asset).cost_bps)
     decision = verdict(board, plan)
     model, scaler = train_specialist(frame, data, span, fit, budget)
 

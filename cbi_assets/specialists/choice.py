@@ -10,7 +10,8 @@ from pathlib import Path
 
 import polars as pl
 
-from cbi_assets.models.assets import leaderboard, models_dir
+from cbi_assets.models.assets import models_dir  # TRANSITIONAL
+from cbi_assets.models.leaderboard import leaderboard
 from cbi_assets.models.registry import families
 from cbi_assets.training.scaling import RobustScaler
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from cbi_assets.catalogue import ASSETS
+from cbi_assets.catalogue import MARKETS, market
 from cbi_assets.features.assets import bars_path, continuous_bars, master_path
 from cbi_assets.features.tables import read_table
 from cbi_assets.parquet import write_frame
@@ -88,7 +88,7 @@ def _labels_asset(asset: str):
     deps = [dg.AssetKey([asset, "features", "continuous_1d"])]
     if asset == "mes":
         deps += [dg.AssetKey(["mes", "features", "bars"]),
-                 *(dg.AssetKey(["mes", "features", f"master_{h.name}"]) for h in ASSETS["MES"].horizons if h.intraday)]
+                 *(dg.AssetKey(["mes", "features", f"master_{h.name}"]) for h in MARKETS["MES"].horizons if h.intraday)]
 
     @_training_asset(asset, "labels", f"{asset.upper()} labels per horizon: forward log return and price, direction"
                      + (", and triple-barrier labels with first-touch time for intraday horizons" if asset == "mes" else ""),
@@ -146,7 +146,7 @@ def _labels_asset(asset: str):
 
 def _sets_asset(asset: str):
     deps = [dg.AssetKey([asset, "training", "labels"]), regime_calendar.key,
-            *{dg.AssetKey([asset, "features", f"master_{sets.feature_timeframe(h)}"]) for h in ASSETS[asset.upper()].horizons}]
+            *{dg.AssetKey([asset, "features", f"master_{sets.feature_timeframe(h)}"]) for h in market(asset).horizons}]
 
     @_training_asset(asset, "sets", f"{asset.upper()} training set per horizon: master features, labels, named regime and "
                      "sample weight (regime weight x label uniqueness); all regimes and one file per regime.",

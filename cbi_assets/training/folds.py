@@ -14,7 +14,7 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
-from cbi_assets.catalogue import ASSETS, TIMEFRAMES, Horizon
+from cbi_assets.catalogue import MARKETS, market, TIMEFRAMES, Horizon
 from cbi_assets.features.bars import SESSION_MINUTES  # a day of MES 1-minute rows
 
 Scheme = Literal["expanding", "sliding"]
@@ -89,9 +89,9 @@ def default_plan(profile: str, asset: str, horizon: Horizon | str) -> FoldPlan:
     """
     if profile not in PLANS:
         raise KeyError(f"no fold plan for profile {profile!r}; valid profiles: {', '.join(PLANS)}")
-    if asset not in ASSETS:
-        raise KeyError(f"no asset {asset!r} in the catalogue; valid assets: {', '.join(ASSETS)}")
-    h = ASSETS[asset].horizon(horizon if isinstance(horizon, str) else horizon.name)
+    if asset.upper() not in MARKETS:
+        raise KeyError(f"no asset {asset!r} in the catalogue; valid assets: {', '.join(MARKETS)}")
+    h = market(asset).horizon(horizon if isinstance(horizon, str) else horizon.name)
     plan = PLANS[profile].get((asset, h.timeframe))
     if plan is None:
         raise KeyError(f"profile {profile!r} has no fold plan for {asset} {h.timeframe} horizons; add one to PLANS")

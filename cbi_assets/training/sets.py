@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from cbi_assets.catalogue import ASSETS, Horizon
+from cbi_assets.catalogue import market, Horizon
 from cbi_assets.regimes.calendar import regimes_of
 from cbi_assets.training.folds import split
 from cbi_assets.training.labels import (
@@ -29,7 +29,7 @@ WEIGHT_COLUMNS = ("regime", "regime_weight", "uniqueness", "weight")
 
 
 def horizon_of(asset: str, name: str) -> Horizon:
-    return ASSETS[asset.upper()].horizon(name)
+    return market(asset).horizon(name)
 
 
 def feature_timeframe(horizon: Horizon) -> str:
@@ -115,3 +115,9 @@ def meta_task(frame: pl.DataFrame, horizon: Horizon, plan: MetaPlan) -> tuple[pl
         return (f"{support.height} support and {query.height} query rows once the support labels have ended "
                 f"(at least {plan.min_rows} each needed)")
     return support, query
+
+
+def trained_on(logged: list[str]) -> tuple[str, ...]:
+    """The features a run's model was trained on: its logged list, less the keys and labels that runs
+    logged before only features were listed carry (every column of the training set)."""
+    return tuple(feature_columns(pl.DataFrame(schema=dict.fromkeys(logged, pl.Float64))))
