@@ -50,7 +50,7 @@ from cbi_assets.features.master import (
     microstructure_table,
 )
 from cbi_assets.features.quality import Profile
-from cbi_assets.features.tables import stream_table, write_table
+from cbi_assets.lake import MASTER, Lake
 from cbi_assets.raw.datasets import RAW_DATASETS
 from cbi_assets.sample import SampleConfig, build_sample
 from resources.local_files import LocalFilesSource
@@ -61,21 +61,30 @@ TA_ROWS = 20_000  # `ta` is slow; its rows/s come from a slice
 
 
 def build_masters(records: dict, out: Path) -> tuple[int, dict[str, tuple[int, int]]]:
-    """Every MES master table from raw records, each written and checked as its asset does. Returns
-    (minute rows, shapes)."""
-    continuous = inputs.continuous({s: records[f"{s.lower()}_ohlcv_1d"] for s in ("ZL", "ZS", "ZM", "CL", "HO", "ES", "MES")})
+    """Every MES master table from raw records, each written and checked as its asset does, into a scratch
+    lake at `out`. Returns (minute rows, shapes)."""
+    lake = Lake(root=str(out))
+    continuous = inputs.continuous(
+        {s: records[f"{s.lower()}_ohlcv_1d"] for s in ("ZL", "ZS", "ZM", "CL", "HO", "ES", "MES")}
+    )
     series = inputs.series(records)
     minutes = inputs.minutes(records["mes_ohlcv_1m"], continuous["mes"])
     shared = [shared_layer(name, continuous, series) for name in SHARED_LAYERS]
     mes_daily = asset_master("mes", asset_layer("mes", continuous), shared)
-    write_table(mes_daily, out / "master_1d.parquet", "mes_master_1d")
+    lake.write_features(MASTER, mes_daily, "mes_master_1d", market="MES", timeframe="1d")
     profiles = {"1d": Profile().add(mes_daily)}
     micro = microstructure_table(minutes, records["mes_trades"], records["mes_tbbo"], records["mes_mbp_10"])
     context = intraday_context(minutes, micro, mes_daily)
     for timeframe in INTRADAY_TIMEFRAMES:
         profiles[timeframe] = Profile()
-        stream_table(intraday_master_parts(context, timeframe), out / f"master_{timeframe}.parquet",
-                     f"mes_master_{timeframe}", profiles[timeframe].add)
+        lake.stream_features(
+            MASTER,
+            intraday_master_parts(context, timeframe),
+            f"mes_master_{timeframe}",
+            profiles[timeframe].add,
+            market="MES",
+            timeframe=timeframe,
+        )
     for timeframe, profile in profiles.items():
         minimum = MIN_FEATURES["daily" if timeframe == "1d" else "intraday"]
         failed = [check for check, found in profile.findings(timeframe, minimum).items() if not found.passed]
@@ -92,7 +101,13 @@ def core_ours(bars: pl.DataFrame) -> pl.DataFrame:
     standard deviation (the MACD as a fraction of price, as the features use it)."""
     k = with_core(bars, "", CORE, "k_")
     return k.select(
-        "k_rsi_14", "k_atr_14", "k_mean_20", "k_ema_20", "k_macd_12_26_9", "k_macd_signal_12_26_9", "k_macd_hist_12_26_9",
+        "k_rsi_14",
+        "k_atr_14",
+        "k_mean_20",
+        "k_ema_20",
+        "k_macd_12_26_9",
+        "k_macd_signal_12_26_9",
+        "k_macd_hist_12_26_9",
         (pl.col("k_mean_20") + 2 * pl.col("k_std_20")).alias("boll_upper"),
         (pl.col("k_mean_20") - 2 * pl.col("k_std_20")).alias("boll_lower"),
     )
@@ -120,14 +135,18 @@ def best_of(runs: int, call) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sessions", type=int, default=3_700, help="MES sessions of 1-minute bars (1,380 minutes each)")
+    parser.add_argument(
+        "--sessions", type=int, default=3_700, help="MES sessions of 1-minute bars (1,380 minutes each)"
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cbi-features-"))
     try:
         config = SampleConfig(end=END, intraday_sessions=args.sessions, tick_sessions=2)
         folder = build_sample(config, work / "sample")
         source = LocalFilesSource(root=str(folder))
-        coverage = SampleSource(cache_dir=str(work), end=END.isoformat(), intraday_sessions=args.sessions, tick_sessions=2)
+        coverage = SampleSource(
+            cache_dir=str(work), end=END.isoformat(), intraday_sessions=args.sessions, tick_sessions=2
+        )
         records = {name: source.fetch(d, *coverage.coverage(d)) for name, d in RAW_DATASETS.items()}
         (work / "out").mkdir()
 
@@ -143,22 +162,28 @@ def main() -> None:
         high, low, close = (bars[c].to_numpy() for c in ("high", "low", "close"))
         talib_s = best_of(7, lambda: core_talib(high, low, close))
         ours_core_s = best_of(7, lambda: core_ours(bars))
-        print(f"core indicators on {bars.height:,} rows: ours {bars.height / ours_core_s:,.0f} rows/s, "
-              f"TA-Lib {bars.height / talib_s:,.0f} rows/s")
+        print(
+            f"core indicators on {bars.height:,} rows: ours {bars.height / ours_core_s:,.0f} rows/s, "
+            f"TA-Lib {bars.height / talib_s:,.0f} rows/s"
+        )
 
         import ta
 
         frame = bars.head(TA_ROWS).to_pandas()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ta_s = best_of(3, lambda: ta.add_all_ta_features(frame, "open", "high", "low", "close", "volume", fillna=False))
+            ta_s = best_of(
+                3, lambda: ta.add_all_ta_features(frame, "open", "high", "low", "close", "volume", fillna=False)
+            )
         ta_rate = TA_ROWS / ta_s
         print(f"ta.add_all_ta_features on {TA_ROWS:,} rows: {ta_rate:,.0f} rows/s")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"features_rows_per_s={ours:.0f} ta_ratio={ours / ta_rate:.1f} "
-          f"talib_ratio={(bars.height / ours_core_s) / (bars.height / talib_s):.2f} peak_rss_mb={peak:.0f}")
+    print(
+        f"features_rows_per_s={ours:.0f} ta_ratio={ours / ta_rate:.1f} "
+        f"talib_ratio={(bars.height / ours_core_s) / (bars.height / talib_s):.2f} peak_rss_mb={peak:.0f}"
+    )
 
 
 if __name__ == "__main__":

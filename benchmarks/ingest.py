@@ -19,9 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from cbi_assets.lake import Lake
 from cbi_assets.raw.datasets import raw_dataset
 from cbi_assets.raw.ingest import ingest
-from cbi_assets.raw.store import PartitionStore
 from cbi_assets.sample import SampleConfig, build_sample
 from resources.local_files import LocalFilesSource
 from resources.sample_source import SampleSource
@@ -49,19 +49,22 @@ def main() -> None:
     began = time.perf_counter()
     bars = LocalFilesSource(root=str(folder)).fetch(dataset, first, last)
     decoded = time.perf_counter() - began
-    store = PartitionStore(work / "lake" / "MES" / "raw" / dataset.name)
+    store = Lake(root=str(work / "lake")).raw(dataset)
     began = time.perf_counter()
-    report = ingest(dataset, bars, store, first, last, origin=str(dbn_file),
-                    received_at=dt.datetime.now(dt.timezone.utc))
+    report = ingest(dataset, bars, store, first, last, origin=str(dbn_file), received_at=dt.datetime.now(dt.UTC))
     stored = time.perf_counter() - began
 
     total = decoded + stored
     rows_per_s = report.rows / total
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"bars written as DBN        {bars.height:,} over {sessions:,} sessions ({first}..{last})")
-    print(f"DBN file                   {dbn_file.stat().st_size / 1e6:.1f} MB, generated and written in {written:.1f} s")
+    print(
+        f"DBN file                   {dbn_file.stat().st_size / 1e6:.1f} MB, generated and written in {written:.1f} s"
+    )
     print(f"decode (databento reader)  {decoded:.2f} s  ({bars.height / decoded:,.0f} rows/s)")
-    print(f"validate + store by day    {stored:.2f} s  ({report.rows / stored:,.0f} rows/s, {report.days:,} partitions)")
+    print(
+        f"validate + store by day    {stored:.2f} s  ({report.rows / stored:,.0f} rows/s, {report.days:,} partitions)"
+    )
     print(f"lake size                  {sum(p.stat().st_size for p in store.root.rglob('*.parquet')) / 1e6:.1f} MB")
     if args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)

@@ -80,4 +80,4 @@ def globex_session(day: dt.date) -> tuple[dt.datetime, dt.datetime]:
     """
     opens = dt.datetime.combine(day - dt.timedelta(days=1), GLOBEX_OPEN, CHICAGO)
     closes = dt.datetime.combine(day, GLOBEX_CLOSE, CHICAGO)
-    return opens.astimezone(dt.timezone.utc), closes.astimezone(dt.timezone.utc)
+    return opens.astimezone(dt.UTC), closes.astimezone(dt.UTC)

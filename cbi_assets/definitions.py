@@ -21,9 +21,22 @@ from resources import build_resources
 from schedules import JOBS, SCHEDULES, SENSORS
 
 defs = dg.Definitions(
-    assets=[*RAW_ASSETS, *ROLL_CALENDARS, raw_inventory, *FEATURE_ASSETS, *REGIME_ASSETS, *TRAINING_ASSETS,
-            *MODEL_ASSETS, *ENSEMBLE_ASSETS, *EXPLAIN_ASSETS, *SPECIALIST_ASSETS, *META_ASSETS,
-            *BACKTEST_ASSETS, *PREDICTION_ASSETS, *MONITORING_ASSETS],
+    assets=[
+        *RAW_ASSETS,
+        *ROLL_CALENDARS,
+        raw_inventory,
+        *FEATURE_ASSETS,
+        *REGIME_ASSETS,
+        *TRAINING_ASSETS,
+        *MODEL_ASSETS,
+        *ENSEMBLE_ASSETS,
+        *EXPLAIN_ASSETS,
+        *SPECIALIST_ASSETS,
+        *META_ASSETS,
+        *BACKTEST_ASSETS,
+        *PREDICTION_ASSETS,
+        *MONITORING_ASSETS,
+    ],
     jobs=JOBS,
     schedules=SCHEDULES,
     sensors=SENSORS,

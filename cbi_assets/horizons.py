@@ -39,12 +39,21 @@ class Done:
     value: Any = None
 
 
-Finish = Callable[[dict[str, Done]], dict[str, Any]]
+# The cross-partition work after the loop (warehouse writes, combined plots): more metadata, or more
+# metadata and check results that judge every partition together.
+Finish = Callable[[dict[str, Done]], dict[str, Any] | tuple[dict[str, Any], list[dg.AssetCheckResult]]]
 
 
-def each_partition(context: dg.AssetExecutionContext, work: Callable[[str], Done | None], *, name: str,
-                   dimension: str = "horizon", summary: str = "summary", finish: Finish | None = None,
-                   metadata: dict[str, Any] | None = None) -> dg.MaterializeResult:
+def each_partition(
+    context: dg.AssetExecutionContext,
+    work: Callable[[str], Done | None],
+    *,
+    name: str,
+    dimension: str = "horizon",
+    summary: str = "summary",
+    finish: Finish | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> dg.MaterializeResult:
     """Run `work` for every partition of the run; `name` labels the log lines ("ZL labels")."""
     keys = list(context.partition_keys)
     done: dict[str, Done] = {}
@@ -61,29 +70,49 @@ def each_partition(context: dg.AssetExecutionContext, work: Callable[[str], Done
             continue
         done[key] = result
         failed += [f"{key}/{part}" for part in result.failed]
-        context.log.info(f"{name} {key} ({i}/{len(keys)}) done in {time.monotonic() - started:.1f}s "
-                         f"({time.monotonic() - began:.0f}s since the start)")
+        context.log.info(
+            f"{name} {key} ({i}/{len(keys)}) done in {time.monotonic() - started:.1f}s "
+            f"({time.monotonic() - began:.0f}s since the start)"
+        )
     out: dict[str, Any] = dict(metadata or {})
     rows = [_labelled(d.rows, dimension, k) for k, d in done.items() if d.rows is not None and len(d.rows)]
     if rows:
         out[summary] = table(pl.concat(rows, how="diagonal_relaxed"), 500)
     for key, result in done.items():
         out |= {f"{entry}_{key}": value for entry, value in result.metadata.items()}
-    if finish and done:
-        out |= finish(done)
     checks = _check_results(done, dimension)
+    if finish and done:
+        finished = finish(done)
+        more, judged = finished if isinstance(finished, tuple) else (finished, [])
+        out |= more
+        checks += judged
     if failed:
-        raise dg.Failure(f"{name}: {len(failed)} failed of {len(keys)} {dimension}s (first: {failed[0]}); what "
-                         "succeeded is stored", metadata={"failed": dg.MetadataValue.json(failed), **out})
+        raise dg.Failure(
+            f"{name}: {len(failed)} failed of {len(keys)} {dimension}s (first: {failed[0]}); what succeeded is stored",
+            metadata={"failed": dg.MetadataValue.json(failed), **out},
+        )
     return dg.MaterializeResult(metadata=out, check_results=checks)
 
 
-def each_horizon(context: dg.AssetExecutionContext, market: Market, work: Callable[[Horizon], Done | None], *,
-                 name: str, summary: str = "horizons", finish: Finish | None = None,
-                 metadata: dict[str, Any] | None = None) -> dg.MaterializeResult:
+def each_horizon(
+    context: dg.AssetExecutionContext,
+    market: Market,
+    work: Callable[[Horizon], Done | None],
+    *,
+    name: str,
+    summary: str = "horizons",
+    finish: Finish | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> dg.MaterializeResult:
     """`each_partition` over a market's horizon partitions, handing `work` the Horizon."""
-    return each_partition(context, lambda key: work(market.horizon(key)), name=f"{market} {name}",
-                          summary=summary, finish=finish, metadata=metadata)
+    return each_partition(
+        context,
+        lambda key: work(market.horizon(key)),
+        name=f"{market} {name}",
+        summary=summary,
+        finish=finish,
+        metadata=metadata,
+    )
 
 
 def _labelled(rows: list[dict] | pl.DataFrame, dimension: str, key: str) -> pl.DataFrame:
@@ -100,8 +129,15 @@ def _check_results(done: dict[str, Done], dimension: str) -> list[dg.AssetCheckR
     for name in names:
         found = {key: d.checks[name] for key, d in done.items() if name in d.checks}
         failing = [key for key, (passed, _) in found.items() if not passed]
-        out.append(dg.AssetCheckResult(
-            check_name=name, passed=not failing, severity=dg.AssetCheckSeverity.ERROR,
-            metadata={f"failed_{dimension}s": failing,
-                      f"by_{dimension}": dg.MetadataValue.json({key: seen for key, (_, seen) in found.items()})}))
+        out.append(
+            dg.AssetCheckResult(
+                check_name=name,
+                passed=not failing,
+                severity=dg.AssetCheckSeverity.ERROR,
+                metadata={
+                    f"failed_{dimension}s": failing,
+                    f"by_{dimension}": dg.MetadataValue.json({key: seen for key, (_, seen) in found.items()}),
+                },
+            )
+        )
     return out

@@ -105,14 +105,20 @@ MODELS = "{MARKET}/models/by_horizon/{horizon}"
 ROLL_CALENDAR = Table("roll calendar", "{MARKET}/raw/roll_calendar.parquet", "{market}/raw/roll_calendar")
 
 # --- Features -------------------------------------------------------------------------------------
-CONTINUOUS = Table("continuous daily bars", "{MARKET}/features/continuous_1d.parquet", "{market}/features/continuous_1d")
+CONTINUOUS = Table(
+    "continuous daily bars", "{MARKET}/features/continuous_1d.parquet", "{market}/features/continuous_1d"
+)
 SHARED_LAYER = Table("shared feature layer", "shared/{layer}/{layer}_1d.parquet", "shared/features/{layer}")
-MARKET_LAYER = Table("market feature layer", "{MARKET}/features/{market}_layer_1d.parquet",
-                     "{market}/features/{market}_layer_1d")
-MASTER = Table("master features", "{MARKET}/features/master_{timeframe}.parquet", "{market}/features/master_{timeframe}")
+MARKET_LAYER = Table(
+    "market feature layer", "{MARKET}/features/{market}_layer_1d.parquet", "{market}/features/{market}_layer_1d"
+)
+MASTER = Table(
+    "master features", "{MARKET}/features/master_{timeframe}.parquet", "{market}/features/master_{timeframe}"
+)
 BARS = Table("MES bars", "MES/features/bars_{timeframe}.parquet", "mes/features/bars")
-MICROSTRUCTURE = Table("MES microstructure", "MES/features/microstructure_1min.parquet",
-                       "mes/features/microstructure_1min")
+MICROSTRUCTURE = Table(
+    "MES microstructure", "MES/features/microstructure_1min.parquet", "mes/features/microstructure_1min"
+)
 FEATURE_CATALOGUE = Table("feature catalogue", "feature_catalogue.parquet", "features/catalogue")
 # Feature tables keep their features' catalogue entries in a file beside them.
 FEATURE_TABLES = (SHARED_LAYER, MARKET_LAYER, MASTER, MICROSTRUCTURE)
@@ -128,8 +134,9 @@ TRAINING_SET = Table("training set", f"{BY_HORIZON}/all.parquet", "{market}/trai
 REGIME_SET = Table("training set of one regime", f"{BY_HORIZON}/regime={{regime}}.parquet", "{market}/training/sets")
 FOLDS = Table("walk-forward folds", f"{BY_HORIZON}/folds.parquet", "{market}/training/folds")
 SCALERS = Table("fold scalers", f"{BY_HORIZON}/scalers.parquet", "{market}/training/folds")
-META_TASK = Table("meta-learning task", "meta_learning/{MARKET}/{horizon}/{regime}/{part}.parquet",
-                  "{market}/training/meta_tasks")
+META_TASK = Table(
+    "meta-learning task", "meta_learning/{MARKET}/{horizon}/{regime}/{part}.parquet", "{market}/training/meta_tasks"
+)
 
 # --- Models ---------------------------------------------------------------------------------------
 OOF = Table("out-of-fold forecasts", f"{MODELS}/oof/{{family}}.parquet", _family_asset)
@@ -142,15 +149,26 @@ EXPLANATION = Table("explanations", f"{MODELS}/explain/{{part}}/{{family}}.parqu
 EXPLAIN_SUMMARY = Table("explanation summary", f"{MODELS}/explain/summary.parquet", "{market}/models/explanations")
 REPTILE = Table("Reptile meta-learner", f"{MODELS}/reptile", "{market}/models/reptile", folder=True)
 REPTILE_RESULT = Table("Reptile results", f"{MODELS}/reptile/{{name}}.parquet", "{market}/models/reptile")
-SPECIALIST = Table("regime specialist", "{MARKET}/models/specialists/{regime}/{horizon}", "{market}/models/specialists",
-                   folder=True, partition="regime")
-TRANSFER = Table("cross-asset transfer comparison", "shared/models/transfer/comparison.parquet", "shared/models/transfer")
+SPECIALIST = Table(
+    "regime specialist",
+    "{MARKET}/models/specialists/{regime}/{horizon}",
+    "{market}/models/specialists",
+    folder=True,
+    partition="regime",
+)
+TRANSFER = Table(
+    "cross-asset transfer comparison", "shared/models/transfer/comparison.parquet", "shared/models/transfer"
+)
 
 # --- Predictions and backtests --------------------------------------------------------------------
-FORECAST = Table("latest forecast", "{MARKET}/predictions/by_horizon/{horizon}/latest.parquet",
-                 "{market}/predictions/forecast")
-FAMILY_FORECASTS = Table("every family's latest forecast", "{MARKET}/predictions/by_horizon/{horizon}/families.parquet",
-                         "{market}/predictions/forecast")
+FORECAST = Table(
+    "latest forecast", "{MARKET}/predictions/by_horizon/{horizon}/latest.parquet", "{market}/predictions/forecast"
+)
+FAMILY_FORECASTS = Table(
+    "every family's latest forecast",
+    "{MARKET}/predictions/by_horizon/{horizon}/families.parquet",
+    "{market}/predictions/forecast",
+)
 BACKTEST = Table("backtest", "{MARKET}/backtests/by_horizon/{horizon}/{name}.parquet", "{market}/backtests/{kind}")
 
 
@@ -216,19 +234,27 @@ class Lake(dg.ConfigurableResource):
     def path(self, table: Table, **parts: Any) -> Path:
         return Path(self.root) / table.relative(**parts)
 
+    def where(self, table: Table, **parts: Any) -> str:
+        """Where a table lies, with the parts not given left as {placeholders}: a metadata "path" for an
+        asset that writes many files (`where(OOF, market=ZL)` -> .../ZL/models/by_horizon/{horizon}/oof/...)."""
+        filled = {p: f"{{{p}}}" for p in table.parts}
+        return str(
+            Path(self.root) / table.pattern.format(**{**filled, "MARKET": "{market}", **table.values(parts, ())})
+        )
+
     def exists(self, table: Table, **parts: Any) -> bool:
         path = self.path(table, **parts)
         return path.is_dir() if table.folder else path.is_file()
 
-    def present(self, table: Table, part: str, **parts: Any) -> list[str]:
-        """The values of one part that have a stored file, e.g. the regimes with a training set."""
-        relative = table.relative(**parts, **{part: "\x00"})
+    def present(self, table: Table, which: str, /, **parts: Any) -> list[str]:
+        """The values of the part `which` that have a stored file, e.g. the regimes with a training set."""
+        relative = table.relative(**parts, **{which: "\x00"})
         head, tail = relative.split("\x00", 1)
         root = Path(self.root)
         values = []
         for found in root.glob(relative.replace("\x00", "*")):
             name = found.relative_to(root).as_posix()
-            value = name[len(head):len(name) - len(tail)]
+            value = name[len(head) : len(name) - len(tail)]
             if value and "/" not in value and not value.startswith("."):
                 values.append(value)
         return sorted(values)
@@ -237,11 +263,16 @@ class Lake(dg.ConfigurableResource):
         """The error for a table that is not built: what it is, where, and what to materialize."""
         key = table.asset_key(**parts)
         partition = parts.get(table.partition) if table.partition else None
-        label = " ".join(str(parts[k]) for k in ("market", "layer", "horizon", "timeframe", "regime", "family", "name",
-                                                 "part") if k in parts)
-        return NotBuilt(f"the {table.name}{' ' + label if label else ''} is not built yet: materialize "
-                        f"{key.to_user_string()}{f' (partition {partition})' if partition else ''}; looked for "
-                        f"{self.path(table, **parts)}")
+        label = " ".join(
+            str(parts[k])
+            for k in ("market", "layer", "horizon", "timeframe", "regime", "family", "name", "part")
+            if k in parts
+        )
+        return NotBuilt(
+            f"the {table.name}{' ' + label if label else ''} is not built yet: materialize "
+            f"{key.to_user_string()}{f' (partition {partition})' if partition else ''}; looked for "
+            f"{self.path(table, **parts)}"
+        )
 
     # -- reading --------------------------------------------------------------------------------
     def read(self, table: Table, columns: Sequence[str] | None = None, **parts: Any) -> pl.DataFrame:
@@ -288,7 +319,8 @@ class Lake(dg.ConfigurableResource):
         if key not in assets.keys and key not in set(assets.dependency_keys):
             raise dg.DagsterInvariantViolationError(
                 f"{context.asset_key.to_user_string()} reads the {table.name} table, built by {key.to_user_string()}, "
-                "which it does not declare; add the table to the asset's reads")
+                "which it does not declare; add the table to the asset's reads"
+            )
 
     def _catalogue(self, table: Table, parts: dict[str, Any]) -> Path:
         if table not in FEATURE_TABLES:
@@ -361,7 +393,8 @@ class Lake(dg.ConfigurableResource):
         if dataset.key not in assets.keys and dataset.key not in set(assets.dependency_keys):
             raise dg.DagsterInvariantViolationError(
                 f"{context.asset_key.to_user_string()} reads the raw dataset {dataset.name}, which it does not declare; "
-                "add it to the asset's reads")
+                "add it to the asset's reads"
+            )
 
     def read_raw(self, dataset: RawDataset, start=None, end=None) -> pl.DataFrame | None:
         """The latest stored records of a raw dataset in [start, end], or None when nothing is stored."""
@@ -369,20 +402,26 @@ class Lake(dg.ConfigurableResource):
         return None if stored is None else stored.collect()
 
 
-def reads(*tables: Table | RawDataset, markets: Sequence[Market | str] = (), **parts: Any) -> list[dg.AssetKey]:
+def reads(
+    *tables: Table | RawDataset, markets: Sequence[Market | str] = (), **parts: Any
+) -> list[dg.AssetKey | dg.AssetDep]:
     """The asset keys that build `tables`: an asset's declared dependencies, from what it reads.
 
     A table with a {market} part is read for each of `markets`; other parts that the building asset's
-    key needs (timeframe, layer, family) come from `parts`, where a list means one of each.
+    key needs (timeframe, layer, family) come from `parts`, where a list means one of each. A table built
+    per regime is read whole: every regime partition of its asset.
     """
-    keys: dict[dg.AssetKey, None] = {}
+    keys: dict[dg.AssetKey, dg.AssetKey | dg.AssetDep] = {}
     for table in tables:
         if isinstance(table, RawDataset):
-            keys[table.key] = None
+            keys[table.key] = table.key
             continue
         for combination in _combinations(table, list(markets), parts):
-            keys[table.asset_key(**combination)] = None
-    return list(keys)
+            key = table.asset_key(**combination)
+            keys[key] = (
+                dg.AssetDep(key, partition_mapping=dg.AllPartitionMapping()) if table.partition == "regime" else key
+            )
+    return list(keys.values())
 
 
 def _combinations(table: Table, markets: list, parts: dict[str, Any]) -> list[dict[str, Any]]:

@@ -56,8 +56,10 @@ class Profile:
         m = market(market_)
         plan = self.folds.get(f"{m.symbol} {horizon.timeframe}")
         if plan is None:
-            raise KeyError(f"profile {self.name!r} has no fold plan for {m.symbol} {horizon.timeframe} horizons; "
-                           f"it has {', '.join(self.folds)}")
+            raise KeyError(
+                f"profile {self.name!r} has no fold plan for {m.symbol} {horizon.timeframe} horizons; "
+                f"it has {', '.join(self.folds)}"
+            )
         # An intraday horizon learns from bars of its own length (one row per horizon), so its bars
         # and the sliding window's 1-minute rows are counted in those bars.
         minutes_per_row = TIMEFRAMES[horizon.name] if horizon.intraday else 1
@@ -73,10 +75,14 @@ PROFILES: dict[str, Profile] = {
         # Daily models retrain on all the history (expanding); minute models keep a sliding window,
         # since years of 1-minute bars are costly to refit 20 times and microstructure from long ago
         # says little about today's book.
-        folds={"ZL 1d": FoldPlan(60, "expanding"), "MES 1d": FoldPlan(60, "expanding"),
-               "MES 1min": FoldPlan(20, "sliding", train_rows=60 * SESSION_MINUTES)},
-        training=Budget(epochs=200, patience=5, boost_rounds=2000, sequence_length=32, batch_size=256,
-                        max_train_rows=None),
+        folds={
+            "ZL 1d": FoldPlan(60, "expanding"),
+            "MES 1d": FoldPlan(60, "expanding"),
+            "MES 1min": FoldPlan(20, "sliding", train_rows=60 * SESSION_MINUTES),
+        },
+        training=Budget(
+            epochs=200, patience=5, boost_rounds=2000, sequence_length=32, batch_size=256, max_train_rows=None
+        ),
         meta=MetaBudget(),
         explain=ExplainPlan(max_rows=2000, network_rows=24, background=32, permutations=1, drivers=10),
     ),
@@ -84,13 +90,28 @@ PROFILES: dict[str, Profile] = {
     # the recent rows, so the whole graph runs in minutes.
     "sample": Profile(
         name="sample",
-        folds={"ZL 1d": FoldPlan(5, "expanding"), "MES 1d": FoldPlan(5, "expanding"),
-               "MES 1min": FoldPlan(5, "sliding", train_rows=10 * SESSION_MINUTES)},
-        training=Budget(epochs=3, patience=2, boost_rounds=60, sequence_length=16, batch_size=256,
-                        max_train_rows=2000, threads=1),
-        meta=MetaBudget(units=(16,), long_epochs=25, meta_iterations=60, meta_batch=2, max_task_rows=256,
-                        held_out=3, encoder_units=16, latent=4, head_units=8, transfer_epochs=15,
-                        transfer_patience=3, max_train_rows=1500),
+        folds={
+            "ZL 1d": FoldPlan(5, "expanding"),
+            "MES 1d": FoldPlan(5, "expanding"),
+            "MES 1min": FoldPlan(5, "sliding", train_rows=10 * SESSION_MINUTES),
+        },
+        training=Budget(
+            epochs=3, patience=2, boost_rounds=60, sequence_length=16, batch_size=256, max_train_rows=2000, threads=1
+        ),
+        meta=MetaBudget(
+            units=(16,),
+            long_epochs=25,
+            meta_iterations=60,
+            meta_batch=2,
+            max_task_rows=256,
+            held_out=3,
+            encoder_units=16,
+            latent=4,
+            head_units=8,
+            transfer_epochs=15,
+            transfer_patience=3,
+            max_train_rows=1500,
+        ),
         # Each network row costs (2 x features + 1) x background forward passes: on the sample a
         # network explains the latest forecast only.
         explain=ExplainPlan(max_rows=500, network_rows=0, background=8, permutations=1, drivers=10),
@@ -106,8 +127,10 @@ def load_profile(name: str) -> Profile:
     if path.suffix != ".toml":
         raise ValueError(f"profile {name!r} is neither a built-in profile ({', '.join(PROFILES)}) nor a .toml file")
     if not path.is_file():
-        raise FileNotFoundError(f"profile file {path} does not exist; set CBI_PROFILE to {', '.join(PROFILES)} or to "
-                                "the path of your profile's TOML file")
+        raise FileNotFoundError(
+            f"profile file {path} does not exist; set CBI_PROFILE to {', '.join(PROFILES)} or to "
+            "the path of your profile's TOML file"
+        )
     try:
         given = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as error:
@@ -128,8 +151,9 @@ def _override(path: Path, given: dict[str, Any]) -> Profile:
                 folds[key] = _replaced(path, f"folds.{key}", start, changes)
             profile = dataclasses.replace(profile, folds=folds)
         elif section in ("training", "meta", "explain"):
-            profile = dataclasses.replace(profile, **{section: _replaced(path, section, getattr(profile, section),
-                                                                         values)})
+            profile = dataclasses.replace(
+                profile, **{section: _replaced(path, section, getattr(profile, section), values)}
+            )
         else:
             raise ValueError(f"{path}: unknown section [{section}]; sections: folds, training, meta, explain")
     return profile
@@ -139,7 +163,9 @@ def _replaced(path: Path, section: str, current: Any, changes: dict[str, Any]) -
     known = {f.name for f in dataclasses.fields(current)}
     unknown = sorted(set(changes) - known)
     if unknown:
-        raise ValueError(f"{path}: [{section}] has no setting {', '.join(unknown)}; settings: {', '.join(sorted(known))}")
+        raise ValueError(
+            f"{path}: [{section}] has no setting {', '.join(unknown)}; settings: {', '.join(sorted(known))}"
+        )
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()}
     try:
         return dataclasses.replace(current, **values)

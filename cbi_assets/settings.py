@@ -10,6 +10,8 @@
 | CBI_SOURCE                   | auto: a real source where its key is set, else the sample |
 |                              | sample / live (Databento, FRED, Yahoo) / local |
 | CBI_LOCAL_DIR                | folder for CBI_SOURCE=local              |
+| CBI_END                      | the last day to take in from a source (YYYY-MM-DD); unset: |
+|                              | today (the sample: its last session)     |
 | CBI_SAMPLE_END               | the last session before today            |
 | CBI_SAMPLE_INTRADAY_SESSIONS | 60 (MES 1-minute bars)                   |
 | CBI_SAMPLE_TICK_SESSIONS     | 2 (MES trades, TBBO, MBP-10)             |
@@ -52,6 +54,18 @@ class Settings:
     sample_intraday_sessions: int
     sample_tick_sessions: int
     profile: str  # a built-in profile's name, or the path of a TOML file
+    end: dt.date | None = None  # the last day to take in; None: the sample's last session, or today
+
+    @property
+    def on_sample(self) -> bool:
+        return self.source == "sample" or (self.source == "auto" and not os.environ.get("DATABENTO_API_KEY"))
+
+    @property
+    def last_day(self) -> dt.date:
+        """The last day the lake takes in from its sources."""
+        if self.end:
+            return self.end
+        return self.sample_end if self.on_sample else dt.datetime.now(CHICAGO).date()
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -60,7 +74,7 @@ class Settings:
         source = env.get("CBI_SOURCE", "auto").lower()
         if source not in SOURCES:
             raise ValueError(f"CBI_SOURCE={source!r} is not one of {', '.join(SOURCES)}")
-        end = env.get("CBI_SAMPLE_END")
+        sample_end = env.get("CBI_SAMPLE_END")
         on_sample = source == "sample" or (source == "auto" and not env.get("DATABENTO_API_KEY"))
         profile = env.get("CBI_PROFILE") or ("sample" if on_sample else "full")
         try:
@@ -75,8 +89,18 @@ class Settings:
             warehouse=env.get("CBI_WAREHOUSE") or str(warehouse_file(lake)),
             source=source,
             local_dir=Path(env["CBI_LOCAL_DIR"]) if env.get("CBI_LOCAL_DIR") else None,
-            sample_end=dt.date.fromisoformat(end) if end else last_complete_session(),
+            sample_end=dt.date.fromisoformat(sample_end) if sample_end else last_complete_session(),
             sample_intraday_sessions=int(env.get("CBI_SAMPLE_INTRADAY_SESSIONS", 60)),
             sample_tick_sessions=int(env.get("CBI_SAMPLE_TICK_SESSIONS", 2)),
             profile=profile,
+            end=_day(env.get("CBI_END"), "CBI_END"),
         )
+
+
+def _day(text: str | None, variable: str) -> dt.date | None:
+    if not text:
+        return None
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{variable}={text!r} is not a date: give it as YYYY-MM-DD") from None

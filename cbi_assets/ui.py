@@ -47,5 +47,7 @@ def figure(width: float = 10, height: float = 4, rows: int = 1, sharex: bool = T
 def partly_failed(failed: list[str], what: str, metadata: dict) -> dg.Failure:
     """The failure of a run that stored what it could: how many `what` failed, the first reason,
     and every reason beside the run's other metadata."""
-    return dg.Failure(f"{len(failed)} {what} failed (first: {failed[0]}); the others are stored",
-                      metadata={"failed": dg.MetadataValue.json(failed), **metadata})
+    return dg.Failure(
+        f"{len(failed)} {what} failed (first: {failed[0]}); the others are stored",
+        metadata={"failed": dg.MetadataValue.json(failed), **metadata},
+    )

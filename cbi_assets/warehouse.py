@@ -25,8 +25,13 @@ def add_new_columns(conn, table: str, frame: pl.DataFrame) -> None:
     """Columns a newer version of an asset writes are added to its existing table (null in older rows).
     `frame` must be registered as `incoming`."""
     schema, name = table.split(".")
-    have = {r[0] for r in conn.execute("select column_name from information_schema.columns where table_schema = ? "
-                                        "and table_name = ?", [schema, name]).fetchall()}
+    have = {
+        r[0]
+        for r in conn.execute(
+            "select column_name from information_schema.columns where table_schema = ? and table_name = ?",
+            [schema, name],
+        ).fetchall()
+    }
     incoming = conn.sql("select * from incoming limit 0")
     for column, kind in zip(incoming.columns, incoming.dtypes, strict=True):
         if column not in have:

@@ -42,11 +42,15 @@ def lake_resources(root, mlflow=None) -> dict:
     from cbi_assets.profiles import TrainingProfile
     from resources import Tracking
 
-    resources = {"lake": Lake(root=str(root)), "profile": TrainingProfile(name="sample"),
-                 "warehouse": DuckDBResource(database=str(warehouse_file(root)))}
+    resources = {
+        "lake": Lake(root=str(root)),
+        "profile": TrainingProfile(name="sample"),
+        "warehouse": DuckDBResource(database=str(warehouse_file(root))),
+    }
     if mlflow is not None:
-        resources["tracking"] = Tracking(tracking_uri=f"sqlite:///{Path(mlflow) / 'mlflow.db'}",
-                                         artifact_root=str(Path(mlflow) / "artifacts"))
+        resources["tracking"] = Tracking(
+            tracking_uri=f"sqlite:///{Path(mlflow) / 'mlflow.db'}", artifact_root=str(Path(mlflow) / "artifacts")
+        )
     return resources
 
 
@@ -61,7 +65,9 @@ def sample_folder(tmp_path_factory):
 
     from cbi_assets.sample import SampleConfig, build_sample
 
-    config = SampleConfig(end=dt.date.fromisoformat(SAMPLE_END), intraday_sessions=60, tick_sessions=2, trades_per_session=6_000)
+    config = SampleConfig(
+        end=dt.date.fromisoformat(SAMPLE_END), intraday_sessions=60, tick_sessions=2, trades_per_session=6_000
+    )
     return build_sample(config, tmp_path_factory.mktemp("sample") / "folder")
 
 
@@ -88,8 +94,12 @@ def feature_inputs(records: dict):
 
     daily = {s: records[f"{s.lower()}_ohlcv_1d"] for s in ("ZL", "ZS", "ZM", "CL", "HO", "ES", "MES")}
     continuous = inputs.continuous(daily)
-    return (continuous, inputs.series(records), inputs.minutes(records["mes_ohlcv_1m"], continuous["mes"]),
-            {kind: records[f"mes_{kind}"] for kind in inputs.TICKS})
+    return (
+        continuous,
+        inputs.series(records),
+        inputs.minutes(records["mes_ohlcv_1m"], continuous["mes"]),
+        {kind: records[f"mes_{kind}"] for kind in inputs.TICKS},
+    )
 
 
 @pytest.fixture(scope="session")
@@ -109,13 +119,20 @@ def feature_lake(sample_folder, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("feature_lake")
     lake = Lake(root=str(root))
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     for name, frame in sample_records(sample_folder, start="2016-01-01").items():
         dataset = RAW_DATASETS[name]
         days = frame.select(pl.col("ts_event").dt.date()).to_series()
         if frame.height:
-            ingest(dataset, frame, lake.raw(dataset), days.min() - dt.timedelta(days=1),
-                   days.max() + dt.timedelta(days=1), origin="sample", received_at=now)
+            ingest(
+                dataset,
+                frame,
+                lake.raw(dataset),
+                days.min() - dt.timedelta(days=1),
+                days.max() + dt.timedelta(days=1),
+                origin="sample",
+                received_at=now,
+            )
     return root, dg.materialize(FEATURE_ASSETS, resources=lake_resources(root))
 
 

@@ -95,7 +95,9 @@ def _handler(server: MarketServer):
                 return self._send(401, b'{"detail":"Authentication failed."}', "application/json; charset=utf-8")
             status = server.next_failure("databento")
             if status:
-                return self._send(status, json.dumps({"detail": f"scripted {status}"}).encode(), "application/json; charset=utf-8")
+                return self._send(
+                    status, json.dumps({"detail": f"scripted {status}"}).encode(), "application/json; charset=utf-8"
+                )
             body = server.data["databento"].get((form["schema"], form["symbols"]))
             if body is None:
                 return self._send(422, b'{"detail":"symbology_invalid_symbol"}', "application/json; charset=utf-8")
@@ -103,11 +105,17 @@ def _handler(server: MarketServer):
 
         # --- FRED ---------------------------------------------------------------------
         def _fred(self, path: str, query: dict) -> None:
-            server.requests["fred"].append({k: v for k, v in query.items() if k != "api_key"} | {"key_sent": "api_key" in query})
+            server.requests["fred"].append(
+                {k: v for k, v in query.items() if k != "api_key"} | {"key_sent": "api_key" in query}
+            )
             status = server.next_failure("fred")
             if status:
                 message = "Too Many Requests.  Exceeded Rate Limit" if status == 429 else "Internal Server Error"
-                return self._send(status, f'<?xml version="1.0" encoding="utf-8" ?>\n<error code="{status}" message="{message}"/>'.encode(), "text/xml")
+                return self._send(
+                    status,
+                    f'<?xml version="1.0" encoding="utf-8" ?>\n<error code="{status}" message="{message}"/>'.encode(),
+                    "text/xml",
+                )
             series = server.data["fred"].get(query.get("series_id"))
             if series is None:
                 body = '<?xml version="1.0" encoding="utf-8" ?>\n<error code="400" message="Bad Request.  The series does not exist."/>'
@@ -119,8 +127,11 @@ def _handler(server: MarketServer):
                 f'<observations realtime_start="2026-11-20" realtime_end="2026-11-20" observation_start="{start}" '
                 f'observation_end="{end}" units="lin" output_type="1" file_type="xml" order_by="observation_date" '
                 f'sort_order="asc" count="{len(rows)}" offset="0" limit="100000">',
-                *(f'  <observation realtime_start="2026-11-20" realtime_end="2026-11-20" date="{d}" '
-                  f'value={quoteattr("." if v is None else str(v))}/>' for d, v in rows),
+                *(
+                    f'  <observation realtime_start="2026-11-20" realtime_end="2026-11-20" date="{d}" '
+                    f"value={quoteattr('.' if v is None else str(v))}/>"
+                    for d, v in rows
+                ),
                 "</observations>",
             ]
             self._send(200, "\n".join(body).encode(), "text/xml; charset=UTF-8")
@@ -133,11 +144,21 @@ def _handler(server: MarketServer):
             server.requests["yahoo"].append({"ticker": ticker, **query})
             status = server.next_failure("yahoo")
             if status:
-                body = {"chart": {"result": None, "error": {"code": "Internal Server Error", "description": f"scripted {status}"}}}
+                body = {
+                    "chart": {
+                        "result": None,
+                        "error": {"code": "Internal Server Error", "description": f"scripted {status}"},
+                    }
+                }
                 return self._send(status, json.dumps(body).encode(), "application/json; charset=utf-8")
             rows = server.data["yahoo"].get(ticker)
             if rows is None:
-                body = {"chart": {"result": None, "error": {"code": "Not Found", "description": "No data found, symbol may be delisted"}}}
+                body = {
+                    "chart": {
+                        "result": None,
+                        "error": {"code": "Not Found", "description": "No data found, symbol may be delisted"},
+                    }
+                }
                 return self._send(404, json.dumps(body).encode(), "application/json; charset=utf-8")
             self._send(200, json.dumps(_chart(ticker, rows, query)).encode(), "application/json; charset=utf-8")
 
@@ -157,7 +178,11 @@ def _chart(ticker: str, rows: list[tuple], query: dict) -> dict:
     """Yahoo's v8 chart answer; daily bars stamped at the session open in the exchange's time."""
     from zoneinfo import ZoneInfo
 
-    tz = "America/New_York" if ticker.endswith("=X") or ticker.startswith("^") or ticker.endswith(".NYB") else "America/Chicago"
+    tz = (
+        "America/New_York"
+        if ticker.endswith("=X") or ticker.startswith("^") or ticker.endswith(".NYB")
+        else "America/Chicago"
+    )
     zone = ZoneInfo(tz)
 
     def stamp(day: str) -> int:
@@ -171,24 +196,40 @@ def _chart(ticker: str, rows: list[tuple], query: dict) -> dict:
     offset = int(dt.datetime.now(zone).utcoffset().total_seconds())
     return {
         "chart": {
-            "result": [{
-                "meta": {
-                    "currency": "USD", "symbol": ticker, "exchangeName": "LOC", "fullExchangeName": "Local",
-                    "instrumentType": "CURRENCY" if ticker.endswith("=X") else "FUTURE", "firstTradeDate": 946857600,
-                    "regularMarketTime": stamp(rows[-1][0]) if rows else 0, "hasPrePostMarketData": False,
-                    "gmtoffset": offset, "timezone": "EST", "exchangeTimezoneName": tz,
-                    "priceHint": 2, "dataGranularity": "1d", "range": "",
-                    "validRanges": ["1d", "5d", "1mo", "3mo", "6mo", "1y", "2y", "5y", "10y", "ytd", "max"],
-                },
-                "timestamp": [stamp(r[0]) for r in rows],
-                "indicators": {
-                    "quote": [{
-                        "open": [r[1] for r in rows], "high": [r[2] for r in rows], "low": [r[3] for r in rows],
-                        "close": [r[4] for r in rows], "volume": [r[6] for r in rows],
-                    }],
-                    "adjclose": [{"adjclose": [r[5] for r in rows]}],
-                },
-            }],
+            "result": [
+                {
+                    "meta": {
+                        "currency": "USD",
+                        "symbol": ticker,
+                        "exchangeName": "LOC",
+                        "fullExchangeName": "Local",
+                        "instrumentType": "CURRENCY" if ticker.endswith("=X") else "FUTURE",
+                        "firstTradeDate": 946857600,
+                        "regularMarketTime": stamp(rows[-1][0]) if rows else 0,
+                        "hasPrePostMarketData": False,
+                        "gmtoffset": offset,
+                        "timezone": "EST",
+                        "exchangeTimezoneName": tz,
+                        "priceHint": 2,
+                        "dataGranularity": "1d",
+                        "range": "",
+                        "validRanges": ["1d", "5d", "1mo", "3mo", "6mo", "1y", "2y", "5y", "10y", "ytd", "max"],
+                    },
+                    "timestamp": [stamp(r[0]) for r in rows],
+                    "indicators": {
+                        "quote": [
+                            {
+                                "open": [r[1] for r in rows],
+                                "high": [r[2] for r in rows],
+                                "low": [r[3] for r in rows],
+                                "close": [r[4] for r in rows],
+                                "volume": [r[6] for r in rows],
+                            }
+                        ],
+                        "adjclose": [{"adjclose": [r[5] for r in rows]}],
+                    },
+                }
+            ],
             "error": None,
         }
     }
@@ -203,12 +244,15 @@ def _self_signed_certificate() -> str:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
         .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())

@@ -27,8 +27,15 @@ from resources.alerts import Alerts, alerts_from_env
 
 TOKEN = "SECRET123"
 PASSWORD = "pa55-w0rd-XYZ"
-ALERT_VARIABLES = ("CBI_ALERT_WEBHOOK", "CBI_ALERT_SMTP_HOST", "CBI_ALERT_SMTP_PORT", "CBI_ALERT_MAIL_FROM",
-                   "CBI_ALERT_MAIL_TO", "CBI_ALERT_SMTP_USER", "CBI_ALERT_SMTP_PASSWORD")
+ALERT_VARIABLES = (
+    "CBI_ALERT_WEBHOOK",
+    "CBI_ALERT_SMTP_HOST",
+    "CBI_ALERT_SMTP_PORT",
+    "CBI_ALERT_MAIL_FROM",
+    "CBI_ALERT_MAIL_TO",
+    "CBI_ALERT_SMTP_USER",
+    "CBI_ALERT_SMTP_PASSWORD",
+)
 
 # Dagster's own setup of a nested resource (the warehouse inside Alerts) calls a deprecated accessor.
 pytestmark = pytest.mark.filterwarnings("ignore:InitResourceContext.dagster_run is deprecated:DeprecationWarning")
@@ -55,8 +62,9 @@ class Webhook:
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                hook.requests.append({"path": self.path, "content_type": self.headers["Content-Type"],
-                                      "json": json.loads(body)})
+                hook.requests.append(
+                    {"path": self.path, "content_type": self.headers["Content-Type"], "json": json.loads(body)}
+                )
                 status = hook.statuses.pop(0) if hook.statuses else 200
                 self.send_response(status)
                 self.send_header("Content-Length", "2")
@@ -128,8 +136,14 @@ class Smtp:
                         data = b""
                         while (chunk := self.rfile.readline()) != b".\r\n":
                             data += chunk[1:] if chunk.startswith(b"..") else chunk
-                        smtp.mails.append({"from": sender, "to": recipients, "encrypted": encrypted,
-                                           "message": message_from_bytes(data, policy=default_policy)})
+                        smtp.mails.append(
+                            {
+                                "from": sender,
+                                "to": recipients,
+                                "encrypted": encrypted,
+                                "message": message_from_bytes(data, policy=default_policy),
+                            }
+                        )
                         sender, recipients = None, []
                         self.reply("250 queued")
                     elif verb == "QUIT":
@@ -175,14 +189,33 @@ def run_logs(result: dg.ExecuteInProcessResult, instance: dg.DagsterInstance) ->
 def test_send_records_posts_and_mails_once_per_key(tmp_path):
     database = tmp_path / "warehouse.duckdb"
     with Webhook() as hook, Smtp() as smtp:
-        alerts = Alerts(warehouse=DuckDBResource(database=str(database)), webhook_url=hook.url(),
-                        smtp_host="127.0.0.1", smtp_port=smtp.port, mail_from="cbi@example.org",
-                        mail_to="desk@example.org, risk@example.org")
+        alerts = Alerts(
+            warehouse=DuckDBResource(database=str(database)),
+            webhook_url=hook.url(),
+            smtp_host="127.0.0.1",
+            smtp_port=smtp.port,
+            mail_from="cbi@example.org",
+            mail_to="desk@example.org, risk@example.org",
+        )
         details = {"mape": 7.25, "threshold": 5.0}
-        sent = alerts.send("validation_failed", "ZL 1w MAPE 7.25% above 5%", severity="error", asset="ZL",
-                           horizon="1w", details=details, key="validation/ZL/1w/2024-06-28")
-        again = alerts.send("validation_failed", "ZL 1w MAPE 7.25% above 5%", severity="error", asset="ZL",
-                            horizon="1w", details=details, key="validation/ZL/1w/2024-06-28")
+        sent = alerts.send(
+            "validation_failed",
+            "ZL 1w MAPE 7.25% above 5%",
+            severity="error",
+            asset="ZL",
+            horizon="1w",
+            details=details,
+            key="validation/ZL/1w/2024-06-28",
+        )
+        again = alerts.send(
+            "validation_failed",
+            "ZL 1w MAPE 7.25% above 5%",
+            severity="error",
+            asset="ZL",
+            horizon="1w",
+            details=details,
+            key="validation/ZL/1w/2024-06-28",
+        )
         # No key: every call is a new alert.
         alerts.send("note", "a plain note", severity="info")
         alerts.send("note", "a plain note", severity="info")
@@ -191,11 +224,17 @@ def test_send_records_posts_and_mails_once_per_key(tmp_path):
     rows = alert_rows(database)
     assert len(rows) == 3
     row = rows[0]
-    assert {k: row[k] for k in ("kind", "severity", "asset", "horizon", "message", "key", "webhook_status",
-                                "mail_status")} == {
-        "kind": "validation_failed", "severity": "error", "asset": "ZL", "horizon": "1w",
-        "message": "ZL 1w MAPE 7.25% above 5%", "key": "validation/ZL/1w/2024-06-28",
-        "webhook_status": "sent", "mail_status": "sent",
+    assert {
+        k: row[k] for k in ("kind", "severity", "asset", "horizon", "message", "key", "webhook_status", "mail_status")
+    } == {
+        "kind": "validation_failed",
+        "severity": "error",
+        "asset": "ZL",
+        "horizon": "1w",
+        "message": "ZL 1w MAPE 7.25% above 5%",
+        "key": "validation/ZL/1w/2024-06-28",
+        "webhook_status": "sent",
+        "mail_status": "sent",
     }
     assert json.loads(row["details"]) == details
     assert row["raised_at"].utcoffset().total_seconds() == 0
@@ -207,10 +246,14 @@ def test_send_records_posts_and_mails_once_per_key(tmp_path):
     assert first["path"] == f"/hook/{TOKEN}" and first["content_type"] == "application/json"
     body = first["json"]
     assert {k: body[k] for k in ("kind", "severity", "asset", "horizon", "message", "details")} == {
-        "kind": "validation_failed", "severity": "error", "asset": "ZL", "horizon": "1w",
-        "message": "ZL 1w MAPE 7.25% above 5%", "details": details,
+        "kind": "validation_failed",
+        "severity": "error",
+        "asset": "ZL",
+        "horizon": "1w",
+        "message": "ZL 1w MAPE 7.25% above 5%",
+        "details": details,
     }
-    assert body["raised_at"] == row["raised_at"].astimezone(dt.timezone.utc).isoformat()
+    assert body["raised_at"] == row["raised_at"].astimezone(dt.UTC).isoformat()
     assert "ZL 1w MAPE 7.25% above 5%" in body["text"]
 
     assert len(smtp.mails) == 3
@@ -231,8 +274,14 @@ def test_starttls_and_login_when_user_and_password_are_set(tmp_path, monkeypatch
     monkeypatch.setenv("SSL_CERT_FILE", cert)  # the client trusts the local server's certificate
     database = tmp_path / "warehouse.duckdb"
     with Smtp(cert_path=cert) as smtp:
-        alerts = Alerts(warehouse=DuckDBResource(database=str(database)), smtp_host="127.0.0.1", smtp_port=smtp.port,
-                        mail_to="desk@example.org", smtp_user="cbi", smtp_password=PASSWORD)
+        alerts = Alerts(
+            warehouse=DuckDBResource(database=str(database)),
+            smtp_host="127.0.0.1",
+            smtp_port=smtp.port,
+            mail_to="desk@example.org",
+            smtp_user="cbi",
+            smtp_password=PASSWORD,
+        )
         assert alerts.send("drift", "MES 1min coverage 0.71 below 0.9", asset="MES", horizon="1min")
 
     assert smtp.logins == [("cbi", PASSWORD, True)]
@@ -243,6 +292,7 @@ def test_starttls_and_login_when_user_and_password_are_set(tmp_path, monkeypatch
     assert PASSWORD not in json.dumps(row, default=str)
 
 
+@pytest.mark.integration  # materializes an asset with Dagster (a small one, on no lake)
 @pytest.mark.parametrize("webhook", ["answers 500", "closed port"])
 def test_failed_delivery_is_recorded_without_secrets(tmp_path, monkeypatch, webhook):
     monkeypatch.setattr(alerts_module, "RETRY_DELAY_S", 0.05)  # the retry is tested, not the length of its pause
@@ -252,14 +302,26 @@ def test_failed_delivery_is_recorded_without_secrets(tmp_path, monkeypatch, webh
         monkeypatch.setenv("CBI_ALERT_WEBHOOK", url)
         monkeypatch.setenv("CBI_ALERT_SMTP_PASSWORD", PASSWORD)
         # The server offers no STARTTLS, so a login must not be attempted in the clear: the mail fails.
-        alerts = Alerts(warehouse=DuckDBResource(database=str(database)), webhook_url=dg.EnvVar("CBI_ALERT_WEBHOOK"),
-                        smtp_host="127.0.0.1", smtp_port=smtp.port, mail_to="desk@example.org", smtp_user="cbi",
-                        smtp_password=dg.EnvVar("CBI_ALERT_SMTP_PASSWORD"))
+        alerts = Alerts(
+            warehouse=DuckDBResource(database=str(database)),
+            webhook_url=dg.EnvVar("CBI_ALERT_WEBHOOK"),
+            smtp_host="127.0.0.1",
+            smtp_port=smtp.port,
+            mail_to="desk@example.org",
+            smtp_user="cbi",
+            smtp_password=dg.EnvVar("CBI_ALERT_SMTP_PASSWORD"),
+        )
 
         @dg.asset
         def checked(context: dg.AssetExecutionContext, alerts: Alerts) -> None:
-            assert alerts.send("upload_failed", f"could not post to {url}", asset="ZL", horizon="1w",
-                               details={"attempts": 2}, log=context.log)
+            assert alerts.send(
+                "upload_failed",
+                f"could not post to {url}",
+                asset="ZL",
+                horizon="1w",
+                details={"attempts": 2},
+                log=context.log,
+            )
 
         instance = dg.DagsterInstance.ephemeral()
         result = dg.materialize([checked], resources={"alerts": alerts}, instance=instance)
@@ -270,8 +332,9 @@ def test_failed_delivery_is_recorded_without_secrets(tmp_path, monkeypatch, webh
         assert len(hook.requests) == 2  # one retry
         assert [r["json"]["kind"] for r in hook.requests] == ["upload_failed"] * 2
     (row,) = alert_rows(database)
-    expected = "failed: HTTP 500 Internal Server Error" if webhook == "answers 500" else \
-        "failed: ConnectionRefusedError"
+    expected = (
+        "failed: HTTP 500 Internal Server Error" if webhook == "answers 500" else "failed: ConnectionRefusedError"
+    )
     assert row["webhook_status"].startswith(expected)
     assert row["mail_status"] == "failed: SMTPNotSupportedError: STARTTLS extension not supported by server."
     assert row["message"] == "could not post to ***"
@@ -286,22 +349,36 @@ def test_failed_delivery_is_recorded_without_secrets(tmp_path, monkeypatch, webh
         assert secret not in repr(row["webhook_status"]) and secret not in repr(row["mail_status"])
 
 
+@pytest.mark.integration  # materializes an asset with Dagster (a small one, on an empty lake)
 def test_build_resources_gives_alerts_that_work_in_a_run(tmp_path, monkeypatch):
     for name in ALERT_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     with Webhook() as hook:
         monkeypatch.setenv("CBI_ALERT_WEBHOOK", hook.url())
-        settings = Settings.from_env({"CBI_LAKE": str(tmp_path), "CBI_MODELS": str(tmp_path / "Models"),
-                                      "CBI_SOURCE": "sample", "CBI_SAMPLE_END": "2024-06-28",
-                                      "CBI_ALERT_WEBHOOK": hook.url()})
+        settings = Settings.from_env(
+            {
+                "CBI_LAKE": str(tmp_path),
+                "CBI_MODELS": str(tmp_path / "Models"),
+                "CBI_SOURCE": "sample",
+                "CBI_SAMPLE_END": "2024-06-28",
+                "CBI_ALERT_WEBHOOK": hook.url(),
+            }
+        )
         resources = build_resources(settings)
         assert isinstance(resources["alerts"], Alerts)
         assert TOKEN not in repr(resources["alerts"])  # read when the run starts, not kept in config
 
         @dg.asset
         def watched(context: dg.AssetExecutionContext, alerts: Alerts) -> None:
-            assert alerts.send("stale_forecast", "ZL 1m forecast is 3 sessions old", severity="info", asset="ZL",
-                               horizon="1m", key="stale/ZL/1m", log=context.log)
+            assert alerts.send(
+                "stale_forecast",
+                "ZL 1m forecast is 3 sessions old",
+                severity="info",
+                asset="ZL",
+                horizon="1m",
+                key="stale/ZL/1m",
+                log=context.log,
+            )
             assert not alerts.send("stale_forecast", "again", key="stale/ZL/1m", log=context.log)
 
         instance = dg.DagsterInstance.ephemeral()
@@ -311,7 +388,11 @@ def test_build_resources_gives_alerts_that_work_in_a_run(tmp_path, monkeypatch):
     assert [r["json"]["message"] for r in hook.requests] == ["ZL 1m forecast is 3 sessions old"]
     (row,) = alert_rows(settings.warehouse)
     assert (row["kind"], row["severity"], row["webhook_status"], row["mail_status"]) == (
-        "stale_forecast", "info", "sent", "not configured")
+        "stale_forecast",
+        "info",
+        "sent",
+        "not configured",
+    )
     infos = [text for level, text in run_logs(result, instance) if level == logging.INFO and "stale_forecast" in text]
     assert len(infos) == 1 and "webhook: sent; mail: not configured" in infos[0]
 
@@ -321,8 +402,14 @@ def test_a_sensor_raises_an_alert_once_per_key(tmp_path):
 
     @dg.sensor(target=[])
     def stale_watch(context: dg.SensorEvaluationContext, alerts: Alerts) -> dg.SkipReason:
-        raised = alerts.send("stale_forecast", "MES 1h forecast is 2 bars old", asset="MES", horizon="1h",
-                             key="stale/MES/1h", log=context.log)
+        raised = alerts.send(
+            "stale_forecast",
+            "MES 1h forecast is 2 bars old",
+            asset="MES",
+            horizon="1h",
+            key="stale/MES/1h",
+            log=context.log,
+        )
         return dg.SkipReason(f"alert raised: {raised}")
 
     with Webhook() as hook:
@@ -344,9 +431,14 @@ def test_alerts_from_env_keeps_secrets_out_of_config(tmp_path, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     off = alerts_from_env(warehouse)
     assert (off.webhook_url, off.smtp_host, off.smtp_password) == (None, None, None)
-    env = {"CBI_ALERT_WEBHOOK": f"https://hooks.example.org/{TOKEN}", "CBI_ALERT_SMTP_HOST": "mail.example.org",
-           "CBI_ALERT_SMTP_PORT": "587", "CBI_ALERT_MAIL_TO": "desk@example.org", "CBI_ALERT_SMTP_USER": "cbi",
-           "CBI_ALERT_SMTP_PASSWORD": PASSWORD}
+    env = {
+        "CBI_ALERT_WEBHOOK": f"https://hooks.example.org/{TOKEN}",
+        "CBI_ALERT_SMTP_HOST": "mail.example.org",
+        "CBI_ALERT_SMTP_PORT": "587",
+        "CBI_ALERT_MAIL_TO": "desk@example.org",
+        "CBI_ALERT_SMTP_USER": "cbi",
+        "CBI_ALERT_SMTP_PASSWORD": PASSWORD,
+    }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     alerts = alerts_from_env(warehouse)

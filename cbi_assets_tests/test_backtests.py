@@ -2,6 +2,7 @@
 constraints and causality, and both assets materialized by Dagster."""
 
 import datetime as dt
+import itertools
 import math
 import statistics
 
@@ -10,9 +11,9 @@ import duckdb
 import numpy as np
 import polars as pl
 import pytest
-from dagster_duckdb import DuckDBResource
 
-from cbi_assets.backtests.assets import BACKTEST_ASSETS, backtests_dir, mes_trading
+from cbi_assets import lake as tables
+from cbi_assets.backtests.assets import BACKTEST_ASSETS, mes_trading
 from cbi_assets.backtests.procurement import (
     POUNDS_PER_CONTRACT,
     ProcurementPlan,
@@ -21,8 +22,9 @@ from cbi_assets.backtests.procurement import (
     procurement_summary,
 )
 from cbi_assets.backtests.trading import backtest, drawdown, trade_periods
-from cbi_assets.models.assets import models_dir
-from resources import Lake
+from cbi_assets.catalogue import MES, ZL
+from cbi_assets.lake import warehouse_file
+from cbi_assets_tests.conftest import lake_resources
 
 # --- Procurement: a hand-checked two-month path ------------------------------------------------
 
@@ -37,7 +39,7 @@ FORESIGHT = ProcurementPlan(volume=3.0, cap=3.0, gain=1e6, cost_bps=0.0, scale_m
 def _path(rows=JAN + FEB, forecast=None) -> pl.DataFrame:
     prices = [p for _, p in rows]
     if forecast is None:
-        forecast = [math.log(b / a) for a, b in zip(prices, prices[1:], strict=False)] + [0.0]
+        forecast = [math.log(b / a) for a, b in itertools.pairwise(prices)] + [0.0]
     return pl.DataFrame({"date": [d for d, _ in rows], "price": prices, "forecast": forecast})
 
 
@@ -86,8 +88,9 @@ def test_a_forecast_of_zero_buys_as_twap():
     rng = np.random.default_rng(3)
     days = pl.date_range(dt.date(2023, 1, 2), dt.date(2023, 6, 30), "1d", eager=True)
     days = days.filter(days.dt.weekday() <= 5)
-    frame = pl.DataFrame({"date": days, "price": 40 + np.cumsum(rng.normal(0, 0.5, days.len())),
-                          "forecast": np.zeros(days.len())})
+    frame = pl.DataFrame(
+        {"date": days, "price": 40 + np.cumsum(rng.normal(0, 0.5, days.len())), "forecast": np.zeros(days.len())}
+    )
     sessions, months = procure(frame, ProcurementPlan(cost_bps=3.0, slippage_bps=2.0))
     assert np.allclose(sessions["strategy_quantity"], sessions["twap_quantity"], rtol=1e-12)
     assert np.allclose(months["savings_vs_twap"], 0.0, atol=1e-9)
@@ -98,17 +101,25 @@ def _random_path(seed: int, months: int = 6) -> pl.DataFrame:
     rng = np.random.default_rng(seed)
     days = pl.date_range(dt.date(2022, 1, 3), dt.date(2022, 1, 3) + dt.timedelta(days=31 * months), "1d", eager=True)
     days = days.filter(days.dt.weekday() <= 5)
-    return pl.DataFrame({"date": days, "price": 50 * np.exp(np.cumsum(rng.normal(0, 0.02, days.len()))),
-                         "forecast": rng.normal(0, 0.01, days.len())})
+    return pl.DataFrame(
+        {
+            "date": days,
+            "price": 50 * np.exp(np.cumsum(rng.normal(0, 0.02, days.len()))),
+            "forecast": rng.normal(0, 0.01, days.len()),
+        }
+    )
 
 
 @pytest.mark.parametrize("cap,gain", [(1.0, 5.0), (1.5, 1.0), (2.0, 5.0), (3.0, 50.0)])
 def test_every_month_buys_exactly_the_volume_within_the_cap(cap, gain):
     plan = ProcurementPlan(volume=700.0, cap=cap, gain=gain, scale_min_rows=5, min_sessions=1)
     sessions, months = procure(_random_path(int(cap * 10)), plan)
-    by_month = sessions.group_by("month").agg(pl.col("strategy_quantity").sum(), pl.len(),
-                                              pl.col("strategy_quantity").max().alias("most"),
-                                              pl.col("strategy_quantity").min().alias("least"))
+    by_month = sessions.group_by("month").agg(
+        pl.col("strategy_quantity").sum(),
+        pl.len(),
+        pl.col("strategy_quantity").max().alias("most"),
+        pl.col("strategy_quantity").min().alias("least"),
+    )
     assert np.allclose(by_month["strategy_quantity"], 700.0)
     assert (by_month["most"] <= cap * 700.0 / by_month["len"] + 1e-9).all() and (by_month["least"] >= 0).all()
     assert months.height == by_month.height
@@ -122,8 +133,11 @@ def test_short_months_are_left_out_and_bad_input_is_named():
     _, months = procure(frame.filter(pl.col("date") >= dt.date(2022, 1, 20)), ProcurementPlan(min_sessions=15))
     assert months["month"].min() == dt.date(2022, 2, 1)  # January has 10 sessions left: out
     with pytest.raises(ValueError, match="forecast has nulls"):
-        procure(frame.with_columns(pl.when(pl.int_range(pl.len()) == 3).then(None).otherwise(pl.col("forecast"))
-                                   .alias("forecast")))
+        procure(
+            frame.with_columns(
+                pl.when(pl.int_range(pl.len()) == 3).then(None).otherwise(pl.col("forecast")).alias("forecast")
+            )
+        )
     with pytest.raises(ValueError, match=r"columns \['price'\]"):
         procure(frame.drop("price"))
     with pytest.raises(ValueError, match="no month has 30 sessions"):
@@ -140,8 +154,12 @@ def test_decisions_up_to_a_day_ignore_everything_after_it(lag):
     rng = np.random.default_rng(11)
     for cut in (30, 61, 95):  # mid-month session indexes
         changed = frame.with_columns(
-            pl.when(pl.int_range(pl.len()) > cut).then(pl.col(c) * rng.uniform(-3, 3, frame.height))
-            .otherwise(pl.col(c)).alias(c) for c in ("forecast", "price")).with_columns(pl.col("price").abs() + 1)
+            pl.when(pl.int_range(pl.len()) > cut)
+            .then(pl.col(c) * rng.uniform(-3, 3, frame.height))
+            .otherwise(pl.col(c))
+            .alias(c)
+            for c in ("forecast", "price")
+        ).with_columns(pl.col("price").abs() + 1)
         other, _ = procure(changed, plan)
         assert np.array_equal(other["strategy_quantity"][: cut + 1], base["strategy_quantity"][: cut + 1])
         assert not np.array_equal(other["strategy_quantity"], base["strategy_quantity"])  # the future did matter
@@ -168,9 +186,14 @@ def test_month_quantities_respect_floor_and_ceiling():
 
 def test_trading_sharpe_drawdown_and_turnover_by_hand():
     simple = [0.1, -0.05, 0.02, 0.1]
-    frame = pl.DataFrame({"date": pl.date_range(dt.date(2024, 1, 1), dt.date(2024, 1, 4), "1d", eager=True),
-                          "fold": [0] * 4, "forecast": [0.3, -0.1, -0.2, 0.05],
-                          "actual": [math.log(1 + r) for r in simple]})
+    frame = pl.DataFrame(
+        {
+            "date": pl.date_range(dt.date(2024, 1, 1), dt.date(2024, 1, 4), "1d", eager=True),
+            "fold": [0] * 4,
+            "forecast": [0.3, -0.1, -0.2, 0.05],
+            "actual": [math.log(1 + r) for r in simple],
+        }
+    )
     periods, summary = backtest(frame, 1, 4.0, 10.0, key="date")
     mine, hold = summary.row(0, named=True), summary.row(1, named=True)
     # positions +1, -1, -1, +1: traded 1, 2, 0, 2 units at 10 bp
@@ -187,9 +210,15 @@ def test_trading_sharpe_drawdown_and_turnover_by_hand():
 
 
 def test_trades_do_not_overlap_inside_or_across_folds():
-    frame = pl.DataFrame({"date": pl.date_range(dt.date(2024, 1, 1), dt.date(2024, 1, 8), "1d", eager=True),
-                          "fold": [0] * 5 + [1] * 3, "forecast": [0.1, -0.1] * 4, "actual": [0.01] * 8,
-                          "conviction": [0.5] * 8})
+    frame = pl.DataFrame(
+        {
+            "date": pl.date_range(dt.date(2024, 1, 1), dt.date(2024, 1, 8), "1d", eager=True),
+            "fold": [0] * 5 + [1] * 3,
+            "forecast": [0.1, -0.1] * 4,
+            "actual": [0.01] * 8,
+            "conviction": [0.5] * 8,
+        }
+    )
     picked = trade_periods(frame, 2, key="date")
     assert picked["date"].dt.day().to_list() == [1, 3, 5, 6, 8]
     sized = trade_periods(frame, 2, key="date", sizing="conviction")
@@ -201,6 +230,7 @@ def test_trades_do_not_overlap_inside_or_across_folds():
 # --- Dagster -----------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_mes_trading_materializes_on_stored_forecasts(tmp_path):
     """On a lake holding only a family's out-of-fold forecasts for MES 1d: the backtest of that family,
     stored and in the warehouse; a missing source fails naming the file and leaves results as they were."""
@@ -208,20 +238,30 @@ def test_mes_trading_materializes_on_stored_forecasts(tmp_path):
     n = 600
     days = pl.date_range(dt.date(2018, 1, 1), dt.date(2018, 1, 1) + dt.timedelta(days=n - 1), "1d", eager=True)
     actual = rng.normal(0.0003, 0.01, n)
-    oof = pl.DataFrame({"date": days, "regime": "x", "forward_price": 100.0, "fold": np.repeat(np.arange(6), 100),
-                        "price": 100.0, "actual": actual, "forecast": actual + rng.normal(0, 0.02, n),
-                        "lower": None, "upper": None, "sigma": None})
-    oof_path = models_dir(tmp_path, "mes", "1d") / "oof" / "lightgbm.parquet"
-    oof_path.parent.mkdir(parents=True)
-    oof.write_parquet(oof_path)
-    resources = {"lake": Lake(root=str(tmp_path), profile="sample"),
-                 "warehouse": DuckDBResource(database=str(tmp_path / "warehouse.duckdb"))}
+    oof = pl.DataFrame(
+        {
+            "date": days,
+            "regime": "x",
+            "forward_price": 100.0,
+            "fold": np.repeat(np.arange(6), 100),
+            "price": 100.0,
+            "actual": actual,
+            "forecast": actual + rng.normal(0, 0.02, n),
+            "lower": None,
+            "upper": None,
+            "sigma": None,
+        }
+    )
+    resources = lake_resources(tmp_path)
+    lake = resources["lake"]
+    lake.write(tables.OOF, oof, market=MES, horizon="1d", family="lightgbm")
     config = {"ops": {mes_trading.op.name: {"config": {"source": "lightgbm"}}}}
     result = dg.materialize([mes_trading], resources=resources, partition_key="1d", run_config=config)
     assert result.success
-    stored = pl.read_parquet(backtests_dir(tmp_path, "mes", "1d") / "trading.parquet")
+    trading = {"market": MES, "horizon": "1d", "name": "trading", "kind": "trading"}
+    stored = lake.read(tables.BACKTEST, **trading)
     assert stored.height == n
-    with duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True) as conn:
+    with duckdb.connect(str(warehouse_file(tmp_path)), read_only=True) as conn:
         table = conn.sql("select * from backtests.trading").pl()
     assert table["strategy"].to_list() == ["strategy", "buy_and_hold"] and set(table["source"]) == {"lightgbm"}
     hits = float(np.mean(np.sign(oof["forecast"].to_numpy()) == np.sign(actual)))
@@ -234,26 +274,27 @@ def test_mes_trading_materializes_on_stored_forecasts(tmp_path):
     assert not failed.success
     message = str(failed.all_events)
     assert "intervals.parquet" in message and "mes/models/ensemble" in message
-    assert pl.read_parquet(backtests_dir(tmp_path, "mes", "1d") / "trading.parquet").equals(stored)
+    assert lake.read(tables.BACKTEST, **trading).equals(stored)
 
 
+@pytest.mark.integration
 @pytest.mark.xdist_group("feature_lake")
 def test_zl_procurement_materializes_on_the_ensemble(zl_model_lake):
-    from cbi_assets.ensembles.assets import ENSEMBLE_ASSETS, ensemble_dir
+    from cbi_assets.ensembles.assets import ENSEMBLE_ASSETS
 
-    lake, resources = zl_model_lake
+    root, resources = zl_model_lake
+    lake = resources["lake"]
     one_week = {"dagster/asset_partition_range_start": "1w", "dagster/asset_partition_range_end": "1w"}
-    wanted = {k: resources[k] for k in ("lake", "warehouse")}
     zl_ensemble = [a for a in ENSEMBLE_ASSETS if a.key.path[0] == "zl"]
-    assert dg.materialize(zl_ensemble, resources=wanted, tags=one_week).success
+    assert dg.materialize(zl_ensemble, resources=resources, tags=one_week).success
     procurement = [a for a in BACKTEST_ASSETS if a.key.path == ["zl", "backtests", "procurement"]]
-    result = dg.materialize(procurement, resources=wanted, tags=one_week)
+    result = dg.materialize(procurement, resources=resources, tags=one_week)
     assert result.success
 
-    folder = backtests_dir(lake, "zl", "1w")
-    sessions = pl.read_parquet(folder / "procurement_sessions.parquet")
-    months = pl.read_parquet(folder / "procurement_months.parquet")
-    blend = pl.read_parquet(ensemble_dir(lake, "zl", "1w") / "intervals.parquet")
+    stored = {"market": ZL, "horizon": "1w", "kind": "procurement"}
+    sessions = lake.read(tables.BACKTEST, name="procurement_sessions", **stored)
+    months = lake.read(tables.BACKTEST, name="procurement_months", **stored)
+    blend = lake.read(tables.INTERVALS, market=ZL, horizon="1w")
     assert set(sessions["date"]) <= set(blend["date"]) and months.height >= 1
     volume = sessions.group_by("month").agg(pl.col("strategy_quantity").sum())["strategy_quantity"]
     assert np.allclose(volume, 1_000.0)
@@ -262,9 +303,10 @@ def test_zl_procurement_materializes_on_the_ensemble(zl_model_lake):
     prices = blend.filter(pl.col("date").is_in(first["date"].implode()))["price"].to_numpy()
     assert months["twap_price"][0] == pytest.approx(prices.mean())
     assert months["savings_vs_twap"].to_numpy() == pytest.approx(
-        (months["twap_paid"] - months["strategy_paid"]).to_numpy())
+        (months["twap_paid"] - months["strategy_paid"]).to_numpy()
+    )
 
-    with duckdb.connect(str(lake / "warehouse.duckdb"), read_only=True) as conn:
+    with duckdb.connect(str(warehouse_file(root)), read_only=True) as conn:
         table = conn.sql("select * from backtests.procurement where asset = 'ZL' and horizon = '1w'").pl()
     assert table.height == months.height and set(table["source"]) == {"ensemble blend"}
     assert table["savings_vs_twap_usd"].sum() == pytest.approx(months["savings_vs_twap_usd"].sum())

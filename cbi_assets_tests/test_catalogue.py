@@ -5,9 +5,9 @@ import datetime as dt
 import pytest
 
 from cbi_assets.catalogue import (
-    MARKETS,
     FRED_SERIES,
     FUTURES,
+    MARKETS,
     REGIMES,
     TIMEFRAMES,
     YAHOO_TICKERS,
@@ -44,8 +44,19 @@ def test_every_date_has_exactly_one_named_regime():
 
 def test_sources_match_the_architecture():
     assert set(FRED_SERIES) == {
-        "DGS10", "DGS2", "T10Y2Y", "DFF", "DTWEXBGS", "T10YIE", "VIXCLS", "DCOILWTICO", "BAMLH0A0HYM2",
-        "DEXCHUS", "DEXUSEU", "DEXJPUS", "CPIAUCSL",
+        "DGS10",
+        "DGS2",
+        "T10Y2Y",
+        "DFF",
+        "DTWEXBGS",
+        "T10YIE",
+        "VIXCLS",
+        "DCOILWTICO",
+        "BAMLH0A0HYM2",
+        "DEXCHUS",
+        "DEXUSEU",
+        "DEXJPUS",
+        "CPIAUCSL",
     }
     assert FRED_SERIES["CPIAUCSL"].frequency == "monthly"
     assert {"ZL=F", "^VIX", "DX-Y.NYB", "BRL=X"} <= set(YAHOO_TICKERS)

@@ -1,56 +1,66 @@
-"""The main job's plan: every asset of the graph once, each with the partitions the sample holds."""
-
-import datetime as dt
+"""The main job's plan: every asset of the graph once, each with the partitions its source holds, in stage order;
+and the options of `cbi run` for a user's own data."""
 
 import dagster as dg
+import pytest
 
-from cbi_assets.cli import plan
+from cbi_assets.cli import _parser, plan, settings_for
 from cbi_assets.definitions import defs
 from cbi_assets.partitions import REGIME_PARTITIONS
-from cbi_assets.settings import Settings
+
+
+def _selected(step, graph) -> set[dg.AssetKey]:
+    # The selection must parse as Dagster's selection syntax (a string it cannot parse would select nothing).
+    return dg.AssetSelection.from_string(step.selection).resolve(graph)
 
 
 def test_plan_materializes_every_asset_once_within_its_partitions():
-    settings = Settings.from_env({"CBI_SAMPLE_END": "2024-06-28", "CBI_SOURCE": "sample"})
+    settings = settings_for(_parser().parse_args(["plan", "--end", "2024-06-28"]))
     steps = plan(settings)
-    planned = [key for step in steps for key in step.selection.split(",")]
     graph = defs.resolve_asset_graph()
-    assert sorted(planned) == sorted(k.to_user_string() for k in graph.get_all_asset_keys())
-    for step in steps:
-        partitioned = {graph.get(_key(k)).partitions_def for k in step.selection.split(",")}
-        assert len(partitioned) == 1  # one partitions definition per `dagster asset materialize`
-        (partitions,) = partitioned
-        if partitions is None:
+    selections = [_selected(step, graph) for step in steps]
+    planned = [key for keys in selections for key in keys]
+    assert sorted(planned) == sorted(graph.get_all_asset_keys())  # every asset, once
+    for step, keys in zip(steps, selections, strict=True):
+        partitions = {graph.get(k).partitions_def for k in keys}
+        assert len(partitions) == 1, step.what  # one partitions definition per `dagster asset materialize`
+        (partitioned,) = partitions
+        if partitioned is None:
             assert step.partition_range is None
-        else:
-            first, last = step.partition_range.split("...")
-            if isinstance(partitions, dg.StaticPartitionsDefinition):  # a market's horizons: all of them
-                keys = partitions.get_partition_keys()
-                assert (first, last) == (keys[0], keys[-1])
-            elif partitions == REGIME_PARTITIONS:  # specialists: the regime the sample ends in
-                assert first == last == "trump_2023_2025"
-            else:  # day partitions: up to the sample's last session
-                assert partitions.has_partition_key(first) and last == "2024-06-28"
-    # The raw days come first, then the derived layers, the horizon assets of each market, the
-    # current regime's specialists, and last what reads both markets' training sets.
+            continue
+        first, last = step.partition_range.split("...")
+        if isinstance(partitioned, dg.StaticPartitionsDefinition):  # a market's horizons: all of them
+            keys_ = partitioned.get_partition_keys()
+            assert (first, last) == (keys_[0], keys_[-1])
+        elif partitioned == REGIME_PARTITIONS:  # specialists: the regime the data ends in
+            assert first == last == "trump_2023_2025"
+        else:  # raw years: from the first the sample holds to the year of its last session
+            assert partitioned.has_partition_key(first) and last == "2024"
     ranges = [s.partition_range for s in steps]
-    derived = next(i for i, s in enumerate(steps) if s.partition_range is None)
-    assert all(r and r.endswith("2024-06-28") for r in ranges[:derived])
-    assert ranges[derived + 1:] == ["1w...12m", "1min...12m", "1w...12m", "1min...12m",
-                                    "trump_2023_2025...trump_2023_2025", None]
-    # Each market's leaderboard comes in the first of its two steps, with everything it reads.
-    zl_models, mes_models = steps[derived + 1].selection.split(","), steps[derived + 2].selection.split(",")
-    assert "zl/models/leaderboard" in zl_models and "zl/models/ensemble" not in zl_models
-    assert "mes/models/leaderboard" in mes_models and "mes/backtests/trading" in steps[derived + 4].selection
-    assert steps[-1].selection.split(",") == ["monitoring/audit", "shared/models/transfer"]
-    assert "zl/features/master_1d" in steps[derived].selection and "shared/models/transfer" not in steps[derived].selection
-    mes_ticks = next(s for s in steps if "mes/raw/mes_trades" in s.selection)
-    first = dt.date.fromisoformat(mes_ticks.partition_range.split("...")[0])
-    assert first == dt.date(2024, 6, 27)  # the last two sessions
-    assert "--partition-range" in mes_ticks.command() and "materialize" in mes_ticks.command()
+    assert ranges == [
+        "2000...2024",
+        "2019...2024",
+        None,
+        "1w...12m",
+        "1min...12m",
+        "1w...12m",
+        "1min...12m",
+        "trump_2023_2025...trump_2023_2025",
+        None,
+    ]
+    # Each market's leaderboard is built in its training step, before the ensembles that read it.
+    zl_train = {k.to_user_string() for k in selections[3]}
+    assert "zl/models/leaderboard" in zl_train and "zl/models/ensemble" not in zl_train
+    assert {k.to_user_string() for k in selections[-1]} == {"monitoring/audit", "shared/models/transfer"}
+    assert "--partition-range" in steps[0].command() and "materialize" in steps[0].command()
 
 
-def _key(user_string):
-    import dagster as dg
-
-    return dg.AssetKey.from_user_string(user_string)
+def test_run_takes_a_folder_a_profile_and_an_end(tmp_path):
+    args = _parser().parse_args(
+        ["run", "--source", "local", "--local-dir", str(tmp_path), "--profile", "full", "--end", "2019-11-05"]
+    )
+    settings = settings_for(args)
+    assert settings.source == "local" and settings.local_dir == tmp_path.resolve()
+    assert settings.profile == "full" and settings.last_day.isoformat() == "2019-11-05"
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["run", "--end", "05/11/2019"])

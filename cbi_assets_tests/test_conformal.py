@@ -26,7 +26,7 @@ PRODUCT = Calibration.of(1, 252)  # one-row labels, a year of 252 rows
 def timeline(n: int, horizon: int, fold_rows: int):
     """Daily origins, their label ends `horizon` rows later, and consecutive folds."""
     dates = pl.date_range(dt.date(2000, 1, 3), dt.date(2000, 1, 3) + dt.timedelta(days=n + horizon - 1), eager=True)
-    return dates[:n], dates[horizon:n + horizon], np.arange(n) // fold_rows
+    return dates[:n], dates[horizon : n + horizon], np.arange(n) // fold_rows
 
 
 @pytest.mark.parametrize("calibration", [Calibration(), PRODUCT], ids=["equal weights", "product"])
@@ -41,8 +41,9 @@ def test_intervals_cover_at_the_nominal_rate_with_known_noise(calibration):
     truth = rng.normal(0, 0.02, n)
     forecast = truth + rng.normal(0, 0.01, n)
     actual = truth
-    lower, upper, _ = walk_forward_intervals(forecast, actual, np.full(n, 0.01), folds, label_end, origins, LEVELS,
-                                             50, calibration)
+    lower, upper, _ = walk_forward_intervals(
+        forecast, actual, np.full(n, 0.01), folds, label_end, origins, LEVELS, 50, calibration
+    )
     have = np.isfinite(lower[:, 0])
     assert have.sum() == n - 200  # fold 0 has no matured scores; every later fold has 199 or more
     for i, level in enumerate(LEVELS):
@@ -64,8 +65,9 @@ def test_normalised_intervals_follow_the_volatility():
     origins, label_end, folds = timeline(n, h, 100)
     scale = volatility_scale(returns, h)
     lower, upper, _ = walk_forward_intervals(forecast, actual, scale, folds, label_end, origins, LEVELS, 50)
-    flat_lower, flat_upper, _ = walk_forward_intervals(forecast, actual, np.ones(n), folds, label_end, origins,
-                                                       LEVELS, 50)
+    flat_lower, flat_upper, _ = walk_forward_intervals(
+        forecast, actual, np.ones(n), folds, label_end, origins, LEVELS, 50
+    )
     # Rows well inside a block, so the 21-session window has caught up with its volatility.
     inside = (np.arange(n) % 250 >= 30) & np.isfinite(lower[:, 1]) & (np.arange(n) < n - 1)
     calm, stressed = inside & (sd == 0.01), inside & (sd == 0.04)
@@ -88,15 +90,20 @@ def test_intervals_use_no_residual_that_had_not_matured(calibration):
     origins, label_end, folds = timeline(n, h, 60)
     forecast, actual = rng.normal(0, 0.01, n), rng.normal(0, 0.02, n)
     scale = volatility_scale(rng.normal(0, 0.01, n), h)
-    lower, upper, _ = walk_forward_intervals(forecast, actual, scale, folds, label_end, origins, LEVELS, 50, calibration)
+    lower, upper, _ = walk_forward_intervals(
+        forecast, actual, scale, folds, label_end, origins, LEVELS, 50, calibration
+    )
     for t in (420, 431, 660):  # folds' first rows and a row inside a fold
         unknown = (label_end >= origins[t]).to_numpy()  # outcomes not known at t's close
         changed = np.where(unknown, actual * 7 + 0.3, actual)
-        lower2, upper2, _ = walk_forward_intervals(forecast, changed, scale, folds, label_end, origins, LEVELS, 50,
-                                                   calibration)
-        np.testing.assert_array_equal(lower2[:t + 1], lower[:t + 1])
-        np.testing.assert_array_equal(upper2[:t + 1], upper[:t + 1])
-        assert not np.allclose(np.nan_to_num(upper2[t + 61:]), np.nan_to_num(upper[t + 61:]))  # the change shows later
+        lower2, upper2, _ = walk_forward_intervals(
+            forecast, changed, scale, folds, label_end, origins, LEVELS, 50, calibration
+        )
+        np.testing.assert_array_equal(lower2[: t + 1], lower[: t + 1])
+        np.testing.assert_array_equal(upper2[: t + 1], upper[: t + 1])
+        assert not np.allclose(
+            np.nan_to_num(upper2[t + 61 :]), np.nan_to_num(upper[t + 61 :])
+        )  # the change shows later
 
 
 def test_volatility_scale_is_known_at_each_row():
@@ -117,7 +124,9 @@ def test_interval_at_matches_the_walk_at_a_folds_first_origin(calibration):
     origins, label_end, folds = timeline(n, h, 100)
     forecast, actual = rng.normal(0, 0.01, n), rng.normal(0, 0.02, n)
     scale = np.abs(rng.normal(0.02, 0.005, n))
-    lower, upper, _ = walk_forward_intervals(forecast, actual, scale, folds, label_end, origins, LEVELS, 50, calibration)
+    lower, upper, _ = walk_forward_intervals(
+        forecast, actual, scale, folds, label_end, origins, LEVELS, 50, calibration
+    )
     history = pl.DataFrame({"label_end": label_end, "score": np.abs(actual - forecast) / scale})
     t = 300
     latest = interval_at(float(forecast[t]), float(scale[t]), history, origins[t], LEVELS, 50, calibration)
@@ -139,8 +148,9 @@ def test_weighted_quantile_by_hand():
     # Weights 1, 1, 2, 4 (total 8) and the new origin's 1 at +inf: cumulative shares of 9 are
     # 1/9, 2/9, 4/9 and 8/9 at the sorted scores 0.5, 1, 2, 3.
     scores, weights = np.array([3.0, 0.5, 2.0, 1.0]), np.array([4.0, 1.0, 2.0, 1.0])
-    np.testing.assert_array_equal(weighted_quantiles(scores, weights, (0.2, 4 / 9, 0.5, 0.85, 0.9)),
-                                  [1.0, 2.0, 3.0, 3.0, np.inf])
+    np.testing.assert_array_equal(
+        weighted_quantiles(scores, weights, (0.2, 4 / 9, 0.5, 0.85, 0.9)), [1.0, 2.0, 3.0, 3.0, np.inf]
+    )
     # Halving each year back: with a one-row half-life the newest score alone outweighs the rest.
     assert Calibration(half_life_rows=1.0).quantiles(np.array([9.0, 9.0, 9.0, 1.0, 2.0]), (0.4,))[0] == 2.0
     assert np.isnan(Calibration(half_life_rows=1.0).quantiles(np.array([9.0, 1.0]), (0.9,))[0])  # out of reach
@@ -153,11 +163,14 @@ def test_the_normal_prior_weighs_as_ten_outcomes_at_90_percent():
     shrunk = Calibration(horizon_rows=30, normal_prior=True).quantiles(scores, (0.9,))[0]
     assert shrunk == pytest.approx((data + 1.644854) / 2)
     # A 1-row label: 300 outcomes against the prior's 10.
-    assert Calibration(normal_prior=True).quantiles(scores, (0.9,))[0] == pytest.approx((300 * data + 10 * 1.644854) / 310)
+    assert Calibration(normal_prior=True).quantiles(scores, (0.9,))[0] == pytest.approx(
+        (300 * data + 10 * 1.644854) / 310
+    )
     # At 80% the prior counts 5 outcomes, toward 1.2816.
     at80 = conformal_quantiles(scores, (0.8,))[0]
     assert Calibration(horizon_rows=30, normal_prior=True).quantiles(scores, (0.8,))[0] == pytest.approx(
-        (10 * at80 + 5 * 1.281552) / 15)
+        (10 * at80 + 5 * 1.281552) / 15
+    )
 
 
 def test_decaying_weights_follow_a_change_in_the_error_size():
@@ -181,14 +194,23 @@ def test_levels_are_checked_and_named():
 
 
 def test_coverage_by_scope_by_hand():
-    frame = pl.DataFrame({
-        "actual": [0.0, 0.5, -0.2, 0.1], "lo": [-0.1, -0.1, -0.1, None], "hi": [0.1, 0.1, 0.1, 0.2],
-        "regime": ["a", "a", "b", "b"], "state": ["calm", "calm", "calm", "crisis"],
-    })
+    frame = pl.DataFrame(
+        {
+            "actual": [0.0, 0.5, -0.2, 0.1],
+            "lo": [-0.1, -0.1, -0.1, None],
+            "hi": [0.1, 0.1, 0.1, 0.2],
+            "regime": ["a", "a", "b", "b"],
+            "state": ["calm", "calm", "calm", "crisis"],
+        }
+    )
     table = coverage(frame, {("conformal", 0.8): ("lo", "hi")}, horizon_rows=2)
     overall = table.filter(pl.col("scope") == "overall").row(0, named=True)
     assert (overall["rows"], overall["coverage"], overall["mean_width"], overall["outcomes"]) == (
-        3, pytest.approx(1 / 3), pytest.approx(0.2), 1.5)
+        3,
+        pytest.approx(1 / 3),
+        pytest.approx(0.2),
+        1.5,
+    )
     regime = dict(table.filter(pl.col("scope") == "regime").select("group", "coverage").iter_rows())
     assert regime == {"a": 0.5, "b": 0.0}  # b's second row has no interval
     assert table.filter(pl.col("scope") == "state")["group"].to_list() == ["calm"]

@@ -1,4 +1,5 @@
-"""The code location loads, and its partitions, instance and schedules are what the desk expects."""
+"""The code location loads, and its partitions, instance and schedules are what the desk expects; it uses only
+Dagster's public API."""
 
 import datetime as dt
 import os
@@ -16,31 +17,38 @@ from schedules.ingest import INGEST_SCHEDULES
 PROJECT = Path(__file__).resolve().parents[1]
 
 
-def test_every_raw_dataset_is_a_day_partitioned_asset_with_checks():
+def test_every_raw_dataset_is_a_year_partitioned_asset_with_checks():
     graph = defs.resolve_asset_graph()
     for dataset in RAW_DATASETS.values():
         node = graph.get(dataset.key)
         partitions = node.partitions_def
-        assert isinstance(partitions, dg.DailyPartitionsDefinition)
+        assert isinstance(partitions, dg.TimeWindowPartitionsDefinition)
         assert node.backfill_policy == dg.BackfillPolicy.single_run()
         first = partitions.get_first_partition_key()
-        assert first == ("2019-05-06" if dataset.symbol == "MES" else "2000-01-01"), dataset.name
+        assert first == ("2019" if dataset.symbol == "MES" else "2000"), dataset.name
     checks = {key.name for key in graph.asset_check_keys if key.asset_key == RAW_DATASETS["zl_ohlcv_1d"].key}
     assert checks == {"schema", "no_duplicates", "in_order", "no_gaps"}
 
 
 def test_mes_has_no_partition_before_it_listed():
     mes = defs.resolve_asset_graph().get(RAW_DATASETS["mes_ohlcv_1m"].key).partitions_def
-    assert not mes.has_partition_key("2019-05-03")
-    assert mes.has_partition_key("2019-05-06")
+    assert not mes.has_partition_key("2018")
+    assert mes.has_partition_key("2019")
 
 
 def test_horizon_assets_show_one_partition_per_valid_asset_and_horizon():
     graph = defs.resolve_asset_graph()
-    for market, horizons in {"zl": ["1w", "1m", "3m", "6m", "12m"],
-                             "mes": ["1min", "5min", "15min", "30min", "1h", "4h", "1d", "7d", "30d", "3m", "6m", "12m"]}.items():
-        for key in (f"{market}/regimes/state", f"{market}/training/labels", f"{market}/training/folds",
-                    f"{market}/models/trees", f"{market}/models/leaderboard"):
+    for market, horizons in {
+        "zl": ["1w", "1m", "3m", "6m", "12m"],
+        "mes": ["1min", "5min", "15min", "30min", "1h", "4h", "1d", "7d", "30d", "3m", "6m", "12m"],
+    }.items():
+        for key in (
+            f"{market}/regimes/state",
+            f"{market}/training/labels",
+            f"{market}/training/folds",
+            f"{market}/models/trees",
+            f"{market}/models/leaderboard",
+        ):
             assert graph.get(dg.AssetKey.from_user_string(key)).partitions_def.get_partition_keys() == horizons, key
 
 
@@ -55,10 +63,14 @@ def test_neural_training_runs_one_job_at_a_time_in_the_gpu_pool():
     assert instance["concurrency"]["pools"]["default_limit"] == 1
 
 
+@pytest.mark.integration
 def test_dagster_validates_the_code_location():
     done = subprocess.run(
         [str(Path(sys.executable).with_name("dagster")), "definitions", "validate", "-w", "workspace.yaml"],
-        cwd=PROJECT, capture_output=True, text=True, env={**os.environ, "CBI_SOURCE": "sample"},
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CBI_SOURCE": "sample"},
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Validation successful" in done.stdout + done.stderr
@@ -66,7 +78,7 @@ def test_dagster_validates_the_code_location():
 
 @pytest.mark.parametrize(
     ("when", "expected"),
-    [(dt.datetime(2024, 3, 5, 17, 30), "2024-03-05"), (dt.datetime(2024, 3, 29, 17, 30), None)],
+    [(dt.datetime(2024, 3, 5, 17, 30), "2024"), (dt.datetime(2024, 3, 29, 17, 30), None)],
     ids=["trading day", "Good Friday"],
 )
 def test_evening_ingest_runs_on_trading_days_only(when, expected):
@@ -80,3 +92,14 @@ def test_evening_ingest_runs_on_trading_days_only(when, expected):
             assert not result.run_requests and "holiday" in result.skip_message
         else:
             assert [r.partition_key for r in result.run_requests] == [expected]
+
+
+def test_the_code_uses_only_public_dagster_apis():
+    private = [
+        f"{path.relative_to(PROJECT)}:{n}"
+        for folder in ("cbi_assets", "resources", "schedules")
+        for path in (PROJECT / folder).rglob("*.py")
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if "dagster._" in line
+    ]
+    assert not private, private

@@ -12,33 +12,37 @@ import numpy as np
 import polars as pl
 import pytest
 
-from cbi_assets.explain.assets import EXPLAIN_ASSETS, explain_dir, explain_family
+from cbi_assets import lake as tables
+from cbi_assets.catalogue import ZL
+from cbi_assets.explain.assets import EXPLAIN_ASSETS
+from cbi_assets.explain.explained import explain_family
 from cbi_assets.explain.importance import importance, importance_drift
-from cbi_assets.explain.rows import PLANS, explained_rows
+from cbi_assets.explain.rows import explained_rows
 from cbi_assets.explain.shapley import (
     NoAttribution,
     top_drivers,
     tree_attribution,
     window_attribution,
 )
-from cbi_assets.features.assets import master_path
 from cbi_assets.models import trees
-from cbi_assets.models.assets import models_dir
 from cbi_assets.models.inputs import TrainingArrays, fold_inputs
 from cbi_assets.models.references import RandomWalk
-from cbi_assets.models.registry import BUDGETS, Inputs, families
+from cbi_assets.models.registry import Inputs, families
+from cbi_assets.profiles import PROFILES
 from cbi_assets.training.folds import FoldPlan, walk_forward
 from cbi_assets.training.scaling import RobustScaler
-from cbi_assets.training.sets import feature_columns, fold_scalers, horizon_of
+from cbi_assets.training.sets import feature_columns, fold_scalers
 from resources import Tracking
 
 NAMES = tuple(f"x{i}" for i in range(6))
-BUDGET = BUDGETS["sample"]
+BUDGET = PROFILES["sample"].training
+PLAN = PROFILES["sample"].explain
 
 
 def _inputs(x: np.ndarray, y: np.ndarray | None) -> Inputs:
-    return Inputs(x=x, y=y, weight=np.ones(len(x)), returns=np.zeros(len(x)), horizon=5, season=252,
-                  feature_names=NAMES)
+    return Inputs(
+        x=x, y=y, weight=np.ones(len(x)), returns=np.zeros(len(x)), horizon=5, season=252, feature_names=NAMES
+    )
 
 
 def _synthetic(driver: int, n: int = 800, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -59,8 +63,9 @@ def test_tree_shap_adds_up_to_the_forecast(fit):
     forecast = model.predict(_inputs(held, None)).mean
     assert np.ptp(forecast) > 1e-3  # the model learned something to explain
     assert found.shap.shape == (100, len(NAMES))
-    np.testing.assert_allclose(found.base + found.shap.sum(axis=1), forecast, rtol=1e-5,
-                               atol=1e-5 * np.abs(forecast).max())
+    np.testing.assert_allclose(
+        found.base + found.shap.sum(axis=1), forecast, rtol=1e-5, atol=1e-5 * np.abs(forecast).max()
+    )
 
 
 def test_the_feature_that_drives_the_target_ranks_first():
@@ -129,40 +134,58 @@ def _training_set(driver: int, rows: int = 600) -> tuple[pl.DataFrame, pl.DataFr
     days = days.filter(days.dt.weekday() <= 5)
     x = rng.normal(size=(rows, len(NAMES)))
     forward = 0.01 * x[:, driver] + 0.0005 * rng.normal(size=rows)
-    frame = pl.DataFrame({
-        "date": days.head(rows), "label_end": days.slice(5, rows), "forward_return": forward,
-        "forward_price": 50 * np.exp(forward), "regime": ["r"] * rows, "weight": np.ones(rows),
-        "zl_1d_ret_1": 0.01 * rng.normal(size=rows), **{n: x[:, i] for i, n in enumerate(NAMES)},
-    })
+    frame = pl.DataFrame(
+        {
+            "date": days.head(rows),
+            "label_end": days.slice(5, rows),
+            "forward_return": forward,
+            "forward_price": 50 * np.exp(forward),
+            "regime": ["r"] * rows,
+            "weight": np.ones(rows),
+            "zl_1d_ret_1": 0.01 * rng.normal(size=rows),
+            **{n: x[:, i] for i, n in enumerate(NAMES)},
+        }
+    )
     folds = walk_forward(frame["date"], frame["label_end"], FoldPlan(3, "expanding", embargo=5))
     return frame, folds, fold_scalers(frame, folds, feature_columns(frame))
 
 
 def test_drift_between_the_last_two_trainings_comes_from_mlflow(tmp_path):
     tracking = Tracking(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_root=str(tmp_path / "artifacts"))
-    horizon = horizon_of("zl", "1w")
+    horizon = ZL.horizon("1w")
     scores = pl.DataFrame({"scope": ["overall"], "group": ["all"], "rows": [1], "mase": [1.0]})
     logged = []
     for driver in (0, 1):  # the desk's data changed: the second training learned another driver
         frame, folds, scalers = _training_set(driver)
-        data = TrainingArrays.of(frame, "zl", horizon)
+        data = TrainingArrays.of(frame, ZL, horizon)
         last = folds.row(-1, named=True)
         scaler = RobustScaler.from_frame(scalers.filter(pl.col("fold") == last["fold"]).drop("fold"))
         train, _ = fold_inputs(data, last, scaler, "tabular", BUDGET)
         folder = tmp_path / f"model_{driver}"
         folder.mkdir()
         (folder / "model.pkl").write_bytes(pickle.dumps(trees.lightgbm(train, BUDGET)))
-        logged.append(tracking.log_family("zl", "1w", "lightgbm", params={}, scores=scores, model_dir=folder,
-                                          features=list(data.features), data_hash=str(driver), tags={}))
+        logged.append(
+            tracking.log_family(
+                ZL,
+                "1w",
+                "lightgbm",
+                params={},
+                scores=scores,
+                model_dir=folder,
+                features=list(data.features),
+                data_hash=str(driver),
+                tags={},
+            )
+        )
         time.sleep(0.01)  # runs are ordered by start time
     master = tmp_path / "master_1d.parquet"
     more = frame.select("date", *data.features).tail(1).with_columns(pl.col("date") + dt.timedelta(days=3))
     pl.concat([frame.select("date", *data.features), more]).write_parquet(master)
 
-    runs = [r["run_id"] for r in tracking.family_runs("zl", "1w", "lightgbm", 2)]
+    runs = [r["run_id"] for r in tracking.family_runs(ZL, "1w", "lightgbm", 2)]
     assert runs == logged[::-1]  # newest first
-    rows = explained_rows(frame, folds, scalers, master, data, "date", 500, 1)
-    found = explain_family(tracking, "zl", "1w", "lightgbm", runs, rows, BUDGET, PLANS["sample"], champion=False)
+    rows = explained_rows(frame, folds, scalers, pl.scan_parquet(master), data, "date", 500, 1)
+    found = explain_family(tracking, ZL, horizon, "lightgbm", runs, rows, BUDGET, PLAN, champion=False)
     assert found.drift["previous_run"] == logged[0]
     assert (found.drift["top_previous"], found.drift["top_latest"]) == ("x0", "x1")
     assert set(found.frames["drift"]["feature"].head(2)) == {"x0", "x1"}
@@ -170,25 +193,26 @@ def test_drift_between_the_last_two_trainings_comes_from_mlflow(tmp_path):
     assert drivers.filter(pl.col("origin") == "latest")["date"].unique().to_list() == [more["date"][0]]
     assert drivers.filter(pl.col("rank") == 1)["feature"].value_counts().sort("count")["feature"][-1] == "x1"
 
-    only = explain_family(tracking, "zl", "1w", "lightgbm", runs[:1], rows, BUDGET, PLANS["sample"], champion=False)
+    only = explain_family(tracking, ZL, horizon, "lightgbm", runs[:1], rows, BUDGET, PLAN, champion=False)
     assert "one training so far" in only.drift["drift"] and "drift" not in only.frames
 
 
 # --- The Dagster asset on the sample lake -------------------------------------------------------
 
 
+@pytest.mark.integration
 @pytest.mark.xdist_group("feature_lake")
 def test_zl_explanations_materialize(zl_model_lake):
-    lake, resources = zl_model_lake
-    tracking = resources["tracking"]
-    asset = next(a for a in EXPLAIN_ASSETS if a.key.path[0] == "zl")
+    _, resources = zl_model_lake
+    lake, tracking = resources["lake"], resources["tracking"]
+    asset = next(a for a in EXPLAIN_ASSETS if a.key.path[0] == ZL.key)
     result = dg.materialize([asset], resources=resources, partition_key="1w")
     assert result.success
-    folder = explain_dir(lake, "zl", "1w")
-    champion = tracking.champion("zl", "1w")
+    parts = {"market": ZL, "horizon": "1w"}
+    champion = tracking.champion(ZL, "1w")
     tree_families = {f.name for f in families("tree")}
 
-    summary = pl.read_parquet(folder / "summary.parquet")
+    summary = lake.read(tables.EXPLAIN_SUMMARY, **parts)
     assert set(summary["family"]) == tree_families | {champion["family"]}
     assert summary.filter(pl.col("champion"))["family"].to_list() == [champion["family"]]
     explained = set(summary.filter(pl.col("top_feature").is_not_null())["family"])
@@ -196,22 +220,23 @@ def test_zl_explanations_materialize(zl_model_lake):
 
     # LightGBM's last-fold forecasts rebuilt from SHAP are its stored out-of-fold forecasts: the rows
     # were scaled as the fold's and the model is the one MLflow keeps.
-    drivers = pl.read_parquet(folder / "drivers" / "lightgbm.parquet")
-    shap = pl.read_parquet(folder / "shap" / "lightgbm.parquet")
+    drivers = lake.read(tables.EXPLANATION, **parts, part="drivers", family="lightgbm")
+    shap = lake.read(tables.EXPLANATION, **parts, part="shap", family="lightgbm")
     per_row = drivers.group_by("date", "origin").agg(pl.col("base", "forecast").first())
     added = shap.group_by("date").agg(pl.col("shap").sum()).join(per_row, on="date")
     np.testing.assert_allclose(added["base"] + added["shap"], added["forecast"], rtol=1e-6, atol=1e-9)
-    oof = pl.read_parquet(models_dir(lake, "zl", "1w") / "oof" / "lightgbm.parquet")
+    oof = lake.read(tables.OOF, **parts, family="lightgbm")
     last_fold = oof.filter(pl.col("fold") == oof["fold"].max())
-    same = per_row.filter(pl.col("origin") == "fold").join(last_fold.select("date", pl.col("forecast").alias("oof")),
-                                                          on="date")
+    same = per_row.filter(pl.col("origin") == "fold").join(
+        last_fold.select("date", pl.col("forecast").alias("oof")), on="date"
+    )
     assert same.height == last_fold.height
     np.testing.assert_allclose(same["forecast"], same["oof"], rtol=1e-6, atol=1e-9)
     assert shap.height == per_row.height * shap["feature"].n_unique()
 
-    newest = pl.read_parquet(master_path(lake, "zl", "1d"), columns=["date"])["date"].max()
+    newest = lake.read(tables.MASTER, columns=["date"], market=ZL, timeframe="1d")["date"].max()
     assert per_row.filter(pl.col("origin") == "latest")["date"].to_list() == [newest]
-    with duckdb.connect(str(lake / "warehouse.duckdb"), read_only=True) as conn:
+    with duckdb.connect(resources["warehouse"].database, read_only=True) as conn:
         table = conn.sql("select * from models.drivers where asset = 'ZL' and horizon = '1w'").pl()
     assert set(table["family"]) == explained
     assert table["date"].unique().to_list() == [newest] and table["ts"].is_null().all()
@@ -223,7 +248,7 @@ def test_zl_explanations_materialize(zl_model_lake):
     assert "data:image/png;base64" in metadata["latest_forecast_1w"].value
     assert metadata["table"].value == "models.drivers"
     lightgbm = summary.filter(pl.col("family") == "lightgbm").row(0, named=True)
-    if len(tracking.family_runs("zl", "1w", "lightgbm", 2)) == 1:
+    if len(tracking.family_runs(ZL, "1w", "lightgbm", 2)) == 1:
         assert lightgbm["drift"].startswith("one training so far")
     else:  # another test retrained the trees on this lake first
         assert lightgbm["previous_run"] and lightgbm["rank_correlation"] is not None

@@ -13,7 +13,7 @@ from cbi_assets.features.pit import ReleaseLag, known_dates, on_grid
 from cbi_assets.features.soy_complex import boho, crush_margin, oil_share
 from cbi_assets.features.volatility import vix_band
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def one(expr: pl.Expr, **columns) -> list:
@@ -59,10 +59,20 @@ def test_macd_ema_by_hand():
 
 def test_atr_by_hand():
     # True ranges: 2 (h-l), max(3, |13-10|=3, |10-10|=0) = 3, max(1, |12-12|, |11-12|) = 1.
-    tr = one(ta.true_range(pl.col("h"), pl.col("l"), pl.col("c")), h=[11.0, 13.0, 12.0], l=[9.0, 10.0, 11.0], c=[10.0, 12.0, 11.5])
+    tr = one(
+        ta.true_range(pl.col("h"), pl.col("l"), pl.col("c")),
+        h=[11.0, 13.0, 12.0],
+        l=[9.0, 10.0, 11.0],
+        c=[10.0, 12.0, 11.5],
+    )
     assert tr == [2.0, 3.0, 1.0]
     # Wilder n=2 seeded at the first range: 2, then 2.5, then 1.75; shown from the 2nd bar.
-    atr = one(ta.atr(pl.col("h"), pl.col("l"), pl.col("c"), 2), h=[11.0, 13.0, 12.0], l=[9.0, 10.0, 11.0], c=[10.0, 12.0, 11.5])
+    atr = one(
+        ta.atr(pl.col("h"), pl.col("l"), pl.col("c"), 2),
+        h=[11.0, 13.0, 12.0],
+        l=[9.0, 10.0, 11.0],
+        c=[10.0, 12.0, 11.5],
+    )
     assert atr == [None, 2.5, 1.75]
 
 
@@ -103,15 +113,25 @@ def test_release_lags_place_values_on_the_session_they_were_published():
 
 def test_front_series_adjusts_returns_across_a_roll_without_future_prices():
     day = [dt.datetime(2024, 3, d, tzinfo=UTC) for d in (4, 5, 6)]
-    bars = pl.DataFrame({
-        "ts_event": [day[0], day[0], day[1], day[1], day[2], day[2]],
-        "instrument_id": pl.Series([1, 2, 1, 2, 1, 2], dtype=pl.UInt32),
-        "open": [100.0, 102.0, 101.0, 103.0, 100.0, 102.0], "high": [100.0, 102.0, 101.0, 103.0, 100.0, 102.0],
-        "low": [100.0, 102.0, 101.0, 103.0, 100.0, 102.0], "close": [100.0, 102.0, 101.0, 103.0, 100.0, 102.0],
-        "volume": pl.Series([900, 100, 100, 900, 100, 900], dtype=pl.UInt64),
-    })
-    fronts = pl.DataFrame({"date": [d.date() for d in day], "instrument_id": [1, 1, 2], "rolled": [False, False, True],
-                           "rolled_from": [None, None, 1]})
+    bars = pl.DataFrame(
+        {
+            "ts_event": [day[0], day[0], day[1], day[1], day[2], day[2]],
+            "instrument_id": pl.Series([1, 2, 1, 2, 1, 2], dtype=pl.UInt32),
+            "open": [100.0, 102.0, 101.0, 103.0, 100.0, 102.0],
+            "high": [100.0, 102.0, 101.0, 103.0, 100.0, 102.0],
+            "low": [100.0, 102.0, 101.0, 103.0, 100.0, 102.0],
+            "close": [100.0, 102.0, 101.0, 103.0, 100.0, 102.0],
+            "volume": pl.Series([900, 100, 100, 900, 100, 900], dtype=pl.UInt64),
+        }
+    )
+    fronts = pl.DataFrame(
+        {
+            "date": [d.date() for d in day],
+            "instrument_id": [1, 1, 2],
+            "rolled": [False, False, True],
+            "rolled_from": [None, None, 1],
+        }
+    )
     series = front_daily(bars, fronts)
     assert series["close"].to_list() == [100.0, 101.0, 102.0]  # real front settlements
     # On the roll the factor is old/new on the day before: 101 / 103; adjusted return = 102/103 - 1.
@@ -133,12 +153,26 @@ def test_splice_continues_the_adjusted_series():
 def test_resampled_bars_close_at_their_window_end_or_the_session_close():
     day = dt.date(2024, 3, 5)  # session 2024-03-04 17:00 Chicago (23:00 UTC) to 16:00 (22:00 UTC)
     opens = [dt.datetime(2024, 3, 4, 23, 0, tzinfo=UTC) + dt.timedelta(minutes=m) for m in (0, 1, 2, 5, 1379)]
-    minutes = minute_bars(pl.DataFrame({
-        "ts_event": pl.Series(opens).cast(pl.Datetime("ns", "UTC")), "instrument_id": pl.Series([1] * 5, dtype=pl.UInt32),
-        "open": [1.0, 2.0, 3.0, 4.0, 5.0], "high": [1.5, 2.5, 3.5, 4.5, 5.5], "low": [0.5, 1.5, 2.5, 3.5, 4.5],
-        "close": [1.2, 2.2, 3.2, 4.2, 5.2], "volume": pl.Series([10, 20, 30, 40, 50], dtype=pl.UInt64),
-    }))
-    assert minutes["trade_date"].unique().to_list() == [day] and minutes["session_minute"].to_list() == [0, 1, 2, 5, 1379]
+    minutes = minute_bars(
+        pl.DataFrame(
+            {
+                "ts_event": pl.Series(opens).cast(pl.Datetime("ns", "UTC")),
+                "instrument_id": pl.Series([1] * 5, dtype=pl.UInt32),
+                "open": [1.0, 2.0, 3.0, 4.0, 5.0],
+                "high": [1.5, 2.5, 3.5, 4.5, 5.5],
+                "low": [0.5, 1.5, 2.5, 3.5, 4.5],
+                "close": [1.2, 2.2, 3.2, 4.2, 5.2],
+                "volume": pl.Series([10, 20, 30, 40, 50], dtype=pl.UInt64),
+            }
+        )
+    )
+    assert minutes["trade_date"].unique().to_list() == [day] and minutes["session_minute"].to_list() == [
+        0,
+        1,
+        2,
+        5,
+        1379,
+    ]
     five = resample(minutes, "5min")
     assert five["open"].to_list() == [1.0, 4.0, 5.0] and five["close"].to_list() == [3.2, 4.2, 5.2]
     assert five["volume"].to_list() == [60.0, 40.0, 50.0]
@@ -149,14 +183,20 @@ def test_resampled_bars_close_at_their_window_end_or_the_session_close():
     # The last 4h bar of a session (13:00-16:00 Chicago) is 3 hours long and closes at 16:00.
     assert four_hours["ts"].to_list()[-1] == dt.datetime(2024, 3, 5, 22, 0, tzinfo=UTC)
     daily = resample(minutes, "1d")
-    assert daily.height == 1 and daily["high"].item() == 5.5 and daily["ts"].item() == dt.datetime(2024, 3, 5, 22, 0, tzinfo=UTC)
+    assert (
+        daily.height == 1
+        and daily["high"].item() == 5.5
+        and daily["ts"].item() == dt.datetime(2024, 3, 5, 22, 0, tzinfo=UTC)
+    )
 
 
 def test_equity_calendar_expiries_rolls_and_month_ends():
     assert dt.date(2024, 3, 15) in quarterly_expiries(dt.date(2024, 1, 1), dt.date(2024, 12, 31))
     table = calendar_table(pl.Series("date", [dt.date(2024, 3, 7), dt.date(2024, 3, 15), dt.date(2024, 3, 28)]))
     rows = table.rows_by_key("date", named=True)
-    assert rows[dt.date(2024, 3, 7)][0]["sessions_to_expiry"] == 6 and rows[dt.date(2024, 3, 7)][0]["in_roll_window"] == 1
+    assert (
+        rows[dt.date(2024, 3, 7)][0]["sessions_to_expiry"] == 6 and rows[dt.date(2024, 3, 7)][0]["in_roll_window"] == 1
+    )
     assert rows[dt.date(2024, 3, 15)][0]["is_expiry_rebalance_day"] == 1
     # 28 March 2024 is the last session of March and of the quarter (Good Friday follows).
     assert rows[dt.date(2024, 3, 28)][0]["is_month_end"] == 1 and rows[dt.date(2024, 3, 28)][0]["is_quarter_end"] == 1
@@ -175,6 +215,11 @@ def test_release_lags_are_configurable_per_series():
     with pytest.raises(dg.Failure, match=r"unknown FRED series \['DGS99'\]"):
         ReleaseLags(business_days={"DGS99": 1}).lags()
     # Two business days later: Thursday's 10-year yield is used from the Tuesday after Good Friday.
-    placed = on_grid(pl.DataFrame({"date": [dt.date(2024, 4, 1), dt.date(2024, 4, 2)]}),
-                     pl.DataFrame({"date": [dt.date(2024, 3, 28)], "value": [4.2]}), "value", lags["DGS10"], "x")
+    placed = on_grid(
+        pl.DataFrame({"date": [dt.date(2024, 4, 1), dt.date(2024, 4, 2)]}),
+        pl.DataFrame({"date": [dt.date(2024, 3, 28)], "value": [4.2]}),
+        "value",
+        lags["DGS10"],
+        "x",
+    )
     assert placed["x"].to_list() == [None, 4.2]

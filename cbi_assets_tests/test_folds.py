@@ -11,12 +11,11 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from cbi_assets.catalogue import MARKETS
+from cbi_assets.catalogue import MARKETS, MES, ZL
+from cbi_assets.profiles import PROFILES, load_profile
 from cbi_assets.training.folds import (
     FOLD_COLUMNS,
-    PLANS,
     FoldPlan,
-    default_plan,
     fold_membership,
     split,
     walk_forward,
@@ -121,7 +120,7 @@ def test_folds_are_purged_embargoed_and_cover_the_test_period(history, plan):
     # about test_fraction of them, in windows whose sizes differ by at most one row.
     everything = np.concatenate(tested)
     assert (np.diff(everything) > 0).all()
-    assert (everything == labelled[len(labelled) - len(everything):]).all()
+    assert (everything == labelled[len(labelled) - len(everything) :]).all()
     assert abs(len(everything) - plan.test_fraction * len(labelled)) < 1
     sizes = [len(te) for te in tested]
     assert max(sizes) - min(sizes) <= 1
@@ -155,7 +154,9 @@ def test_a_hand_checked_example():
         (0, 9, 13, 17, 10, 5),
     ]
     day = [START + dt.timedelta(days=i) for i in range(20)]
-    assert folds.select("train_start", "train_end", "train_label_end", "test_start", "test_end", "test_label_end").rows() == [
+    assert folds.select(
+        "train_start", "train_end", "train_label_end", "test_start", "test_end", "test_label_end"
+    ).rows() == [
         (day[0], day[5], day[7], day[9], day[12], day[14]),
         (day[0], day[9], day[11], day[13], day[17], day[19]),
     ]
@@ -196,23 +197,37 @@ def test_impossible_plans_say_what_to_change():
         walk_forward(times, times.shift(1), FoldPlan(2, "expanding"))
 
 
-def test_default_plans_come_from_the_catalogue():
-    plan = default_plan("full", "ZL", "3m")
-    assert plan == FoldPlan(60, "expanding", embargo=63)
-    assert default_plan("sample", "ZL", MARKETS["ZL"].horizon("1w")).n_folds == 5
+def test_the_profiles_plans_follow_the_catalogue():
+    full = PROFILES["full"]
+    assert full.fold_plan(ZL, ZL.horizon("3m")) == FoldPlan(60, "expanding", embargo=63)
+    assert PROFILES["sample"].fold_plan("ZL", ZL.horizon("1w")).n_folds == 5
     # An intraday horizon's rows are bars of its own length: one row of embargo, 60 sessions of hours.
-    hourly = default_plan("full", "MES", "1h")
+    hourly = full.fold_plan(MES, MES.horizon("1h"))
     assert hourly.scheme == "sliding" and hourly.embargo == 1 and hourly.train_rows == 60 * 23
-    assert default_plan("full", "MES", "1min").train_rows == 60 * 1380
-    # Every valid asset x horizon has a plan in every profile, embargoed by one horizon.
-    for profile in PLANS:
-        for asset in MARKETS.values():
-            for h in asset.horizons:
-                assert default_plan(profile, asset.symbol, h).embargo == (1 if h.intraday else h.bars)
+    assert full.fold_plan(MES, MES.horizon("1min")).train_rows == 60 * 1380
+    # Every valid market x horizon has a plan in every profile, embargoed by one horizon.
+    for profile in PROFILES.values():
+        for market in MARKETS.values():
+            for h in market.horizons:
+                assert profile.fold_plan(market, h).embargo == (1 if h.intraday else h.bars)
     with pytest.raises(KeyError, match="valid horizons"):
-        default_plan("full", "ZL", "1min")
-    with pytest.raises(KeyError, match="valid profiles"):
-        default_plan("prod", "ZL", "1w")
+        ZL.horizon("1min")
+    with pytest.raises(ValueError, match="neither a built-in profile"):
+        load_profile("prod")
+
+
+def test_a_users_profile_overrides_the_plans_it_names(tmp_path):
+    path = tmp_path / "desk.toml"
+    path.write_text('base = "sample"\n[folds."ZL 1d"]\nn_folds = 7\n')
+    desk = load_profile(str(path))
+    assert desk.fold_plan(ZL, ZL.horizon("1m")) == FoldPlan(7, "expanding", embargo=21)
+    # What the file does not name stays the base's.
+    for h in MES.horizons:
+        assert desk.fold_plan(MES, h) == PROFILES["sample"].fold_plan(MES, h)
+    path.write_text('base = "sample"\n[folds."ZL 1d"]\nfolds = 7\n')
+    with pytest.raises(ValueError, match="no setting folds") as refused:
+        load_profile(str(path))
+    assert str(path) in str(refused.value)
 
 
 # --- The scaler -------------------------------------------------------------------------------

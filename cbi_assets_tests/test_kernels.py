@@ -33,8 +33,11 @@ def reference(frame: pl.DataFrame) -> dict[str, pl.Expr]:
     out |= {f"k_std_{n}": c.rolling_std(n, ddof=0) for n in WINDOWS.rolling}
     for f, s, g in WINDOWS.macd:
         line = (ta.ema(c, f) - ta.ema(c, s)) / c
-        out |= {f"k_macd_{f}_{s}_{g}": line, f"k_macd_signal_{f}_{s}_{g}": ta.ema(line, g),
-                f"k_macd_hist_{f}_{s}_{g}": line - ta.ema(line, g)}
+        out |= {
+            f"k_macd_{f}_{s}_{g}": line,
+            f"k_macd_signal_{f}_{s}_{g}": ta.ema(line, g),
+            f"k_macd_hist_{f}_{s}_{g}": line - ta.ema(line, g),
+        }
     return out
 
 
@@ -53,8 +56,10 @@ def test_compiled_pass_equals_the_polars_definitions(rows, nulls):
 
 def test_compiled_pass_is_causal():
     frame = bars(300, seed=3)
-    later = frame.with_columns(pl.when(pl.int_range(pl.len()) >= 200).then(pl.col(c) * 1.3).otherwise(pl.col(c)).alias(c)
-                               for c in frame.columns)
+    later = frame.with_columns(
+        pl.when(pl.int_range(pl.len()) >= 200).then(pl.col(c) * 1.3).otherwise(pl.col(c)).alias(c)
+        for c in frame.columns
+    )
     before, after = (with_core(f, "", WINDOWS, "k_").head(200) for f in (frame, later))
     assert before.equals(after)
     assert not with_core(frame, "", WINDOWS, "k_").tail(100).equals(with_core(later, "", WINDOWS, "k_").tail(100))

@@ -23,13 +23,16 @@ UTC = pl.Datetime("ns", "UTC")
 
 def minute_table(stamps: list[dt.datetime], close: list[float], high=None, low=None, adj=None) -> pl.DataFrame:
     """A canonical 1-minute table from bar close times and prices (high/low default to close)."""
-    return pl.DataFrame({
-        "ts": pl.Series(stamps, dtype=UTC),
-        "high": high or close,
-        "low": low or close,
-        "close": close,
-        "adj": adj or [1.0] * len(close),
-    }, schema_overrides={"high": pl.Float64, "low": pl.Float64, "close": pl.Float64, "adj": pl.Float64})
+    return pl.DataFrame(
+        {
+            "ts": pl.Series(stamps, dtype=UTC),
+            "high": high or close,
+            "low": low or close,
+            "close": close,
+            "adj": adj or [1.0] * len(close),
+        },
+        schema_overrides={"high": pl.Float64, "low": pl.Float64, "close": pl.Float64, "adj": pl.Float64},
+    )
 
 
 def utc(text: str) -> dt.datetime:
@@ -48,13 +51,15 @@ def random_minutes(n: int, seed: int = 0, start: str = "2024-06-03 13:00") -> pl
     close = level / adj
     spread = np.abs(rng.normal(0, 0.0006, n))
     stamps = pl.datetime_range(utc(start), utc(start) + dt.timedelta(minutes=n - 1), "1m", eager=True, time_zone="UTC")
-    return pl.DataFrame({
-        "ts": stamps.cast(UTC),
-        "high": close * (1 + spread),
-        "low": close * (1 - spread),
-        "close": close,
-        "adj": adj,
-    })
+    return pl.DataFrame(
+        {
+            "ts": stamps.cast(UTC),
+            "high": close * (1 + spread),
+            "low": close * (1 - spread),
+            "close": close,
+            "adj": adj,
+        }
+    )
 
 
 # --- Daily ------------------------------------------------------------------------------------
@@ -62,11 +67,13 @@ def random_minutes(n: int, seed: int = 0, start: str = "2024-06-03 13:00") -> pl
 
 def test_daily_forward_return_price_and_direction_across_a_roll():
     # Day 3 rolls to a contract priced 10 higher; adj scales the old contract's history to match.
-    prices = pl.DataFrame({
-        "date": [dt.date(2024, 1, d) for d in (2, 3, 4, 5, 8)],
-        "close": [50.0, 51.0, 61.0, 60.0, 60.0],
-        "adj": [1.0, 1.0, 52 / 62, 52 / 62, 52 / 62],
-    })
+    prices = pl.DataFrame(
+        {
+            "date": [dt.date(2024, 1, d) for d in (2, 3, 4, 5, 8)],
+            "close": [50.0, 51.0, 61.0, 60.0, 60.0],
+            "adj": [1.0, 1.0, 52 / 62, 52 / 62, 52 / 62],
+        }
+    )
     out = daily_labels(prices, 2)
     assert out.columns == ["date", "label_end", "forward_return", "forward_price", "direction"]
     # From day 1: 61 * 52/62 = 51.1613 in day-1 money, log(51.1613 / 50).
@@ -90,11 +97,13 @@ def test_daily_flat_is_zero_direction():
 @pytest.mark.parametrize("horizon", MARKETS["ZL"].horizons, ids=lambda h: h.name)
 def test_daily_last_rows_carry_no_label(horizon):
     n = 400
-    prices = pl.DataFrame({
-        "date": pl.date_range(dt.date(2020, 1, 1), dt.date(2020, 1, 1) + dt.timedelta(days=n - 1), eager=True),
-        "close": np.linspace(40, 60, n),
-        "adj": np.ones(n),
-    })
+    prices = pl.DataFrame(
+        {
+            "date": pl.date_range(dt.date(2020, 1, 1), dt.date(2020, 1, 1) + dt.timedelta(days=n - 1), eager=True),
+            "close": np.linspace(40, 60, n),
+            "adj": np.ones(n),
+        }
+    )
     out = daily_labels(prices, horizon.bars)
     labels = out.select("label_end", "forward_return", "forward_price", "direction")
     assert labels.tail(horizon.bars).null_count().sum_horizontal().item() == 4 * horizon.bars
@@ -104,11 +113,13 @@ def test_daily_last_rows_carry_no_label(horizon):
 def test_daily_label_ignores_everything_after_its_horizon():
     n, bars, cut = 300, 21, 200
     rng = np.random.default_rng(1)
-    prices = pl.DataFrame({
-        "date": pl.date_range(dt.date(2020, 1, 1), dt.date(2020, 1, 1) + dt.timedelta(days=n - 1), eager=True),
-        "close": 50 * np.exp(np.cumsum(rng.normal(0, 0.01, n))),
-        "adj": np.ones(n),
-    })
+    prices = pl.DataFrame(
+        {
+            "date": pl.date_range(dt.date(2020, 1, 1), dt.date(2020, 1, 1) + dt.timedelta(days=n - 1), eager=True),
+            "close": 50 * np.exp(np.cumsum(rng.normal(0, 0.01, n))),
+            "adj": np.ones(n),
+        }
+    )
     before = daily_labels(prices, bars)
     # Every row after cut + bars changes price and roll factor, and a third of them disappear.
     later = pl.int_range(pl.len()) > cut + bars
@@ -144,8 +155,14 @@ def test_intraday_label_across_a_gap_takes_the_last_price_before_the_horizon():
 def test_intraday_label_over_the_daily_halt():
     # Chicago summer time: the session closes 16:00 CDT = 21:00 UTC and reopens 17:00 CDT = 22:00 UTC,
     # so the first bar after the halt closes at 22:01.
-    stamps = [utc("2024-06-03 20:58"), utc("2024-06-03 20:59"), utc("2024-06-03 21:00"),
-              utc("2024-06-03 22:01"), utc("2024-06-03 22:02"), utc("2024-06-03 22:03")]
+    stamps = [
+        utc("2024-06-03 20:58"),
+        utc("2024-06-03 20:59"),
+        utc("2024-06-03 21:00"),
+        utc("2024-06-03 22:01"),
+        utc("2024-06-03 22:02"),
+        utc("2024-06-03 22:03"),
+    ]
     minutes = minute_table(stamps, [5300.0, 5301.0, 5302.0, 5310.0, 5311.0, 5312.0])
     out = intraday_labels(minutes, at("2024-06-03 20:58", "2024-06-03 20:59", "2024-06-03 21:00"), 62)
     # 20:58 + 62 = 22:00: still the halt, so the 16:00 close; 20:59 + 62 = 22:01: the first bar after.
@@ -157,7 +174,10 @@ def test_intraday_label_over_the_daily_halt():
     assert halted["forward_return"][0] == 0.0 and halted["direction"][0] == 0
     # 22:02 + 5 = 22:07 is past the last bar (22:03): the data does not reach the horizon yet.
     late = intraday_labels(minutes, at("2024-06-03 22:02"), 5)
-    assert late.select("label_end", "forward_return", "forward_price", "direction").null_count().sum_horizontal().item() == 4
+    assert (
+        late.select("label_end", "forward_return", "forward_price", "direction").null_count().sum_horizontal().item()
+        == 4
+    )
 
 
 def test_intraday_forward_price_is_in_todays_contract():
@@ -180,11 +200,21 @@ WIDTH = 2 * SIGMA * math.sqrt(5)
 T = "2024-06-03 14:05"
 
 
-def barrier_case(high: list[float], low: list[float], close: list[float], adj: list[float] | None = None,
-                 high_at_t: float = HISTORY[-1]) -> dict:
+def barrier_case(
+    high: list[float],
+    low: list[float],
+    close: list[float],
+    adj: list[float] | None = None,
+    high_at_t: float = HISTORY[-1],
+) -> dict:
     stamps = [utc("2024-06-03 14:00") + dt.timedelta(minutes=m + 1) for m in range(len(HISTORY) + len(close))]
-    minutes = minute_table(stamps, HISTORY + close, high=HISTORY[:-1] + [high_at_t] + high, low=HISTORY + low,
-                           adj=None if adj is None else [1.0] * len(HISTORY) + adj)
+    minutes = minute_table(
+        stamps,
+        HISTORY + close,
+        high=HISTORY[:-1] + [high_at_t] + high,
+        low=HISTORY + low,
+        adj=None if adj is None else [1.0] * len(HISTORY) + adj,
+    )
     return intraday_labels(minutes, at(T), 5, Barriers(profit=2.0, stop=2.0, vol_window=4)).row(0, named=True)
 
 
@@ -215,8 +245,12 @@ def test_bar_touching_both_barriers_counts_the_stop():
 def test_time_barrier_and_nothing_after_the_horizon_counts():
     # The sixth bar (14:11, past 14:05 + 5) spikes through both barriers: it must not count. The bar
     # at t itself reaching above the upper barrier must not count either (it is not after t).
-    row = barrier_case(high=[101, 102, 103, 104, 105, 200], low=[99, 98, 97, 96, 96, 1],
-                       close=[100, 101, 102, 103, 100.5, 150], high_at_t=110)
+    row = barrier_case(
+        high=[101, 102, 103, 104, 105, 200],
+        low=[99, 98, 97, 96, 96, 1],
+        close=[100, 101, 102, 103, 100.5, 150],
+        high_at_t=110,
+    )
     assert row["barrier_label"] == 0
     assert row["barrier_touch"] == utc("2024-06-03 14:10")
     assert row["barrier_return"] == pytest.approx(math.log(100.5 / 100))
@@ -227,8 +261,12 @@ def test_time_barrier_when_the_horizon_ends_in_a_gap():
     # Bars at 14:06 and 14:07, then nothing until 14:11, which spikes through both barriers. The
     # bar at t (14:05) already reached 110, above the upper barrier, but it is not after t.
     stamps = [utc("2024-06-03 14:00") + dt.timedelta(minutes=m) for m in (1, 2, 3, 4, 5, 6, 7, 11)]
-    minutes = minute_table(stamps, HISTORY + [100.5, 101.0, 150.0], high=HISTORY[:-1] + [110.0, 101.0, 102.0, 200.0],
-                           low=HISTORY + [99.0, 99.0, 1.0])
+    minutes = minute_table(
+        stamps,
+        HISTORY + [100.5, 101.0, 150.0],
+        high=HISTORY[:-1] + [110.0, 101.0, 102.0, 200.0],
+        low=HISTORY + [99.0, 99.0, 1.0],
+    )
     row = intraday_labels(minutes, at(T), 5, Barriers(vol_window=4)).row(0, named=True)
     assert (row["barrier_label"], row["barrier_touch"]) == (0, utc("2024-06-03 14:07"))
     assert row["barrier_return"] == pytest.approx(math.log(101 / 100)) == row["forward_return"]
@@ -236,13 +274,21 @@ def test_time_barrier_when_the_horizon_ends_in_a_gap():
 
 def test_barriers_test_adjusted_highs_and_lows():
     # A roll halves the raw price and doubles adj: the raw low of 50 would be a stop, the level is not.
-    row = barrier_case(high=[101, 51, 51, 51, 51], low=[99, 50, 50, 50, 50], close=[100, 50.5, 50.5, 50.5, 50.5],
-                       adj=[1.0, 2.0, 2.0, 2.0, 2.0])
+    row = barrier_case(
+        high=[101, 51, 51, 51, 51],
+        low=[99, 50, 50, 50, 50],
+        close=[100, 50.5, 50.5, 50.5, 50.5],
+        adj=[1.0, 2.0, 2.0, 2.0, 2.0],
+    )
     assert row["barrier_label"] == 0
     assert row["forward_price"] == pytest.approx(101.0)
     # And the other way: the raw price doubles as adj halves; a raw high of 201 would take profit.
-    row = barrier_case(high=[101, 201, 201, 201, 201], low=[99, 199, 199, 199, 199], close=[100, 200, 200, 200, 200],
-                       adj=[1.0, 0.5, 0.5, 0.5, 0.5])
+    row = barrier_case(
+        high=[101, 201, 201, 201, 201],
+        low=[99, 199, 199, 199, 199],
+        close=[100, 200, 200, 200, 200],
+        adj=[1.0, 0.5, 0.5, 0.5, 0.5],
+    )
     assert (row["barrier_label"], row["barrier_return"]) == (0, 0.0)
 
 
@@ -262,7 +308,7 @@ def brute_force_barriers(minutes: pl.DataFrame, t: dt.datetime, h: int, window: 
     width = float(np.std(returns, ddof=1)) * math.sqrt(h)
     upper, lower = rows[i]["level"] * math.exp(2 * width), rows[i]["level"] * math.exp(-2 * width)
     last = i
-    for r in rows[i + 1:]:
+    for r in rows[i + 1 :]:
         if r["ts"] > t + dt.timedelta(minutes=h):
             break
         last += 1
@@ -364,9 +410,13 @@ def test_a_label_ending_before_the_next_row_is_unique():
 
 
 def test_daily_labels_have_uniqueness_one_over_bars_in_steady_state():
-    prices = pl.DataFrame({
-        "date": pl.date_range(dt.date(2020, 1, 1), dt.date(2020, 3, 1), eager=True), "close": 50.0, "adj": 1.0,
-    })
+    prices = pl.DataFrame(
+        {
+            "date": pl.date_range(dt.date(2020, 1, 1), dt.date(2020, 3, 1), eager=True),
+            "close": 50.0,
+            "adj": 1.0,
+        }
+    )
     labels = daily_labels(prices, 5)
     u = label_uniqueness(labels["date"], labels["label_end"])
     assert u[20] == pytest.approx(1 / 5)
@@ -377,24 +427,38 @@ def test_daily_labels_have_uniqueness_one_over_bars_in_steady_state():
 
 def calendar(regimes=REGIMES) -> pl.DataFrame:
     return pl.DataFrame(
-        {"regime": [r.name for r in regimes], "start": [r.start for r in regimes],
-         "end": [r.end for r in regimes], "weight": [float(r.weight) for r in regimes]},
+        {
+            "regime": [r.name for r in regimes],
+            "start": [r.start for r in regimes],
+            "end": [r.end for r in regimes],
+            "weight": [float(r.weight) for r in regimes],
+        },
         schema={"regime": pl.String, "start": pl.Date, "end": pl.Date, "weight": pl.Float64},
     )
 
 
 THREE = pl.DataFrame(
-    {"regime": ["calm", "crisis", "recent"],
-     "start": [None, dt.date(2020, 1, 1), dt.date(2021, 1, 1)],
-     "end": [dt.date(2019, 12, 31), dt.date(2020, 12, 31), None],
-     "weight": [1.0, 5.0, 2.0]},
+    {
+        "regime": ["calm", "crisis", "recent"],
+        "start": [None, dt.date(2020, 1, 1), dt.date(2021, 1, 1)],
+        "end": [dt.date(2019, 12, 31), dt.date(2020, 12, 31), None],
+        "weight": [1.0, 5.0, 2.0],
+    },
     schema={"regime": pl.String, "start": pl.Date, "end": pl.Date, "weight": pl.Float64},
 )
 
 
 def test_sample_weights_from_a_three_regime_calendar():
-    dates = pl.Series([dt.date(2021, 1, 1), dt.date(1990, 5, 1), dt.date(2020, 12, 31), dt.date(2019, 12, 31),
-                       dt.date(2020, 1, 1), dt.date(2030, 1, 1)])
+    dates = pl.Series(
+        [
+            dt.date(2021, 1, 1),
+            dt.date(1990, 5, 1),
+            dt.date(2020, 12, 31),
+            dt.date(2019, 12, 31),
+            dt.date(2020, 1, 1),
+            dt.date(2030, 1, 1),
+        ]
+    )
     assert sample_weights(dates, THREE).to_list() == [2.0, 1.0, 5.0, 1.0, 5.0, 2.0]
     unique = pl.Series([0.5, 1.0, 0.2, None, 1.0, 0.25])
     assert sample_weights(dates, THREE, unique).to_list() == pytest.approx([1.0, 1.0, 1.0, None, 5.0, 0.5])
@@ -406,7 +470,9 @@ def test_sample_weights_from_the_desk_calendar():
 
 
 def test_a_date_outside_every_regime_is_named():
-    holed = THREE.with_columns(pl.when(pl.col("regime") == "crisis").then(dt.date(2020, 6, 30)).otherwise("end").alias("end"))
+    holed = THREE.with_columns(
+        pl.when(pl.col("regime") == "crisis").then(dt.date(2020, 6, 30)).otherwise("end").alias("end")
+    )
     dates = pl.Series([dt.date(2019, 1, 1), dt.date(2020, 9, 1), dt.date(2020, 7, 2), dt.date(2021, 2, 1)])
     with pytest.raises(ValueError, match=r"2 dates fall in no regime, the first is 2020-07-02"):
         sample_weights(dates, holed)
@@ -419,6 +485,8 @@ def test_a_calendar_with_no_past_regime_names_the_early_date():
 
 
 def test_overlapping_regimes_are_refused():
-    overlapping = THREE.with_columns(pl.when(pl.col("regime") == "calm").then(dt.date(2020, 2, 1)).otherwise("end").alias("end"))
+    overlapping = THREE.with_columns(
+        pl.when(pl.col("regime") == "calm").then(dt.date(2020, 2, 1)).otherwise("end").alias("end")
+    )
     with pytest.raises(ValueError, match="'calm' .* overlaps 'crisis'"):
         sample_weights(pl.Series([dt.date(2020, 1, 15)]), overlapping)

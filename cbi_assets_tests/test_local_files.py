@@ -12,7 +12,7 @@ from cbi_assets.raw.ingest import ingest
 from cbi_assets.raw.store import PartitionStore
 from resources.local_files import LocalFilesSource
 
-NOW = dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 11, 20, tzinfo=dt.UTC)
 
 
 def write(root: Path, relative: str, text: str) -> Path:
@@ -28,7 +28,10 @@ HEADER = "date,open,high,low,close,volume,open_interest\n"
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ("2024-03-04,45,46,44,45.5,10,5\n04/03/2024,45,46,44,45.5,10,5\n", r"column 'date' is not a date.*line 3: '04/03/2024'"),
+        (
+            "2024-03-04,45,46,44,45.5,10,5\n04/03/2024,45,46,44,45.5,10,5\n",
+            r"column 'date' is not a date.*line 3: '04/03/2024'",
+        ),
         ("2024-03-04,45,46,44,45.5,10,5\n2024-03-04,45,46,44,45.6,10,5\n", r"2024-03-04 \(line 2\).*more than once"),
         ("2024-03-04,45,46,44,abc,10,5\n", r"column 'close' is not a number at line 2: 'abc'"),
         ("2024-03-04,45,46,44,,10,5\n", r"column 'close' is empty.*line 2"),
@@ -54,8 +57,12 @@ def test_negative_price_in_a_csv_is_refused_before_anything_is_written(tmp_path)
 
 
 def test_missing_file_names_what_was_expected(tmp_path):
-    with pytest.raises(RawDataError, match=r"no mes_ohlcv_1m \(MES\): expected .*dbn/GLBX.MDP3/\*.dbn.zst with ohlcv-1m"):
-        LocalFilesSource(root=str(tmp_path)).fetch(raw_dataset("mes_ohlcv_1m"), dt.date(2024, 3, 1), dt.date(2024, 3, 8))
+    with pytest.raises(
+        RawDataError, match=r"no mes_ohlcv_1m \(MES\): expected .*dbn/GLBX.MDP3/\*.dbn.zst with ohlcv-1m"
+    ):
+        LocalFilesSource(root=str(tmp_path)).fetch(
+            raw_dataset("mes_ohlcv_1m"), dt.date(2024, 3, 1), dt.date(2024, 3, 8)
+        )
 
 
 def test_real_daily_futures_and_fred_series(real_data):
@@ -69,6 +76,7 @@ def test_real_daily_futures_and_fred_series(real_data):
     assert dff.height == 31  # published for every calendar day
 
 
+@pytest.mark.integration
 def test_real_files_ingest_into_the_raw_layer(real_data, tmp_path):
     source = LocalFilesSource(root=str(real_data))
     dataset = raw_dataset("zl_ohlcv_1d")
@@ -80,8 +88,14 @@ def test_real_files_ingest_into_the_raw_layer(real_data, tmp_path):
     assert len(again.unchanged) == 4989 and not again.new and not again.revised
 
 
-DBN_SCHEMAS = {"ohlcv-1d": "es_ohlcv_1d", "ohlcv-1m": "mes_ohlcv_1m", "trades": "mes_trades", "tbbo": "mes_tbbo",
-               "mbp-10": "mes_mbp_10", "definition": "mes_definition"}
+DBN_SCHEMAS = {
+    "ohlcv-1d": "es_ohlcv_1d",
+    "ohlcv-1m": "mes_ohlcv_1m",
+    "trades": "mes_trades",
+    "tbbo": "mes_tbbo",
+    "mbp-10": "mes_mbp_10",
+    "definition": "mes_definition",
+}
 
 
 @pytest.mark.parametrize("schema", list(DBN_SCHEMAS))
@@ -116,5 +130,7 @@ def test_corrupt_and_truncated_dbn_files_are_refused(real_data, tmp_path):
         source.fetch(dataset, dt.date(2020, 12, 20), dt.date(2020, 12, 31))
 
     (folder / "broken.dbn.zst").write_bytes(good[: len(good) // 2])
-    with pytest.raises(RawDataError, match=r"broken.dbn.zst: (not a readable DBN file|the DBN records cannot be decoded)"):
+    with pytest.raises(
+        RawDataError, match=r"broken.dbn.zst: (not a readable DBN file|the DBN records cannot be decoded)"
+    ):
         source.fetch(dataset, dt.date(2020, 12, 20), dt.date(2020, 12, 31))

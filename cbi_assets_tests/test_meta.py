@@ -1,6 +1,6 @@
 """Reptile meta-learning: it adapts from 30 rows in 5 epochs on task families it can learn, never
 meta-trains on a regime that had not ended, repeats itself under a seed, and is stored, tracked and
-adaptable once its Dagster asset has run on the sample lake."""
+adaptable once its Dagster asset (`{market}/models/reptile`) has run on the sample lake."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cbi_assets.meta import reptile
-from cbi_assets.meta.budget import BUDGETS, MetaBudget
+from cbi_assets.meta.budget import MetaBudget
 from cbi_assets.meta.reptile import Task, TaskData
+from cbi_assets.profiles import PROFILES
 
 FEATURES = 8
 # Small enough for a test, large enough for Reptile to find the family's common slope.
@@ -29,8 +30,9 @@ def linear_task(rng: np.random.Generator, name: str, rows: int = 90, noise: floa
     slope[:2] = (2.0, -1.0) + rng.normal(0.0, 0.5, 2)
     x = rng.standard_normal((rows, FEATURES)).astype(np.float32)
     y = x @ slope + noise * rng.standard_normal(rows)
-    return TaskData(name, x[:30], y[:30], x[30:], y[30:], np.ones(rows - 30), np.exp(y[30:]),
-                    pl.Series(range(rows - 30)))
+    return TaskData(
+        name, x[:30], y[:30], x[30:], y[30:], np.ones(rows - 30), np.exp(y[30:]), pl.Series(range(rows - 30))
+    )
 
 
 def query_mse(forecast: np.ndarray, task: TaskData) -> float:
@@ -84,6 +86,7 @@ def test_the_same_seed_gives_the_same_meta_weights_and_forecasts():
 
 def frame_task(name: str, start: dt.date, support_days: int, query_days: int, horizon: int) -> Task:
     """A task of daily rows from `start`: labels reach `horizon` days ahead, the query follows the support's labels."""
+
     def rows(first: dt.date, days: int) -> pl.DataFrame:
         dates = [first + dt.timedelta(days=i) for i in range(days)]
         return pl.DataFrame({"date": dates, "label_end": [d + dt.timedelta(days=horizon) for d in dates]})
@@ -94,12 +97,19 @@ def frame_task(name: str, start: dt.date, support_days: int, query_days: int, ho
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 3000), st.integers(5, 60), st.integers(5, 60), st.integers(1, 300)),
-                min_size=2, max_size=9))
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 3000), st.integers(5, 60), st.integers(5, 60), st.integers(1, 300)),
+        min_size=2,
+        max_size=9,
+    )
+)
 def test_leave_one_regime_out_never_meta_trains_on_a_task_that_had_not_ended(specs):
     origin = dt.date(2000, 1, 3)
-    tasks = sorted((frame_task(f"r{i}", origin + dt.timedelta(days=s), sd, qd, h)
-                    for i, (s, sd, qd, h) in enumerate(specs)), key=lambda t: t.start)
+    tasks = sorted(
+        (frame_task(f"r{i}", origin + dt.timedelta(days=s), sd, qd, h) for i, (s, sd, qd, h) in enumerate(specs)),
+        key=lambda t: t.start,
+    )
     plan = reptile.held_out_plan(tasks, replace(BUDGET, held_out=None, min_meta_tasks=0))
     assert [held.regime for held, _ in plan] == [t.regime for t in tasks]
     for held, earlier in plan:
@@ -115,8 +125,10 @@ def test_a_regime_whose_labels_reach_into_the_held_out_one_is_left_out():
     early = frame_task("early", dt.date(2010, 1, 1), 30, 30, 5)
     overlapping = frame_task("overlapping", dt.date(2010, 4, 1), 30, 30, 300)  # its labels run into 2011
     held = frame_task("held", dt.date(2011, 1, 1), 30, 30, 5)
-    plan = dict((h.regime, [t.regime for t in e]) for h, e in
-                reptile.held_out_plan([early, overlapping, held], replace(BUDGET, held_out=None, min_meta_tasks=1)))
+    plan = dict(
+        (h.regime, [t.regime for t in e])
+        for h, e in reptile.held_out_plan([early, overlapping, held], replace(BUDGET, held_out=None, min_meta_tasks=1))
+    )
     assert plan == {"overlapping": ["early"], "held": ["early"]}
     last = reptile.held_out_plan([early, overlapping, held], replace(BUDGET, held_out=1, min_meta_tasks=1))
     assert len(last) == 1 and last[0][0] is held
@@ -135,9 +147,16 @@ def regime_frames(n: int = 6, seed: int = 3) -> tuple[list[Task], pl.DataFrame, 
         x = np.concatenate([data.x_support, data.x_query])
         y = np.concatenate([data.y_support, data.y_query]) * 0.01  # returns of a percent or so
         dates = [day + dt.timedelta(days=i) for i in range(len(y))]
-        frame = pl.DataFrame({"date": dates, "label_end": [d + dt.timedelta(days=1) for d in dates],
-                              "forward_return": y, "forward_price": 100 * np.exp(y), "regime": f"regime_{k}",
-                              **{c: x[:, i] for i, c in enumerate(names)}})
+        frame = pl.DataFrame(
+            {
+                "date": dates,
+                "label_end": [d + dt.timedelta(days=1) for d in dates],
+                "forward_return": y,
+                "forward_price": 100 * np.exp(y),
+                "regime": f"regime_{k}",
+                **{c: x[:, i] for i, c in enumerate(names)},
+            }
+        )
         parts.append(frame)
         tasks.append(Task(f"regime_{k}", frame.head(30), frame.slice(31), "date"))
         day = dates[-1] + dt.timedelta(days=5)
@@ -170,8 +189,12 @@ def test_a_task_is_scaled_on_what_was_known_when_its_support_ended():
     task = tasks[1]
     before = reptile.task_data(task, history, names, BUDGET)
     # Whatever happens after the support ends (its query included) cannot move its scaling.
-    later = history.with_columns(pl.when(pl.col("date") > task.support["date"].max())
-                                 .then(pl.col(names) * 1000).otherwise(pl.col(names)).name.keep())
+    later = history.with_columns(
+        pl.when(pl.col("date") > task.support["date"].max())
+        .then(pl.col(names) * 1000)
+        .otherwise(pl.col(names))
+        .name.keep()
+    )
     moved = Task(task.regime, task.support, task.query.with_columns(pl.col(names) * 1000), "date")
     after = reptile.task_data(moved, later, names, BUDGET)
     np.testing.assert_array_equal(before.x_support, after.x_support)
@@ -179,33 +202,38 @@ def test_a_task_is_scaled_on_what_was_known_when_its_support_ended():
 
 
 def test_profiles_keep_the_adaptation_the_desk_asked_for():
-    for budget in BUDGETS.values():
-        assert budget.adapt_epochs == 5 and budget.long_epochs > budget.adapt_epochs
-    assert BUDGETS["sample"].meta_iterations < BUDGETS["full"].meta_iterations
+    for profile in PROFILES.values():
+        assert profile.meta.adapt_epochs == 5 and profile.meta.long_epochs > profile.meta.adapt_epochs
+    assert PROFILES["sample"].meta.meta_iterations < PROFILES["full"].meta.meta_iterations
 
 
 # --- The Dagster asset on the sample lake ---------------------------------------------------------
 
 
+@pytest.mark.integration
 @pytest.mark.xdist_group("feature_lake")
-def test_zl_meta_learner_is_stored_tracked_and_adapts_to_a_new_regime(zl_model_lake, monkeypatch):
+def test_zl_reptile_is_stored_tracked_and_adapts_to_a_new_regime(zl_model_lake, monkeypatch):
     import dagster as dg
     from mlflow import MlflowClient
 
+    from cbi_assets import lake as tables
+    from cbi_assets.catalogue import ZL
+    from cbi_assets.lake import NotBuilt
     from cbi_assets.meta.assets import META_ASSETS
-    from cbi_assets.training.assets import meta_dir
     from resources.tracking import experiment_name
 
-    lake, resources = zl_model_lake
+    _, resources = zl_model_lake
+    lake = resources["lake"]
     one_week = {"dagster/asset_partition_range_start": "1w", "dagster/asset_partition_range_end": "1w"}
-    learner = next(a for a in META_ASSETS if a.key == dg.AssetKey(["zl", "models", "meta_learner"]))
+    learner = next(a for a in META_ASSETS if a.key == dg.AssetKey(["zl", "models", "reptile"]))
     result = dg.materialize([learner], resources=resources, tags=one_week)
     assert result.success
 
-    folder = reptile.meta_folder(lake, "zl", "1w")
+    folder = lake.folder(tables.REPTILE, market=ZL, horizon="1w")
     assert {"meta_init.keras", "meta.json", "few_shot.parquet", "curves.parquet", "query_forecasts.parquet"} <= {
-        p.name for p in folder.iterdir()}
-    few_shot = pl.read_parquet(folder / "few_shot.parquet")
+        p.name for p in folder.iterdir()
+    }
+    few_shot = lake.read(tables.REPTILE_RESULT, market=ZL, horizon="1w", name="few_shot")
     held_out = few_shot["regime"].unique().to_list()
     assert len(held_out) >= 2 and set(few_shot["model"]) == set(reptile.VARIANTS)
     assert few_shot.filter(pl.col("model") == "random_walk")["mse_vs_rw"].to_list() == [1.0] * len(held_out)
@@ -219,26 +247,30 @@ def test_zl_meta_learner_is_stored_tracked_and_adapts_to_a_new_regime(zl_model_l
     uri = resources["tracking"].tracking_uri
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     experiment = client.get_experiment_by_name(experiment_name("zl", "1w"))
-    run = next(r for r in client.search_runs([experiment.experiment_id]) if r.data.tags["family"] == "meta_reptile")
+    run = next(r for r in client.search_runs([experiment.experiment_id]) if r.data.tags["family"] == "reptile")
     assert run.info.run_id == metadata["mlflow_runs"].value["1w"]
     assert {"mase", "mse_vs_rw", "scratch_mse_vs_rw"} <= set(run.data.metrics)
     assert len(client.get_metric_history(run.info.run_id, "fold_mase")) == len(held_out)
-    assert {a.path for a in client.list_artifacts(run.info.run_id, "model")} >= {"model/meta_init.keras",
-                                                                                  "model/features.json"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "model")} >= {
+        "model/meta_init.keras",
+        "model/features.json",
+    }
 
     # A sensor's view: adapt to the newest regime's first sessions and forecast what follows.
-    newest = sorted(p for p in meta_dir(lake, "zl", "1w").iterdir() if p.is_dir())[-1]
-    support, query = (pl.read_parquet(newest / f"{s}.parquet") for s in ("support", "query"))
-    adapted = reptile.adapt(lake, "zl", "1w", support, epochs=5)
+    newest = lake.present(tables.META_TASK, "regime", market=ZL, horizon="1w", part="support")[-1]
+    support, query = (
+        lake.read(tables.META_TASK, market=ZL, horizon="1w", regime=newest, part=p) for p in ("support", "query")
+    )
+    adapted = reptile.adapt(lake, ZL, "1w", support, epochs=5)
     forecast = adapted.predict(query)
     assert forecast.shape == (query.height,) and np.isfinite(forecast).all() and forecast.std() > 0
-    np.testing.assert_array_equal(forecast, reptile.adapt(lake, "zl", "1w", support).predict(query))
+    np.testing.assert_array_equal(forecast, reptile.adapt(lake, ZL, "1w", support).predict(query))
     with pytest.raises(ValueError, match="labelled rows"):
-        reptile.adapt(lake, "zl", "1w", support.head(5))
+        reptile.adapt(lake, ZL, "1w", support.head(5))
     with pytest.raises(ValueError, match="lacks columns"):
-        reptile.adapt(lake, "zl", "1w", support.drop(adapted.features[0]))
-    with pytest.raises(FileNotFoundError, match="meta_learner"):
-        reptile.adapt(lake, "zl", "1m", support)
+        reptile.adapt(lake, ZL, "1w", support.drop(adapted.features[0]))
+    with pytest.raises(NotBuilt, match="zl/models/reptile"):
+        reptile.adapt(lake, ZL, "1m", support)
 
     # A run that fails after scoring leaves the stored results as they were.
     stored = {p.name: p.read_bytes() for p in folder.iterdir()}

@@ -22,7 +22,7 @@ from cbi_assets.raw.dbn import frame_from_store, open_dbn
 from cbi_assets.sample import SampleConfig, build_sample
 
 TICK = FUTURES["MES"].tick_size  # 0.25
-T0 = dt.datetime(2024, 6, 27, 14, 0, tzinfo=dt.timezone.utc)  # 09:00 Chicago, inside a session
+T0 = dt.datetime(2024, 6, 27, 14, 0, tzinfo=dt.UTC)  # 09:00 Chicago, inside a session
 UTC_NS = pl.Datetime("ns", "UTC")
 
 
@@ -38,14 +38,24 @@ def book_frame(states: list[tuple]) -> pl.DataFrame:
     rows = []
     for state in states:
         seconds, bid_px, bid_sz, ask_px, ask_sz, *action = state
-        row = {"ts_recv": at(seconds), "instrument_id": 1, "action": action[0] if action else "A",
-               "bid_px_00": bid_px, "ask_px_00": ask_px}
+        row = {
+            "ts_recv": at(seconds),
+            "instrument_id": 1,
+            "action": action[0] if action else "A",
+            "bid_px_00": bid_px,
+            "ask_px_00": ask_px,
+        }
         for i in range(BOOK_LEVELS):
             row[f"bid_sz_{i:02d}"] = bid_sz[i] if i < len(bid_sz) else 0
             row[f"ask_sz_{i:02d}"] = ask_sz[i] if i < len(ask_sz) else 0
         rows.append(row)
-    schema = {"ts_recv": UTC_NS, "instrument_id": pl.UInt32, "action": pl.String, "bid_px_00": pl.Float64,
-              "ask_px_00": pl.Float64} | {f"{s}_sz_{i:02d}": pl.UInt32 for i in range(BOOK_LEVELS) for s in ("bid", "ask")}
+    schema = {
+        "ts_recv": UTC_NS,
+        "instrument_id": pl.UInt32,
+        "action": pl.String,
+        "bid_px_00": pl.Float64,
+        "ask_px_00": pl.Float64,
+    } | {f"{s}_sz_{i:02d}": pl.UInt32 for i in range(BOOK_LEVELS) for s in ("bid", "ask")}
     return pl.DataFrame(rows, schema=schema)
 
 
@@ -97,14 +107,16 @@ def feature(frame: pl.DataFrame, name: str) -> pl.Series:
 
 
 def test_microprice_leans_toward_the_thin_side_and_spreads_are_in_ticks():
-    book = book_frame([
-        # Minute 0: bid 100.00 x 10, ask 100.25 x 30. Microprice (100*30 + 100.25*10)/40 = 100.0625,
-        # mid 100.125, so the deviation is -0.0625 / 0.25 = -0.25 ticks: the thin bid is about to go.
-        (10, 100.00, [10], 100.25, [30]),
-        # Minute 1: the same state (-0.25), then bid 100.00 x 20, ask 100.50 x 20 (deviation 0, spread 2).
-        (70, 100.00, [10], 100.25, [30]),
-        (80, 100.00, [20], 100.50, [20]),
-    ])
+    book = book_frame(
+        [
+            # Minute 0: bid 100.00 x 10, ask 100.25 x 30. Microprice (100*30 + 100.25*10)/40 = 100.0625,
+            # mid 100.125, so the deviation is -0.0625 / 0.25 = -0.25 ticks: the thin bid is about to go.
+            (10, 100.00, [10], 100.25, [30]),
+            # Minute 1: the same state (-0.25), then bid 100.00 x 20, ask 100.50 x 20 (deviation 0, spread 2).
+            (70, 100.00, [10], 100.25, [30]),
+            (80, 100.00, [20], 100.50, [20]),
+        ]
+    )
     out = minute_microstructure(NO_TRADES, NO_TBBO, book, TICK)
     assert row(out, 0)["microprice_dev"] == pytest.approx(-0.25)
     assert row(out, 0)["quoted_spread"] == pytest.approx(1.0)
@@ -113,14 +125,16 @@ def test_microprice_leans_toward_the_thin_side_and_spreads_are_in_ticks():
 
 
 def test_order_flow_imbalance_sums_the_best_level_changes_of_each_minute():
-    book = book_frame([
-        (5, 100.00, [10], 100.25, [20]),   # first record of the session: 0
-        (10, 100.00, [15], 100.25, [20]),  # bid grows 10 -> 15 at the same price: +5
-        (20, 100.00, [15], 100.25, [12]),  # ask shrinks 20 -> 12 at the same price: +8
-        # Minute 1, compared with the last state of minute 0:
-        (65, 100.25, [4], 100.50, [30]),   # bid up (+4 new bid), ask up (+12 old ask withdrawn): +16
-        (70, 100.00, [25], 100.25, [7]),   # bid down (-4 old bid), ask down (-7 new ask): -11
-    ])
+    book = book_frame(
+        [
+            (5, 100.00, [10], 100.25, [20]),  # first record of the session: 0
+            (10, 100.00, [15], 100.25, [20]),  # bid grows 10 -> 15 at the same price: +5
+            (20, 100.00, [15], 100.25, [12]),  # ask shrinks 20 -> 12 at the same price: +8
+            # Minute 1, compared with the last state of minute 0:
+            (65, 100.25, [4], 100.50, [30]),  # bid up (+4 new bid), ask up (+12 old ask withdrawn): +16
+            (70, 100.00, [25], 100.25, [7]),  # bid down (-4 old bid), ask down (-7 new ask): -11
+        ]
+    )
     out = minute_microstructure(NO_TRADES, NO_TBBO, book, TICK)
     assert row(out, 0)["ofi"] == 0 + 5 + 8  # 13
     assert row(out, 1)["ofi"] == 16 - 11  # 5
@@ -128,15 +142,17 @@ def test_order_flow_imbalance_sums_the_best_level_changes_of_each_minute():
 
 def test_order_flow_imbalance_restarts_each_session_and_counts_an_emptied_side():
     # 22:00 UTC is 17:00 Chicago in June: the record after it opens the next trade date's session.
-    close = dt.datetime(2024, 6, 27, 20, 59, 30, tzinfo=dt.timezone.utc)
-    opening = dt.datetime(2024, 6, 27, 22, 0, 30, tzinfo=dt.timezone.utc)
-    book = book_frame([
-        (0, 100.00, [10], 100.25, [5]),
-        (1, None, [0], 100.25, [5]),       # the bid side empties: -10 (old bid withdrawn)
-        (2, 100.00, [6], 100.25, [5]),     # and refills: +6
-        (3, 100.00, [6], None, [0]),       # the offer side empties: +5 (old offer withdrawn)
-        (4, 100.00, [6], 100.25, [8]),     # and refills: -8
-    ])
+    close = dt.datetime(2024, 6, 27, 20, 59, 30, tzinfo=dt.UTC)
+    opening = dt.datetime(2024, 6, 27, 22, 0, 30, tzinfo=dt.UTC)
+    book = book_frame(
+        [
+            (0, 100.00, [10], 100.25, [5]),
+            (1, None, [0], 100.25, [5]),  # the bid side empties: -10 (old bid withdrawn)
+            (2, 100.00, [6], 100.25, [5]),  # and refills: +6
+            (3, 100.00, [6], None, [0]),  # the offer side empties: +5 (old offer withdrawn)
+            (4, 100.00, [6], 100.25, [8]),  # and refills: -8
+        ]
+    )
     sessions = book_frame([(0, 100.00, [10], 100.25, [5]), (0, 120.00, [99], 120.25, [1])]).with_columns(
         pl.Series("ts_recv", [close, opening], dtype=UTC_NS)
     )
@@ -150,10 +166,12 @@ def test_order_flow_imbalance_restarts_each_session_and_counts_an_emptied_side()
 def test_depth_imbalance_reads_the_top_levels_of_the_minutes_last_book():
     bid = [10, 20, 30, 40, 50, 60, 70, 80, 90, 100]
     ask = [30, 10, 10, 10, 10, 10, 10, 10, 10, 10]
-    book = book_frame([
-        (10, 100.00, ask, 100.25, bid),  # earlier in the minute, the mirror image: ignored
-        (50, 100.00, bid, 100.25, ask),
-    ])
+    book = book_frame(
+        [
+            (10, 100.00, ask, 100.25, bid),  # earlier in the minute, the mirror image: ignored
+            (50, 100.00, bid, 100.25, ask),
+        ]
+    )
     out = row(minute_microstructure(NO_TRADES, NO_TBBO, book, TICK), 0)
     assert out["depth_imbalance_1"] == pytest.approx((10 - 30) / (10 + 30))  # -0.5
     assert out["depth_imbalance_5"] == pytest.approx((150 - 70) / (150 + 70))  # 4/11
@@ -161,16 +179,20 @@ def test_depth_imbalance_reads_the_top_levels_of_the_minutes_last_book():
 
 
 def test_trades_are_signed_by_their_aggressor_and_spreads_measured_against_the_mid():
-    trades = trade_frame([
-        (1, 100.00, 5, "B"),  # buyer lifted the offer
-        (2, 100.25, 3, "A"),  # seller hit the bid
-        (3, 100.50, 2, "B"),
-        (4, 100.00, 4, "N"),  # no aggressor: volume but no sign
-    ])
-    tbbo = tbbo_frame([
-        (2, 100.25, 100.00, 100.25),  # mid 100.125: 2 * 0.125 / 0.25 = 1 tick
-        (3, 100.50, 100.00, 100.50),  # mid 100.25: 2 * 0.25 / 0.25 = 2 ticks
-    ])
+    trades = trade_frame(
+        [
+            (1, 100.00, 5, "B"),  # buyer lifted the offer
+            (2, 100.25, 3, "A"),  # seller hit the bid
+            (3, 100.50, 2, "B"),
+            (4, 100.00, 4, "N"),  # no aggressor: volume but no sign
+        ]
+    )
+    tbbo = tbbo_frame(
+        [
+            (2, 100.25, 100.00, 100.25),  # mid 100.125: 2 * 0.125 / 0.25 = 1 tick
+            (3, 100.50, 100.00, 100.50),  # mid 100.25: 2 * 0.25 / 0.25 = 2 ticks
+        ]
+    )
     out = row(minute_microstructure(trades, tbbo, NO_BOOK, TICK), 0)
     assert out["signed_volume"] == (5 + 2) - 3
     assert out["buy_share"] == pytest.approx(7 / 14)
@@ -184,11 +206,15 @@ def test_trades_are_signed_by_their_aggressor_and_spreads_measured_against_the_m
 
 
 def test_records_count_in_the_minute_they_were_received():
-    trades = trade_frame([
-        (59.9, 100.00, 1, "B"),
-        (60.0002, 100.25, 2, "B"),  # happened before 14:01 on the exchange, known only after
-    ])
-    book = book_frame([(30, 100.00, [5], 100.25, [5]), (61, 100.00, [5], 100.25, [6]), (130, 100.00, [5], 100.25, [6], "T")])
+    trades = trade_frame(
+        [
+            (59.9, 100.00, 1, "B"),
+            (60.0002, 100.25, 2, "B"),  # happened before 14:01 on the exchange, known only after
+        ]
+    )
+    book = book_frame(
+        [(30, 100.00, [5], 100.25, [5]), (61, 100.00, [5], 100.25, [6]), (130, 100.00, [5], 100.25, [6], "T")]
+    )
     out = minute_microstructure(trades, NO_TBBO, book, TICK)
     assert out["ts_event"].to_list() == [minute(0), minute(1), minute(2)]
     assert [row(out, i)["signed_volume"] for i in range(3)] == [1, 2, 0]
@@ -202,11 +228,17 @@ def test_records_count_in_the_minute_they_were_received():
 
 def bars_from_closes(close: np.ndarray, **columns) -> pl.DataFrame:
     n = len(close)
-    return pl.DataFrame({
-        "ts_event": pl.datetime_range(T0, T0 + dt.timedelta(minutes=n - 1), "1m", time_zone="UTC", eager=True),
-        "open": close, "high": close + TICK, "low": close - TICK, "close": close, "volume": np.full(n, 100),
-        **columns,
-    })
+    return pl.DataFrame(
+        {
+            "ts_event": pl.datetime_range(T0, T0 + dt.timedelta(minutes=n - 1), "1m", time_zone="UTC", eager=True),
+            "open": close,
+            "high": close + TICK,
+            "low": close - TICK,
+            "close": close,
+            "volume": np.full(n, 100),
+            **columns,
+        }
+    )
 
 
 def test_kyle_lambda_recovers_the_price_impact_per_contract():
@@ -217,7 +249,7 @@ def test_kyle_lambda_recovers_the_price_impact_per_contract():
     frame = bars_from_closes(close, signed_volume=signed)
     for n in (15, 60):
         kyle = feature(frame, f"mes_1min_kyle_lambda_{n}")
-        assert kyle[: n].null_count() == n  # the first return needs the row before it
+        assert kyle[:n].null_count() == n  # the first return needs the row before it
         assert np.allclose(kyle[n:].to_numpy(), 2e-5, rtol=1e-6)
 
 
@@ -270,12 +302,18 @@ def test_every_feature_is_named_once_with_a_window_that_matches_its_first_value(
         high=pl.col("close") + TICK * pl.Series(rng.integers(0, 3, n)),
         low=pl.col("close") - TICK * pl.Series(rng.integers(0, 3, n)),
         volume=pl.Series(rng.integers(1, 500, n)),
-        ofi=pl.Series(rng.normal(0, 300, n)), microprice_dev=pl.Series(rng.normal(0, 0.2, n)),
-        quoted_spread=pl.Series(1 + rng.random(n)), effective_spread=pl.Series(1 + rng.random(n)),
-        depth_imbalance_1=pl.Series(rng.uniform(-1, 1, n)), depth_imbalance_5=pl.Series(rng.uniform(-1, 1, n)),
-        depth_imbalance_10=pl.Series(rng.uniform(-1, 1, n)), signed_volume=pl.Series(rng.normal(0, 100, n)),
-        buy_share=pl.Series(rng.random(n)), trade_count=pl.Series(rng.integers(1, 50, n)),
-        quote_count=pl.Series(rng.integers(0, 80, n)), mean_trade_size=pl.Series(1 + rng.random(n) * 10),
+        ofi=pl.Series(rng.normal(0, 300, n)),
+        microprice_dev=pl.Series(rng.normal(0, 0.2, n)),
+        quoted_spread=pl.Series(1 + rng.random(n)),
+        effective_spread=pl.Series(1 + rng.random(n)),
+        depth_imbalance_1=pl.Series(rng.uniform(-1, 1, n)),
+        depth_imbalance_5=pl.Series(rng.uniform(-1, 1, n)),
+        depth_imbalance_10=pl.Series(rng.uniform(-1, 1, n)),
+        signed_volume=pl.Series(rng.normal(0, 100, n)),
+        buy_share=pl.Series(rng.random(n)),
+        trade_count=pl.Series(rng.integers(1, 50, n)),
+        quote_count=pl.Series(rng.integers(0, 80, n)),
+        mean_trade_size=pl.Series(1 + rng.random(n) * 10),
         vwap=pl.col("close") + 0.01,
     )
     out = fs.apply(frame, [])
@@ -327,7 +365,7 @@ def test_sample_ticks_make_one_sane_row_per_minute(sample_ticks):
 
 def test_nothing_after_a_time_changes_the_rows_before_it(sample_ticks):
     fs = features()
-    cut = dt.datetime(2024, 6, 28, 14, 30, tzinfo=dt.timezone.utc)
+    cut = dt.datetime(2024, 6, 28, 14, 30, tzinfo=dt.UTC)
     minutes, master = master_table(sample_ticks)
 
     def disturb(frame: pl.DataFrame, shifts: dict[str, float], sizes: list[str]) -> pl.DataFrame:
@@ -350,8 +388,10 @@ def test_nothing_after_a_time_changes_the_rows_before_it(sample_ticks):
         "tbbo": disturb(sample_ticks["tbbo"], {"price": 7.5, "bid_px_00": 7.25, "ask_px_00": 7.5}, ["size"]),
         "mbp-10": disturb(sample_ticks["mbp-10"], levels, sizes),
         "ohlcv-1m": bars.with_columns(
-            *(pl.when(late_bar).then(pl.col(c) * 1.01).otherwise(pl.col(c)).alias(c)
-              for c in ("open", "high", "low", "close")),
+            *(
+                pl.when(late_bar).then(pl.col(c) * 1.01).otherwise(pl.col(c)).alias(c)
+                for c in ("open", "high", "low", "close")
+            ),
             pl.when(late_bar).then(pl.col("volume") * 5).otherwise(pl.col("volume")).alias("volume"),
         ),
     }

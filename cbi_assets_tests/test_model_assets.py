@@ -6,40 +6,46 @@ import polars as pl
 import pytest
 from mlflow import MlflowClient
 
-from cbi_assets.models.assets import models_dir
+from cbi_assets import lake as tables
+from cbi_assets.catalogue import ZL
 from cbi_assets.models.registry import families
 from resources.tracking import experiment_name, model_name
+
+pytestmark = pytest.mark.integration
 
 
 @pytest.mark.xdist_group("feature_lake")
 def test_zl_models_walk_forward_tracked_and_ranked(zl_model_lake):
-    lake, resources = zl_model_lake
-    uri = resources["tracking"].tracking_uri
+    _, resources = zl_model_lake
+    lake, uri = resources["lake"], resources["tracking"].tracking_uri
 
-    folder = models_dir(lake, "zl", "1w")
-    folds = pl.read_parquet(lake / "ZL" / "training" / "by_horizon" / "1w" / "folds.parquet")
+    one_week = {"market": ZL, "horizon": "1w"}
+    folds = lake.read(tables.FOLDS, **one_week)
     for family in families():
-        oof = pl.read_parquet(folder / "oof" / f"{family.name}.parquet")
+        oof = lake.read(tables.OOF, **one_week, family=family.name)
         assert oof.height == folds["test_rows"].sum() and oof["forecast"].is_finite().all()
-        scores = pl.read_parquet(folder / "metrics" / f"{family.name}.parquet")
+        scores = lake.read(tables.FAMILY_METRICS, **one_week, family=family.name)
         assert scores.filter(pl.col("scope") == "fold").height == folds.height
         assert scores.filter(pl.col("scope") == "regime").height == oof["regime"].n_unique()
 
-    with duckdb.connect(str(lake / "warehouse.duckdb"), read_only=True) as conn:
+    with duckdb.connect(resources["warehouse"].database, read_only=True) as conn:
         board = conn.sql("select * from models.leaderboard where asset = 'ZL' and horizon = '1w' order by rank").pl()
     assert set(board["family"]) == {f.name for f in families()}
     assert board.filter(pl.col("family") == "random_walk")["mase"][0] == pytest.approx(1.0)
     assert board["champion"].to_list() == [True] + [False] * (board.height - 1)
 
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    experiment = client.get_experiment_by_name(experiment_name("zl", "1w"))
+    experiment = client.get_experiment_by_name(experiment_name(ZL, "1w"))
     runs = client.search_runs([experiment.experiment_id])
     assert {r.data.tags["family"] for r in runs} == {f.name for f in families()}
     lightgbm = next(r for r in runs if r.data.tags["family"] == "lightgbm")
     assert len(client.get_metric_history(lightgbm.info.run_id, "fold_mase")) == folds.height
     assert lightgbm.data.tags["data_hash"] and "mase" in lightgbm.data.metrics
-    assert {a.path for a in client.list_artifacts(lightgbm.info.run_id, "model")} >= {"model/model.pkl", "model/features.json"}
+    assert {a.path for a in client.list_artifacts(lightgbm.info.run_id, "model")} >= {
+        "model/model.pkl",
+        "model/features.json",
+    }
     neural = next(r for r in runs if r.data.tags["family"] == "lstm")
     assert neural.data.tags["device"] == "cpu"
-    champion = client.get_model_version_by_alias(model_name("zl", "1w"), "champion")
+    champion = client.get_model_version_by_alias(model_name(ZL, "1w"), "champion")
     assert champion.run_id == board["run_id"][0] and champion.tags["family"] == board["family"][0]

@@ -28,8 +28,9 @@ def data() -> tuple[Inputs, Inputs, np.ndarray]:
 
     def part(rows: slice, labelled: bool) -> Inputs:
         n = len(range(ROWS)[rows])
-        return Inputs(x=x[rows], y=y[rows] if labelled else None, weight=weight[rows], returns=np.zeros(n),
-                      horizon=1, season=5)
+        return Inputs(
+            x=x[rows], y=y[rows] if labelled else None, weight=weight[rows], returns=np.zeros(n), horizon=1, season=5
+        )
 
     return part(slice(0, TRAIN), True), part(slice(TRAIN, ROWS), False), y[TRAIN:]
 
@@ -47,6 +48,7 @@ def test_the_five_families_are_registered_as_sequence_networks():
         assert family.params["units"] > 0 and family.description
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", FAMILIES)
 def test_every_family_forecasts_each_test_row(fitted, data, name):
     _, test, _ = data
@@ -60,12 +62,14 @@ def test_every_family_forecasts_each_test_row(fitted, data, name):
     assert model.device == device.training_device()
 
 
+@pytest.mark.integration
 def test_lstm_beats_the_zero_forecast(fitted, data):
     _, test, y = data
     mse = np.mean((fitted["lstm"].predict(test).mean - y) ** 2)
     assert mse < 0.5 * np.mean(y**2), f"lstm MSE {mse:.3g} against the zero forecast's {np.mean(y**2):.3g}"
 
 
+@pytest.mark.integration
 def test_the_same_seed_gives_the_same_forecast(fitted, data):
     train, test, _ = data
     again = registry.FAMILIES["lstm"].fit(train, BUDGET).predict(test).mean
@@ -74,6 +78,7 @@ def test_the_same_seed_gives_the_same_forecast(fitted, data):
     assert not np.allclose(registry.FAMILIES["lstm"].fit(train, other).predict(test).mean, again)
 
 
+@pytest.mark.integration
 def test_saved_and_pickled_networks_forecast_the_same(fitted, data, tmp_path):
     import keras
 
@@ -93,8 +98,11 @@ def test_training_keeps_the_most_recent_rows(data):
 
 def test_mixed_precision_keeps_a_float32_output(data, monkeypatch):
     # No GPU here: run the CUDA path's float16 layers on the CPU to check the wiring.
-    monkeypatch.setattr(neural, "training_device", lambda: {
-        "device": "cuda", "name": "test", "mixed_precision": True, "policy": "mixed_float16", "count": 1})
+    monkeypatch.setattr(
+        neural,
+        "training_device",
+        lambda: {"device": "cuda", "name": "test", "mixed_precision": True, "policy": "mixed_float16", "count": 1},
+    )
     train, test, _ = data
     model = registry.FAMILIES["tcn"].fit(train, Budget(**{**BUDGET.__dict__, "epochs": 2}))
     assert model.model.layers[-1].dtype_policy.name == "float32"

@@ -11,12 +11,13 @@ from statsmodels.tsa.holtwinters import SimpleExpSmoothing
 from statsmodels.tsa.statespace.sarimax import SARIMAX
 
 from cbi_assets.models import statistical  # noqa: F401  (registers the families)
-from cbi_assets.models.registry import BUDGETS, FAMILIES, Inputs
+from cbi_assets.models.registry import FAMILIES, Inputs
+from cbi_assets.profiles import PROFILES
 
 STATISTICAL = ("arima", "ets", "prophet", "garch")
 TRAIN, GAP, TEST = 600, 5, 200
 SEASON = 50
-SAMPLE = BUDGETS["sample"]
+SAMPLE = PROFILES["sample"].training
 
 
 def _market(seed: int = 3, rows: int = TRAIN + GAP + TEST) -> np.ndarray:
@@ -50,8 +51,12 @@ def _split(returns: np.ndarray, horizon: int, seed: int = 5) -> tuple[Inputs, In
     def inputs(rows: slice, labelled: bool) -> Inputs:
         n = rows.stop - rows.start
         return Inputs(
-            x=x[rows], y=forward[rows] if labelled else None, weight=np.ones(n), returns=returns[: rows.stop],
-            horizon=horizon, season=SEASON,
+            x=x[rows],
+            y=forward[rows] if labelled else None,
+            weight=np.ones(n),
+            returns=returns[: rows.stop],
+            horizon=horizon,
+            season=SEASON,
         )
 
     return inputs(slice(0, TRAIN), True), inputs(slice(test_start, len(returns)), False)

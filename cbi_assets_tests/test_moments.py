@@ -32,12 +32,20 @@ REQUESTS = [Rolling("x", n, ("mean", "std", "skew", "kurt")) for n in (3, 20, 12
 REQUESTS += [Rolling("y", 20, ("mean", "std")), Rolling("z", 5, ("std",)), Rolling("z", 5, ("mean",))]
 REQUESTS += [Rolling("x", n, ("cov", "corr"), other="x_1") for n in (3, 30)]
 REQUESTS += [Rolling("i", 30, ("cov",), other="y")]
-REQUESTS += [Rolling("y", n, ("max", "min")) for n in (3, 7, 50)] + [Rolling("x", 20, ("max",)), Rolling("x", 20, ("min",))]
+REQUESTS += [Rolling("y", n, ("max", "min")) for n in (3, 7, 50)] + [
+    Rolling("x", 20, ("max",)),
+    Rolling("x", 20, ("min",)),
+]
 
 
 def computed(frame: pl.DataFrame) -> pl.DataFrame:
-    inputs = {"x": pl.col("x"), "y": pl.col("y"), "z": pl.col("z"), "x_1": pl.col("x").shift(1),
-              "i": pl.int_range(pl.len())}
+    inputs = {
+        "x": pl.col("x"),
+        "y": pl.col("y"),
+        "z": pl.col("z"),
+        "x_1": pl.col("x").shift(1),
+        "i": pl.int_range(pl.len()),
+    }
     return with_moments(frame, inputs, REQUESTS, "m_")
 
 
@@ -45,21 +53,32 @@ def reference() -> dict[str, pl.Expr]:
     x, y, z = pl.col("x"), pl.col("y"), pl.col("z")
     out = {}
     for n in (3, 20, 120):
-        out |= {f"m_mean_x_{n}": x.rolling_mean(n), f"m_std_x_{n}": x.rolling_std(n),
-                f"m_skew_x_{n}": x.rolling_skew(n), f"m_kurt_x_{n}": x.rolling_kurtosis(n)}
-    out |= {"m_mean_y_20": y.rolling_mean(20), "m_std_y_20": y.rolling_std(20),
-            "m_mean_z_5": z.rolling_mean(5), "m_std_z_5": z.rolling_std(5)}
+        out |= {
+            f"m_mean_x_{n}": x.rolling_mean(n),
+            f"m_std_x_{n}": x.rolling_std(n),
+            f"m_skew_x_{n}": x.rolling_skew(n),
+            f"m_kurt_x_{n}": x.rolling_kurtosis(n),
+        }
+    out |= {
+        "m_mean_y_20": y.rolling_mean(20),
+        "m_std_y_20": y.rolling_std(20),
+        "m_mean_z_5": z.rolling_mean(5),
+        "m_std_z_5": z.rolling_std(5),
+    }
     for n in (3, 30):
-        out |= {f"m_cov_x_x_1_{n}": pl.rolling_cov(x, x.shift(1), window_size=n),
-                f"m_corr_x_x_1_{n}": pl.rolling_corr(x, x.shift(1), window_size=n)}
+        out |= {
+            f"m_cov_x_x_1_{n}": pl.rolling_cov(x, x.shift(1), window_size=n),
+            f"m_corr_x_x_1_{n}": pl.rolling_corr(x, x.shift(1), window_size=n),
+        }
     out["m_cov_i_y_30"] = pl.rolling_cov(pl.int_range(pl.len()).cast(pl.Float64), y, window_size=30)
     for n in (3, 7, 50):
         out |= {f"m_max_y_{n}": y.rolling_max(n), f"m_min_y_{n}": y.rolling_min(n)}
     return out | {"m_max_x_20": x.rolling_max(20), "m_min_x_20": x.rolling_min(20)}
 
 
-@pytest.mark.parametrize(("rows", "nulls", "flat"), [(2_000, 0, False), (2_000, 15, False), (3_000, 0, True),
-                                                     (40, 0, False), (2, 0, False)])
+@pytest.mark.parametrize(
+    ("rows", "nulls", "flat"), [(2_000, 0, False), (2_000, 15, False), (3_000, 0, True), (40, 0, False), (2, 0, False)]
+)
 def test_compiled_moments_equal_the_polars_statistics(rows, nulls, flat):
     frame = series(rows, seed=rows + nulls, nulls=nulls, flat=flat)
     got = computed(frame)
@@ -100,8 +119,10 @@ def test_hand_checked_extremes():
 
 def test_moments_are_causal_and_parts_equal_the_whole():
     frame = series(5_000, seed=9)
-    later = frame.with_columns(pl.when(pl.int_range(pl.len()) >= 3_000).then(pl.col(c) * 1.7).otherwise(pl.col(c)).alias(c)
-                               for c in ("x", "y", "z"))
+    later = frame.with_columns(
+        pl.when(pl.int_range(pl.len()) >= 3_000).then(pl.col(c) * 1.7).otherwise(pl.col(c)).alias(c)
+        for c in ("x", "y", "z")
+    )
     whole, changed = computed(frame), computed(later)
     assert whole.head(3_000).equals(changed.head(3_000))
     assert not whole.tail(100).equals(changed.tail(100))
@@ -133,9 +154,15 @@ def test_technical_families_equal_their_polars_definitions():
     rng = np.random.default_rng(11)
     rows = 1_500
     close = 4000 * np.exp(np.cumsum(rng.normal(0, 1e-3, rows)))
-    bars = pl.DataFrame({"open": close * (1 + rng.normal(0, 2e-4, rows)), "high": close * (1 + rng.uniform(0, 2e-3, rows)),
-                         "low": close * (1 - rng.uniform(0, 2e-3, rows)), "close": close,
-                         "volume": rng.integers(0, 400, rows)})
+    bars = pl.DataFrame(
+        {
+            "open": close * (1 + rng.normal(0, 2e-4, rows)),
+            "high": close * (1 + rng.uniform(0, 2e-3, rows)),
+            "low": close * (1 - rng.uniform(0, 2e-3, rows)),
+            "close": close,
+            "volume": rng.integers(0, 400, rows),
+        }
+    )
     bars = bars.with_columns(pl.when(pl.int_range(pl.len()) % 397 != 5).then(pl.col("close")).alias("close"))
     fs = FeatureSet(layer="MES", source="bars", timeframe="5min", lag="closed bar")
     technical_features(fs, "", "t", INTRADAY)
@@ -148,12 +175,14 @@ def test_technical_families_equal_their_polars_definitions():
     want |= {f"t_mom_z_{n}": log_return(c, n) / (r1.rolling_std(n) * math.sqrt(n)) for n in INTRADAY.momentum}
     for n in INTRADAY.shape:
         want |= {
-            f"t_skew_{n}": r1.rolling_skew(n), f"t_kurt_{n}": r1.rolling_kurtosis(n),
+            f"t_skew_{n}": r1.rolling_skew(n),
+            f"t_kurt_{n}": r1.rolling_kurtosis(n),
             f"t_autocorr_{n}": pl.rolling_corr(r1, r1.shift(1), window_size=n),
             f"t_efficiency_{n}": (c - c.shift(n)).abs() / c.diff().abs().rolling_sum(n),
             f"t_parkinson_{n}": ((h / l).log().pow(2).rolling_mean(n) / (4 * math.log(2))).sqrt() * year,
             f"t_garman_klass_{n}": gk.rolling_mean(n).sqrt() * year,
-            f"t_slope_{n}": pl.rolling_cov(pl.int_range(pl.len()).cast(pl.Float64), c.log(), window_size=n) / (n * (n + 1) / 12),
+            f"t_slope_{n}": pl.rolling_cov(pl.int_range(pl.len()).cast(pl.Float64), c.log(), window_size=n)
+            / (n * (n + 1) / 12),
         }
     want |= {f"t_volume_z_{n}": (v - v.rolling_mean(n)) / v.rolling_std(n) for n in INTRADAY.volume}
     last = INTRADAY.volume[-1]
@@ -164,6 +193,7 @@ def test_technical_families_equal_their_polars_definitions():
     want |= {"t_stoch_k_14": stoch, "t_stoch_d_14": stoch.rolling_mean(3)}
     expected = bars.select(**want)
     for name in expected.columns:
-        assert_series_equal(got[name].fill_nan(None), expected[name].fill_nan(None), check_names=False,
-                            rel_tol=1e-6, abs_tol=1e-9)
+        assert_series_equal(
+            got[name].fill_nan(None), expected[name].fill_nan(None), check_names=False, rel_tol=1e-6, abs_tol=1e-9
+        )
     assert got["t_skew_30"].fill_nan(None).null_count() < rows // 2  # the gaps leave most rows defined

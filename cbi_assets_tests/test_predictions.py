@@ -15,22 +15,22 @@ import polars as pl
 import pytest
 from dagster_duckdb import DuckDBResource
 
+from cbi_assets import lake as tables
 from cbi_assets.calendars import settlement_days
+from cbi_assets.catalogue import ZL
 from cbi_assets.definitions import defs
-from cbi_assets.features.assets import master_path
+from cbi_assets.lake import Lake
 from cbi_assets.models.registry import families
 from cbi_assets.monitoring.outcomes import realized
 from cbi_assets.predictions import history
 from cbi_assets.predictions.assets import PREDICTION_ASSETS
 from cbi_assets.predictions.shadow import verdict
 from cbi_assets.settings import Settings
-from cbi_assets.training.sets import horizon_of
 from resources import Alerts, Tracking, build_resources
-from schedules import JOBS
 
-pytestmark = pytest.mark.xdist_group("feature_lake")
+pytestmark = [pytest.mark.xdist_group("feature_lake"), pytest.mark.integration]
 ONE_WEEK = {"dagster/asset_partition_range_start": "1w", "dagster/asset_partition_range_end": "1w"}
-ZL = [a for a in PREDICTION_ASSETS if a.key.path[0] == "zl"]
+ZL_PREDICTIONS = [a for a in PREDICTION_ASSETS if a.key.path[0] == ZL.key]
 
 
 @pytest.fixture()
@@ -46,21 +46,30 @@ def own_registry(zl_model_lake, tmp_path):
 
 
 def _run(resources, config: dict | None = None) -> dg.ExecuteInProcessResult:
-    return dg.materialize(ZL, resources=resources, tags=ONE_WEEK, run_config=config)
+    return dg.materialize(ZL_PREDICTIONS, resources=resources, tags=ONE_WEEK, run_config=config)
 
 
 def _stored(resources) -> tuple[pl.DataFrame, pl.DataFrame]:
     with duckdb.connect(resources["warehouse"].database, read_only=True) as conn:
-        return (conn.sql("select * from predictions.history order by role").pl(),
-                conn.sql("select * from predictions.vw_zl_1w_latest").pl())
+        return (
+            conn.sql("select * from predictions.history order by role").pl(),
+            conn.sql("select * from predictions.vw_zl_1w_latest").pl(),
+        )
 
 
 def test_the_daily_forecast_twice_leaves_one_row_per_key(own_registry):
-    """The code location's `zl_predict` job (regime state, forecast, upload) run twice for the same day."""
+    """The code location's regime state, forecast and upload (what the evening cycle runs) twice for the same day."""
     lake, resources = own_registry
     settings = Settings.from_env({"CBI_LAKE": str(lake), "CBI_SOURCE": "sample"})
-    location = dg.Definitions(assets=list(defs.assets), jobs=JOBS,
-                              resources={**build_resources(settings), **resources})
+    predict = dg.define_asset_job(
+        "zl_predict",
+        selection=" or ".join(
+            f'key:"zl/{name}"' for name in ("regimes/state", "predictions/forecast", "predictions/upload")
+        ),
+    )
+    location = dg.Definitions(
+        assets=list(defs.assets), jobs=[predict], resources={**build_resources(settings), **resources}
+    )
     job = location.resolve_job_def("zl_predict")
     instance = dg.DagsterInstance.ephemeral()
     for _ in range(2):
@@ -70,9 +79,12 @@ def test_the_daily_forecast_twice_leaves_one_row_per_key(own_registry):
     assert rows.select(history.KEY).n_unique() == rows.height
     row = rows.row(0, named=True)
     champion = resources["tracking"].champion("zl", "1w")
-    assert (row["model_version"], row["run_id"], row["role"]) == (champion["model_version"], champion["run_id"],
-                                                                   "champion")
-    newest = pl.read_parquet(master_path(lake, "zl", "1d"), columns=["date"])["date"].max()
+    assert (row["model_version"], row["run_id"], row["role"]) == (
+        champion["model_version"],
+        champion["run_id"],
+        "champion",
+    )
+    newest = Lake(root=str(lake)).read(tables.MASTER, columns=["date"], market=ZL, timeframe="1d")["date"].max()
     assert row["as_of"].date() == newest
     assert row["target_time"].date() == settlement_days(newest, newest + dt.timedelta(days=20))[5]
     assert row["forecast_price"] == pytest.approx(row["price"] * np.exp(row["forecast_return"]))
@@ -92,8 +104,11 @@ def test_a_challenger_stays_in_the_shadow_until_it_beats_the_champion(own_regist
     lake, resources = own_registry
     tracking = resources["tracking"]
     champion = tracking.champion("zl", "1w")
-    other = next(f for f in ("lightgbm", "xgboost", "ridge", "drift") if f != champion["family"]
-                 and tracking.family_runs("zl", "1w", f, 1))
+    other = next(
+        f
+        for f in ("lightgbm", "xgboost", "ridge", "drift")
+        if f != champion["family"] and tracking.family_runs("zl", "1w", f, 1)
+    )
     tracking.register("zl", "1w", tracking.family_runs("zl", "1w", other, 1)[0]["run_id"], other, "challenger")
     challenger = tracking.challenger("zl", "1w")
     assert _run(resources).success
@@ -102,15 +117,30 @@ def test_a_challenger_stays_in_the_shadow_until_it_beats_the_champion(own_regist
     assert latest["model_version"].to_list() == [champion["model_version"]]
 
     # Ten matured origins where the challenger was right and the champion 1% off.
-    days = pl.read_parquet(master_path(lake, "zl", "1d"), columns=["date"])["date"].sort().tail(40).head(10)
+    stored = Lake(root=str(lake))
+    days = stored.read(tables.MASTER, columns=["date"], market=ZL, timeframe="1d")["date"].sort().tail(40).head(10)
     at = days.cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
-    actual = realized(lake, "zl", horizon_of("zl", "1w"), at)
+    actual = realized(stored, ZL, ZL.horizon("1w"), at)
     assert actual.is_not_null().all()
-    past = pl.concat([
-        pl.DataFrame({"asset": "ZL", "horizon": "1w", "as_of": at, "model_version": version, "role": role,
-                      "price": 50.0, "forecast_return": actual + error})
-        for version, role, error in ((champion["model_version"], "champion", 0.01),
-                                     (challenger["model_version"], "challenger", 0.0))])
+    past = pl.concat(
+        [
+            pl.DataFrame(
+                {
+                    "asset": "ZL",
+                    "horizon": "1w",
+                    "as_of": at,
+                    "model_version": version,
+                    "role": role,
+                    "price": 50.0,
+                    "forecast_return": actual + error,
+                }
+            )
+            for version, role, error in (
+                (champion["model_version"], "champion", 0.01),
+                (challenger["model_version"], "challenger", 0.0),
+            )
+        ]
+    )
     with duckdb.connect(resources["warehouse"].database) as conn:
         assert history.append(conn, past) == 20
     assert _run(resources, {"ops": {"zl__predictions__upload": {"config": {"promote_after_days": 11}}}}).success
@@ -126,10 +156,14 @@ def test_a_challenger_stays_in_the_shadow_until_it_beats_the_champion(own_regist
 
 def test_shadow_verdict_needs_enough_shared_matured_days():
     at = [dt.datetime(2026, 1, d, tzinfo=dt.UTC) for d in (5, 6, 7)]
-    rows = pl.DataFrame({
-        "as_of": at * 2, "model_version": ["a"] * 3 + ["b"] * 3,
-        "forecast_return": [0.01, 0.02, -0.01, 0.0, 0.01, 0.0], "actual_return": [0.0, 0.01, 0.0] * 2,
-    })
+    rows = pl.DataFrame(
+        {
+            "as_of": at * 2,
+            "model_version": ["a"] * 3 + ["b"] * 3,
+            "forecast_return": [0.01, 0.02, -0.01, 0.0, 0.01, 0.0],
+            "actual_return": [0.0, 0.01, 0.0] * 2,
+        }
+    )
     # a's errors 0.01, 0.01, 0.01; b's 0, 0, 0.
     assert verdict(rows, "a", "b", 3).promote and verdict(rows, "a", "b", 3).days == 3
     assert not verdict(rows, "a", "b", 4).promote

@@ -16,15 +16,22 @@ from cbi_assets.raw.quality import (
     validate,
 )
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def daily(days: list[dt.date], closes: list[float], ids: list[int] | None = None) -> pl.DataFrame:
-    frame = pl.DataFrame({
-        "ts_event": pl.Series([dt.datetime.combine(d, dt.time(0), UTC) for d in days]).cast(pl.Datetime("ns", "UTC")),
-        "open": closes, "high": closes, "low": closes, "close": closes,
-        "volume": pl.Series([100] * len(days), dtype=pl.UInt64),
-    })
+    frame = pl.DataFrame(
+        {
+            "ts_event": pl.Series([dt.datetime.combine(d, dt.time(0), UTC) for d in days]).cast(
+                pl.Datetime("ns", "UTC")
+            ),
+            "open": closes,
+            "high": closes,
+            "low": closes,
+            "close": closes,
+            "volume": pl.Series([100] * len(days), dtype=pl.UInt64),
+        }
+    )
     return frame.with_columns(pl.Series("instrument_id", ids or [1] * len(days), dtype=pl.UInt32))
 
 
@@ -33,7 +40,9 @@ WEEK = [dt.date(2024, 3, d) for d in (4, 5, 6, 7, 8)]  # Monday to Friday
 
 def test_negative_price_is_refused_with_date_and_value():
     frame = daily(WEEK, [45.0, 45.1, -1.5, 45.2, 45.3])
-    with pytest.raises(RawDataError, match=r"zl_ohlcv_1d \(ZL\) column 'open' has negative.*-1.5 at 2024-03-06.*record 2"):
+    with pytest.raises(
+        RawDataError, match=r"zl_ohlcv_1d \(ZL\) column 'open' has negative.*-1.5 at 2024-03-06.*record 2"
+    ):
         validate(raw_dataset("zl_ohlcv_1d"), frame, "test")
 
 
@@ -46,7 +55,9 @@ def test_missing_column_and_wrong_type_are_refused():
     with pytest.raises(RawDataError, match=r"missing column\(s\) \['close'\]"):
         validate(raw_dataset("zl_ohlcv_1d"), daily(WEEK, [1.0] * 5).drop("close"), "test")
     with pytest.raises(RawDataError, match="column types"):
-        validate(raw_dataset("zl_ohlcv_1d"), daily(WEEK, [1.0] * 5).with_columns(pl.col("close").cast(pl.String)), "test")
+        validate(
+            raw_dataset("zl_ohlcv_1d"), daily(WEEK, [1.0] * 5).with_columns(pl.col("close").cast(pl.String)), "test"
+        )
 
 
 def test_duplicates_are_counted_with_examples():
@@ -80,7 +91,8 @@ def test_gaps_against_the_exchange_calendar():
 
 def test_minute_holes_inside_a_session_but_not_across_the_halt():
     stamps = [
-        dt.datetime(2024, 3, 5, 14, 30, tzinfo=UTC), dt.datetime(2024, 3, 5, 14, 31, tzinfo=UTC),
+        dt.datetime(2024, 3, 5, 14, 30, tzinfo=UTC),
+        dt.datetime(2024, 3, 5, 14, 31, tzinfo=UTC),
         dt.datetime(2024, 3, 5, 14, 35, tzinfo=UTC),  # 3 minutes missing
         dt.datetime(2024, 3, 5, 21, 59, tzinfo=UTC),  # last bar before the 16:00 Chicago halt
         dt.datetime(2024, 3, 5, 23, 0, tzinfo=UTC),  # next session

@@ -21,8 +21,12 @@ START, END = dt.date(2000, 1, 1), dt.date(2019, 11, 5)
 
 def test_zl_master_from_real_data(real_data, capsys):
     source = LocalFilesSource(root=str(real_data))
-    records = {name: source.fetch(d, START, END) for name, d in RAW_DATASETS.items()
-               if d.role == "macro" or name in ("zl_ohlcv_1d", "zs_ohlcv_1d", "zm_ohlcv_1d", "cl_ohlcv_1d", "ho_ohlcv_1d", "es_ohlcv_1d")}
+    records = {
+        name: source.fetch(d, START, END)
+        for name, d in RAW_DATASETS.items()
+        if d.role == "macro"
+        or name in ("zl_ohlcv_1d", "zs_ohlcv_1d", "zm_ohlcv_1d", "cl_ohlcv_1d", "ho_ohlcv_1d", "es_ohlcv_1d")
+    }
     daily = {name.split("_")[0].upper(): frame for name, frame in records.items() if name.endswith("_ohlcv_1d")}
     continuous = inputs.continuous(daily)
     series = inputs.series(records)
@@ -33,8 +37,10 @@ def test_zl_master_from_real_data(real_data, capsys):
     nulls = null_finding(master)
     distinct = distinct_finding(master, MIN_FEATURES["daily"])
     with capsys.disabled():
-        print(f"\nZL master from real data: {frame.height} rows ({frame['date'].min()}..{frame['date'].max()}), "
-              f"{len(master.features)} features")
+        print(
+            f"\nZL master from real data: {frame.height} rows ({frame['date'].min()}..{frame['date'].max()}), "
+            f"{len(master.features)} features"
+        )
         print(f"worst null shares after warm-up: {nulls.metadata['worst']}")
         whole = frame.select(pl.col(n).null_count() / pl.len() for n in master.features).row(0)
         print(f"null share over all rows: median {sorted(whole)[len(whole) // 2]:.3f}, max {max(whole):.3f}")

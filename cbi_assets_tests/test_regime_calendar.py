@@ -21,7 +21,9 @@ def test_the_desk_calendar_gives_every_date_the_catalogue_regime():
     assert named.to_list() == expected
     # Boundaries fall on the right side.
     assert regimes_of(pl.Series([D("2008-06-30"), D("2008-07-01")]), calendar).to_list() == [
-        "commodity_boom_2003_2008", "financial_crisis_2008_2009"]
+        "commodity_boom_2003_2008",
+        "financial_crisis_2008_2009",
+    ]
 
 
 def test_dates_keep_their_order_and_spans_count_them():
@@ -34,15 +36,24 @@ def test_dates_keep_their_order_and_spans_count_them():
     assert spans.filter(pl.col("regime") == "trump_2023_2025")["days"].item() == 0
 
 
-@pytest.mark.parametrize(("regimes", "message"), [
-    ([Regime("a", None, D("2010-12-31"), 1), Regime("b", D("2011-01-02"), None, 1)], "must meet"),
-    ([Regime("a", None, D("2010-12-31"), 1), Regime("b", D("2010-12-30"), None, 1)], "must meet"),
-    ([Regime("a", D("2000-01-01"), D("2010-12-31"), 1), Regime("b", D("2011-01-01"), None, 1)], "leave its start open"),
-    ([Regime("a", None, D("2010-12-31"), 1), Regime("b", D("2011-01-01"), D("2020-01-01"), 1)], "leave its end open"),
-    ([Regime("a", None, D("2010-12-31"), 1), Regime("a", D("2011-01-01"), None, 1)], "unique"),
-    ([Regime("a", None, D("2010-12-31"), 0), Regime("b", D("2011-01-01"), None, 1)], "positive"),
-    ([], "empty"),
-])
+@pytest.mark.parametrize(
+    ("regimes", "message"),
+    [
+        ([Regime("a", None, D("2010-12-31"), 1), Regime("b", D("2011-01-02"), None, 1)], "must meet"),
+        ([Regime("a", None, D("2010-12-31"), 1), Regime("b", D("2010-12-30"), None, 1)], "must meet"),
+        (
+            [Regime("a", D("2000-01-01"), D("2010-12-31"), 1), Regime("b", D("2011-01-01"), None, 1)],
+            "leave its start open",
+        ),
+        (
+            [Regime("a", None, D("2010-12-31"), 1), Regime("b", D("2011-01-01"), D("2020-01-01"), 1)],
+            "leave its end open",
+        ),
+        ([Regime("a", None, D("2010-12-31"), 1), Regime("a", D("2011-01-01"), None, 1)], "unique"),
+        ([Regime("a", None, D("2010-12-31"), 0), Regime("b", D("2011-01-01"), None, 1)], "positive"),
+        ([], "empty"),
+    ],
+)
 def test_a_calendar_that_does_not_tile_time_is_refused(regimes, message):
     with pytest.raises(ValueError, match=message):
         calendar_frame(regimes)

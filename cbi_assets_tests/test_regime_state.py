@@ -163,12 +163,18 @@ def test_the_plan_is_checked():
 # --- Real data --------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("symbol", ["ES", "ZL"])
 def test_real_2008_crisis_is_detected(real_data, symbol, record_property):
-    vix = pl.read_csv(real_data / "fred" / "VIXCLS.csv", try_parse_dates=True).select("date", pl.col("value").alias("vix"))
+    vix = pl.read_csv(real_data / "fred" / "VIXCLS.csv", try_parse_dates=True).select(
+        "date", pl.col("value").alias("vix")
+    )
     # Front-month settlements, unadjusted across rolls: a roll gap is one outsized return.
-    daily = pl.read_csv(real_data / "daily" / f"{symbol}.csv", try_parse_dates=True).select("date", "close") \
+    daily = (
+        pl.read_csv(real_data / "daily" / f"{symbol}.csv", try_parse_dates=True)
+        .select("date", "close")
         .join(vix, on="date", how="left")
+    )
     started = time.perf_counter()
     out = regime_state(daily)
     seconds = time.perf_counter() - started
@@ -177,15 +183,21 @@ def test_real_2008_crisis_is_detected(real_data, symbol, record_property):
     share = out["state"].is_in(["stressed", "crisis"]).mean()
     markov_share = out["ms_state"].drop_nulls().is_in(["stressed", "crisis"]).mean()
     found = shifts(out)
-    print(f"\n{symbol}: {out.height} sessions in {seconds:.1f}s; crisis on {coverage:.0%} of Sep 2008-Mar 2009; "
-          f"stressed/crisis on {share:.1%} of all days ({markov_share:.1%} of the days with a Markov state); "
-          f"{found.height} confirmed shifts; now {current_regime(out)['state']}")
-    for name, value in (("seconds", seconds), ("crisis_coverage_2008", coverage), ("stressed_crisis_share", share),
-                        ("shifts", found.height)):
+    print(
+        f"\n{symbol}: {out.height} sessions in {seconds:.1f}s; crisis on {coverage:.0%} of Sep 2008-Mar 2009; "
+        f"stressed/crisis on {share:.1%} of all days ({markov_share:.1%} of the days with a Markov state); "
+        f"{found.height} confirmed shifts; now {current_regime(out)['state']}"
+    )
+    for name, value in (
+        ("seconds", seconds),
+        ("crisis_coverage_2008", coverage),
+        ("stressed_crisis_share", share),
+        ("shifts", found.height),
+    ):
         record_property(f"{symbol}_{name}", round(value, 3))
     assert coverage > 0.5
     assert 0.05 < share < 0.5
-    assert out["ms_state"][MarkovPlan().min_history + 1:].null_count() == 0
+    assert out["ms_state"][MarkovPlan().min_history + 1 :].null_count() == 0
 
 
 def test_longer_horizons_need_a_change_to_last_longer():

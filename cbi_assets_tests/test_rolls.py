@@ -9,17 +9,20 @@ from cbi_assets.raw.rolls import front_month
 
 def contract_days(rows: list[tuple[int, int, float]]) -> pl.DataFrame:
     """(day index, instrument, volume) -> bars."""
-    return pl.DataFrame({
-        "ts_event": [dt.datetime(2024, 3, 1, tzinfo=dt.timezone.utc) + dt.timedelta(days=d) for d, _, _ in rows],
-        "instrument_id": pl.Series([i for _, i, _ in rows], dtype=pl.UInt32),
-        "volume": pl.Series([v for _, _, v in rows], dtype=pl.UInt64),
-    })
+    return pl.DataFrame(
+        {
+            "ts_event": [dt.datetime(2024, 3, 1, tzinfo=dt.UTC) + dt.timedelta(days=d) for d, _, _ in rows],
+            "instrument_id": pl.Series([i for _, i, _ in rows], dtype=pl.UInt32),
+            "volume": pl.Series([v for _, _, v in rows], dtype=pl.UInt64),
+        }
+    )
 
 
 def test_rolls_the_day_after_volume_crosses_over():
     # Contract 2 out-trades contract 1 on day 2, so it is the front from day 3.
-    bars = contract_days([(0, 1, 900), (0, 2, 100), (1, 1, 800), (1, 2, 300), (2, 1, 300), (2, 2, 800),
-                          (3, 1, 100), (3, 2, 900)])
+    bars = contract_days(
+        [(0, 1, 900), (0, 2, 100), (1, 1, 800), (1, 2, 300), (2, 1, 300), (2, 2, 800), (3, 1, 100), (3, 2, 900)]
+    )
     front = front_month(bars)
     assert front["instrument_id"].to_list() == [1, 1, 1, 2]
     assert front["rolled"].to_list() == [False, False, False, True]
@@ -27,8 +30,9 @@ def test_rolls_the_day_after_volume_crosses_over():
 
 
 def test_a_flapping_crossover_does_not_roll_back():
-    bars = contract_days([(0, 1, 900), (0, 2, 100), (1, 1, 400), (1, 2, 500), (2, 1, 600), (2, 2, 500),
-                          (3, 1, 300), (3, 2, 700)])
+    bars = contract_days(
+        [(0, 1, 900), (0, 2, 100), (1, 1, 400), (1, 2, 500), (2, 1, 600), (2, 2, 500), (3, 1, 300), (3, 2, 700)]
+    )
     front = front_month(bars)
     assert front["instrument_id"].to_list() == [1, 1, 2, 2]
     assert front["rolled"].sum() == 1

@@ -66,9 +66,13 @@ def front(bars: pl.DataFrame) -> pl.DataFrame:
 def same_contract_returns(bars: pl.DataFrame) -> pl.DataFrame:
     """Daily log returns of the front contract against its own previous close (no roll jumps)."""
     lead = front(bars).select("date", "instrument_id", "close")
-    previous = bars.sort("date").with_columns(
-        previous_close=pl.col("close").shift(1).over("instrument_id"),
-    ).select("date", "instrument_id", "previous_close")
+    previous = (
+        bars.sort("date")
+        .with_columns(
+            previous_close=pl.col("close").shift(1).over("instrument_id"),
+        )
+        .select("date", "instrument_id", "previous_close")
+    )
     return (
         lead.join(previous, on=["date", "instrument_id"])
         .drop_nulls()
@@ -147,8 +151,12 @@ def test_layout_holds_every_source_file(sample):
 
 def test_marker_holds_the_config_and_a_complete_folder_is_left_untouched(sample):
     assert json.loads((sample / MARKER).read_text()) == {
-        "end": "2024-06-28", "seed": 20_240_601, "start": "2000-01-03",
-        "intraday_sessions": 5, "tick_sessions": 1, "trades_per_session": 6_000,
+        "end": "2024-06-28",
+        "seed": 20_240_601,
+        "start": "2000-01-03",
+        "intraday_sessions": 5,
+        "tick_sessions": 1,
+        "trades_per_session": 6_000,
     }
     before = {p: (sample / p).stat().st_mtime_ns for p in all_files(sample)}
     assert build_sample(CONFIG, sample) == sample
@@ -243,12 +251,10 @@ def test_next_contract_is_priced_at_a_small_carry(sample):
         assert spread["ratio"].quantile(0.99) < 1.25, symbol
     # ES carries the policy rate less the dividend yield: contango in 2007, backwardation in 2013.
     es = daily(sample, "ES").sort("date", "instrument_id")
-    by_expiry = es.join(
-        es.group_by("instrument_id").agg(last=pl.col("date").max()), on="instrument_id"
-    ).sort("date", "last")
-    ratio = by_expiry.group_by("date", maintain_order=True).agg(
-        ratio=pl.col("close").last() / pl.col("close").first()
+    by_expiry = es.join(es.group_by("instrument_id").agg(last=pl.col("date").max()), on="instrument_id").sort(
+        "date", "last"
     )
+    ratio = by_expiry.group_by("date", maintain_order=True).agg(ratio=pl.col("close").last() / pl.col("close").first())
     assert between(ratio, "2007-01-01", "2007-06-30")["ratio"].mean() > 1.004
     assert between(ratio, "2013-01-01", "2013-12-31")["ratio"].mean() < 0.998
 
@@ -275,9 +281,14 @@ def test_soybean_crush_identities_hold(sample):
 
     # What a consumer sees: crush and oil share from the front settlements in the files.
     closes = [front(daily(sample, s)).select("date", pl.col("close").alias(s)) for s in ("ZS", "ZL", "ZM")]
-    board = closes[0].join(closes[1], on="date").join(closes[2], on="date").with_columns(
-        crush=0.022 * pl.col("ZM") + 0.11 * pl.col("ZL") - pl.col("ZS") / 100,
-        oil_share=0.11 * pl.col("ZL") / (0.11 * pl.col("ZL") + 0.022 * pl.col("ZM")),
+    board = (
+        closes[0]
+        .join(closes[1], on="date")
+        .join(closes[2], on="date")
+        .with_columns(
+            crush=0.022 * pl.col("ZM") + 0.11 * pl.col("ZL") - pl.col("ZS") / 100,
+            oil_share=0.11 * pl.col("ZL") / (0.11 * pl.col("ZL") + 0.022 * pl.col("ZM")),
+        )
     )
     assert board["crush"].is_between(0.0, 3.5).mean() > 0.95
     assert board["crush"].is_between(0.5, 3.0).mean() > 0.75
@@ -363,14 +374,18 @@ def test_minute_bars_keep_globex_hours(sample):
 def test_minute_bars_add_up_to_the_daily_front_bar(sample):
     bars = with_trade_date(dbn(sample, "MES.v.0.ohlcv-1m"))
     assert bars.select(ordered_ohlc()).to_series().all()
-    sessions = bars.group_by("trade_date").agg(
-        instrument_id=pl.col("instrument_id").unique(),
-        open=pl.col("open").first(),
-        high=pl.col("high").max(),
-        low=pl.col("low").min(),
-        close=pl.col("close").last(),
-        volume=pl.col("volume").sum(),
-    ).sort("trade_date")
+    sessions = (
+        bars.group_by("trade_date")
+        .agg(
+            instrument_id=pl.col("instrument_id").unique(),
+            open=pl.col("open").first(),
+            high=pl.col("high").max(),
+            low=pl.col("low").min(),
+            close=pl.col("close").last(),
+            volume=pl.col("volume").sum(),
+        )
+        .sort("trade_date")
+    )
     assert sessions["instrument_id"].list.len().to_list() == [1] * 5
     expected = front(daily(sample, "MES")).filter(pl.col("date").is_in(sessions["trade_date"].implode())).sort("date")
     assert sessions["instrument_id"].list.first().to_list() == expected["instrument_id"].to_list()
@@ -399,9 +414,16 @@ def test_definitions_describe_the_listed_mes_contracts(sample):
     assert definitions.group_by("trade_date").len()["len"].to_list() == [2] * 5
     assert all(re.fullmatch(r"MES[HMUZ]\d", s) for s in definitions["raw_symbol"])
     for column, value in {
-        "asset": "MES", "group": "ES", "exchange": "XCME", "security_type": "FUT",
-        "instrument_class": "F", "currency": "USD", "unit_of_measure": "IPNT",
-        "min_price_increment": 0.25, "unit_of_measure_qty": 5.0, "display_factor": 1.0,
+        "asset": "MES",
+        "group": "ES",
+        "exchange": "XCME",
+        "security_type": "FUT",
+        "instrument_class": "F",
+        "currency": "USD",
+        "unit_of_measure": "IPNT",
+        "min_price_increment": 0.25,
+        "unit_of_measure_qty": 5.0,
+        "display_factor": 1.0,
         "min_price_increment_amount": 1.25,
     }.items():
         assert definitions[column].unique().to_list() == [value], column
@@ -507,8 +529,12 @@ def test_order_book_and_flow_lean_toward_the_next_minutes(sample):
         flow=pl.col("signed").filter(pl.col("action") == "T").sum()
         / pl.col("size").filter(pl.col("action") == "T").sum(),
     )
-    bars = tick_session_bars(sample).sort("ts_event").with_columns(
-        ahead=pl.col("close").shift(-5) - pl.col("close"),
+    bars = (
+        tick_session_bars(sample)
+        .sort("ts_event")
+        .with_columns(
+            ahead=pl.col("close").shift(-5) - pl.col("close"),
+        )
     )
     joined = bars.join(per_minute, left_on="ts_event", right_on="minute").drop_nulls("ahead")
     ahead = joined["ahead"].to_numpy()
@@ -594,9 +620,12 @@ def test_fred_levels_follow_history(sample, series_id, start, end, statistic, lo
 
 
 def test_treasury_spread_and_inflation_are_consistent(sample):
-    curve = fred(sample, "DGS10").join(fred(sample, "DGS2"), on="date", suffix="_2").join(
-        fred(sample, "T10Y2Y"), on="date", suffix="_spread"
-    ).drop_nulls()
+    curve = (
+        fred(sample, "DGS10")
+        .join(fred(sample, "DGS2"), on="date", suffix="_2")
+        .join(fred(sample, "T10Y2Y"), on="date", suffix="_spread")
+        .drop_nulls()
+    )
     assert (curve["value_spread"] == (curve["value"] - curve["value_2"]).round(2)).all()
     cpi = fred(sample, "CPIAUCSL").with_columns(yoy=pl.col("value") / pl.col("value").shift(12) - 1)
     assert 0.075 <= between(cpi, "2022-03-01", "2022-09-01")["yoy"].max() <= 0.10
@@ -605,9 +634,11 @@ def test_treasury_spread_and_inflation_are_consistent(sample):
 
 def test_wti_spot_tracks_the_nearest_crude_contract(sample):
     cl = daily(sample, "CL")
-    nearest = cl.join(cl.group_by("instrument_id").agg(last=pl.col("date").max()), on="instrument_id").sort(
-        "date", "last"
-    ).unique("date", keep="first", maintain_order=True)
+    nearest = (
+        cl.join(cl.group_by("instrument_id").agg(last=pl.col("date").max()), on="instrument_id")
+        .sort("date", "last")
+        .unique("date", keep="first", maintain_order=True)
+    )
     spot = fred(sample, "DCOILWTICO").drop_nulls().join(nearest, on="date")
     assert ((spot["value"] - spot["close"]).abs() / spot["close"].abs()).median() < 0.01
     assert between(spot, "2020-04-15", "2020-04-30")["value"].min() < 0  # the negative print

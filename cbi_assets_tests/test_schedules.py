@@ -1,5 +1,5 @@
-"""The jobs, schedules and the daily cycle: what each job selects, when the schedules run, and how the cycle sensor
-moves a day from ingest to features to predictions, stopping at a failure."""
+"""The jobs, schedules and the evening cycle: what each job selects, when the schedules run, what Dagster's automation
+builds once the day is ingested (and what it leaves alone), and the alert when a run of the cycle fails."""
 
 from __future__ import annotations
 
@@ -7,32 +7,31 @@ import datetime as dt
 from pathlib import Path
 
 import dagster as dg
+import duckdb
 import pytest
 
-from cbi_assets.catalogue import EXCHANGE_TIMEZONE
-from cbi_assets.partitions import HORIZON_PARTITIONS, REGIME_PARTITIONS
+from cbi_assets.catalogue import EXCHANGE_TIMEZONE, MES, ZL
+from cbi_assets.partitions import REGIME_PARTITIONS, horizon_partitions
+from cbi_assets.raw.datasets import RAW_DATASETS
 from schedules import JOBS, SCHEDULES, SENSORS
-from schedules.cycle import cycle_state, daily_cycle_sensor
-from schedules.ingest import daily_cycle
+from schedules.automation import cycle_failure_alert
 
 DAY = "2026-11-20"  # a Friday with a settlement
 THANKSGIVING = "2026-11-26"
-ZL_HORIZONS = HORIZON_PARTITIONS["zl"].get_partition_keys()
-MES_HORIZONS = HORIZON_PARTITIONS["mes"].get_partition_keys()
 
 
 def code_location(lake: Path) -> dg.Definitions:
-    """Every asset of the code location, the jobs, schedules and sensors, and the resources on a lake and
-    warehouse under `lake`."""
+    """Every asset, job, schedule and sensor of the code location, on a lake and warehouse under `lake`."""
     from cbi_assets.definitions import defs
     from cbi_assets.settings import Settings
     from resources import build_resources
 
-    assets = list(defs.assets)
-    settings = Settings.from_env({"CBI_LAKE": str(lake), "CBI_SOURCE": "sample", "CBI_SAMPLE_END": DAY,
-                                  "CBI_MODELS": str(lake / "Models")})
-    return dg.Definitions(assets=assets, jobs=JOBS, schedules=SCHEDULES, sensors=SENSORS,
-                          resources=build_resources(settings))
+    settings = Settings.from_env(
+        {"CBI_LAKE": str(lake), "CBI_SOURCE": "sample", "CBI_SAMPLE_END": DAY, "CBI_MODELS": str(lake / "Models")}
+    )
+    return dg.Definitions(
+        assets=list(defs.assets), jobs=JOBS, schedules=SCHEDULES, sensors=SENSORS, resources=build_resources(settings)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -47,38 +46,41 @@ def selected(location: dg.Definitions, job: str) -> set[str]:
 # --- Jobs ---------------------------------------------------------------------------------------
 
 
-def test_daily_features_takes_the_unpartitioned_assets_before_the_models(location):
-    keys = selected(location, "daily_features")
-    for expected in ("zl/raw/roll_calendar", "mes/raw/roll_calendar", "lake/raw_inventory", "shared/features/macro",
-                     "shared/features/cross_asset", "zl/features/continuous_1d", "zl/features/master_1d",
-                     "mes/features/master_1min", "features/catalogue", "shared/regimes/calendar"):
-        assert expected in keys, expected
-    # Downstream of the horizon-partitioned models, partitioned, or on demand: not part of the day's features.
-    for left_out in ("shared/models/transfer", "monitoring/audit", "zl/regimes/state", "zl/training/labels",
-                     "zl/raw/zl_ohlcv_1d"):
-        assert left_out not in keys, left_out
-    graph = location.resolve_asset_graph()
-    assert all(graph.get(dg.AssetKey.from_user_string(k)).partitions_def is None for k in keys)
+def test_ingest_jobs_take_each_raw_partition_definition(location):
+    years, mes = (selected(location, f"ingest_{n}") for n in ("market_years", "mes_years"))
+    assert years | mes == {d.key.to_user_string() for d in RAW_DATASETS.values()} and not years & mes
+    assert {"zl/raw/zl_ohlcv_1d", "mes/raw/es_ohlcv_1d", "shared/raw/fred_dgs10"} <= years
+    assert {"mes/raw/mes_ohlcv_1d", "mes/raw/mes_ohlcv_1m", "mes/raw/mes_tbbo"} <= mes
+    assert location.resolve_job_def("ingest_market_years").partitions_def.get_partition_keys()[:2] == ["2000", "2001"]
+    assert location.resolve_job_def("ingest_mes_years").partitions_def.get_partition_keys()[0] == "2019"
 
 
-def test_predict_validate_retrain_specialists_and_audit_jobs(location):
-    for market, horizons in (("zl", ZL_HORIZONS), ("mes", MES_HORIZONS)):
-        assert selected(location, f"{market}_predict") == {
-            f"{market}/regimes/state", f"{market}/regimes/current", f"{market}/predictions/forecast",
-            f"{market}/predictions/upload"}
-        assert selected(location, f"{market}_validate") == {f"{market}/monitoring/validation"}
-        assert selected(location, f"{market}_retrain") == {
-            f"{market}/{k}" for k in ("training/labels", "training/sets", "training/folds", "models/references",
-                                      "models/statistical", "models/trees", "models/neural", "models/leaderboard",
-                                      "models/ensemble", "models/explanations", "predictions/forecast",
-                                      "predictions/upload")}
-        for job in ("predict", "validate", "retrain"):
-            partitions = location.resolve_job_def(f"{market}_{job}").partitions_def
-            assert partitions.get_partition_keys() == horizons
-        assert selected(location, f"{market}_specialists") == {f"{market}/models/specialists"}
-        assert location.resolve_job_def(f"{market}_specialists").partitions_def == REGIME_PARTITIONS
+def test_validate_retrain_specialists_and_audit_jobs(location):
+    for market in (ZL, MES):
+        m, horizons = market.key, horizon_partitions(market).get_partition_keys()
+        assert selected(location, f"{m}_validate") == {f"{m}/monitoring/validation"}
+        assert selected(location, f"{m}_retrain") == {
+            f"{m}/{k}"
+            for k in (
+                "training/labels",
+                "training/sets",
+                "training/folds",
+                "models/references",
+                "models/statistical",
+                "models/trees",
+                "models/neural",
+                "models/leaderboard",
+                "models/ensemble",
+                "models/explanations",
+                "predictions/forecast",
+                "predictions/upload",
+            )
+        }
+        for job in ("validate", "retrain"):
+            assert location.resolve_job_def(f"{m}_{job}").partitions_def.get_partition_keys() == horizons
+        assert selected(location, f"{m}_specialists") == {f"{m}/models/specialists"}
+        assert location.resolve_job_def(f"{m}_specialists").partitions_def == REGIME_PARTITIONS
     assert selected(location, "audit") == {"monitoring/audit"}
-    assert {j.name for j in JOBS} >= {"ingest_market_days", "ingest_mes_days"}
 
 
 # --- Schedules ----------------------------------------------------------------------------------
@@ -90,136 +92,109 @@ def _at(day: str, hour: int, minute: int) -> dt.datetime:
     return dt.datetime.combine(dt.date.fromisoformat(day), dt.time(hour, minute), ZoneInfo(EXCHANGE_TIMEZONE))
 
 
-def test_daily_cycle_starts_the_ingest_on_exchange_days_only(location):
-    context = dg.build_schedule_context(scheduled_execution_time=_at(DAY, 17, 30),
-                                        repository_def=location.get_repository_def())
-    result = daily_cycle.evaluate_tick(context)
-    [request] = result.run_requests
-    assert request.partition_key == DAY
-    assert request.run_key == f"ingest:ingest_market_days:{DAY}"
-    assert request.tags["cbi/cycle"] == DAY
-    assert daily_cycle.job_name == "ingest_market_days"
-    assert daily_cycle.cron_schedule == "30 17 * * 1-5" and daily_cycle.execution_timezone == EXCHANGE_TIMEZONE
+def _context(location, day: str, hour: int, minute: int) -> dg.ScheduleEvaluationContext:
+    return dg.build_schedule_context(
+        scheduled_execution_time=_at(day, hour, minute), repository_def=location.get_repository_def()
+    )
 
-    holiday = dg.build_schedule_context(scheduled_execution_time=_at(THANKSGIVING, 17, 30),
-                                        repository_def=location.get_repository_def())
-    result = daily_cycle.evaluate_tick(holiday)
-    assert not result.run_requests and "holiday" in result.skip_message
+
+def test_the_evening_ingest_refreshes_the_partition_of_the_day_on_exchange_days_only(location):
+    schedules = {s.name: s for s in SCHEDULES}
+    for name, key in (("market_years", "2026"), ("mes_years", "2026")):
+        schedule = schedules[f"evening_ingest_{name}"]
+        assert schedule.job_name == f"ingest_{name}"
+        assert schedule.cron_schedule == "30 17 * * 1-5" and schedule.execution_timezone == EXCHANGE_TIMEZONE
+        [request] = schedule.evaluate_tick(_context(location, DAY, 17, 30)).run_requests
+        assert request.partition_key == key and request.tags["cbi/cycle"] == DAY
+        assert request.run_key == f"ingest:ingest_{name}:{DAY}"
+        holiday = schedule.evaluate_tick(_context(location, THANKSGIVING, 17, 30))
+        assert not holiday.run_requests and "holiday" in holiday.skip_message
 
 
 def test_daily_validation_validates_every_horizon_on_exchange_days(location):
     schedules = {s.name: s for s in SCHEDULES}
-    for market, horizons in (("zl", ZL_HORIZONS), ("mes", MES_HORIZONS)):
-        schedule = schedules[f"{market}_daily_validation"]
-        assert schedule.job_name == f"{market}_validate" and schedule.cron_schedule == "30 18 * * 1-5"
-        context = dg.build_schedule_context(scheduled_execution_time=_at(DAY, 18, 30),
-                                            repository_def=location.get_repository_def())
-        requests = schedule.evaluate_tick(context).run_requests
+    for market in (ZL, MES):
+        horizons = horizon_partitions(market).get_partition_keys()
+        schedule = schedules[f"{market.key}_daily_validation"]
+        assert schedule.job_name == f"{market.key}_validate" and schedule.cron_schedule == "30 18 * * 1-5"
+        requests = schedule.evaluate_tick(_context(location, DAY, 18, 30)).run_requests
         assert [r.partition_key for r in requests] == horizons
-        assert [r.run_key for r in requests] == [f"validate:{market}:{h}:{DAY}" for h in horizons]
-        holiday = dg.build_schedule_context(scheduled_execution_time=_at(THANKSGIVING, 18, 30),
-                                            repository_def=location.get_repository_def())
-        result = schedule.evaluate_tick(holiday)
+        assert [r.run_key for r in requests] == [f"validate:{market.key}:{h}:{DAY}" for h in horizons]
+        result = schedule.evaluate_tick(_context(location, THANKSGIVING, 18, 30))
         assert not result.run_requests and THANKSGIVING in result.skip_message
 
 
-# --- The cycle ----------------------------------------------------------------------------------
+# --- The evening cycle by automation --------------------------------------------------------------
 
 
-def test_cycle_state_waits_for_every_ingest_and_stops_at_a_failure():
-    market = ("ingest_market_days", DAY)
-    mes = ("ingest_mes_days", DAY)
-    state = cycle_state(DAY, {market: "SUCCESS"})
-    assert [s.run_key for s in state.requests] == [f"ingest:ingest_mes_days:{DAY}"] and not state.done
-    state = cycle_state(DAY, {market: "SUCCESS", mes: "STARTED"})
-    assert not state.requests and not state.done
-    state = cycle_state(DAY, {market: "SUCCESS", mes: "SUCCESS"})
-    assert [(s.job, s.partition, s.run_key) for s in state.requests] == [("daily_features", None, f"features:{DAY}")]
-    state = cycle_state(DAY, {market: "SUCCESS", mes: "FAILURE"})
-    assert state.failed == [f"ingest_mes_days[{DAY}]"] and state.done and not state.requests
-    state = cycle_state(DAY, {market: "SUCCESS", mes: "SUCCESS", ("daily_features", None): "CANCELED"})
-    assert state.failed == ["daily_features"] and not state.requests
-    # An older cycle only completes its ingest: the newer one computes the features and predictions.
-    state = cycle_state(DAY, {market: "SUCCESS", mes: "SUCCESS"}, newest=False)
-    assert state.done and not state.requests
+def _requested(location: dg.Definitions, instance, cursor=None):
+    result = dg.evaluate_automation_conditions(defs=location, instance=instance, cursor=cursor)
+    keys = {
+        k.to_user_string() for k in location.resolve_asset_graph().get_all_asset_keys() if result.get_num_requested(k)
+    }
+    return result, keys
 
 
-def _run(instance, location, job: str, day: str, status: dg.DagsterRunStatus, partition: str | None = None):
-    """A run record as the run launcher leaves it: job, status, the cycle tag and the partition tag."""
-    from dagster._core.utils import make_new_run_id
-
-    assert location.resolve_job_def(job).name == job
-    tags = {"cbi/cycle": day, **({"dagster/partition": partition} if partition else {})}
-    return instance.add_run(dg.DagsterRun(job_name=job, run_id=make_new_run_id(), status=status, tags=tags))
-
-
-def _tick(instance, location, cursor=None):
-    with dg.build_sensor_context(instance=instance, cursor=cursor, definitions=location,
-                                 resources=location.resources) as context:
-        return daily_cycle_sensor.evaluate_tick(context)
+def _stored(instance, key: str, partitions: list[str] | None = None) -> None:
+    """Dagster's record of a materialization, as a run would leave it (nothing is written to the lake)."""
+    for partition in partitions or [None]:
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(dg.AssetKey.from_user_string(key), partition=partition)
+        )
 
 
-def test_cycle_sensor_moves_a_day_from_ingest_to_features_to_predictions(location):
-    success = dg.DagsterRunStatus.SUCCESS
+@pytest.mark.integration
+def test_after_the_ingest_automation_builds_the_features_then_the_forecasts_but_never_trains(location):
+    graph = location.resolve_asset_graph()
+    every = {k.to_user_string() for k in graph.get_all_asset_keys()}
     with dg.instance_for_test() as instance:
-        assert "no daily cycle" in _tick(instance, location).skip_message
-        _run(instance, location, "ingest_market_days", DAY, success, DAY)
-        result = _tick(instance, location)
-        [request] = result.run_requests
-        assert (request.job_name, request.partition_key, request.run_key) == (
-            "ingest_mes_days", DAY, f"ingest:ingest_mes_days:{DAY}")
-        assert request.tags["cbi/cycle"] == DAY
-
-        _run(instance, location, "ingest_mes_days", DAY, dg.DagsterRunStatus.STARTED, DAY)
-        result = _tick(instance, location)
-        assert not result.run_requests and "1 running" in result.skip_message
-
-        _run(instance, location, "ingest_mes_days", DAY, success, DAY)  # the newest run of a step counts
-        [request] = _tick(instance, location).run_requests
-        assert (request.job_name, request.partition_key, request.run_key) == ("daily_features", None, f"features:{DAY}")
-        assert request.tags["cbi/cycle"] == DAY
-
-        _run(instance, location, "daily_features", DAY, success)
-        result = _tick(instance, location)
-        expected = [("zl_predict", h, f"predict:zl:{h}:{DAY}") for h in ZL_HORIZONS] + [
-            ("mes_predict", h, f"predict:mes:{h}:{DAY}") for h in MES_HORIZONS]
-        assert [(r.job_name, r.partition_key, r.run_key) for r in result.run_requests] == expected
-        assert all(r.tags["cbi/cycle"] == DAY for r in result.run_requests)
-        assert result.cursor is None  # the day is still open
-
-        for job, partition, _ in expected:
-            _run(instance, location, job, DAY, success, partition)
-        result = _tick(instance, location)
-        assert not result.run_requests and result.cursor == DAY
-        assert "complete" in result.skip_message
+        # A lake with everything built once: raw partitions, features, models, forecasts.
+        for key in every:
+            node = graph.get(dg.AssetKey.from_user_string(key))
+            partitions = node.partitions_def
+            if partitions == REGIME_PARTITIONS:
+                continue
+            _stored(instance, key, partitions.get_partition_keys() if partitions else None)
+        result, requested = _requested(location, instance)
+        assert not requested, requested  # nothing changed since: nothing to do
+        # The evening ingest stores this year's ZL daily bars.
+        _stored(instance, "zl/raw/zl_ohlcv_1d", ["2026"])
+        result, requested = _requested(location, instance, result.cursor)
+        assert {"zl/raw/roll_calendar", "lake/raw_inventory", "zl/features/continuous_1d"} <= requested
+        assert not any(k.split("/")[1] in ("training", "models", "predictions") for k in requested), requested
+        # Once the features are built, the regime state and today's forecasts of every horizon follow.
+        for key in requested:
+            _stored(instance, key)
+        for key in ("zl/features/master_1d", "shared/features/volatility"):
+            _stored(instance, key)
+        result, requested = _requested(location, instance, result.cursor)
+        assert {"zl/regimes/state", "zl/predictions/forecast", "zl/predictions/upload"} <= requested
+        forecast = dg.AssetKey.from_user_string("zl/predictions/forecast")
+        assert result.get_num_requested(forecast) == len(horizon_partitions(ZL).get_partition_keys())
+        assert not any(k.split("/")[1] in ("training", "models") for k in requested), requested
 
 
-def test_a_failed_ingest_stops_the_cycle_and_raises_one_alert(location):
+def test_a_failed_run_of_the_cycle_raises_one_alert(location):
+    @dg.asset(key=["zl", "raw", "broken"])
+    def broken():
+        raise dg.Failure("the source answered 503")
+
+    def alert(instance, result):
+        with dg.build_run_status_sensor_context(
+            sensor_name=cycle_failure_alert.name,
+            dagster_event=result.get_run_failure_event(),
+            dagster_instance=instance,
+            dagster_run=result.dagster_run,
+            resources=location.resources,
+        ) as context:
+            return cycle_failure_alert(context.for_run_failure())
+
     with dg.instance_for_test() as instance:
-        _run(instance, location, "ingest_market_days", DAY, dg.DagsterRunStatus.SUCCESS, DAY)
-        _run(instance, location, "ingest_mes_days", DAY, dg.DagsterRunStatus.FAILURE, DAY)
-        result = _tick(instance, location)
-        assert not result.run_requests
-        assert "ingest failed" in result.skip_message and result.cursor == DAY
-        _tick(instance, location)  # the same failure seen again: no second alert
-        with location.resources["warehouse"].get_connection() as conn:
-            alerts = conn.execute("select kind, severity from monitoring.alerts where key = ?",
-                                  [f"cycle:{DAY}:ingest_mes_days[{DAY}]"]).fetchall()
-        assert alerts == [("daily_cycle", "error")]
-        # Closed: a later tick does not look at that day again.
-        assert "no daily cycle" in _tick(instance, location, cursor=result.cursor).skip_message
-
-
-def test_an_older_cycle_only_finishes_its_ingest(location):
-    older, newer = "2026-11-19", DAY
-    with dg.instance_for_test() as instance:
-        _run(instance, location, "ingest_market_days", older, dg.DagsterRunStatus.SUCCESS, older)
-        _run(instance, location, "ingest_market_days", newer, dg.DagsterRunStatus.SUCCESS, newer)
-        result = _tick(instance, location)
-        assert [r.run_key for r in result.run_requests] == [f"ingest:ingest_mes_days:{older}",
-                                                            f"ingest:ingest_mes_days:{newer}"]
-        _run(instance, location, "ingest_mes_days", older, dg.DagsterRunStatus.SUCCESS, older)
-        _run(instance, location, "ingest_mes_days", newer, dg.DagsterRunStatus.SUCCESS, newer)
-        result = _tick(instance, location)
-        assert [r.run_key for r in result.run_requests] == [f"features:{newer}"]
-        assert result.cursor == older
+        failed = dg.materialize([broken], instance=instance, tags={"cbi/cycle": DAY}, raise_on_error=False)
+        alert(instance, failed)
+        alert(instance, failed)  # the same failure again: recorded once
+        skipped = alert(instance, dg.materialize([broken], instance=instance, raise_on_error=False))
+    assert "not part of the evening cycle" in str(skipped)
+    with duckdb.connect(location.resources["warehouse"].database, read_only=True) as conn:
+        alerts = conn.sql("select severity, message from monitoring.alerts where kind = 'daily_cycle'").fetchall()
+    assert len(alerts) == 1 and alerts[0][0] == "error" and failed.run_id[:8] in alerts[0][1]

@@ -20,20 +20,31 @@ from resources.databento_source import DatabentoSource
 from resources.fred_source import FredSource
 from resources.yahoo_source import YahooSource
 
+# The real clients against local servers on 127.0.0.1, with their retries and backoff.
+pytestmark = pytest.mark.integration
+
 MARCH = (dt.date(2024, 3, 4), dt.date(2024, 3, 8))
-NOW = dt.datetime(2026, 11, 20, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 11, 20, tzinfo=dt.UTC)
 FAST = {"max_attempts": 3, "backoff_seconds": 0.01}
 
 
 def zl_download(days: list[dt.date], closes: list[float]) -> bytes:
     records = dbn.empty_records("ohlcv-1d", len(days))
     records["instrument_id"] = 4242
-    records["ts_event"] = [int(dt.datetime.combine(d, dt.time(0), dt.timezone.utc).timestamp()) * 10**9 for d in days]
+    records["ts_event"] = [int(dt.datetime.combine(d, dt.time(0), dt.UTC).timestamp()) * 10**9 for d in days]
     for column in ("open", "high", "low", "close"):
         records[column] = np.round(np.array(closes) * 1e9).astype(np.int64)
     records["volume"] = 1000
-    return dbn.encode(records, schema="ohlcv-1d", dataset="GLBX.MDP3", symbols=["ZL.v.0"], stype_in="continuous",
-                      start_ns=0, end_ns=2 * 10**18, mappings={"ZL.v.0": [("2024-03-01", "2024-04-01", 4242)]})
+    return dbn.encode(
+        records,
+        schema="ohlcv-1d",
+        dataset="GLBX.MDP3",
+        symbols=["ZL.v.0"],
+        stype_in="continuous",
+        start_ns=0,
+        end_ns=2 * 10**18,
+        mappings={"ZL.v.0": [("2024-03-01", "2024-04-01", 4242)]},
+    )
 
 
 WEEK = [MARCH[0] + dt.timedelta(days=i) for i in range(5)]
@@ -80,7 +91,9 @@ def test_databento_retries_rate_limits_and_server_errors(market_server, failures
 
 def test_databento_gives_up_with_a_clear_error(market_server):
     market_server.script("databento", [503, 503, 503])
-    with pytest.raises(SourceUnavailableError, match=r"ZL.v.0 2024-03-04..2024-03-08: HTTP 503 on all 3 attempts.*try again later"):
+    with pytest.raises(
+        SourceUnavailableError, match=r"ZL.v.0 2024-03-04..2024-03-08: HTTP 503 on all 3 attempts.*try again later"
+    ):
         databento(market_server).fetch(raw_dataset("zl_ohlcv_1d"), *MARCH)
 
 
@@ -97,7 +110,9 @@ def test_an_empty_answer_for_trading_days_is_an_error_and_writes_nothing(market_
     dataset = raw_dataset("zl_ohlcv_1d")
     frame = databento(market_server).fetch(dataset, *MARCH)
     store = PartitionStore(tmp_path)
-    with pytest.raises(EmptyResponseError, match=r"no zl_ohlcv_1d \(ZL\) records for 2024-03-04..2024-03-08, which has 5 trading day"):
+    with pytest.raises(
+        EmptyResponseError, match=r"no zl_ohlcv_1d \(ZL\) records for 2024-03-04..2024-03-08, which has 5 trading day"
+    ):
         ingest(dataset, frame, store, *MARCH, origin="Databento", received_at=NOW)
     assert store.days() == []
     # A weekend has no session: an empty answer for it is simply nothing to store.
@@ -131,7 +146,9 @@ def test_fred_retries_then_gives_up_without_leaking_the_key(plain_server, caplog
     with caplog.at_level(logging.DEBUG):
         assert fred(plain_server).fetch(raw_dataset("fred_dgs10"), *MARCH).height == 1
     plain_server.script("fred", [500, 500, 500])
-    with pytest.raises(SourceUnavailableError, match="FRED DGS10 2024-03-04..2024-03-08: HTTP 500 on all 3 attempts") as caught:
+    with pytest.raises(
+        SourceUnavailableError, match="FRED DGS10 2024-03-04..2024-03-08: HTTP 500 on all 3 attempts"
+    ) as caught:
         fred(plain_server).fetch(raw_dataset("fred_dgs10"), *MARCH)
     assert "fred-test-key-1111" not in str(caught.value) + caplog.text
 
@@ -177,5 +194,12 @@ def test_yahoo_without_bars_is_an_empty_answer(plain_server, tmp_path):
     frame = yahoo(plain_server).fetch(raw_dataset("yahoo_vix"), dt.date(2023, 1, 2), dt.date(2023, 1, 6))
     assert frame.is_empty() and "close" in frame.columns
     with pytest.raises(EmptyResponseError):
-        ingest(raw_dataset("yahoo_vix"), frame, PartitionStore(tmp_path), dt.date(2023, 1, 2),
-               dt.date(2023, 1, 6), origin="Yahoo", received_at=NOW)
+        ingest(
+            raw_dataset("yahoo_vix"),
+            frame,
+            PartitionStore(tmp_path),
+            dt.date(2023, 1, 2),
+            dt.date(2023, 1, 6),
+            origin="Yahoo",
+            received_at=NOW,
+        )

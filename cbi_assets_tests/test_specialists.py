@@ -9,19 +9,16 @@ import polars as pl
 import pytest
 from mlflow import MlflowClient
 
+from cbi_assets import lake as tables
+from cbi_assets.catalogue import ZL
+from cbi_assets.lake import Lake
 from cbi_assets.models import trees
-from cbi_assets.models.assets import models_dir
 from cbi_assets.models.evaluation import METRICS
 from cbi_assets.models.inputs import TrainingArrays
-from cbi_assets.models.registry import BUDGETS
-from cbi_assets.parquet import write_frame
 from cbi_assets.partitions import REGIME_PARTITIONS
-from cbi_assets.specialists.assets import (
-    SPECIALIST_ASSETS,
-    SPECIALIST_KEYS,
-    VERDICT_SCHEMA,
-)
-from cbi_assets.specialists.choice import choose_model, load_specialist, specialist_dir
+from cbi_assets.profiles import PROFILES
+from cbi_assets.specialists.assets import SPECIALIST_ASSETS, VERDICT_SCHEMA
+from cbi_assets.specialists.choice import choose_model, load_specialist
 from cbi_assets.specialists.walk import (
     SpecialistPlan,
     purge_violations,
@@ -32,12 +29,11 @@ from cbi_assets.specialists.walk import (
     walk_regime,
     with_generalist_oof,
 )
-from cbi_assets.training.assets import horizon_dir
-from cbi_assets.training.sets import horizon_of
 from resources import Tracking
 from resources.tracking import experiment_name
 
 HORIZON = 5  # ZL 1w: a label spans 5 sessions
+BUDGET = PROFILES["sample"].training
 
 
 def _two_regimes(flip: bool = True, rows_a: int = 500, rows_b: int = 500, seed: int = 0) -> pl.DataFrame:
@@ -50,11 +46,18 @@ def _two_regimes(flip: bool = True, rows_a: int = 500, rows_b: int = 500, seed: 
     x = rng.normal(size=(n, 4))
     sign = np.where((np.arange(n) >= rows_a) & flip, -1.0, 1.0)
     forward = 0.01 * sign * x[:, 0] + 0.001 * rng.normal(size=n)
-    return pl.DataFrame({
-        "date": days.head(n), "label_end": days.slice(HORIZON, n), "forward_return": forward,
-        "forward_price": 50 * np.exp(forward), "regime": ["a"] * rows_a + ["b"] * rows_b, "weight": np.ones(n),
-        "zl_1d_ret_1": 0.01 * rng.normal(size=n), **{f"x{i}": x[:, i] for i in range(4)},
-    })
+    return pl.DataFrame(
+        {
+            "date": days.head(n),
+            "label_end": days.slice(HORIZON, n),
+            "forward_return": forward,
+            "forward_price": 50 * np.exp(forward),
+            "regime": ["a"] * rows_a + ["b"] * rows_b,
+            "weight": np.ones(n),
+            "zl_1d_ret_1": 0.01 * rng.normal(size=n),
+            **{f"x{i}": x[:, i] for i in range(4)},
+        }
+    )
 
 
 def test_the_walk_inside_a_regime_is_purged():
@@ -84,13 +87,14 @@ def test_the_walk_inside_a_regime_is_purged():
 
 def test_a_specialist_beats_the_generalist_where_the_relation_flips():
     frame = _two_regimes()
-    data = TrainingArrays.of(frame, "zl", horizon_of("zl", "1w"))
+    data = TrainingArrays.of(frame, ZL, ZL.horizon("1w"))
     plan = SpecialistPlan()
     folds = regime_folds(frame, (500, 999), "date", HORIZON, plan)
-    walked = with_generalist_oof(walk_regime(frame, data, folds, "date", trees.lightgbm, BUDGETS["sample"]), None, "date")
+    walked = with_generalist_oof(walk_regime(frame, data, folds, "date", trees.lightgbm, BUDGET), None, "date")
     board = scores(walked, horizon=HORIZON, periods_per_year=252, cost_bps=0.0)
-    mase = dict(board.filter((pl.col("scope") == "overall") & (pl.col("group") == "all"))
-                .select("model", "mase").iter_rows())
+    mase = dict(
+        board.filter((pl.col("scope") == "overall") & (pl.col("group") == "all")).select("model", "mase").iter_rows()
+    )
     assert mase["random_walk"] == pytest.approx(1.0)
     assert mase["specialist"] < 0.5 < 0.9 < mase["generalist"]  # the generalist still leans on regime a's sign
     decision = verdict(board, plan)
@@ -100,10 +104,15 @@ def test_a_specialist_beats_the_generalist_where_the_relation_flips():
     assert "covers 0 of the" in decision["why"]  # no stored oof to compare with here
 
     same = _two_regimes(flip=False)
-    walked = with_generalist_oof(walk_regime(same, TrainingArrays.of(same, "zl", horizon_of("zl", "1w")), folds, "date",
-                                             trees.lightgbm, BUDGETS["sample"]), None, "date")
+    walked = with_generalist_oof(
+        walk_regime(same, TrainingArrays.of(same, ZL, ZL.horizon("1w")), folds, "date", trees.lightgbm, BUDGET),
+        None,
+        "date",
+    )
     again = scores(walked, horizon=HORIZON, periods_per_year=252, cost_bps=0.0)
-    both = dict(again.filter((pl.col("scope") == "overall") & (pl.col("group") == "all")).select("model", "mase").iter_rows())
+    both = dict(
+        again.filter((pl.col("scope") == "overall") & (pl.col("group") == "all")).select("model", "mase").iter_rows()
+    )
     assert both["generalist"] < 0.5  # with one relation the generalist learns it too
 
 
@@ -111,58 +120,104 @@ def test_choose_model_takes_a_specialist_only_where_it_wins(tmp_path):
     """Specialists that beat everything, lose to the random walk, or lose to the champion's stored oof."""
     days = pl.date_range(dt.date(2020, 1, 1), dt.date(2020, 4, 30), "1d", eager=True).head(100)
     actual = np.where(np.arange(100) % 2, 0.02, -0.02)
-    board = models_dir(tmp_path, "zl", "1w")
+    lake = Lake(root=str(tmp_path))
     for family, mase in (("random_walk", 1.0), ("lightgbm", 0.9)):
-        write_frame(pl.DataFrame({"scope": ["overall"], "group": ["all"], "rows": [100], "mase": [mase],
-                                  **{m: [0.5] for m in METRICS if m != "mase"}, "family": [family], "kind": ["tree"],
-                                  "run_id": [f"run-{family}"]}), board / "metrics" / f"{family}.parquet")
-    write_frame(pl.DataFrame({"date": days, "forecast": actual * 0.5}), board / "oof" / "lightgbm.parquet")  # MASE 0.5
+        lake.write(
+            tables.FAMILY_METRICS,
+            pl.DataFrame(
+                {
+                    "scope": ["overall"],
+                    "group": ["all"],
+                    "rows": [100],
+                    "mase": [mase],
+                    **{m: [0.5] for m in METRICS if m != "mase"},
+                    "family": [family],
+                    "kind": ["tree"],
+                    "run_id": [f"run-{family}"],
+                }
+            ),
+            market=ZL,
+            horizon="1w",
+            family=family,
+        )
+    lake.write(
+        tables.OOF,
+        pl.DataFrame({"date": days, "forecast": actual * 0.5}),  # MASE 0.5
+        market=ZL,
+        horizon="1w",
+        family="lightgbm",
+    )
 
     def specialist(regime: str, mase: float, error: float) -> None:
-        folder = specialist_dir(tmp_path, "zl", regime, "1w")
-        write_frame(pl.DataFrame({"date": days, "actual": actual, "specialist": actual * (1 - error)}),
-                    folder / "oof.parquet")
-        write_frame(pl.DataFrame([{"asset": "ZL", "horizon": "1w", "regime": regime, "status": "trained",
-                                   "beats_generalist": True, "beats_random_walk": mase < 1, "specialist_mase": mase,
-                                   "run_id": f"run-{regime}", "why": f"verdict of {regime}"}], schema=VERDICT_SCHEMA),
-                    folder / "verdict.parquet")
+        with lake.replacing_folder(tables.SPECIALIST, market=ZL, regime=regime, horizon="1w") as folder:
+            pl.DataFrame({"date": days, "actual": actual, "specialist": actual * (1 - error)}).write_parquet(
+                folder / "oof.parquet"
+            )
+            pl.DataFrame(
+                [
+                    {
+                        "asset": "ZL",
+                        "horizon": "1w",
+                        "regime": regime,
+                        "status": "trained",
+                        "beats_generalist": True,
+                        "beats_random_walk": mase < 1,
+                        "specialist_mase": mase,
+                        "run_id": f"run-{regime}",
+                        "why": f"verdict of {regime}",
+                    }
+                ],
+                schema=VERDICT_SCHEMA,
+            ).write_parquet(folder / "verdict.parquet")
 
     specialist("sharp", 0.2, error=0.2)  # beats the champion's oof (0.2 vs 0.5) too
     specialist("blunt", 1.05, error=0.2)
     specialist("close", 0.8, error=0.8)  # 0.8 on the rows the champion's oof has at 0.5
-    chosen = {r: choose_model(tmp_path, "zl", "1w", r) for r in ("sharp", "blunt", "close", "unseen")}
-    assert (chosen["sharp"].source, chosen["sharp"].model, chosen["sharp"].run_id) == ("specialist", "specialist_sharp",
-                                                                                         "run-sharp")
-    assert chosen["sharp"].path == specialist_dir(tmp_path, "zl", "sharp", "1w") / "model"
+    chosen = {r: choose_model(lake, ZL, "1w", r) for r in ("sharp", "blunt", "close", "unseen")}
+    assert (chosen["sharp"].source, chosen["sharp"].model, chosen["sharp"].run_id) == (
+        "specialist",
+        "specialist_sharp",
+        "run-sharp",
+    )
+    assert chosen["sharp"].path == lake.path(tables.SPECIALIST, market=ZL, regime="sharp", horizon="1w") / "model"
     assert all(chosen[r].source == "champion" and chosen[r].model == "lightgbm" for r in ("blunt", "close", "unseen"))
     assert "verdict of blunt" in chosen["blunt"].why
     assert "not the champion" in chosen["close"].why and "(MASE 0.800 vs 0.500)" in chosen["close"].why
     assert "no specialist trained for unseen" in chosen["unseen"].why
 
 
+@pytest.mark.integration
 @pytest.mark.xdist_group("feature_lake")
 def test_zl_specialists_materialize_for_a_regime(zl_model_lake, tmp_path):
-    lake, resources = zl_model_lake
+    _, resources = zl_model_lake
+    lake = resources["lake"]
     # Its own MLflow store: the shared one's experiments hold exactly the registered families.
     tracking = Tracking(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_root=str(tmp_path / "artifacts"))
-    asset = next(a for a in SPECIALIST_ASSETS if a.key == SPECIALIST_KEYS["zl"])
+    asset = next(a for a in SPECIALIST_ASSETS if a.key == tables.SPECIALIST.asset_key(market=ZL))
     instance = dg.DagsterInstance.ephemeral()
     regimes = ["trade_war_2017_2019", "historical_pre2000"]
     instance.add_dynamic_partitions(REGIME_PARTITIONS.name, regimes)
     config = {"ops": {asset.op.name: {"config": {"horizons": ["1w"]}}}}
-    results = {regime: dg.materialize([asset], resources={"lake": resources["lake"], "tracking": tracking},
-                                      partition_key=regime, instance=instance, run_config=config)
-               for regime in regimes}
+    results = {
+        regime: dg.materialize(
+            [asset],
+            resources={**resources, "tracking": tracking},
+            partition_key=regime,
+            instance=instance,
+            run_config=config,
+        )
+        for regime in regimes
+    }
     assert all(r.success for r in results.values())
 
-    folder = specialist_dir(lake, "zl", "trade_war_2017_2019", "1w")
+    folder = lake.folder(tables.SPECIALIST, market=ZL, regime="trade_war_2017_2019", horizon="1w")
     verdict_row = pl.read_parquet(folder / "verdict.parquet").row(0, named=True)
     assert verdict_row["status"] == "trained" and verdict_row["run_id"]
     walked = pl.read_parquet(folder / "oof.parquet")
     assert walked.height == verdict_row["test_rows"] > 0
     assert walked["regime"].unique().to_list() == ["trade_war_2017_2019"]
     assert walked["date"].min() >= dt.date(2017, 1, 1) and walked["date"].max() <= dt.date(2019, 12, 31)
-    frame = pl.read_parquet(horizon_dir(lake, "zl", "1w") / "all.parquet")
+    frame = lake.read(tables.TRAINING_SET, market=ZL, horizon="1w")
     assert purge_violations(frame, pl.read_parquet(folder / "folds.parquet"), "date") == 0
     board = pl.read_parquet(folder / "metrics.parquet")
     overall = board.filter((pl.col("scope") == "overall") & (pl.col("group") == "all"))
@@ -170,12 +225,15 @@ def test_zl_specialists_materialize_for_a_regime(zl_model_lake, tmp_path):
     assert verdict_row["why"].startswith("beats" if verdict_row["beats_generalist"] else "does not beat")
     if verdict_row["beats_generalist"]:
         assert verdict_row["specialist_mase"] < verdict_row["generalist_mase"]
-    model, scaler, features = load_specialist(folder / "model")
-    assert scaler.columns == tuple(features) and len(features) == TrainingArrays.of(frame, "zl", horizon_of("zl", "1w")).x.shape[1]
+    _model, scaler, features = load_specialist(folder / "model")
+    assert scaler.columns == tuple(features)
+    assert len(features) == TrainingArrays.of(frame, ZL, ZL.horizon("1w")).x.shape[1]
 
     client = MlflowClient(tracking_uri=tracking.tracking_uri)
     run = client.get_run(verdict_row["run_id"])
-    assert run.data.tags["family"] == "specialist_trade_war_2017_2019" and run.data.tags["regime"] == "trade_war_2017_2019"
+    assert (
+        run.data.tags["family"] == "specialist_trade_war_2017_2019" and run.data.tags["regime"] == "trade_war_2017_2019"
+    )
     assert {"mase", "generalist_mase", "random_walk_mase"} <= set(run.data.metrics)
     assert client.get_experiment(run.info.experiment_id).name == experiment_name("zl", "1w")
 
@@ -183,14 +241,15 @@ def test_zl_specialists_materialize_for_a_regime(zl_model_lake, tmp_path):
     assert metadata["beats_generalist"].value == {"trade_war_2017_2019/1w": verdict_row["beats_generalist"]}
     assert "data:image/png;base64" in metadata["comparison_trade_war_2017_2019"].value
 
-    chosen = choose_model(lake, "zl", "1w", "trade_war_2017_2019")
+    chosen = choose_model(lake, ZL, "1w", "trade_war_2017_2019")
     if not (verdict_row["beats_generalist"] and verdict_row["beats_random_walk"]):
         assert chosen.source == "champion" and verdict_row["why"] in chosen.why
     else:
         assert chosen.source == "specialist" or "not the champion" in chosen.why
 
-    skipped = pl.read_parquet(specialist_dir(lake, "zl", "historical_pre2000", "1w") / "verdict.parquet").row(0, named=True)
+    skipped_folder = lake.folder(tables.SPECIALIST, market=ZL, regime="historical_pre2000", horizon="1w")
+    skipped = pl.read_parquet(skipped_folder / "verdict.parquet").row(0, named=True)
     assert skipped["status"] == "skipped" and "no rows" in skipped["why"]
-    fallback = choose_model(lake, "zl", "1w", "historical_pre2000")
+    fallback = choose_model(lake, ZL, "1w", "historical_pre2000")
     assert fallback.source == "champion" and "not trained" in fallback.why
-    assert "no specialist trained" in choose_model(lake, "zl", "1w", "covid_crisis_2020").why
+    assert "no specialist trained" in choose_model(lake, ZL, "1w", "covid_crisis_2020").why

@@ -13,11 +13,13 @@ DAY = dt.date(2024, 3, 1)
 
 
 def bars(close: float, ingested: int = 0) -> pl.DataFrame:
-    return pl.DataFrame({
-        "ts_event": [dt.datetime(2024, 3, 1, tzinfo=dt.timezone.utc)],
-        "close": [close],
-        "ingested_at": [dt.datetime(2024, 3, 2, ingested, tzinfo=dt.timezone.utc)],
-    })
+    return pl.DataFrame(
+        {
+            "ts_event": [dt.datetime(2024, 3, 1, tzinfo=dt.UTC)],
+            "close": [close],
+            "ingested_at": [dt.datetime(2024, 3, 2, ingested, tzinfo=dt.UTC)],
+        }
+    )
 
 
 def test_same_content_again_changes_nothing(tmp_path):
@@ -75,9 +77,11 @@ def test_read_takes_the_latest_version_of_each_day_in_range(tmp_path):
     store = PartitionStore(tmp_path)
     for i in range(5):
         day = DAY + dt.timedelta(days=i)
-        frame = bars(float(i)).with_columns(pl.lit(dt.datetime(2024, 3, 1 + i, tzinfo=dt.timezone.utc)).alias("ts_event"))
+        frame = bars(float(i)).with_columns(pl.lit(dt.datetime(2024, 3, 1 + i, tzinfo=dt.UTC)).alias("ts_event"))
         store.write(day, frame)
-    assert store.days(DAY + dt.timedelta(days=1), DAY + dt.timedelta(days=3)) == [DAY + dt.timedelta(days=i) for i in (1, 2, 3)]
+    assert store.days(DAY + dt.timedelta(days=1), DAY + dt.timedelta(days=3)) == [
+        DAY + dt.timedelta(days=i) for i in (1, 2, 3)
+    ]
     assert store.read(DAY + dt.timedelta(days=3)).collect()["close"].to_list() == [3.0, 4.0]
     assert PartitionStore(tmp_path / "nothing").read() is None
 
@@ -92,11 +96,13 @@ def test_digest_sees_values_types_order_and_nulls_but_not_receipt_time():
 
 
 def test_batch_digests_equal_the_digest_of_each_day_alone():
-    frame = pl.DataFrame({
-        "day": [dt.date(2024, 3, 2), dt.date(2024, 3, 1), dt.date(2024, 3, 2), dt.date(2024, 3, 1)],
-        "x": [1.0, None, 3.0, 4.0],
-        "s": ["b", "a", None, "dd"],
-    })
+    frame = pl.DataFrame(
+        {
+            "day": [dt.date(2024, 3, 2), dt.date(2024, 3, 1), dt.date(2024, 3, 2), dt.date(2024, 3, 1)],
+            "x": [1.0, None, 3.0, 4.0],
+            "s": ["b", "a", None, "dd"],
+        }
+    )
     digests = day_digests(frame, "day")
     for (day,), part in frame.partition_by("day", as_dict=True, maintain_order=True, include_key=False).items():
         assert digests[day] == frame_digest(part)

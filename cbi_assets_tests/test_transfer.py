@@ -11,15 +11,21 @@ import numpy as np
 import polars as pl
 import pytest
 
-from cbi_assets.features.assets import master_path
-from cbi_assets.features.tables import catalogue_path
 from cbi_assets.meta import transfer
-from cbi_assets.meta.budget import BUDGETS
 from cbi_assets.meta.transfer import Side
+from cbi_assets.profiles import PROFILES
 
 SHARED, OWN = 16, 4
-BUDGET = replace(BUDGETS["sample"], transfer_epochs=30, transfer_patience=5, encoder_units=32, latent=8, head_units=8,
-                 max_train_rows=None, few_rows=150)
+BUDGET = replace(
+    PROFILES["sample"].meta,
+    transfer_epochs=30,
+    transfer_patience=5,
+    encoder_units=32,
+    latent=8,
+    head_units=8,
+    max_train_rows=None,
+    few_rows=150,
+)
 
 
 def test_pairs_join_the_horizons_of_equal_length():
@@ -59,8 +65,9 @@ def test_the_pre_trained_encoder_helps_the_market_with_few_rows():
     assert set(table["pretrain_rows"]) == {2120}
 
 
-def market_frames(rows: int = 900, horizon: int = 5,
-                  seed: int = 5) -> tuple[dict[str, pl.DataFrame], dict[str, pl.DataFrame]]:
+def market_frames(
+    rows: int = 900, horizon: int = 5, seed: int = 5
+) -> tuple[dict[str, pl.DataFrame], dict[str, pl.DataFrame]]:
     """(training sets, catalogues) of two markets on one calendar with the same shared layer."""
     rng = np.random.default_rng(seed)
     dates = [dt.date(2015, 1, 5) + dt.timedelta(days=i) for i in range(rows + horizon)]
@@ -72,13 +79,21 @@ def market_frames(rows: int = 900, horizon: int = 5,
         own = rng.standard_normal((rows, OWN)).astype(np.float32)
         y = 0.01 * (beta * factor + 0.3 * own[:, 0] + 0.3 * rng.standard_normal(rows))
         own_names = [f"{asset.lower()}_own_{i}" for i in range(OWN)]
-        frames[asset] = pl.DataFrame({
-            "date": dates[:rows], "label_end": dates[horizon:], "forward_return": y, "forward_price": 100 * np.exp(y),
-            "regime": "synthetic", "weight": 1.0,
-            **{n: shared[:, i] for i, n in enumerate(shared_names)}, **{n: own[:, i] for i, n in enumerate(own_names)},
-        })
-        catalogues[asset] = pl.DataFrame({"name": shared_names + own_names,
-                                          "layer": ["shared/macro"] * SHARED + [asset] * OWN})
+        frames[asset] = pl.DataFrame(
+            {
+                "date": dates[:rows],
+                "label_end": dates[horizon:],
+                "forward_return": y,
+                "forward_price": 100 * np.exp(y),
+                "regime": "synthetic",
+                "weight": 1.0,
+                **{n: shared[:, i] for i, n in enumerate(shared_names)},
+                **{n: own[:, i] for i, n in enumerate(own_names)},
+            }
+        )
+        catalogues[asset] = pl.DataFrame(
+            {"name": shared_names + own_names, "layer": ["shared/macro"] * SHARED + [asset] * OWN}
+        )
     return frames, catalogues
 
 
@@ -105,8 +120,10 @@ def test_the_split_is_purged_and_nothing_after_it_moves_the_training_side():
     # Every row whose label reaches the split, features and labels, changed wildly: the training side stays.
     def shake(frame: pl.DataFrame) -> pl.DataFrame:
         columns = [c for c in frame.columns if c not in ("date", "label_end", "regime", "weight")]
-        return frame.with_columns(pl.when(pl.col("label_end") >= split).then(pl.col(c) * -7 + 3).otherwise(pl.col(c))
-                                  .alias(c) for c in columns)
+        return frame.with_columns(
+            pl.when(pl.col("label_end") >= split).then(pl.col(c) * -7 + 3).otherwise(pl.col(c)).alias(c)
+            for c in columns
+        )
 
     shaken = {a: shake(f) for a, f in frames.items()}
     again, moved = transfer.sides(shaken, shared, own, split, None)
@@ -139,23 +156,29 @@ def test_too_little_common_history_is_a_clear_error():
 # --- The Dagster asset -----------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_transfer_asset_stores_the_comparison_of_the_chosen_pairs(tmp_path):
     import dagster as dg
 
-    from cbi_assets.meta.assets import META_ASSETS, transfer_path
-    from cbi_assets.training.assets import horizon_dir
-    from resources import Lake
+    from cbi_assets import lake as tables
+    from cbi_assets.features.master import Table
+    from cbi_assets.features.spec import FeatureSpec
+    from cbi_assets.meta.assets import META_ASSETS
+    from cbi_assets_tests.conftest import lake_resources
 
+    resources = lake_resources(tmp_path)
+    lake = resources["lake"]
     frames, catalogues = market_frames(400, horizon=63)
-    for asset in transfer.TRANSFER_ASSETS:
-        path = horizon_dir(tmp_path, asset, "3m") / "all.parquet"
-        path.parent.mkdir(parents=True)
-        frames[asset].write_parquet(path)
-        catalogue = catalogue_path(master_path(tmp_path, asset, "1d"))
-        catalogue.parent.mkdir(parents=True, exist_ok=True)
-        catalogues[asset].write_parquet(catalogue)
+    for market in transfer.TRANSFER_MARKETS:
+        frame = frames[market.symbol]
+        lake.write(tables.TRAINING_SET, frame, market=market, horizon="3m")
+        specs = [
+            FeatureSpec(row["name"], row["layer"], "synthetic", "1d", None, "test", "")
+            for row in catalogues[market.symbol].iter_rows(named=True)
+        ]
+        master = Table(frame.select("date", *(s.name for s in specs)), specs, ("date",))
+        lake.write_features(tables.MASTER, master, "master_1d", market=market, timeframe="1d")
     asset_def = next(a for a in META_ASSETS if a.key == dg.AssetKey(["shared", "models", "transfer"]))
-    resources = {"lake": Lake(root=str(tmp_path), profile="sample")}
 
     def run(pairs: list[str]):
         config = {"ops": {"shared__models__transfer": {"config": {"pairs": pairs}}}}
@@ -163,16 +186,16 @@ def test_transfer_asset_stores_the_comparison_of_the_chosen_pairs(tmp_path):
 
     result = run(["3m_3m"])
     assert result.success
-    stored = pl.read_parquet(transfer_path(tmp_path))
+    stored = lake.read(tables.TRANSFER)
     assert set(stored["pair"]) == {"3m_3m"} and stored.height == 12
     metadata = result.get_asset_materialization_events()[0].materialization.metadata
     assert "asset_only" in metadata["comparison"].value and "image/png" in metadata["transfer_vs_asset_only"].value
 
     # A pair whose training sets are missing fails, naming the file, and leaves the stored table as it was.
-    before = transfer_path(tmp_path).read_bytes()
+    before = lake.path(tables.TRANSFER).read_bytes()
     failed = run(["6m_6m"])
     assert not failed.success
     failure = next(e for e in failed.all_events if e.event_type_value == "STEP_FAILURE")
     assert "ZL/training/by_horizon/6m/all.parquet" in str(failure.event_specific_data.error.message)
-    assert transfer_path(tmp_path).read_bytes() == before
+    assert lake.path(tables.TRANSFER).read_bytes() == before
     assert not run(["2w_2w"]).success

@@ -6,6 +6,7 @@ partitions and nothing else, and a materialization launched from an asset's page
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -22,14 +23,23 @@ import pytest
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Flags for a headless browser on a machine without a display, a GPU or the internet.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 SERVER_START_S = 150
 UI_TIMEOUT_MS = 60_000
 RUN_TIMEOUT_MS = 120_000
 
 pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason=f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium)")
+    not CHROMIUM.exists(), reason=f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium)"
+)
 
 
 def _free_port() -> int:
@@ -43,8 +53,11 @@ def _tail(path: Path, chars: int = 4000) -> str:
 
 
 def _graphql(base: str, query: str, variables: dict) -> dict:
-    request = urllib.request.Request(f"{base}/graphql", data=json.dumps({"query": query, "variables": variables}).encode(),
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{base}/graphql",
+        data=json.dumps({"query": query, "variables": variables}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())["data"]
 
@@ -59,16 +72,26 @@ def dagster_dev(tmp_path):
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     lake = tmp_path / "lake"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CBI_", "DAGSTER_"))}
-    env.update(DAGSTER_HOME=str(home), CBI_LAKE=str(lake), CBI_MODELS=str(tmp_path / "models"),
-               CBI_WAREHOUSE=str(tmp_path / "warehouse.duckdb"), CBI_SOURCE="sample", CBI_SAMPLE_END="2026-10-30")
+    env.update(
+        DAGSTER_HOME=str(home),
+        CBI_LAKE=str(lake),
+        CBI_MODELS=str(tmp_path / "models"),
+        CBI_WAREHOUSE=str(tmp_path / "warehouse.duckdb"),
+        CBI_SOURCE="sample",
+        CBI_SAMPLE_END="2026-10-30",
+    )
     port = _free_port()
     log = tmp_path / "dagster_dev.log"
     dagster = Path(sys.executable).parent / "dagster"
     with log.open("wb") as out:
         process = subprocess.Popen(
             [str(dagster), "dev", "-m", "cbi_assets.definitions", "-h", "127.0.0.1", "-p", str(port)],
-            cwd=Path(__file__).resolve().parents[1], env=env, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            cwd=Path(__file__).resolve().parents[1],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + SERVER_START_S
@@ -92,14 +115,10 @@ def dagster_dev(tmp_path):
                 os.killpg(process.pid, sig)
             except ProcessLookupError:
                 break
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=wait_s)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def _expected_groups() -> set[str]:
@@ -129,7 +148,9 @@ def _partition_names(page, base: str, key: str, first: str) -> tuple[int, list[s
     expect(page.get_by_text(first, exact=True).first).to_be_visible()
     stated = page.get_by_text(re.compile(r"^\d+ Partitions Selected$"))
     expect(stated).to_be_visible()
-    panel = _innermost(page, page.get_by_placeholder(re.compile("^Filter by name")), page.get_by_text(first, exact=True))
+    panel = _innermost(
+        page, page.get_by_placeholder(re.compile("^Filter by name")), page.get_by_text(first, exact=True)
+    )
     return int(stated.inner_text().split()[0]), _lines(panel)
 
 
@@ -168,8 +189,9 @@ def test_web_ui_shows_layers_partitions_and_runs_a_materialization(dagster_dev, 
             page.goto(f"{base}/asset-groups")
             some_group = sorted(groups)[0]
             page.get_by_text(some_group, exact=True).first.wait_for()
-            sidebar = _innermost(page, page.get_by_placeholder(re.compile("^Jump to")),
-                                 page.get_by_text(some_group, exact=True))
+            sidebar = _innermost(
+                page, page.get_by_placeholder(re.compile("^Jump to")), page.get_by_text(some_group, exact=True)
+            )
             assert set(_lines(sidebar)) == groups
             for group in groups:
                 expect(page.get_by_text(group, exact=True).first).to_be_visible()
@@ -201,9 +223,16 @@ def test_web_ui_shows_layers_partitions_and_runs_a_materialization(dagster_dev, 
         finally:
             browser.close()
 
-    run = _graphql(base, "query Run($id: ID!) { runOrError(runId: $id) { __typename ... on Run { status assetSelection "
-                         "{ path } } } }", {"id": run_id})["runOrError"]
-    assert run == {"__typename": "Run", "status": "SUCCESS", "assetSelection": [{"path": ["shared", "regimes", "calendar"]}]}
+    run = _graphql(
+        base,
+        "query Run($id: ID!) { runOrError(runId: $id) { __typename ... on Run { status assetSelection { path } } } }",
+        {"id": run_id},
+    )["runOrError"]
+    assert run == {
+        "__typename": "Run",
+        "status": "SUCCESS",
+        "assetSelection": [{"path": ["shared", "regimes", "calendar"]}],
+    }
     # The run wrote where the server's environment points the product, not into the project's folders.
     assert (lake / "shared" / "regimes" / "calendar.parquet").stat().st_size > 0
 

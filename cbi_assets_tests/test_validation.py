@@ -7,21 +7,22 @@ import dagster as dg
 import duckdb
 import polars as pl
 import pytest
-from dagster_duckdb import DuckDBResource
 
+from cbi_assets import lake as tables
 from cbi_assets.calendars import settlement_days
+from cbi_assets.catalogue import MES, ZL, Market
+from cbi_assets.lake import Lake, warehouse_file
 from cbi_assets.monitoring import outcomes, validation
 from cbi_assets.monitoring.assets import MONITORING_ASSETS
 from cbi_assets.predictions import history as predictions
-from resources import Lake
+from cbi_assets_tests.conftest import lake_resources
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
-def _continuous(lake, asset: str, dates, close, adj) -> None:
-    path = lake / asset.upper() / "features" / "continuous_1d.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pl.DataFrame({"date": dates, "close": close, "adj": adj, "symbol": asset.lower()}).write_parquet(path)
+def _continuous(root, market: Market, dates, close, adj) -> None:
+    frame = pl.DataFrame({"date": dates, "close": close, "adj": adj, "symbol": market.key})
+    Lake(root=str(root)).write(tables.CONTINUOUS, frame, market=market)
 
 
 def _at(day: dt.date) -> dt.datetime:
@@ -35,14 +36,19 @@ def test_daily_outcomes_are_roll_adjusted_and_only_matured(tmp_path):
     days = settlement_days(dt.date(2024, 1, 2), dt.date(2024, 1, 16))[:10]
     close = [100.0, 101, 102, 103, 104, 110, 111, 112, 113, 114]
     # The roll into a contract 5% dearer on the sixth session: adjusted levels 105, 106.05, ..., 110, 111, ...
-    _continuous(tmp_path, "zl", days, close, [1.05] * 5 + [1.0] * 5)
+    _continuous(tmp_path, ZL, days, close, [1.05] * 5 + [1.0] * 5)
     as_of = [_at(days[2]), _at(days[4]), _at(days[5]), _at(dt.date(2024, 1, 6)), _at(days[0])]
-    history = pl.DataFrame({
-        "asset": ["ZL", "ZL", "ZL", "ZL", "MES"], "horizon": ["1w", "1w", "1w", "1w", "1w"],
-        "as_of": as_of, "price": [102.0, 104.0, 110.0, 100.0, 100.0], "model_version": "m/1",
-    }).with_columns(pl.col("as_of").dt.convert_time_zone("America/Chicago"))  # as DuckDB may hand it over
+    history = pl.DataFrame(
+        {
+            "asset": ["ZL", "ZL", "ZL", "ZL", "MES"],
+            "horizon": ["1w", "1w", "1w", "1w", "1w"],
+            "as_of": as_of,
+            "price": [102.0, 104.0, 110.0, 100.0, 100.0],
+            "model_version": "m/1",
+        }
+    ).with_columns(pl.col("as_of").dt.convert_time_zone("America/Chicago"))  # as DuckDB may hand it over
 
-    done = outcomes.matured(history, tmp_path, "ZL", "1w")
+    done = outcomes.matured(history, Lake(root=str(tmp_path)), ZL, ZL.horizon("1w"))
 
     # days[5] needs a tenth session after it, 2024-01-06 is a Saturday, and the MES row is another asset.
     assert done["as_of"].to_list() == [_at(days[2]), _at(days[4])]
@@ -54,14 +60,28 @@ def test_daily_outcomes_are_roll_adjusted_and_only_matured(tmp_path):
 def test_intraday_outcomes_count_minutes_on_adjusted_bars(tmp_path):
     ts = [dt.datetime(2024, 6, 3, 14, i, tzinfo=UTC) for i in range(1, 11)]
     close = [200.0 + i for i in range(1, 11)]
-    bars = pl.DataFrame({"ts": ts, "close": close, "high": [c + 0.5 for c in close], "low": [c - 0.5 for c in close],
-                         "adj": [0.5] * 3 + [1.0] * 7}).with_columns(pl.col("ts").cast(pl.Datetime("us", "UTC")))
-    (tmp_path / "MES" / "features").mkdir(parents=True)
-    bars.write_parquet(tmp_path / "MES" / "features" / "bars_1min.parquet")
-    history = pl.DataFrame({"asset": "MES", "horizon": "5min", "as_of": [ts[1], ts[4], ts[5]],
-                            "price": [202.0, 205.0, 206.0], "model_version": "m/1"})
+    bars = pl.DataFrame(
+        {
+            "ts": ts,
+            "close": close,
+            "high": [c + 0.5 for c in close],
+            "low": [c - 0.5 for c in close],
+            "adj": [0.5] * 3 + [1.0] * 7,
+        }
+    ).with_columns(pl.col("ts").cast(pl.Datetime("us", "UTC")))
+    lake = Lake(root=str(tmp_path))
+    lake.write(tables.BARS, bars, timeframe="1min")
+    history = pl.DataFrame(
+        {
+            "asset": "MES",
+            "horizon": "5min",
+            "as_of": [ts[1], ts[4], ts[5]],
+            "price": [202.0, 205.0, 206.0],
+            "model_version": "m/1",
+        }
+    )
 
-    done = outcomes.matured(history, tmp_path, "MES", "5min")
+    done = outcomes.matured(history, lake, MES, MES.horizon("5min"))
 
     # 14:06 + 5 minutes is past the last bar (14:10): not matured yet.
     assert done["as_of"].to_list() == [ts[1], ts[4]]
@@ -76,9 +96,10 @@ def test_typical_move_counts_only_labels_matured_by_the_day(tmp_path):
     close = [100.0]
     for i in range(1, 12):
         close.append(close[-1] * math.exp(0.01 * i))
-    _continuous(tmp_path, "mes", days, close, [1.0] * 12)
-    assert outcomes.typical_move(tmp_path, "MES", "1d") == pytest.approx(0.06)  # median of 0.01 .. 0.11
-    assert outcomes.typical_move(tmp_path, "MES", "1d", until=days[3]) == pytest.approx(0.02)  # 0.01, 0.02, 0.03
+    _continuous(tmp_path, MES, days, close, [1.0] * 12)
+    lake, one_day = Lake(root=str(tmp_path)), MES.horizon("1d")
+    assert outcomes.typical_move(lake, MES, one_day) == pytest.approx(0.06)  # median of 0.01 .. 0.11
+    assert outcomes.typical_move(lake, MES, one_day, until=days[3]) == pytest.approx(0.02)  # 0.01, 0.02, 0.03
 
 
 # --- Metrics and rules --------------------------------------------------------------------------
@@ -86,24 +107,29 @@ def test_typical_move_counts_only_labels_matured_by_the_day(tmp_path):
 
 def _matured_rows() -> pl.DataFrame:
     """Four rows of model A, one of model B; prices and returns given directly, to check by hand."""
-    return pl.DataFrame({
-        "model_version": ["A", "A", "A", "A", "B"],
-        "role": ["champion"] * 4 + ["challenger"],
-        "regime": ["r1", "r1", "r2", "r2", "r1"],
-        "state": ["calm", "stressed", "stressed", "stressed", "calm"],
-        "price": [100.0, 100.0, 200.0, 100.0, 100.0],
-        "forecast_price": [110.0, 90.0, 200.0, 105.0, 100.0],
-        "actual_price": [100.0, 120.0, 200.0, 100.0, 125.0],
-        "forecast_return": [0.1, -0.1, 0.0, 0.05, 0.01],
-        "actual_return": [0.0, 0.2, 0.0, 0.03, 0.01],
-        "lower_80": [-0.05, -0.05, None, 0.0, None], "upper_80": [0.05, 0.05, None, 0.02, None],
-        "lower_90": [-0.1, -0.3, None, 0.0, None], "upper_90": [0.2, 0.3, None, 0.04, None],
-    })
+    return pl.DataFrame(
+        {
+            "model_version": ["A", "A", "A", "A", "B"],
+            "role": ["champion"] * 4 + ["challenger"],
+            "regime": ["r1", "r1", "r2", "r2", "r1"],
+            "state": ["calm", "stressed", "stressed", "stressed", "calm"],
+            "price": [100.0, 100.0, 200.0, 100.0, 100.0],
+            "forecast_price": [110.0, 90.0, 200.0, 105.0, 100.0],
+            "actual_price": [100.0, 120.0, 200.0, 100.0, 125.0],
+            "forecast_return": [0.1, -0.1, 0.0, 0.05, 0.01],
+            "actual_return": [0.0, 0.2, 0.0, 0.03, 0.01],
+            "lower_80": [-0.05, -0.05, None, 0.0, None],
+            "upper_80": [0.05, 0.05, None, 0.02, None],
+            "lower_90": [-0.1, -0.3, None, 0.0, None],
+            "upper_90": [0.2, 0.3, None, 0.04, None],
+        }
+    )
 
 
 def _row(table: pl.DataFrame, version: str, kind: str, value: str) -> dict:
-    rows = table.filter((pl.col("model_version") == version) & (pl.col("group_kind") == kind)
-                        & (pl.col("group_value") == value))
+    rows = table.filter(
+        (pl.col("model_version") == version) & (pl.col("group_kind") == kind) & (pl.col("group_value") == value)
+    )
     assert rows.height == 1, (version, kind, value, table)
     return rows.row(0, named=True)
 
@@ -140,15 +166,23 @@ def test_move_size_bands_at_their_edges():
 def _champion_rows(n: int, ape: float, covered: int) -> pl.DataFrame:
     """n champion rows whose forecast misses the actual price by `ape` %; the first `covered` have the
     outcome inside their 90% interval."""
-    return pl.DataFrame({
-        "model_version": "A", "role": "champion", "price": 100.0, "actual_price": 100.0,
-        "forecast_price": 100.0 * (1 + ape / 100), "forecast_return": math.log(1 + ape / 100), "actual_return": 0.0,
-        "lower_90": [-0.01 if i < covered else 0.01 for i in range(n)], "upper_90": 0.02,
-    })
+    return pl.DataFrame(
+        {
+            "model_version": "A",
+            "role": "champion",
+            "price": 100.0,
+            "actual_price": 100.0,
+            "forecast_price": 100.0 * (1 + ape / 100),
+            "forecast_return": math.log(1 + ape / 100),
+            "actual_return": 0.0,
+            "lower_90": [-0.01 if i < covered else 0.01 for i in range(n)],
+            "upper_90": 0.02,
+        }
+    )
 
 
 def test_status_fails_on_mape_above_threshold_and_passes_within():
-    rules = validation.Rules.of("ZL", "1w")
+    rules = validation.Rules.of(ZL, "1w")
     assert rules.mape_threshold == 3.0
     bad = validation.status(_champion_rows(10, ape=10.0, covered=10), rules)
     assert bad["mape"] == pytest.approx(10.0) and bad["mape_ok"] is False and bad["coverage_ok"] is True
@@ -158,7 +192,7 @@ def test_status_fails_on_mape_above_threshold_and_passes_within():
 
 
 def test_status_fails_on_coverage_more_than_5_points_below_nominal():
-    rules = validation.Rules.of("ZL", "1w")
+    rules = validation.Rules.of(ZL, "1w")
     edge = validation.status(_champion_rows(20, ape=1.0, covered=17), rules)  # 85%: exactly 5 points below
     assert edge["coverage_90"] == pytest.approx(0.85) and edge["coverage_ok"] is True and edge["passed"] is True
     low = validation.status(_champion_rows(20, ape=1.0, covered=16), rules)  # 80%
@@ -167,13 +201,17 @@ def test_status_fails_on_coverage_more_than_5_points_below_nominal():
 
 
 def test_status_without_enough_champion_rows_is_not_a_failure():
-    rules = validation.Rules.of("ZL", "1w")
-    rows = pl.concat([_champion_rows(4, ape=50.0, covered=0),
-                      _champion_rows(6, ape=50.0, covered=0).with_columns(pl.lit("challenger").alias("role"))])
+    rules = validation.Rules.of(ZL, "1w")
+    rows = pl.concat(
+        [
+            _champion_rows(4, ape=50.0, covered=0),
+            _champion_rows(6, ape=50.0, covered=0).with_columns(pl.lit("challenger").alias("role")),
+        ]
+    )
     verdict = validation.status(rows, rules)  # the challenger's rows do not count
     assert verdict["status"] == validation.NOT_ENOUGH and verdict["rows"] == 4
     assert verdict["passed"] is True and verdict["mape_ok"] is None and verdict["coverage_ok"] is None
-    assert validation.status(rows, validation.Rules.of("ZL", "1w", min_rows=4))["passed"] is False
+    assert validation.status(rows, validation.Rules.of(ZL, "1w", min_rows=4))["passed"] is False
 
 
 def test_thresholds_cover_every_horizon_and_grow_with_it():
@@ -184,7 +222,7 @@ def test_thresholds_cover_every_horizon_and_grow_with_it():
             values = [validation.MAPE_THRESHOLDS[asset.symbol][h.name] for h in asset.horizons if h.intraday is kind]
             assert values == sorted(values) and len(set(values)) == len(values), (asset.symbol, values)
     with pytest.raises(KeyError, match="no MAPE threshold for ZL 1min"):
-        validation.Rules.of("ZL", "1min")
+        validation.Rules.of(ZL, "1min")
 
 
 # --- The validation asset -----------------------------------------------------------------------
@@ -195,7 +233,7 @@ STEP = 0.001  # log return per session of the hand-made ZL price: every 1w outco
 
 @pytest.fixture
 def price_lake(tmp_path):
-    _continuous(tmp_path, "zl", DAYS, [50.0 * math.exp(STEP * i) for i in range(len(DAYS))], [1.0] * len(DAYS))
+    _continuous(tmp_path, ZL, DAYS, [50.0 * math.exp(STEP * i) for i in range(len(DAYS))], [1.0] * len(DAYS))
     return tmp_path
 
 
@@ -208,16 +246,36 @@ def _history(ape: float, covered_every: int, origins: list[int]) -> pl.DataFrame
         forecast = actual + math.log(1 + ape / 100)
         lower = actual - 0.01 if n % covered_every == 0 else forecast - 0.005
         upper = forecast + 0.01
-        rows.append({
-            "asset": "ZL", "horizon": "1w", "as_of": _at(DAYS[i]), "target_time": _at(DAYS[min(i + 5, len(DAYS) - 1)]),
-            "model_version": "cbi-ZL-1w/1", "run_id": "r" * 32, "family": "lightgbm", "role": "champion",
-            "price": price, "forecast_return": forecast, "forecast_price": price * math.exp(forecast),
-            "lower_80": lower, "upper_80": upper, "lower_90": lower, "upper_90": upper,
-            "lower_80_price": price * math.exp(lower), "upper_80_price": price * math.exp(upper),
-            "lower_90_price": price * math.exp(lower), "upper_90_price": price * math.exp(upper),
-            "regime": "trump_2023_2025", "state": "calm" if i % 2 else "stressed", "conviction": 0.5,
-            "confidence": 0.5, "drivers": "[]", "published_at": _at(DAYS[i]), "dagster_run_id": "run",
-        })
+        rows.append(
+            {
+                "asset": "ZL",
+                "horizon": "1w",
+                "as_of": _at(DAYS[i]),
+                "target_time": _at(DAYS[min(i + 5, len(DAYS) - 1)]),
+                "model_version": "cbi-ZL-1w/1",
+                "run_id": "r" * 32,
+                "family": "lightgbm",
+                "role": "champion",
+                "price": price,
+                "forecast_return": forecast,
+                "forecast_price": price * math.exp(forecast),
+                "lower_80": lower,
+                "upper_80": upper,
+                "lower_90": lower,
+                "upper_90": upper,
+                "lower_80_price": price * math.exp(lower),
+                "upper_80_price": price * math.exp(upper),
+                "lower_90_price": price * math.exp(lower),
+                "upper_90_price": price * math.exp(upper),
+                "regime": "trump_2023_2025",
+                "state": "calm" if i % 2 else "stressed",
+                "conviction": 0.5,
+                "confidence": 0.5,
+                "drivers": "[]",
+                "published_at": _at(DAYS[i]),
+                "dagster_run_id": "run",
+            }
+        )
     return pl.DataFrame(rows)
 
 
@@ -230,8 +288,10 @@ def _publish(warehouse, history: pl.DataFrame) -> None:
 def _validate(lake, warehouse, config: dict | None = None):
     zl = next(a for a in MONITORING_ASSETS if a.key == dg.AssetKey(["zl", "monitoring", "validation"]))
     run_config = {"ops": {"zl__monitoring__validation": {"config": config}}} if config else None
-    return dg.materialize([zl], partition_key="1w", raise_on_error=False, run_config=run_config, resources={
-        "lake": Lake(root=str(lake)), "warehouse": DuckDBResource(database=str(warehouse))})
+    assert warehouse == warehouse_file(lake)  # the warehouse of `lake_resources`
+    return dg.materialize(
+        [zl], partition_key="1w", raise_on_error=False, run_config=run_config, resources=lake_resources(lake)
+    )
 
 
 def _checks(result) -> dict:
@@ -243,8 +303,9 @@ def _status(warehouse) -> list[dict]:
         return conn.sql("select * from monitoring.validation_status order by horizon").pl().to_dicts()
 
 
+@pytest.mark.integration
 def test_validation_asset_fails_its_checks_on_a_bad_champion_then_passes_a_good_one(price_lake):
-    warehouse = price_lake / "warehouse.duckdb"
+    warehouse = warehouse_file(price_lake)
     # 20 matured origins and 4 whose week has not ended (sessions 36..39 of 40).
     origins = list(range(20)) + [36, 37, 38, 39]
     _publish(warehouse, _history(ape=10.0, covered_every=2, origins=origins))
@@ -286,8 +347,9 @@ def test_validation_asset_fails_its_checks_on_a_bad_champion_then_passes_a_good_
         assert conn.sql("select count(*) from monitoring.validation where group_kind = 'all'").fetchall()[0][0] == 1
 
 
+@pytest.mark.integration
 def test_validation_asset_without_enough_or_any_predictions_passes_and_says_so(price_lake):
-    warehouse = price_lake / "warehouse.duckdb"
+    warehouse = warehouse_file(price_lake)
     result = _validate(price_lake, warehouse)  # no predictions.history at all
     assert result.success
     checks = _checks(result)

@@ -9,6 +9,7 @@ from dagster_duckdb import DuckDBResource
 
 from cbi_assets.lake import Lake, sample_folder
 from cbi_assets.profiles import TrainingProfile
+from cbi_assets.raw.source import Source
 from cbi_assets.settings import Settings
 from resources.alerts import Alerts, alerts_from_env
 from resources.databento_source import DatabentoSource
@@ -22,8 +23,19 @@ from resources.yahoo_source import YahooSource
 SOURCE_KEYS = {role: f"{role}_source" for role in ("futures", "macro", "history")}
 
 __all__ = [
-    "SOURCE_KEYS", "Alerts", "DatabentoSource", "FredSource", "Lake", "LocalFilesSource", "SampleSource",
-    "Tracking", "TrainingProfile", "YahooSource", "build_resources", "sample_source",
+    "SOURCE_KEYS",
+    "Alerts",
+    "DatabentoSource",
+    "FredSource",
+    "Lake",
+    "LocalFilesSource",
+    "SampleSource",
+    "Tracking",
+    "TrainingProfile",
+    "YahooSource",
+    "build_resources",
+    "sample_source",
+    "source_of",
 ]
 
 
@@ -36,12 +48,20 @@ def sample_source(settings: Settings) -> SampleSource:
     )
 
 
+def source_of(resources: dict, dataset) -> Source:
+    """The source resource that serves a raw dataset."""
+    return resources[dataset.source_key]
+
+
 def _sources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     """Pick each role's source. `auto` takes a real source only where its key is set."""
+    through = settings.end.isoformat() if settings.end else None
     if settings.source == "local":
         if settings.local_dir is None:
-            raise ValueError("CBI_SOURCE=local needs CBI_LOCAL_DIR: the folder of files to read (e.g. ../shared/data/real)")
-        local = LocalFilesSource(root=str(settings.local_dir))
+            raise ValueError(
+                "CBI_SOURCE=local needs CBI_LOCAL_DIR: the folder of files to read (e.g. ../shared/data/real)"
+            )
+        local = LocalFilesSource(root=str(settings.local_dir), through=through)
         return {key: local for key in SOURCE_KEYS.values()}
     sample = sample_source(settings)
     if settings.source == "sample":
@@ -51,14 +71,14 @@ def _sources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     def keyed(source: type[DatabentoSource] | type[FredSource], variable: str) -> dg.ConfigurableResource:
         if os.environ.get(variable):
             # Read from the environment when a run starts (dg.EnvVar), never stored in config.
-            return source(api_key=dg.EnvVar(variable))
+            return source(api_key=dg.EnvVar(variable), through=through)
         # Selected but unkeyed: the source says which variable to set when it is first used.
-        return source() if live else sample
+        return source(through=through) if live else sample
 
     return {
         "futures_source": keyed(DatabentoSource, "DATABENTO_API_KEY"),
         "macro_source": keyed(FredSource, "FRED_API_KEY"),
-        "history_source": YahooSource() if live else sample,
+        "history_source": YahooSource(through=through) if live else sample,
     }
 
 

@@ -63,15 +63,25 @@ class Alerts(dg.ConfigurableResource):
     smtp_user: str | None = None  # CBI_ALERT_SMTP_USER / CBI_ALERT_SMTP_PASSWORD: STARTTLS and login when both set
     smtp_password: str | None = None
 
-    def send(self, kind: str, message: str, *, severity: str = "warning", asset: str | None = None,
-             horizon: str | None = None, details: dict | None = None, key: str | None = None, log=None) -> bool:
+    def send(
+        self,
+        kind: str,
+        message: str,
+        *,
+        severity: str = "warning",
+        asset: str | None = None,
+        horizon: str | None = None,
+        details: dict | None = None,
+        key: str | None = None,
+        log=None,
+    ) -> bool:
         """Record the alert in monitoring.alerts, write it to `log` (a Dagster logger: context.log), and post/mail it
         when configured. `key` makes it idempotent: an alert whose key is already recorded is not sent again
         (returns False). Delivery failures are recorded in the row (webhook_status / mail_status), never raised."""
         if severity not in SEVERITIES:
             raise ValueError(f"alert {kind!r}: severity {severity!r} is not one of {', '.join(SEVERITIES)}")
         alert_id = str(uuid.uuid4())
-        raised_at = dt.datetime.now(dt.timezone.utc)
+        raised_at = dt.datetime.now(dt.UTC)
         # A message about a failed delivery may quote the webhook URL: masked before it goes anywhere.
         message = self._redact(message)
         details_json = self._redact(json.dumps(details or {}, default=str, sort_keys=True))
@@ -81,26 +91,45 @@ class Alerts(dg.ConfigurableResource):
         if not self._claim(alert_id, raised_at, kind, severity, asset, horizon, message, details_json, key):
             return False
         payload = {
-            "kind": kind, "severity": severity, "asset": asset, "horizon": horizon, "message": message,
-            "details": json.loads(details_json), "raised_at": raised_at.isoformat(),
+            "kind": kind,
+            "severity": severity,
+            "asset": asset,
+            "horizon": horizon,
+            "message": message,
+            "details": json.loads(details_json),
+            "raised_at": raised_at.isoformat(),
             # Chat webhooks (Slack, Mattermost, Teams connectors) show `text` and reject a body without it.
             "text": f"{_title(kind, severity, asset, horizon)}: {message}",
         }
         webhook_status = self._post(payload)
         mail_status = self._mail(alert_id, payload)
         with self.warehouse.get_connection() as conn:
-            conn.execute(f"update {TABLE} set webhook_status = ?, mail_status = ? where alert_id = ?",
-                         [webhook_status, mail_status, alert_id])
+            conn.execute(
+                f"update {TABLE} set webhook_status = ?, mail_status = ? where alert_id = ?",
+                [webhook_status, mail_status, alert_id],
+            )
         logger = log if log is not None else dg.get_dagster_logger("cbi.alerts")
         # Dagster's log manager and a logging.Logger both have info/warning/error/critical.
-        getattr(logger, severity)(self._redact(
-            f"alert {_title(kind, severity, asset, horizon)}: {message} "
-            f"(webhook: {webhook_status}; mail: {mail_status}; alert_id {alert_id})"
-        ))
+        getattr(logger, severity)(
+            self._redact(
+                f"alert {_title(kind, severity, asset, horizon)}: {message} "
+                f"(webhook: {webhook_status}; mail: {mail_status}; alert_id {alert_id})"
+            )
+        )
         return True
 
-    def _claim(self, alert_id: str, raised_at: dt.datetime, kind: str, severity: str, asset: str | None,
-               horizon: str | None, message: str, details_json: str, key: str | None) -> bool:
+    def _claim(
+        self,
+        alert_id: str,
+        raised_at: dt.datetime,
+        kind: str,
+        severity: str,
+        asset: str | None,
+        horizon: str | None,
+        message: str,
+        details_json: str,
+        key: str | None,
+    ) -> bool:
         with self.warehouse.get_connection() as conn:
             conn.execute("create schema if not exists monitoring")
             conn.execute(_CREATE)
@@ -109,8 +138,7 @@ class Alerts(dg.ConfigurableResource):
             try:
                 conn.execute(
                     f"insert into {TABLE} values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [alert_id, raised_at, kind, severity, asset, horizon, message, details_json, key, PENDING,
-                     PENDING],
+                    [alert_id, raised_at, kind, severity, asset, horizon, message, details_json, key, PENDING, PENDING],
                 )
             except duckdb.ConstraintException:  # the same key recorded meanwhile by another sender
                 return False
@@ -121,7 +149,9 @@ class Alerts(dg.ConfigurableResource):
         if not self.webhook_url:
             return NOT_CONFIGURED
         request = urllib.request.Request(
-            self.webhook_url, data=json.dumps(payload).encode(), method="POST",
+            self.webhook_url,
+            data=json.dumps(payload).encode(),
+            method="POST",
             headers={"Content-Type": "application/json", "User-Agent": "cbi-alerts"},
         )
         reason = ""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 from typing import Literal
 
-import dagster as dg
 import databento as db
 import polars as pl
 import requests
@@ -15,10 +14,11 @@ from cbi_assets.catalogue import DATABENTO_DATASET, FUTURES
 from cbi_assets.raw.datasets import RawDataset
 from cbi_assets.raw.dbn import frame_from_store
 from cbi_assets.raw.errors import MissingApiKeyError, RawDataError
+from cbi_assets.raw.source import Source
 from resources.retries import with_retries
 
 
-class DatabentoSource(dg.ConfigurableResource):
+class DatabentoSource(Source):
     """Daily and intraday futures records from Databento's historical API.
 
     Daily bars are requested as the continuous front contract by volume (`ZL.v.0`) or, with
@@ -49,16 +49,20 @@ class DatabentoSource(dg.ConfigurableResource):
         if dataset.intraday:
             begin, finish = globex_session(start)[0], globex_session(end)[1]
         else:
-            begin = dt.datetime.combine(start, dt.time(0), dt.timezone.utc)
-            finish = dt.datetime.combine(end + dt.timedelta(days=1), dt.time(0), dt.timezone.utc)
+            begin = dt.datetime.combine(start, dt.time(0), dt.UTC)
+            finish = dt.datetime.combine(end + dt.timedelta(days=1), dt.time(0), dt.UTC)
         what = f"{self.label} {dataset.schema} {symbol} {start}..{end}"
         client = db.Historical(key=self.api_key, gateway=self.gateway)
 
         def request() -> db.DBNStore:
             try:
                 return client.timeseries.get_range(
-                    dataset=DATABENTO_DATASET, symbols=[symbol], stype_in=stype, schema=dataset.schema,
-                    start=begin, end=finish,
+                    dataset=DATABENTO_DATASET,
+                    symbols=[symbol],
+                    stype_in=stype,
+                    schema=dataset.schema,
+                    start=begin,
+                    end=finish,
                 )
             except (db.BentoHttpError, requests.RequestException):
                 raise
@@ -70,7 +74,10 @@ class DatabentoSource(dg.ConfigurableResource):
 
         try:
             store = with_retries(
-                request, what=what, transient=_transient, attempts=self.max_attempts,
+                request,
+                what=what,
+                transient=_transient,
+                attempts=self.max_attempts,
                 backoff_seconds=self.backoff_seconds,
             )
         except db.BentoClientError as exc:

@@ -6,17 +6,17 @@ import datetime as dt
 import urllib.error
 from xml.etree.ElementTree import ParseError
 
-import dagster as dg
 import polars as pl
 from fredapi import Fred
 
 from cbi_assets.catalogue import FRED_SERIES
 from cbi_assets.raw.datasets import RawDataset
 from cbi_assets.raw.errors import MissingApiKeyError, RawDataError
+from cbi_assets.raw.source import Source
 from resources.retries import with_retries
 
 
-class FredSource(dg.ConfigurableResource):
+class FredSource(Source):
     """Observations of the catalogue's FRED series, as published now (latest vintage)."""
 
     api_key: str = ""
@@ -44,9 +44,13 @@ class FredSource(dg.ConfigurableResource):
                 if _http_status(exc) is not None and _transient(exc):
                     raise
                 if isinstance(exc, ParseError):
-                    raise RawDataError(f"{what}: FRED answered with a body that is not XML ({exc}). Nothing was written.") from None
+                    raise RawDataError(
+                        f"{what}: FRED answered with a body that is not XML ({exc}). Nothing was written."
+                    ) from None
                 # fredapi turns FRED's own error answer (bad series, bad key) into a ValueError.
-                raise RawDataError(f"{what}: FRED refused the request: {exc}. Check the series id and FRED_API_KEY.") from None
+                raise RawDataError(
+                    f"{what}: FRED refused the request: {exc}. Check the series id and FRED_API_KEY."
+                ) from None
 
         series = with_retries(
             request, what=what, transient=_transient, attempts=self.max_attempts, backoff_seconds=self.backoff_seconds
@@ -57,8 +61,10 @@ class FredSource(dg.ConfigurableResource):
 def observations_frame(dates: list, values) -> pl.DataFrame:
     """Observations as (ts_event at 00:00 UTC of the observation date, value); NaN is a missing value."""
     frame = pl.DataFrame(
-        {"ts_event": pl.Series(dates, dtype=pl.Datetime("ns")).dt.replace_time_zone("UTC"),
-         "value": pl.Series(values, dtype=pl.Float64)}
+        {
+            "ts_event": pl.Series(dates, dtype=pl.Datetime("ns")).dt.replace_time_zone("UTC"),
+            "value": pl.Series(values, dtype=pl.Float64),
+        }
     )
     return frame.with_columns(pl.col("value").fill_nan(None))
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-import dagster as dg
 import polars as pl
 
 from cbi_assets.calendars import globex_session
@@ -20,9 +19,11 @@ from cbi_assets.raw.files import (
     read_csv_table,
     read_dbn_files,
 )
+from cbi_assets.raw.quality import partition_day
+from cbi_assets.raw.source import Source
 
 
-class LocalFilesSource(dg.ConfigurableResource):
+class LocalFilesSource(Source):
     """Futures from `dbn/GLBX.MDP3/*.dbn.zst` (else `daily/<SYMBOL>.csv`), FRED from `fred/`, Yahoo from `yahoo/`."""
 
     root: str
@@ -31,6 +32,13 @@ class LocalFilesSource(dg.ConfigurableResource):
     def label(self) -> str:
         return f"local files in {self.root}"
 
+    def coverage(self, dataset: RawDataset) -> tuple[dt.date, dt.date]:
+        """The first and last day the folder holds records of `dataset` (up to `through`)."""
+        days = self.fetch(dataset, dataset.start, self.last_day()).select(partition_day(dataset))
+        if days.is_empty():
+            return dataset.start, dataset.start - dt.timedelta(days=1)  # nothing: an empty span
+        return days.to_series().min(), days.to_series().max()
+
     def fetch(self, dataset: RawDataset, start: dt.date, end: dt.date) -> pl.DataFrame:
         root = Path(self.root)
         if dataset.role == "futures":
@@ -38,7 +46,9 @@ class LocalFilesSource(dg.ConfigurableResource):
         elif dataset.role == "macro":
             frame = read_csv_table(root / "fred" / f"{dataset.symbol}.csv", FRED_COLUMNS)
         else:
-            frame = read_csv_table(root / "yahoo" / f"{dataset.symbol}.csv", YAHOO_COLUMNS, optional=("adj_close", "volume"))
+            frame = read_csv_table(
+                root / "yahoo" / f"{dataset.symbol}.csv", YAHOO_COLUMNS, optional=("adj_close", "volume")
+            )
         return frame.filter(_within(dataset, start, end))
 
     def _futures(self, root: Path, dataset: RawDataset, start: dt.date, end: dt.date) -> pl.DataFrame:
@@ -56,7 +66,9 @@ class LocalFilesSource(dg.ConfigurableResource):
         where = f"{root}/dbn/{DATABENTO_DATASET}/*.dbn.zst with {dataset.schema} records of {dataset.symbol}"
         if dataset.schema == "ohlcv-1d":
             where += f", or {csv}"
-        raise RawDataError(f"{self.label} has no {dataset.describe()}: expected {where}. Add the file or pick another source.")
+        raise RawDataError(
+            f"{self.label} has no {dataset.describe()}: expected {where}. Add the file or pick another source."
+        )
 
 
 def _within(dataset: RawDataset, start: dt.date, end: dt.date) -> pl.Expr:

@@ -8,16 +8,16 @@ import hashlib
 import json
 from pathlib import Path
 
-import dagster as dg
 import polars as pl
 
 from cbi_assets.calendars import settlement_days
 from cbi_assets.raw.datasets import RawDataset
+from cbi_assets.raw.source import Source
 from cbi_assets.sample import SampleConfig, build_sample
 from resources.local_files import LocalFilesSource
 
 
-class SampleSource(dg.ConfigurableResource):
+class SampleSource(Source):
     """Deterministic, offline market data for every dataset in the catalogue.
 
     The generated files sit in `cache_dir` (one folder per configuration) and are read through

@@ -1,7 +1,7 @@
 """Experiment tracking in MLflow: a local SQLite store under `Models/` by default, or a team server.
 
 One object with one job: training code hands it what it measured and the model it fitted, and
-never learns where they are stored. An experiment per asset x horizon, a run per family.
+never learns where they are stored. An experiment per market x horizon, a run per family.
 """
 
 from __future__ import annotations
@@ -16,14 +16,20 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
-
-def experiment_name(asset: str, horizon: str) -> str:
-    return f"cbi/{asset.upper()}/{horizon}"
+from cbi_assets.catalogue import Market
 
 
-def model_name(asset: str, horizon: str) -> str:
-    """The registered model of an asset x horizon; its `champion` alias is the family in use."""
-    return f"cbi-{asset.upper()}-{horizon}"
+def experiment_name(market: Market, horizon: str) -> str:
+    return f"cbi/{_symbol(market)}/{horizon}"
+
+
+def model_name(market: Market, horizon: str) -> str:
+    """The registered model of a market x horizon; its `champion` alias is the family in use."""
+    return f"cbi-{_symbol(market)}-{horizon}"
+
+
+def _symbol(market: Market) -> str:
+    return market.symbol
 
 
 class Tracking(dg.ConfigurableResource):
@@ -35,26 +41,39 @@ class Tracking(dg.ConfigurableResource):
 
         return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
-    def _experiment(self, client, asset: str, horizon: str) -> str:
-        name = experiment_name(asset, horizon)
+    def _experiment(self, client, market: Market, horizon: str) -> str:
+        name = experiment_name(market, horizon)
         found = client.get_experiment_by_name(name)
         if found is not None:
             return found.experiment_id
         location = None
         if not self.tracking_uri.startswith("http"):
-            location = (Path(self.artifact_root) / asset.upper() / horizon).resolve().as_uri()
+            location = (Path(self.artifact_root) / _symbol(market) / horizon).resolve().as_uri()
         return client.create_experiment(name, artifact_location=location)
 
-    def log_family(self, asset: str, horizon: str, family: str, *, params: Mapping[str, Any], scores: pl.DataFrame,
-                   model_dir: Path, features: list[str], data_hash: str, tags: Mapping[str, str]) -> str:
+    def log_family(
+        self,
+        market: Market,
+        horizon: str,
+        family: str,
+        *,
+        params: Mapping[str, Any],
+        scores: pl.DataFrame,
+        model_dir: Path,
+        features: list[str],
+        data_hash: str,
+        tags: Mapping[str, str],
+    ) -> str:
         """One run: parameters, metrics per fold (step = fold) and overall, the model folder, the
         feature list and the training data's hash. Returns the run id."""
         from mlflow.entities import Metric, Param, RunTag
 
         client = self._client()
-        run = client.create_run(self._experiment(client, asset, horizon), run_name=family,
-                                tags={"family": family, "asset": asset.upper(), "horizon": horizon,
-                                      "data_hash": data_hash, **tags})
+        run = client.create_run(
+            self._experiment(client, market, horizon),
+            run_name=family,
+            tags={"family": family, "asset": _symbol(market), "horizon": horizon, "data_hash": data_hash, **tags},
+        )
         run_id = run.info.run_id
         now = int(time.time() * 1000)
         metrics = []
@@ -68,73 +87,79 @@ class Tracking(dg.ConfigurableResource):
                     metrics.append(Metric(name, value, now, 0))
                 else:
                     metrics.append(Metric(f"{row['group']}_{name}", value, now, 0))
-        client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()],
-                         tags=[RunTag("features", str(len(features)))])
+        client.log_batch(
+            run_id,
+            params=[Param(k, str(v)[:6000]) for k, v in params.items()],
+            tags=[RunTag("features", str(len(features)))],
+        )
         for start in range(0, len(metrics), 1000):  # MLflow's batch limit
-            client.log_batch(run_id, metrics=metrics[start:start + 1000])
+            client.log_batch(run_id, metrics=metrics[start : start + 1000])
         (model_dir / "features.json").write_text(json.dumps(features))
         client.log_artifacts(run_id, str(model_dir), "model")
         client.set_terminated(run_id)
         return run_id
 
-    def crown(self, asset: str, horizon: str, run_id: str, family: str) -> str:
-        """Register the run's model as a new version and point the `champion` alias at it."""
-        return self.register(asset, horizon, run_id, family, "champion")
-
-    def register(self, asset: str, horizon: str, run_id: str, family: str, alias: str) -> str:
+    def register(self, market: Market, horizon: str, run_id: str, family: str, alias: str) -> str:
         """Register the run's model as a new version and point `alias` (champion or challenger) at it."""
         client = self._client()
-        name = model_name(asset, horizon)
+        name = model_name(market, horizon)
         if not client.search_registered_models(filter_string=f"name = '{name}'"):
-            client.create_registered_model(name, description=f"The champion forecaster of {asset.upper()} {horizon}")
+            client.create_registered_model(name, description=f"The champion forecaster of {_symbol(market)} {horizon}")
         source = f"{client.get_run(run_id).info.artifact_uri}/model"
         version = client.create_model_version(name, source=source, run_id=run_id, tags={"family": family})
         client.set_registered_model_alias(name, alias, version.version)
         return version.version
 
-    def champion(self, asset: str, horizon: str) -> dict[str, str] | None:
+    def champion(self, market: Market, horizon: str) -> dict[str, str] | None:
         """The champion's version, family and run, or None before any was crowned."""
-        return self.aliased(asset, horizon, "champion")
+        return self.aliased(market, horizon, "champion")
 
-    def challenger(self, asset: str, horizon: str) -> dict[str, str] | None:
+    def challenger(self, market: Market, horizon: str) -> dict[str, str] | None:
         """The shadow model's version, family and run, or None when there is none."""
-        return self.aliased(asset, horizon, "challenger")
+        return self.aliased(market, horizon, "challenger")
 
-    def aliased(self, asset: str, horizon: str, alias: str) -> dict[str, str] | None:
+    def aliased(self, market: Market, horizon: str, alias: str) -> dict[str, str] | None:
         from mlflow.exceptions import MlflowException
 
         try:
-            version = self._client().get_model_version_by_alias(model_name(asset, horizon), alias)
+            version = self._client().get_model_version_by_alias(model_name(market, horizon), alias)
         except MlflowException:
             return None
-        return {"version": version.version, "family": version.tags.get("family", ""), "run_id": version.run_id,
-                "model_version": f"{model_name(asset, horizon)}/{version.version}"}
+        return {
+            "version": version.version,
+            "family": version.tags.get("family", ""),
+            "run_id": version.run_id,
+            "model_version": f"{model_name(market, horizon)}/{version.version}",
+        }
 
-    def promote(self, asset: str, horizon: str) -> dict[str, str]:
+    def promote(self, market: Market, horizon: str) -> dict[str, str]:
         """Move the `champion` alias to the challenger's version and retire the `challenger` alias."""
-        challenger = self.challenger(asset, horizon)
+        challenger = self.challenger(market, horizon)
+        name = model_name(market, horizon)
         if challenger is None:
-            raise ValueError(f"{model_name(asset, horizon)} has no challenger to promote")
+            raise ValueError(f"{name} has no challenger to promote")
         client = self._client()
-        client.set_registered_model_alias(model_name(asset, horizon), "champion", challenger["version"])
-        client.delete_registered_model_alias(model_name(asset, horizon), "challenger")
+        client.set_registered_model_alias(name, "champion", challenger["version"])
+        client.delete_registered_model_alias(name, "challenger")
         return challenger
 
-    def retire_challenger(self, asset: str, horizon: str) -> None:
-        if self.challenger(asset, horizon) is not None:
-            self._client().delete_registered_model_alias(model_name(asset, horizon), "challenger")
-
-    def family_runs(self, asset: str, horizon: str, family: str, limit: int = 2) -> list[dict[str, Any]]:
-        """The latest finished runs (trainings) of a family for an asset x horizon, newest first:
+    def family_runs(self, market: Market, horizon: str, family: str, limit: int = 2) -> list[dict[str, Any]]:
+        """The latest finished runs (trainings) of a family for a market x horizon, newest first:
         run_id, start_time (ms) and data_hash of each; [] before the first."""
         client = self._client()
-        found = client.get_experiment_by_name(experiment_name(asset, horizon))
+        found = client.get_experiment_by_name(experiment_name(market, horizon))
         if found is None:
             return []
-        runs = client.search_runs([found.experiment_id], max_results=limit, order_by=["attributes.start_time DESC"],
-                                  filter_string=f"tags.family = '{family}' and attributes.status = 'FINISHED'")
-        return [{"run_id": r.info.run_id, "start_time": r.info.start_time, "data_hash": r.data.tags.get("data_hash", "")}
-                for r in runs]
+        runs = client.search_runs(
+            [found.experiment_id],
+            max_results=limit,
+            order_by=["attributes.start_time DESC"],
+            filter_string=f"tags.family = '{family}' and attributes.status = 'FINISHED'",
+        )
+        return [
+            {"run_id": r.info.run_id, "start_time": r.info.start_time, "data_hash": r.data.tags.get("data_hash", "")}
+            for r in runs
+        ]
 
     def load_model(self, run_id: str) -> tuple[Any, list[str]]:
         """A run's model as `log_family` stored it (model/model.pkl, or model/model.keras for a
@@ -155,4 +180,6 @@ class Tracking(dg.ConfigurableResource):
                 import keras
 
                 return keras.saving.load_model(folder / "model.keras"), features
-        raise ValueError(f"MLflow run {run_id} has no model/model.pkl or model/model.keras artifact; retrain its family")
+        raise ValueError(
+            f"MLflow run {run_id} has no model/model.pkl or model/model.keras artifact; retrain its family"
+        )

@@ -6,7 +6,6 @@ import datetime as dt
 import warnings
 from urllib.parse import urlsplit, urlunsplit
 
-import dagster as dg
 import polars as pl
 import requests
 import yfinance as yf
@@ -17,10 +16,11 @@ from yfinance.exceptions import YFPricesMissingError, YFRateLimitError
 from cbi_assets.catalogue import YAHOO_TICKERS
 from cbi_assets.raw.datasets import RawDataset
 from cbi_assets.raw.errors import RawDataError
+from cbi_assets.raw.source import Source
 from resources.retries import with_retries
 
 
-class YahooSource(dg.ConfigurableResource):
+class YahooSource(Source):
     """Daily bars of the catalogue's Yahoo tickers, unadjusted, with Yahoo's adjusted close beside."""
 
     # Route Yahoo's hosts through this base URL (a company mirror, or a test server); empty: Yahoo.
@@ -50,8 +50,12 @@ class YahooSource(dg.ConfigurableResource):
                 warnings.simplefilter("ignore", DeprecationWarning)
                 try:
                     return yf.Ticker(dataset.symbol, session=session).history(
-                        start=start.isoformat(), end=(end + dt.timedelta(days=1)).isoformat(), interval="1d",
-                        auto_adjust=False, actions=False, raise_errors=True,
+                        start=start.isoformat(),
+                        end=(end + dt.timedelta(days=1)).isoformat(),
+                        interval="1d",
+                        auto_adjust=False,
+                        actions=False,
+                        raise_errors=True,
                     )
                 except YFPricesMissingError:
                     if any(code >= 500 for code in statuses):
@@ -60,7 +64,9 @@ class YahooSource(dg.ConfigurableResource):
                 except (ValueError, KeyError, TypeError) as exc:
                     if any(code >= 500 for code in statuses):
                         raise
-                    raise RawDataError(f"{what}: Yahoo's answer could not be read ({type(exc).__name__}: {exc}). Nothing was written.") from None
+                    raise RawDataError(
+                        f"{what}: Yahoo's answer could not be read ({type(exc).__name__}: {exc}). Nothing was written."
+                    ) from None
 
         def transient(exc: BaseException) -> str | None:
             if isinstance(exc, YFRateLimitError):
@@ -80,7 +86,14 @@ class YahooSource(dg.ConfigurableResource):
 
 def history_frame(history) -> pl.DataFrame:
     """yfinance's pandas frame as (ts_event at 00:00 UTC of the session date, OHLC, adj_close, volume)."""
-    columns = {"Open": "open", "High": "high", "Low": "low", "Close": "close", "Adj Close": "adj_close", "Volume": "volume"}
+    columns = {
+        "Open": "open",
+        "High": "high",
+        "Low": "low",
+        "Close": "close",
+        "Adj Close": "adj_close",
+        "Volume": "volume",
+    }
     if history is None or len(history) == 0:
         return pl.DataFrame(
             {"ts_event": [], **{name: [] for name in columns.values()}},

@@ -1,11 +1,12 @@
 """Jobs, schedules and sensors of the code location."""
 
-from schedules.cycle import VALIDATION_SCHEDULES, daily_cycle_sensor
-from schedules.ingest import INGEST_JOBS, INGEST_SCHEDULES, daily_cycle
-from schedules.jobs import JOBS
+from schedules.automation import VALIDATION_SCHEDULES, cycle_failure_alert, evening_cycle
+from schedules.ingest import INGEST_JOBS, INGEST_SCHEDULES
+from schedules.jobs import JOBS as ON_DEMAND_JOBS
 from schedules.sensors import SENSORS as DATA_SENSORS
 
-SCHEDULES = [daily_cycle, *VALIDATION_SCHEDULES]
-SENSORS = [daily_cycle_sensor, *DATA_SENSORS]
+JOBS = [*INGEST_JOBS.values(), *ON_DEMAND_JOBS]
+SCHEDULES = [*INGEST_SCHEDULES, *VALIDATION_SCHEDULES]
+SENSORS = [evening_cycle, cycle_failure_alert, *DATA_SENSORS]
 
-__all__ = ["INGEST_JOBS", "INGEST_SCHEDULES", "JOBS", "SCHEDULES", "SENSORS"]
+__all__ = ["JOBS", "SCHEDULES", "SENSORS"]

@@ -1,10 +1,10 @@
-"""The evening ingest: after the CME close, take in the day's raw partitions.
+"""The evening ingest: after the CME close, take in the partitions that hold the day.
 
-One job per partitions definition (market days since 2000, MES days since its listing). The `daily_cycle` schedule
-starts the market-days ingest at 17:30 Chicago time on exchange trading days only, tagged `cbi/cycle=<day>`; the
-cycle sensor (`schedules/cycle.py`) requests the MES ingest beside it and the steps after.
+One job per partition definition of the raw layer (years since 2000; years of MES records since its
+listing); each has a schedule at 17:30 Chicago on exchange days only that refreshes the year of the day
+(for intraday records, the days after the last one stored). The rest of the evening cycle follows by automation
+(cbi_assets/automation.py).
 """
-
 
 import datetime as dt
 
@@ -12,43 +12,42 @@ import dagster as dg
 
 from cbi_assets.calendars import is_settlement_day
 from cbi_assets.catalogue import EXCHANGE_TIMEZONE
-from cbi_assets.raw.datasets import RAW_DATASETS
-from cbi_assets.raw.partitions import market_days, mes_days, partitions_for
+from cbi_assets.raw.partitions import RAW_PARTITIONS, partition_of
+from cbi_assets.selections import of_raw
 
-CYCLE_TAG = "cbi/cycle"  # every run of one day's cycle carries it, valued with the day (YYYY-MM-DD)
+CYCLE_TAG = "cbi/cycle"  # every run of the evening cycle carries it, valued with the day (YYYY-MM-DD)
 
-
-def _ingest_job(name: str, partitions: dg.PartitionsDefinition, description: str):
-    # The job takes its partitions from the assets it selects: those of one definition.
-    keys = [d.key for d in RAW_DATASETS.values() if partitions_for(d) == partitions]
-    return dg.define_asset_job(name, selection=keys, description=description)
-
-
-ingest_market_days = _ingest_job("ingest_market_days", market_days,
-                                 "Raw futures, FRED and Yahoo records of one trading day.")
-ingest_mes_days = _ingest_job("ingest_mes_days", mes_days, "Raw MES bars, ticks and definitions of one trading day.")
-INGEST_JOBS = [ingest_market_days, ingest_mes_days]
+DESCRIPTIONS = {
+    "market_years": "Raw futures, FRED and Yahoo daily records of one year (since 2000).",
+    "mes_years": "Raw MES daily bars, 1-minute bars, trades, TBBO, MBP-10 and definitions of one year (since its "
+    "listing in 2019).",
+}
+INGEST_JOBS = {
+    name: dg.define_asset_job(f"ingest_{name}", selection=of_raw(name), description=DESCRIPTIONS[name])
+    for name in RAW_PARTITIONS
+}
 
 
-def ingest_run_key(job_name: str, day: str) -> str:
-    return f"ingest:{job_name}:{day}"
+def _ingest_schedule(name: str) -> dg.ScheduleDefinition:
+    job = INGEST_JOBS[name]
+
+    @dg.schedule(
+        name=f"evening_{job.name}",
+        job=job,
+        cron_schedule="30 17 * * 1-5",
+        execution_timezone=EXCHANGE_TIMEZONE,
+        description=f"17:30 Chicago, after the CME close, on exchange days: refresh the partition of the day. "
+        f"{DESCRIPTIONS[name]}",
+    )
+    def _schedule(context: dg.ScheduleEvaluationContext):
+        day: dt.date = context.scheduled_execution_time.date()
+        if not is_settlement_day(day):
+            return dg.SkipReason(f"{day} is an exchange holiday: no session to ingest")
+        return dg.RunRequest(
+            run_key=f"ingest:{job.name}:{day}", partition_key=partition_of(day), tags={CYCLE_TAG: day.isoformat()}
+        )
+
+    return _schedule
 
 
-@dg.schedule(
-    name="daily_cycle",
-    job=ingest_market_days,
-    cron_schedule="30 17 * * 1-5",
-    execution_timezone=EXCHANGE_TIMEZONE,
-    description="17:30 Chicago, after the CME close, on exchange trading days: the day's ingest, which starts the "
-                "daily cycle (daily_cycle_sensor requests the MES ingest, the features and the predictions).",
-)
-def daily_cycle(context: dg.ScheduleEvaluationContext):
-    # A schedule launches runs of its own job only: the MES ingest of the day follows from daily_cycle_sensor.
-    day: dt.date = context.scheduled_execution_time.date()
-    if not is_settlement_day(day):
-        return dg.SkipReason(f"{day} is an exchange holiday: no session to ingest")
-    return dg.RunRequest(run_key=ingest_run_key(ingest_market_days.name, day.isoformat()),
-                         partition_key=day.isoformat(), tags={CYCLE_TAG: day.isoformat()})
-
-
-INGEST_SCHEDULES = [daily_cycle]
+INGEST_SCHEDULES = [_ingest_schedule(name) for name in RAW_PARTITIONS]

@@ -2,17 +2,18 @@
 breakdown. Each keeps a cursor so that it acts once per event; the decisions are in `cbi_assets.operations.triggers`.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: Dagster reads the sensors' resource parameters' annotations.
 import datetime as dt
 import json
-from pathlib import Path
 
 import dagster as dg
 import duckdb
 import polars as pl
+from dagster_duckdb import DuckDBResource
 
-from cbi_assets.features.assets import shared_path
+from cbi_assets import lake as tables
+from cbi_assets.catalogue import MARKETS, ZL
+from cbi_assets.lake import Lake, NotBuilt
 from cbi_assets.operations.triggers import (
     CORRELATION_COLUMNS,
     NORM_SESSIONS,
@@ -22,8 +23,8 @@ from cbi_assets.operations.triggers import (
     market_moves,
     new_shifts,
 )
-from cbi_assets.partitions import HORIZON_PARTITIONS, REGIME_PARTITIONS
-from cbi_assets.regimes.assets import shifts_path, state_path
+from cbi_assets.partitions import REGIME_PARTITIONS
+from resources.alerts import Alerts
 from schedules.jobs import RETRAIN_JOBS, SPECIALIST_JOBS, audit
 
 AUDIT_OP = "monitoring__audit"  # Dagster's op name for the asset key monitoring/audit
@@ -34,6 +35,17 @@ def _day(text: str | None) -> dt.date | None:
     return dt.date.fromisoformat(text) if text else None
 
 
+def _read(lake: Lake, wanted: dict[str, tuple]) -> dict[str, pl.DataFrame] | dg.SkipReason:
+    """Each wanted (table, parts, columns) read, by name; or a skip that says which missing tables to materialize."""
+    frames, absent = {}, []
+    for name, (table, parts, columns) in wanted.items():
+        try:
+            frames[name] = lake.read(table, columns=columns, **parts)
+        except NotBuilt as error:
+            absent.append(error.description)
+    return dg.SkipReason("; ".join(absent)) if absent else frames
+
+
 # --- Regime shifts ------------------------------------------------------------------------------
 
 
@@ -42,47 +54,61 @@ def _day(text: str | None) -> dt.date | None:
     jobs=[*SPECIALIST_JOBS.values(), *RETRAIN_JOBS.values()],
     minimum_interval_seconds=300,
     default_status=RUNNING,
-    required_resource_keys={"lake"},
     description="A newly confirmed regime shift (per market and horizon) adds its regime partition, trains that "
-                "regime's specialists and retrains the horizons whose shift it is.",
+    "regime's specialists and retrains the horizons whose shift it is.",
 )
-def regime_shift_sensor(context: dg.SensorEvaluationContext):
-    lake = Path(context.resources.lake.root)
+def regime_shift_sensor(context: dg.SensorEvaluationContext, lake: Lake):
     # Cursor: per "<market>:<horizon>", the newest session already looked at.
     seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
     cursor = dict(seen)
     horizons_of: dict[tuple[str, str], list[str]] = {}
-    for market, partitions in HORIZON_PARTITIONS.items():
-        for horizon in partitions.get_partition_keys():
-            path = shifts_path(lake, market, horizon)
-            if not path.is_file():
-                continue
-            shifts = pl.read_parquet(path)
-            state = state_path(lake, market, horizon)
-            sessions = pl.read_parquet(state, columns=["date"])["date"] if state.is_file() else shifts["date"]
-            key = f"{market}:{horizon}"
+    for market in MARKETS.values():
+        for horizon in market.horizons:
+            parts = {"market": market, "horizon": horizon.name}
+            if not lake.exists(tables.REGIME_SHIFTS, **parts):
+                continue  # no regime state of this horizon yet: nothing has shifted
+            shifts = lake.read(tables.REGIME_SHIFTS, **parts)
+            sessions = (
+                lake.read(tables.REGIME_STATE, columns=["date"], **parts)["date"]
+                if lake.exists(tables.REGIME_STATE, **parts)
+                else shifts["date"]
+            )
+            key = f"{market.key}:{horizon.name}"
             found = new_shifts(shifts, sessions, _day(seen.get(key)))
             newest = max([d for d in (sessions.max(), shifts["date"].max()) if d is not None], default=None)
             if newest is not None:
                 cursor[key] = max(newest.isoformat(), seen.get(key, ""))
             for row in found.iter_rows(named=True):
-                context.log.info(f"{market.upper()} {horizon}: {row['from_state']} -> {row['to_state']} since "
-                                 f"{row['since']}, confirmed {row['date']}: regime {row['partition']}")
-                horizons_of.setdefault((market, row["partition"]), []).append(horizon)
+                context.log.info(
+                    f"{market} {horizon.name}: {row['from_state']} -> {row['to_state']} since "
+                    f"{row['since']}, confirmed {row['date']}: regime {row['partition']}"
+                )
+                horizons_of.setdefault((market.key, row["partition"]), []).append(horizon.name)
     known = set(context.instance.get_dynamic_partitions(REGIME_PARTITIONS.name))
     added = sorted({partition for _, partition in horizons_of} - known)
     requests = []
-    for (market, partition), horizons in sorted(horizons_of.items()):
+    for (name, partition), horizons in sorted(horizons_of.items()):
         tags = {"cbi/regime": partition}
-        requests.append(dg.RunRequest(job_name=SPECIALIST_JOBS[market].name, partition_key=partition,
-                                      run_key=f"regime-shift:{market}:{partition}", tags=tags))
-        requests += [dg.RunRequest(job_name=RETRAIN_JOBS[market].name, partition_key=h,
-                                   run_key=f"retrain:{market}:{h}:{partition}", tags=tags) for h in horizons]
+        requests.append(
+            dg.RunRequest(
+                job_name=SPECIALIST_JOBS[name].name,
+                partition_key=partition,
+                run_key=f"regime-shift:{name}:{partition}",
+                tags=tags,
+            )
+        )
+        requests += [
+            dg.RunRequest(
+                job_name=RETRAIN_JOBS[name].name, partition_key=h, run_key=f"retrain:{name}:{h}:{partition}", tags=tags
+            )
+            for h in horizons
+        ]
     cursor_text = json.dumps(cursor, sort_keys=True)
     if not requests:
         return dg.SensorResult(skip_reason=dg.SkipReason("no new confirmed regime shift"), cursor=cursor_text)
     return dg.SensorResult(
-        run_requests=requests, cursor=cursor_text,
+        run_requests=requests,
+        cursor=cursor_text,
         dynamic_partitions_requests=[REGIME_PARTITIONS.build_add_request(added)] if added else [],
     )
 
@@ -90,40 +116,43 @@ def regime_shift_sensor(context: dg.SensorEvaluationContext):
 # --- Big moves ----------------------------------------------------------------------------------
 
 
-def zl_bars_path(lake: Path) -> Path:
-    return lake / "ZL" / "features" / "continuous_1d.parquet"
-
-
 @dg.sensor(
     name="post_move_audit_sensor",
     jobs=[audit],
     minimum_interval_seconds=300,
     default_status=RUNNING,
-    required_resource_keys={"lake"},
     description="On the newest day of data: VIX above 25, ZL moving more than 2%, or the broad dollar or USD/BRL "
-                "moving more than 3% starts one audit run for that day.",
+    "moving more than 3% starts one audit run for that day.",
 )
-def post_move_audit_sensor(context: dg.SensorEvaluationContext):
-    lake = Path(context.resources.lake.root)
-    inputs = {"volatility": (shared_path(lake, "volatility"), ["date", "vix"]),
-              "zl": (zl_bars_path(lake), ["date", "close", "adj", "symbol"]),
-              "macro": (shared_path(lake, "macro"), ["date", "broad_dollar"]),
-              "fx": (shared_path(lake, "fx"), ["date", "usd_brl"])}
-    absent = [str(path) for path, _ in inputs.values() if not path.is_file()]
-    if absent:
-        return dg.SkipReason(f"not built yet: {', '.join(absent)} (materialize daily_features)")
-    frames = {name: pl.read_parquet(path, columns=columns) for name, (path, columns) in inputs.items()}
+def post_move_audit_sensor(context: dg.SensorEvaluationContext, lake: Lake):
+    frames = _read(
+        lake,
+        {
+            "volatility": (tables.SHARED_LAYER, {"layer": "volatility"}, ["date", "vix"]),
+            "zl": (tables.CONTINUOUS, {"market": ZL}, ["date", "close", "adj", "symbol"]),
+            "macro": (tables.SHARED_LAYER, {"layer": "macro"}, ["date", "broad_dollar"]),
+            "fx": (tables.SHARED_LAYER, {"layer": "fx"}, ["date", "usd_brl"]),
+        },
+    )
+    if isinstance(frames, dg.SkipReason):
+        return frames
     day, moved = market_moves(frames["volatility"], frames["zl"], frames["macro"], frames["fx"])
     last = _day(context.cursor)
     if last is not None and day <= last:
         return dg.SkipReason(f"{day} was already looked at")
     if not moved:
-        return dg.SensorResult(skip_reason=dg.SkipReason(
-            f"{day}: calm (VIX at most 25, ZL within 2%, broad dollar and USD/BRL within 3%)"), cursor=day.isoformat())
+        return dg.SensorResult(
+            skip_reason=dg.SkipReason(
+                f"{day}: calm (VIX at most 25, ZL within 2%, broad dollar and USD/BRL within 3%)"
+            ),
+            cursor=day.isoformat(),
+        )
     reason = "; ".join(moved)
     context.log.info(f"{day}: audit for {reason}")
     request = dg.RunRequest(
-        job_name=audit.name, run_key=f"audit:{day}", tags={"cbi/audit": day.isoformat()},
+        job_name=audit.name,
+        run_key=f"audit:{day}",
+        tags={"cbi/audit": day.isoformat()},
         run_config={"ops": {AUDIT_OP: {"config": {"reason": reason, "day": day.isoformat()}}}},
     )
     return dg.SensorResult(run_requests=[request], cursor=day.isoformat())
@@ -137,12 +166,17 @@ STATUS_TABLE = "monitoring.validation_status"
 def read_validation_status(conn, since: dt.date | None) -> pl.DataFrame | None:
     """The failed rows of monitoring.validation_status validated on or after `since`; None when the table is absent."""
     # fetchall: DuckDB refuses new work on a connection with a partly fetched result.
-    [(exists,)] = conn.execute("select count(*) from information_schema.tables where table_schema = 'monitoring' "
-                               "and table_name = 'validation_status'").fetchall()
+    [(exists,)] = conn.execute(
+        "select count(*) from information_schema.tables where table_schema = 'monitoring' "
+        "and table_name = 'validation_status'"
+    ).fetchall()
     if not exists:
         return None
-    return conn.sql(f"select asset, horizon, validated_on, passed, reason from {STATUS_TABLE} "
-                    "where passed = false and validated_on >= ?", params=[since or dt.date.min]).pl()
+    return conn.sql(
+        f"select asset, horizon, validated_on, passed, reason from {STATUS_TABLE} "
+        "where passed = false and validated_on >= ?",
+        params=[since or dt.date.min],
+    ).pl()
 
 
 @dg.sensor(
@@ -150,15 +184,14 @@ def read_validation_status(conn, since: dt.date | None) -> pl.DataFrame | None:
     jobs=list(RETRAIN_JOBS.values()),
     minimum_interval_seconds=300,
     default_status=RUNNING,
-    required_resource_keys={"warehouse"},
     description="A failed validation (monitoring.validation_status passed = false) retrains that market and horizon.",
 )
-def validation_failure_sensor(context: dg.SensorEvaluationContext):
+def validation_failure_sensor(context: dg.SensorEvaluationContext, warehouse: DuckDBResource):
     # Cursor: the newest validation day acted on and the "<market>:<horizon>" keys acted on that day.
     seen = json.loads(context.cursor) if context.cursor else {}
     seen_day, seen_keys = _day(seen.get("day")), set(seen.get("keys", []))
     try:
-        with context.resources.warehouse.get_connection() as conn:
+        with warehouse.get_connection() as conn:
             status = read_validation_status(conn, seen_day)
     except duckdb.IOException as error:
         return dg.SkipReason(f"the warehouse is busy ({type(error).__name__}); next tick")
@@ -171,15 +204,17 @@ def validation_failure_sensor(context: dg.SensorEvaluationContext):
     for row in failures.iter_rows(named=True):
         day = row["validated_on"].isoformat()
         context.log.warning(f"{row['market'].upper()} {row['horizon']} failed validation on {day}: {row['reason']}")
-        requests.append(dg.RunRequest(
-            job_name=RETRAIN_JOBS[row["market"]].name, partition_key=row["horizon"],
-            run_key=f"validation-failure:{row['market']}:{row['horizon']}:{day}",
-            tags={"cbi/validation-failure": day},
-        ))
+        requests.append(
+            dg.RunRequest(
+                job_name=RETRAIN_JOBS[row["market"]].name,
+                partition_key=row["horizon"],
+                run_key=f"validation-failure:{row['market']}:{row['horizon']}:{day}",
+                tags={"cbi/validation-failure": day},
+            )
+        )
     newest = failures["validated_on"].max()
     keys = set(failures.filter(pl.col("validated_on") == newest)["key"]) | (seen_keys if newest == seen_day else set())
-    return dg.SensorResult(run_requests=requests,
-                           cursor=json.dumps({"day": newest.isoformat(), "keys": sorted(keys)}))
+    return dg.SensorResult(run_requests=requests, cursor=json.dumps({"day": newest.isoformat(), "keys": sorted(keys)}))
 
 
 # --- Correlation breakdowns ---------------------------------------------------------------------
@@ -189,30 +224,39 @@ def validation_failure_sensor(context: dg.SensorEvaluationContext):
     name="correlation_breakdown_sensor",
     minimum_interval_seconds=300,
     default_status=RUNNING,
-    required_resource_keys={"lake", "alerts"},
     description=f"ZL's 63-session correlation with CL and with HO more than {NORM_WIDTH:g} standard deviations "
-                f"from its mean over the {NORM_SESSIONS} sessions before: an alert, no run.",
+    f"from its mean over the {NORM_SESSIONS} sessions before: an alert, no run.",
 )
-def correlation_breakdown_sensor(context: dg.SensorEvaluationContext):
-    path = shared_path(Path(context.resources.lake.root), "cross_asset")
-    if not path.is_file():
-        return dg.SkipReason(f"not built yet: {path} (materialize daily_features)")
-    found = correlation_breakdowns(pl.read_parquet(path, columns=["date", *CORRELATION_COLUMNS.values()]))
+def correlation_breakdown_sensor(context: dg.SensorEvaluationContext, lake: Lake, alerts: Alerts):
+    frames = _read(
+        lake, {"cross": (tables.SHARED_LAYER, {"layer": "cross_asset"}, ["date", *CORRELATION_COLUMNS.values()])}
+    )
+    if isinstance(frames, dg.SkipReason):
+        return frames
+    found = correlation_breakdowns(frames["cross"])
     if found.is_empty():
-        return dg.SkipReason(f"{path}: fewer than {NORM_SESSIONS + 1} sessions of correlations: no norm yet")
+        return dg.SkipReason(
+            f"shared/cross_asset: fewer than {NORM_SESSIONS + 1} sessions of correlations: no norm yet"
+        )
     day = found["day"].max()
     last = _day(context.cursor)
     if last is not None and day <= last:
         return dg.SkipReason(f"{day} was already looked at")
     notes = []
     for row in found.iter_rows(named=True):
-        text = (f"ZL/{row['pair'][3:].upper()} 63-session correlation {row['corr']:+.2f} on {row['day']}, "
-                f"norm {row['mean']:+.2f} ± {row['std']:.2f} ({row['departure']:.1f} std away)")
+        text = (
+            f"ZL/{row['pair'][3:].upper()} 63-session correlation {row['corr']:+.2f} on {row['day']}, "
+            f"norm {row['mean']:+.2f} ± {row['std']:.2f} ({row['departure']:.1f} std away)"
+        )
         if row["breakdown"]:
-            context.resources.alerts.send(
-                "correlation_breakdown", f"Correlation breakdown: {text}", severity="warning", asset="ZL",
+            alerts.send(
+                "correlation_breakdown",
+                f"Correlation breakdown: {text}",
+                severity="warning",
+                asset="ZL",
                 details={k: (v.isoformat() if isinstance(v, dt.date) else v) for k, v in row.items()},
-                key=f"correlation:{row['pair']}:{row['day']}", log=context.log,
+                key=f"correlation:{row['pair']}:{row['day']}",
+                log=context.log,
             )
             text = "BREAKDOWN " + text
         notes.append(text)

@@ -2,64 +2,71 @@
 ZL procurement (timing a fixed monthly purchase against TWAP and the first day) and MES trading (the
 forecast's sign after costs against buy-and-hold). Nothing is refitted here."""
 
-from pathlib import Path
-
 import dagster as dg
 import duckdb
 import numpy as np
 import polars as pl
+from dagster_duckdb import DuckDBResource
 
+from cbi_assets import lake as tables
 from cbi_assets.backtests.procurement import (
     ProcurementPlan,
     procure,
     procurement_summary,
 )
 from cbi_assets.backtests.trading import SIZINGS, backtest
-from cbi_assets.catalogue import MARKETS
-from cbi_assets.ensembles.assets import ensemble_dir
-from cbi_assets.models.assets import models_dir
+from cbi_assets.catalogue import MES, ZL, Horizon, Market
+from cbi_assets.horizons import Done, each_horizon
+from cbi_assets.lake import Lake, NotBuilt, reads
 from cbi_assets.models.inputs import horizon_rows, rows_per_year
-from cbi_assets.parquet import write_frame
-from cbi_assets.partitions import HORIZON_PARTITIONS
-from cbi_assets.training.sets import horizon_of, time_key
-from cbi_assets.ui import figure, partly_failed, plot
+from cbi_assets.models.registry import families
+from cbi_assets.partitions import horizon_partitions
+from cbi_assets.selections import stage
+from cbi_assets.training.sets import time_key
+from cbi_assets.ui import figure, plot
 from cbi_assets.ui import table as md_table
 from cbi_assets.warehouse import replace_horizons
 
-ENSEMBLE = "ensemble"  # the blend's forecasts in ensemble/intervals.parquet
+ENSEMBLE = "ensemble"  # the blend's forecasts: the ensemble's intervals table
 
 
-def backtests_dir(lake: Path, asset: str, horizon: str) -> Path:
-    return lake / asset.upper() / "backtests" / "by_horizon" / horizon
+def _reads(market: Market) -> list[dg.AssetKey]:
+    """The ensemble's blend, or any family's out-of-fold forecasts (a config names one; the leaderboard's
+    champion stands in for a missing blend)."""
+    return [
+        *reads(tables.INTERVALS, tables.OOF, markets=[market], family=[f.name for f in families()]),
+        dg.AssetKey([market.key, "models", "leaderboard"]),
+    ]
 
 
-def _champion(conn, asset: str, horizon: str) -> str | None:
+def _champion(conn, market: Market, horizon: str) -> str | None:
     try:
-        found = conn.execute("select family from models.leaderboard where asset = ? and horizon = ? and champion",
-                             [asset.upper(), horizon]).fetchone()
+        found = conn.execute(
+            "select family from models.leaderboard where asset = ? and horizon = ? and champion",
+            [market.symbol, horizon],
+        ).fetchone()
     except duckdb.CatalogException:  # no leaderboard materialized yet
         return None
     return found[0] if found else None
 
 
-def read_forecasts(lake: Path, asset: str, horizon: str, source: str, conn, log) -> tuple[pl.DataFrame, str]:
+def read_forecasts(lake: Lake, market: Market, horizon: str, source: str, conn, log) -> tuple[pl.DataFrame, str]:
     """The out-of-fold forecasts to backtest and what they are: the ensemble's blend when `source` is
     "ensemble" and it is stored (else the leaderboard's champion family), or the named family's."""
+    parts = {"market": market, "horizon": horizon}
     if source == ENSEMBLE:
-        path = ensemble_dir(lake, asset, horizon) / "intervals.parquet"
-        if path.is_file():
-            return pl.read_parquet(path), "ensemble blend"
-        champion = _champion(conn, asset, horizon)
+        if lake.exists(tables.INTERVALS, **parts):
+            return lake.read(tables.INTERVALS, **parts), "ensemble blend"
+        missing = lake.missing(tables.INTERVALS, **parts)
+        champion = _champion(conn, market, horizon)
         if champion is None:
-            raise dg.Failure(f"{path}: no ensemble forecasts and no champion in models.leaderboard for {asset} "
-                             f"{horizon}; materialize {asset}/models/ensemble (or the leaderboard) for it first")
-        log.warning(f"{asset} {horizon}: {path} is not built; backtesting the champion family {champion} instead")
+            raise NotBuilt(
+                f"{missing.description}; and models.leaderboard has no champion for {market} {horizon} to "
+                "backtest instead"
+            )
+        log.warning(f"{market} {horizon}: {missing.description}; backtesting the champion family {champion} instead")
         source = champion
-    path = models_dir(lake, asset, horizon) / "oof" / f"{source}.parquet"
-    if not path.is_file():
-        raise dg.Failure(f"{path}: no out-of-fold forecasts of family {source!r} for {asset} {horizon}; materialize "
-                         f"the model assets for this horizon or choose another source")
-    return pl.read_parquet(path), source
+    return lake.read(tables.OOF, family=source, **parts), source
 
 
 # --- ZL procurement ---------------------------------------------------------------------------
@@ -78,8 +85,15 @@ class ProcurementConfig(dg.Config):
 
     def plan(self, cost_bps: float) -> ProcurementPlan:
         try:
-            return ProcurementPlan(volume=self.volume, cap=self.cap, gain=self.gain, cost_bps=cost_bps,
-                                   slippage_bps=self.slippage_bps, min_sessions=self.min_sessions, lag=self.lag)
+            return ProcurementPlan(
+                volume=self.volume,
+                cap=self.cap,
+                gain=self.gain,
+                cost_bps=cost_bps,
+                slippage_bps=self.slippage_bps,
+                min_sessions=self.min_sessions,
+                lag=self.lag,
+            )
         except ValueError as error:
             raise dg.Failure(f"procurement configuration: {error}") from error
 
@@ -109,60 +123,89 @@ def _monthly_plot(frame: pl.DataFrame, title: str):
 
 
 @dg.asset(
-    key=["zl", "backtests", "procurement"], group_name="zl_backtests", partitions_def=HORIZON_PARTITIONS["zl"],
-    backfill_policy=dg.BackfillPolicy.single_run(), deps=[dg.AssetKey(["zl", "models", "ensemble"])],
-    required_resource_keys={"lake", "warehouse"}, kinds={"python", "duckdb"}, tags={"layer": "backtests"},
+    key=tables.BACKTEST.asset_key(market=ZL, kind="procurement"),
+    group_name="zl_backtests",
+    partitions_def=horizon_partitions(ZL),
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    deps=_reads(ZL),
+    kinds={"python", "duckdb"},
+    tags={"layer": "backtests", **stage("forecast")},
     description="ZL procurement backtest per forecast horizon: a fixed volume bought every month, timed inside the "
-                "month by the walk-forward forecasts, against buying evenly and on the first day, after costs "
-                "(ZL/backtests/by_horizon/<h>/procurement_{sessions,months}.parquet; warehouse backtests.procurement).",
+    "month by the walk-forward forecasts, against buying evenly and on the first day, after costs "
+    "(ZL/backtests/by_horizon/<h>/procurement_{sessions,months}.parquet; warehouse backtests.procurement).",
 )
-def zl_procurement(context: dg.AssetExecutionContext, config: ProcurementConfig) -> dg.MaterializeResult:
-    lake = Path(context.resources.lake.root)
-    plan = config.plan(MARKETS["ZL"].cost_bps)
-    months, summaries, plots, failed = {}, [], {}, []
-    with context.resources.warehouse.get_connection() as conn:
-        for partition in context.partition_keys:
-            try:  # one horizon's failure must not lose the others' results
-                frame, source = read_forecasts(lake, "zl", partition, config.source, conn, context.log)
-                try:
-                    sessions, monthly = procure(frame, plan, key=time_key(horizon_of("zl", partition)))
-                except ValueError as error:
-                    raise dg.Failure(f"zl {partition} ({source}): {error}") from error
-            except dg.Failure as error:
-                context.log.error(error.description)
-                failed.append(error.description)
-                continue
-            out = backtests_dir(lake, "zl", partition)
-            write_frame(sessions, out / "procurement_sessions.parquet")
-            write_frame(monthly, out / "procurement_months.parquet")
-            total = procurement_summary(monthly)
-            summaries.append({"horizon": partition, "source": source, **total})
-            months[partition] = monthly.with_columns(pl.lit("ZL").alias("asset"), pl.lit(partition).alias("horizon"),
-                                                     pl.lit(source).alias("source"))
-            plots[f"monthly_{partition}"] = _monthly_plot(
-                monthly, f"ZL {partition} forecasts: savings per month against TWAP, after costs")
-            context.log.info(f"zl {partition} ({source}): over {total['months']} months paid {total['strategy_paid']:.3f} "
-                             f"c/lb against TWAP {total['twap_paid']:.3f} ({total['savings_vs_twap_pct']:+.3f}%, "
-                             f"${total['savings_vs_twap_usd']:,.0f}) and first day {total['first_day_paid']:.3f} "
-                             f"({total['savings_vs_first_day_pct']:+.3f}%); months saved vs TWAP "
-                             f"{total['hit_rate_vs_twap']:.0%}")
-        if months:
-            replace_horizons(conn, "backtests.procurement", pl.concat(months.values(), how="diagonal_relaxed"))
-    metadata: dict = {"path": dg.MetadataValue.path(str(backtests_dir(lake, "zl", "").parent)),
-                      "table": "backtests.procurement", "volume_per_month": plan.volume, "cost_bps": plan.cost_bps,
-                      "slippage_bps": plan.slippage_bps, "lag_sessions": plan.lag}
-    if summaries:
-        shown = pl.DataFrame(summaries).select(
-            "horizon", "source", "months", "strategy_paid", "twap_paid", "first_day_paid", "savings_vs_twap",
-            "savings_vs_twap_pct", "savings_vs_twap_usd", "hit_rate_vs_twap", "t_stat_vs_twap", "savings_vs_first_day",
-            "savings_vs_first_day_pct", "savings_vs_first_day_usd", "hit_rate_vs_first_day")
-        metadata["savings"] = md_table(shown.with_columns(pl.col(pl.Float64).round(4)), 20)
-        metadata["cumulative_savings"] = _savings_plot(
-            months, f"ZL procurement of {plan.volume:,.0f} contracts a month")
-        metadata |= plots
-    if failed:
-        raise partly_failed(failed, f"of {len(context.partition_keys)} horizons' backtests", metadata)
-    return dg.MaterializeResult(metadata=metadata)
+def zl_procurement(
+    context: dg.AssetExecutionContext, config: ProcurementConfig, lake: Lake, warehouse: DuckDBResource
+) -> dg.MaterializeResult:
+    plan = config.plan(ZL.cost_bps)
+    metadata: dict = {
+        "path": dg.MetadataValue.path(lake.where(tables.BACKTEST, market=ZL)),
+        "table": "backtests.procurement",
+        "volume_per_month": plan.volume,
+        "cost_bps": plan.cost_bps,
+        "slippage_bps": plan.slippage_bps,
+        "lag_sessions": plan.lag,
+    }
+
+    def work(horizon: Horizon, conn) -> Done:
+        frame, source = read_forecasts(lake, ZL, horizon.name, config.source, conn, context.log)
+        try:
+            sessions, monthly = procure(frame, plan, key=time_key(horizon))
+        except ValueError as error:
+            raise dg.Failure(f"ZL {horizon.name} ({source}): {error}") from error
+        for name, result in (("procurement_sessions", sessions), ("procurement_months", monthly)):
+            lake.write(tables.BACKTEST, result, market=ZL, horizon=horizon.name, name=name)
+        total = procurement_summary(monthly)
+        context.log.info(
+            f"ZL {horizon.name} ({source}): over {total['months']} months paid "
+            f"{total['strategy_paid']:.3f} c/lb against TWAP {total['twap_paid']:.3f} "
+            f"({total['savings_vs_twap_pct']:+.3f}%, ${total['savings_vs_twap_usd']:,.0f}) and first day "
+            f"{total['first_day_paid']:.3f} ({total['savings_vs_first_day_pct']:+.3f}%); months saved vs "
+            f"TWAP {total['hit_rate_vs_twap']:.0%}"
+        )
+        months = monthly.with_columns(
+            pl.lit("ZL").alias("asset"), pl.lit(horizon.name).alias("horizon"), pl.lit(source).alias("source")
+        )
+        title = f"ZL {horizon.name} forecasts: savings per month against TWAP, after costs"
+        return Done(
+            value=(months, {"horizon": horizon.name, "source": source, **total}),
+            metadata={"monthly": _monthly_plot(monthly, title)},
+        )
+
+    def finish(done: dict[str, Done], conn) -> dict:
+        months = {h: d.value[0] for h, d in done.items()}
+        replace_horizons(conn, "backtests.procurement", pl.concat(months.values(), how="diagonal_relaxed"))
+        shown = pl.DataFrame([d.value[1] for d in done.values()]).select(
+            "horizon",
+            "source",
+            "months",
+            "strategy_paid",
+            "twap_paid",
+            "first_day_paid",
+            "savings_vs_twap",
+            "savings_vs_twap_pct",
+            "savings_vs_twap_usd",
+            "hit_rate_vs_twap",
+            "t_stat_vs_twap",
+            "savings_vs_first_day",
+            "savings_vs_first_day_pct",
+            "savings_vs_first_day_usd",
+            "hit_rate_vs_first_day",
+        )
+        return {
+            "savings": md_table(shown.with_columns(pl.col(pl.Float64).round(4)), 20),
+            "cumulative_savings": _savings_plot(months, f"ZL procurement of {plan.volume:,.0f} contracts a month"),
+        }
+
+    with warehouse.get_connection() as conn:
+        return each_horizon(
+            context,
+            ZL,
+            lambda h: work(h, conn),
+            name="procurement backtest",
+            finish=lambda done: finish(done, conn),
+            metadata=metadata,
+        )
 
 
 # --- MES trading ------------------------------------------------------------------------------
@@ -190,59 +233,88 @@ def _equity_plot(periods: dict[str, pl.DataFrame], key: str, title: str):
 
 
 @dg.asset(
-    key=["mes", "backtests", "trading"], group_name="mes_backtests", partitions_def=HORIZON_PARTITIONS["mes"],
-    backfill_policy=dg.BackfillPolicy.single_run(), deps=[dg.AssetKey(["mes", "models", "ensemble"])],
-    required_resource_keys={"lake", "warehouse"}, kinds={"python", "duckdb"}, tags={"layer": "backtests"},
+    key=tables.BACKTEST.asset_key(market=MES, kind="trading"),
+    group_name="mes_backtests",
+    partitions_def=horizon_partitions(MES),
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    deps=_reads(MES),
+    kinds={"python", "duckdb"},
+    tags={"layer": "backtests", **stage("forecast")},
     description="MES trading backtest per horizon: the walk-forward forecast's sign held over the horizon on "
-                "non-overlapping origins, after costs, beside buy-and-hold on the same periods: Sharpe, drawdown, "
-                "turnover (MES/backtests/by_horizon/<h>/trading.parquet; warehouse backtests.trading).",
+    "non-overlapping origins, after costs, beside buy-and-hold on the same periods: Sharpe, drawdown, "
+    "turnover (MES/backtests/by_horizon/<h>/trading.parquet; warehouse backtests.trading).",
 )
-def mes_trading(context: dg.AssetExecutionContext, config: TradingConfig) -> dg.MaterializeResult:
+def mes_trading(
+    context: dg.AssetExecutionContext, config: TradingConfig, lake: Lake, warehouse: DuckDBResource
+) -> dg.MaterializeResult:
     if config.sizing not in SIZINGS:
         raise dg.Failure(f"trading configuration: sizing={config.sizing!r}; choose one of {SIZINGS}")
-    lake = Path(context.resources.lake.root)
-    cost_bps = MARKETS["MES"].cost_bps
-    summaries, curves, failed = [], {}, []
-    with context.resources.warehouse.get_connection() as conn:
-        for partition in context.partition_keys:
-            horizon = horizon_of("mes", partition)
-            per_year = rows_per_year(horizon)
-            try:
-                frame, source = read_forecasts(lake, "mes", partition, config.source, conn, context.log)
-                try:
-                    periods, summary = backtest(frame, horizon_rows(horizon), per_year, cost_bps,
-                                                key=time_key(horizon), sizing=config.sizing)
-                except ValueError as error:
-                    raise dg.Failure(f"mes {partition} ({source}): {error}") from error
-            except dg.Failure as error:
-                context.log.error(error.description)
-                failed.append(error.description)
-                continue
-            write_frame(periods, backtests_dir(lake, "mes", partition) / "trading.parquet")
-            summaries.append(summary.with_columns(pl.lit("MES").alias("asset"), pl.lit(partition).alias("horizon"),
-                                                  pl.lit(source).alias("source"), pl.lit(config.sizing).alias("sizing"),
-                                                  pl.lit(cost_bps).alias("cost_bps")))
-            curves[partition] = periods.rename({time_key(horizon): "time"}, strict=False)
-            mine, hold = summary.row(0, named=True), summary.row(1, named=True)
-            context.log.info(f"mes {partition} ({source}): Sharpe {mine['sharpe']:.2f} against buy-and-hold "
-                             f"{hold['sharpe']:.2f}, max drawdown {mine['max_drawdown']:.1%}, turnover "
-                             f"{mine['turnover_per_year']:.1f}/year over {mine['periods']} trades")
-        if summaries:
-            replace_horizons(conn, "backtests.trading", pl.concat(summaries, how="diagonal_relaxed"))
-    metadata: dict = {"path": dg.MetadataValue.path(str(backtests_dir(lake, "mes", "").parent)),
-                      "table": "backtests.trading", "cost_bps": cost_bps, "sizing": config.sizing}
-    if summaries:
-        shown = pl.concat(summaries).select("horizon", "source", "strategy", "periods", "years", "annual_return",
-                                            "sharpe", "max_drawdown", "turnover_per_year", "hit_rate")
-        metadata["performance"] = md_table(shown.with_columns(pl.col(pl.Float64).round(4)), 50)
-        intraday = {h: c for h, c in curves.items() if horizon_of("mes", h).intraday}
-        daily = {h: c for h, c in curves.items() if not horizon_of("mes", h).intraday}
+    cost_bps = MES.cost_bps
+    metadata: dict = {
+        "path": dg.MetadataValue.path(lake.where(tables.BACKTEST, market=MES, name="trading")),
+        "table": "backtests.trading",
+        "cost_bps": cost_bps,
+        "sizing": config.sizing,
+    }
+
+    def work(horizon: Horizon, conn) -> Done:
+        frame, source = read_forecasts(lake, MES, horizon.name, config.source, conn, context.log)
+        key = time_key(horizon)
+        try:
+            periods, summary = backtest(
+                frame, horizon_rows(horizon), rows_per_year(horizon), cost_bps, key=key, sizing=config.sizing
+            )
+        except ValueError as error:
+            raise dg.Failure(f"MES {horizon.name} ({source}): {error}") from error
+        lake.write(tables.BACKTEST, periods, market=MES, horizon=horizon.name, name="trading")
+        mine, hold = summary.row(0, named=True), summary.row(1, named=True)
+        context.log.info(
+            f"MES {horizon.name} ({source}): Sharpe {mine['sharpe']:.2f} against buy-and-hold "
+            f"{hold['sharpe']:.2f}, max drawdown {mine['max_drawdown']:.1%}, turnover "
+            f"{mine['turnover_per_year']:.1f}/year over {mine['periods']} trades"
+        )
+        summary = summary.with_columns(
+            pl.lit("MES").alias("asset"),
+            pl.lit(horizon.name).alias("horizon"),
+            pl.lit(source).alias("source"),
+            pl.lit(config.sizing).alias("sizing"),
+            pl.lit(cost_bps).alias("cost_bps"),
+        )
+        return Done(value=(summary, periods.rename({key: "time"}, strict=False)))
+
+    def finish(done: dict[str, Done], conn) -> dict:
+        summaries = pl.concat([d.value[0] for d in done.values()], how="diagonal_relaxed")
+        replace_horizons(conn, "backtests.trading", summaries)
+        shown = summaries.select(
+            "horizon",
+            "source",
+            "strategy",
+            "periods",
+            "years",
+            "annual_return",
+            "sharpe",
+            "max_drawdown",
+            "turnover_per_year",
+            "hit_rate",
+        )
+        out = {"performance": md_table(shown.with_columns(pl.col(pl.Float64).round(4)), 50)}
+        curves = {h: d.value[1] for h, d in done.items()}
+        intraday = {h: c for h, c in curves.items() if MES.horizon(h).intraday}
+        daily = {h: c for h, c in curves.items() if not MES.horizon(h).intraday}
         for name, group in (("equity_intraday", intraday), ("equity_daily", daily)):
             if group:
-                metadata[name] = _equity_plot(group, "time", f"MES trading the forecasts after {cost_bps:g} bp a side")
-    if failed:
-        raise partly_failed(failed, f"of {len(context.partition_keys)} horizons' backtests", metadata)
-    return dg.MaterializeResult(metadata=metadata)
+                out[name] = _equity_plot(group, "time", f"MES trading the forecasts after {cost_bps:g} bp a side")
+        return out
+
+    with warehouse.get_connection() as conn:
+        return each_horizon(
+            context,
+            MES,
+            lambda h: work(h, conn),
+            name="trading backtest",
+            finish=lambda done: finish(done, conn),
+            metadata=metadata,
+        )
 
 
 BACKTEST_ASSETS = [zl_procurement, mes_trading]

@@ -96,8 +96,9 @@ def _unit_cost(price: np.ndarray, quantity: np.ndarray, even: float, plan: Procu
     return price * (plan.cost_bps + plan.slippage_bps * quantity / even) / 1e4
 
 
-def procure(frame: pl.DataFrame, plan: ProcurementPlan = ProcurementPlan(), *, key: str = "date"
-            ) -> tuple[pl.DataFrame, pl.DataFrame]:
+def procure(
+    frame: pl.DataFrame, plan: ProcurementPlan = ProcurementPlan(), *, key: str = "date"
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Sessions and months of the procurement backtest from walk-forward forecasts.
 
     `frame`: a row per session with `key` (a date), `price` (settlement at the origin) and `forecast`
@@ -116,8 +117,9 @@ def procure(frame: pl.DataFrame, plan: ProcurementPlan = ProcurementPlan(), *, k
     if rows["forecast"].null_count() or not rows["forecast"].is_finite().all():
         raise ValueError("forecast has nulls or non-finite values: every session needs its forecast")
     signal = forecast_signal(rows["forecast"].to_numpy(), plan.scale_window, plan.scale_min_rows)
-    rows = rows.with_columns(pl.Series("signal", signal).shift(plan.lag, fill_value=0.0),
-                             pl.col(key).dt.truncate("1mo").alias("month"))
+    rows = rows.with_columns(
+        pl.Series("signal", signal).shift(plan.lag, fill_value=0.0), pl.col(key).dt.truncate("1mo").alias("month")
+    )
     sessions, months = [], []
     for (month,), part in rows.partition_by("month", as_dict=True, maintain_order=True).items():
         n = part.height
@@ -125,8 +127,11 @@ def procure(frame: pl.DataFrame, plan: ProcurementPlan = ProcurementPlan(), *, k
             continue
         price = part["price"].to_numpy()
         even = plan.volume / n
-        quantities = {"strategy": month_quantities(part["signal"].to_numpy(), plan),
-                      "twap": np.full(n, even), "first_day": np.r_[plan.volume, np.zeros(n - 1)]}
+        quantities = {
+            "strategy": month_quantities(part["signal"].to_numpy(), plan),
+            "twap": np.full(n, even),
+            "first_day": np.r_[plan.volume, np.zeros(n - 1)],
+        }
         sessions.append(part.with_columns(pl.Series(f"{name}_quantity", q) for name, q in quantities.items()))
         row = {"month": month, "sessions": n, "volume": plan.volume}
         for name, q in quantities.items():
@@ -141,17 +146,24 @@ def procure(frame: pl.DataFrame, plan: ProcurementPlan = ProcurementPlan(), *, k
             row[f"savings_vs_{bench}_usd"] = saving / 100 * POUNDS_PER_CONTRACT * plan.volume
         months.append(row)
     if not months:
-        raise ValueError(f"no month has {plan.min_sessions} sessions of forecasts ({rows.height} rows in all); "
-                         "lower min_sessions or give the backtest more walk-forward rows")
+        raise ValueError(
+            f"no month has {plan.min_sessions} sessions of forecasts ({rows.height} rows in all); "
+            "lower min_sessions or give the backtest more walk-forward rows"
+        )
     return pl.concat(sessions), pl.DataFrame(months).with_columns(
         pl.col("savings_vs_twap_usd").cum_sum().alias("cumulative_usd_vs_twap"),
-        pl.col("savings_vs_first_day_usd").cum_sum().alias("cumulative_usd_vs_first_day"))
+        pl.col("savings_vs_first_day_usd").cum_sum().alias("cumulative_usd_vs_first_day"),
+    )
 
 
 def procurement_summary(months: pl.DataFrame) -> dict:
     """Totals over the months: average prices paid, savings against each benchmark and their hit rates."""
-    out = {"months": months.height, "volume_per_month": float(months["volume"][0]),
-           "first_month": months["month"].min(), "last_month": months["month"].max()}
+    out = {
+        "months": months.height,
+        "volume_per_month": float(months["volume"][0]),
+        "first_month": months["month"].min(),
+        "last_month": months["month"].max(),
+    }
     for name in ("strategy", "twap", "first_day"):
         out[f"{name}_paid"] = float(months[f"{name}_paid"].mean())  # equal volume every month
     for bench in ("twap", "first_day"):
@@ -163,6 +175,7 @@ def procurement_summary(months: pl.DataFrame) -> dict:
         out[f"hit_rate_vs_{bench}"] = float(saved.mean())
         # Months do not overlap, so their savings are roughly independent: how far the mean is from 0.
         spread = months[f"savings_vs_{bench}"].std()
-        out[f"t_stat_vs_{bench}"] = (float(months[f"savings_vs_{bench}"].mean() / spread * months.height ** 0.5)
-                                     if spread and spread > 0 else 0.0)
+        out[f"t_stat_vs_{bench}"] = (
+            float(months[f"savings_vs_{bench}"].mean() / spread * months.height**0.5) if spread and spread > 0 else 0.0
+        )
     return out

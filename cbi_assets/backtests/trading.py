@@ -28,12 +28,19 @@ def trade_periods(frame: pl.DataFrame, horizon: int, *, key: str, sizing: str = 
     if horizon < 1:
         raise ValueError(f"horizon={horizon}: a position is held at least one row")
     size = pl.col("conviction").fill_null(0.0).clip(0.0, 1.0) if sizing == "conviction" else pl.lit(1.0)
-    return (frame.sort(key)
-            .filter((pl.int_range(pl.len()).over("fold") % horizon) == 0)
-            .filter(pl.col("forecast").is_finite() & pl.col("actual").is_finite())
-            .select(key, "fold", "forecast", "actual",
-                    (pl.col("forecast").sign() * size).alias("position"),
-                    (pl.col("actual").exp() - 1).alias("market_return")))
+    return (
+        frame.sort(key)
+        .filter((pl.int_range(pl.len()).over("fold") % horizon) == 0)
+        .filter(pl.col("forecast").is_finite() & pl.col("actual").is_finite())
+        .select(
+            key,
+            "fold",
+            "forecast",
+            "actual",
+            (pl.col("forecast").sign() * size).alias("position"),
+            (pl.col("actual").exp() - 1).alias("market_return"),
+        )
+    )
 
 
 def net_returns(position: np.ndarray, market: np.ndarray, cost_bps: float) -> tuple[np.ndarray, np.ndarray]:
@@ -67,8 +74,9 @@ def performance(returns: np.ndarray, traded: np.ndarray, periods_per_year: float
     }
 
 
-def backtest(frame: pl.DataFrame, horizon: int, periods_per_year: float, cost_bps: float, *, key: str,
-             sizing: str = "sign") -> tuple[pl.DataFrame, pl.DataFrame]:
+def backtest(
+    frame: pl.DataFrame, horizon: int, periods_per_year: float, cost_bps: float, *, key: str, sizing: str = "sign"
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(periods: positions, returns, equity and drawdown of the strategy and buy-and-hold; summary: a row
     for each). `periods_per_year` counts rows; a period lasts `horizon` rows."""
     periods = trade_periods(frame, horizon, key=key, sizing=sizing)
@@ -80,6 +88,9 @@ def backtest(frame: pl.DataFrame, horizon: int, periods_per_year: float, cost_bp
     for name, position in (("strategy", periods["position"].to_numpy()), ("buy_and_hold", np.ones(market.size))):
         returns, traded = net_returns(position, market, cost_bps)
         summary.append({"strategy": name, **performance(returns, traded, per_year)})
-        columns += [pl.Series(f"{name}_return", returns), pl.Series(f"{name}_equity", np.cumprod(1.0 + returns)),
-                    pl.Series(f"{name}_drawdown", drawdown(returns))]
+        columns += [
+            pl.Series(f"{name}_return", returns),
+            pl.Series(f"{name}_equity", np.cumprod(1.0 + returns)),
+            pl.Series(f"{name}_drawdown", drawdown(returns)),
+        ]
     return periods.with_columns(columns), pl.DataFrame(summary)

@@ -25,8 +25,9 @@ class BlendPlan:
             raise ValueError(f"BlendPlan: window ({self.window}) and min_rows ({self.min_rows}) must be at least 1 row")
 
 
-def blend_weights(forecasts: np.ndarray, actual: np.ndarray, states: np.ndarray, label_end, origins,
-                  plan: BlendPlan = BlendPlan()) -> tuple[np.ndarray, np.ndarray]:
+def blend_weights(
+    forecasts: np.ndarray, actual: np.ndarray, states: np.ndarray, label_end, origins, plan: BlendPlan = BlendPlan()
+) -> tuple[np.ndarray, np.ndarray]:
     """(rows, families) weights for each origin, and whether each row fell back to all states.
 
     Rows with fewer than `plan.min_rows` matured rows of any state get NaN weights. `states` is any

@@ -82,8 +82,9 @@ def check_levels(levels, min_scores: int) -> tuple[float, ...]:
     """The levels as a sorted tuple, each in (0, 1) and reachable with `min_scores` calibration scores."""
     levels = tuple(sorted(float(v) for v in levels))
     if not levels or any(not 0 < v < 1 for v in levels) or len(set(levels)) != len(levels):
-        raise ValueError(f"interval levels {list(levels)}: give distinct coverage levels strictly between 0 and 1, "
-                         "e.g. [0.8, 0.9]")
+        raise ValueError(
+            f"interval levels {list(levels)}: give distinct coverage levels strictly between 0 and 1, e.g. [0.8, 0.9]"
+        )
     # The corrected quantile ceil(level (n + 1)) / n must not pass 1.
     needed = math.ceil(levels[-1] / (1 - levels[-1]))
     if min_scores < needed:
@@ -121,7 +122,8 @@ def conformal_quantiles(scores: np.ndarray, levels: tuple[float, ...]) -> np.nda
 
     scores = np.asarray(scores, dtype=np.float64)
     calibrated = SplitConformalRegressor(GivenForecast(), confidence_level=list(levels), prefit=True).conformalize(
-        np.zeros((len(scores), 1)), scores)
+        np.zeros((len(scores), 1)), scores
+    )
     _, intervals = calibrated.predict_interval(np.zeros((1, 1)))
     return intervals[0, 1, :]  # the upper bound around a forecast of 0 is the quantile
 
@@ -142,9 +144,17 @@ def scores_of(forecast: np.ndarray, actual: np.ndarray, scale: np.ndarray) -> np
     return np.abs(actual - forecast) / scale
 
 
-def walk_forward_intervals(forecast: np.ndarray, actual: np.ndarray, scale: np.ndarray, folds: np.ndarray,
-                           label_end, origins, levels: tuple[float, ...] = LEVELS, min_scores: int = MIN_SCORES,
-                           calibration: Calibration = Calibration()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def walk_forward_intervals(
+    forecast: np.ndarray,
+    actual: np.ndarray,
+    scale: np.ndarray,
+    folds: np.ndarray,
+    label_end,
+    origins,
+    levels: tuple[float, ...] = LEVELS,
+    min_scores: int = MIN_SCORES,
+    calibration: Calibration = Calibration(),
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(lower, upper) of shape (rows, levels) and each row's quantile q (rows, levels), NaN where a fold
     has fewer than `min_scores` matured scores or a row has no forecast or scale.
 
@@ -157,7 +167,7 @@ def walk_forward_intervals(forecast: np.ndarray, actual: np.ndarray, scale: np.n
     q = np.full((len(forecast), len(levels)), np.nan)
     first = np.flatnonzero(np.r_[True, folds[1:] != folds[:-1]])
     for start, end in zip(first, np.r_[first[1:], len(folds)], strict=True):
-        history = scores[:counts[start]]
+        history = scores[: counts[start]]
         history = history[np.isfinite(history)]
         if len(history) >= min_scores:
             q[start:end] = calibration.quantiles(history, levels)
@@ -165,9 +175,15 @@ def walk_forward_intervals(forecast: np.ndarray, actual: np.ndarray, scale: np.n
     return forecast[:, None] - half, forecast[:, None] + half, q
 
 
-def interval_at(forecast: float, scale: float, history: pl.DataFrame, origin, levels: tuple[float, ...] = LEVELS,
-                min_scores: int = MIN_SCORES, calibration: Calibration = Calibration()
-                ) -> dict[float, tuple[float, float]] | None:
+def interval_at(
+    forecast: float,
+    scale: float,
+    history: pl.DataFrame,
+    origin,
+    levels: tuple[float, ...] = LEVELS,
+    min_scores: int = MIN_SCORES,
+    calibration: Calibration = Calibration(),
+) -> dict[float, tuple[float, float]] | None:
     """The conformal interval (return units) at each level for one new origin.
 
     `history` holds stored rows in time order with `label_end` and `score` (the normalised residual;
@@ -187,8 +203,12 @@ def interval_at(forecast: float, scale: float, history: pl.DataFrame, origin, le
 # --- Coverage --------------------------------------------------------------------------------------
 
 
-def coverage(frame: pl.DataFrame, intervals: dict[tuple[str, float], tuple[str, str]], horizon_rows: int,
-             scopes: tuple[str, ...] = ("regime", "state")) -> pl.DataFrame:
+def coverage(
+    frame: pl.DataFrame,
+    intervals: dict[tuple[str, float], tuple[str, str]],
+    horizon_rows: int,
+    scopes: tuple[str, ...] = ("regime", "state"),
+) -> pl.DataFrame:
     """Empirical coverage of each interval overall and per group of each scope column.
 
     `intervals` maps (method, nominal level) to its (lower, upper) return columns in `frame`, which
@@ -204,16 +224,33 @@ def coverage(frame: pl.DataFrame, intervals: dict[tuple[str, float], tuple[str, 
             pl.lit("all").alias("_all"),
         )
         for scope, column in (("overall", "_all"), *((s, s) for s in scopes)):
-            parts.append(have.group_by(pl.col(column).cast(pl.String).alias("group")).agg(
-                pl.len().alias("rows"), pl.col("_in").mean().alias("coverage"),
-                pl.col("_width").mean().alias("mean_width"),
-            ).with_columns(pl.lit(method).alias("method"), pl.lit(level).alias("level"), pl.lit(scope).alias("scope")))
-    schema = {"method": pl.String, "level": pl.Float64, "scope": pl.String, "group": pl.String, "rows": pl.Int64,
-              "coverage": pl.Float64, "mean_width": pl.Float64, "outcomes": pl.Float64}
+            parts.append(
+                have.group_by(pl.col(column).cast(pl.String).alias("group"))
+                .agg(
+                    pl.len().alias("rows"),
+                    pl.col("_in").mean().alias("coverage"),
+                    pl.col("_width").mean().alias("mean_width"),
+                )
+                .with_columns(
+                    pl.lit(method).alias("method"), pl.lit(level).alias("level"), pl.lit(scope).alias("scope")
+                )
+            )
+    schema = {
+        "method": pl.String,
+        "level": pl.Float64,
+        "scope": pl.String,
+        "group": pl.String,
+        "rows": pl.Int64,
+        "coverage": pl.Float64,
+        "mean_width": pl.Float64,
+        "outcomes": pl.Float64,
+    }
     if not parts:
         return pl.DataFrame(schema=schema)
     scope_order = {"overall": 0, **{s: i + 1 for i, s in enumerate(scopes)}}
-    return (pl.concat(parts, how="diagonal_relaxed")
-            .with_columns((pl.col("rows") / horizon_rows).alias("outcomes"), pl.col("rows").cast(pl.Int64))
-            .select(pl.col(c).cast(t) for c, t in schema.items())
-            .sort(pl.col("method"), pl.col("level"), pl.col("scope").replace_strict(scope_order), pl.col("group")))
+    return (
+        pl.concat(parts, how="diagonal_relaxed")
+        .with_columns((pl.col("rows") / horizon_rows).alias("outcomes"), pl.col("rows").cast(pl.Int64))
+        .select(pl.col(c).cast(t) for c, t in schema.items())
+        .sort(pl.col("method"), pl.col("level"), pl.col("scope").replace_strict(scope_order), pl.col("group"))
+    )

@@ -1,11 +1,11 @@
-"""One asset x horizon from its families' out-of-fold forecasts to the ensembles' forecasts table:
+"""One market x horizon from its families' out-of-fold forecasts to the ensembles' forecasts table:
 stacked and blended forecasts per walk-forward test row, the blend's conformal intervals beside
 LightGBM's quantiles, conviction, confidence, and every model scored on the same folds.
 
 The blend is the point forecast that carries the intervals: forecast combination studies find
 simple precision-weighted means hard to beat with fitted weights (the "forecast combination
 puzzle"), and it can be recomputed for a new origin from stored history without refitting
-(`forecast_at`). The stacked learners are scored beside it.
+(`forecast_at`). The stackers are scored beside it.
 """
 
 from __future__ import annotations
@@ -31,26 +31,26 @@ from cbi_assets.ensembles.conformal import (
 )
 from cbi_assets.ensembles.conviction import confidence, conviction, typical_move
 from cbi_assets.ensembles.members import DIRECTIONLESS, Members
-from cbi_assets.ensembles.stacking import META_LEARNERS, trainable_folds, walk_stacked
+from cbi_assets.ensembles.stacking import STACKERS, trainable_folds, walk_stacked
 from cbi_assets.models.evaluation import METRICS, overall, scored
 
 POINT = "blend"  # the ensemble whose forecast the intervals, conviction and confidence describe
-ENSEMBLES = (*META_LEARNERS, POINT)
+ENSEMBLES = (*STACKERS, POINT)
 
 
 @dataclass(frozen=True)
 class EnsemblePlan:
     levels: tuple[float, ...] = LEVELS
     blend: BlendPlan = field(default_factory=BlendPlan)
-    stack_min_rows: int = 100  # matured rows a fold's meta-learner needs; folds with fewer are left out
-    stack_max_rows: int | None = 50_000  # the most recent matured rows a meta-learner fits on
+    stack_min_rows: int = 100  # matured rows a fold's stacker needs; folds with fewer are left out
+    stack_max_rows: int | None = 50_000  # the most recent matured rows a stacker fits on
     min_scores: int = MIN_SCORES  # matured conformal scores a fold's interval needs
     threads: int | None = 1
 
     def __post_init__(self) -> None:
         check_levels(self.levels, self.min_scores)
         if self.stack_min_rows < 1:
-            raise ValueError(f"stack_min_rows={self.stack_min_rows}: a meta-learner needs at least 1 matured row")
+            raise ValueError(f"stack_min_rows={self.stack_min_rows}: a stacker needs at least 1 matured row")
 
 
 @dataclass(frozen=True)
@@ -67,65 +67,113 @@ def in_price(columns: list[str]) -> list[pl.Expr]:
     return [(pl.col("price") * pl.col(c).exp()).alias(f"{c}_price") for c in columns]
 
 
-def ensemble(members: Members, horizon_rows: int, plan: EnsemblePlan = EnsemblePlan(), *, periods_per_year: float,
-             cost_bps: float, log: Callable[[str], None] = lambda _: None) -> Ensembled:
-    """Stack, blend and calibrate one asset x horizon; see the module's docstring."""
+def ensemble(
+    members: Members,
+    horizon_rows: int,
+    plan: EnsemblePlan = EnsemblePlan(),
+    *,
+    periods_per_year: float,
+    cost_bps: float,
+    log: Callable[[str], None] = lambda _: None,
+) -> Ensembled:
+    """Stack, blend and calibrate one market x horizon; see the module's docstring."""
     directional = members.directional
     if len(directional) < 2:
-        raise ValueError(f"ensembles need at least 2 families besides {', '.join(DIRECTIONLESS)}; found "
-                         f"{list(directional)} (missing: {list(members.missing)}); materialize the model assets")
+        raise ValueError(
+            f"ensembles need at least 2 families besides {', '.join(DIRECTIONLESS)}; found "
+            f"{list(directional)} (missing: {list(members.missing)}); materialize the model assets"
+        )
     rows, key = members.rows, members.key
     folds = rows["fold"].to_numpy()
     actual = rows["actual"].to_numpy().astype(np.float64)
     label_end, origins = rows["label_end"], rows[key]
     evaluated = trainable_folds(folds, label_end, origins, max(plan.stack_min_rows, plan.blend.min_rows))
     if not evaluated:
-        raise ValueError(f"no fold has {max(plan.stack_min_rows, plan.blend.min_rows)} matured out-of-fold rows "
-                         f"before it ({rows.height} rows in {len(np.unique(folds))} folds, labels {horizon_rows} rows "
-                         "long): there is nothing to fit an ensemble on; use more folds or a lower stack_min_rows")
+        raise ValueError(
+            f"no fold has {max(plan.stack_min_rows, plan.blend.min_rows)} matured out-of-fold rows "
+            f"before it ({rows.height} rows in {len(np.unique(folds))} folds, labels {horizon_rows} rows "
+            "long): there is nothing to fit an ensemble on; use more folds or a lower stack_min_rows"
+        )
     keep = np.isin(folds, evaluated)
-    log(f"ensembles on folds {evaluated[0]}..{evaluated[-1]} ({int(keep.sum()):,} of {rows.height:,} rows); "
-        f"members: {', '.join(members.names)}")
+    log(
+        f"ensembles on folds {evaluated[0]}..{evaluated[-1]} ({int(keep.sum()):,} of {rows.height:,} rows); "
+        f"members: {', '.join(members.names)}"
+    )
 
     forecasts: dict[str, np.ndarray] = {}
     votes, states = members.of(directional), members.state_inputs()
-    for name, learner in META_LEARNERS.items():
-        forecasts[name] = walk_stacked(learner, votes, states, actual, folds, label_end, origins, evaluated,
-                                       horizon_rows, max_rows=plan.stack_max_rows, threads=plan.threads, log=log)
-    weights, fell_back = blend_weights(members.forecasts, actual, rows["state"].to_numpy(), label_end, origins,
-                                       plan.blend)
+    for name, stacker in STACKERS.items():
+        forecasts[name] = walk_stacked(
+            stacker,
+            votes,
+            states,
+            actual,
+            folds,
+            label_end,
+            origins,
+            evaluated,
+            horizon_rows,
+            max_rows=plan.stack_max_rows,
+            threads=plan.threads,
+            log=log,
+        )
+    weights, fell_back = blend_weights(
+        members.forecasts, actual, rows["state"].to_numpy(), label_end, origins, plan.blend
+    )
     forecasts[POINT] = np.where(keep, blend(members.forecasts, weights), np.nan)
 
     point = forecasts[POINT]
     scale = rows["scale"].to_numpy().astype(np.float64)
     calibration = Calibration.of(horizon_rows, periods_per_year)
-    lower, upper, _ = walk_forward_intervals(point, actual, scale, folds, label_end, origins, plan.levels,
-                                             plan.min_scores, calibration)
+    lower, upper, _ = walk_forward_intervals(
+        point, actual, scale, folds, label_end, origins, plan.levels, plan.min_scores, calibration
+    )
     # Unscaled, for comparison: the same weights; a normal prior needs a volatility scale.
-    raw_lower, raw_upper, _ = walk_forward_intervals(point, actual, np.ones_like(scale), folds, label_end, origins,
-                                                     plan.levels, plan.min_scores,
-                                                     replace(calibration, normal_prior=False))
+    raw_lower, raw_upper, _ = walk_forward_intervals(
+        point,
+        actual,
+        np.ones_like(scale),
+        folds,
+        label_end,
+        origins,
+        plan.levels,
+        plan.min_scores,
+        replace(calibration, normal_prior=False),
+    )
     spread = votes.std(axis=1)
     typical = typical_move(actual, label_end, origins)
     widest = len(plan.levels) - 1
 
     names = [level_name(v) for v in plan.levels]
-    table = rows.select(key, "fold", "regime", "state", "label_end", "price").with_columns(
-        pl.Series("forecast", point), pl.Series("scale", scale),
-        pl.Series("score", scores_of(point, actual, scale)),
-        *(pl.Series(f"lower_{n}", lower[:, i]) for i, n in enumerate(names)),
-        *(pl.Series(f"upper_{n}", upper[:, i]) for i, n in enumerate(names)),
-        *(pl.Series(f"unscaled_lower_{n}", raw_lower[:, i]) for i, n in enumerate(names)),
-        *(pl.Series(f"unscaled_upper_{n}", raw_upper[:, i]) for i, n in enumerate(names)),
-        rows["quantile_lower"], rows["quantile_upper"],
-        pl.Series("conviction", conviction(votes, point)),
-        pl.Series("confidence", confidence((upper[:, widest] - lower[:, widest]) / 2, spread, typical)),
-        pl.Series("spread", spread), pl.Series("typical_move", typical),
-        pl.Series("blend_fell_back", fell_back),
-        rows["actual"], rows["forward_price"],
-    ).filter(pl.Series(keep)).with_columns(pl.col(pl.Float64).fill_nan(None))
-    interval_columns = ["forecast", *(f"{side}_{n}" for n in names for side in ("lower", "upper")),
-                        "quantile_lower", "quantile_upper"]
+    table = (
+        rows.select(key, "fold", "regime", "state", "label_end", "price")
+        .with_columns(
+            pl.Series("forecast", point),
+            pl.Series("scale", scale),
+            pl.Series("score", scores_of(point, actual, scale)),
+            *(pl.Series(f"lower_{n}", lower[:, i]) for i, n in enumerate(names)),
+            *(pl.Series(f"upper_{n}", upper[:, i]) for i, n in enumerate(names)),
+            *(pl.Series(f"unscaled_lower_{n}", raw_lower[:, i]) for i, n in enumerate(names)),
+            *(pl.Series(f"unscaled_upper_{n}", raw_upper[:, i]) for i, n in enumerate(names)),
+            rows["quantile_lower"],
+            rows["quantile_upper"],
+            pl.Series("conviction", conviction(votes, point)),
+            pl.Series("confidence", confidence((upper[:, widest] - lower[:, widest]) / 2, spread, typical)),
+            pl.Series("spread", spread),
+            pl.Series("typical_move", typical),
+            pl.Series("blend_fell_back", fell_back),
+            rows["actual"],
+            rows["forward_price"],
+        )
+        .filter(pl.Series(keep))
+        .with_columns(pl.col(pl.Float64).fill_nan(None))
+    )
+    interval_columns = [
+        "forecast",
+        *(f"{side}_{n}" for n in names for side in ("lower", "upper")),
+        "quantile_lower",
+        "quantile_upper",
+    ]
     table = table.with_columns(in_price(interval_columns))
 
     named = list(zip(plan.levels, names, strict=True))
@@ -140,8 +188,12 @@ def ensemble(members: Members, horizon_rows: int, plan: EnsemblePlan = EnsembleP
     base = rows.select(key, "regime", "forward_price", "fold", "price", "actual")
     oof, scores = {}, {}
     for name, values in {**dict(zip(members.names, members.forecasts.T, strict=True)), **forecasts}.items():
-        frame = base.with_columns(pl.Series("forecast", values), pl.lit(None, pl.Float64).alias("lower"),
-                                  pl.lit(None, pl.Float64).alias("upper"), pl.lit(None, pl.Float64).alias("sigma"))
+        frame = base.with_columns(
+            pl.Series("forecast", values),
+            pl.lit(None, pl.Float64).alias("lower"),
+            pl.lit(None, pl.Float64).alias("upper"),
+            pl.lit(None, pl.Float64).alias("sigma"),
+        )
         frame = frame.filter(pl.Series(keep))
         if name == POINT and 0.8 in plan.levels:
             # The families' own interval is 10-90%; the blend's stored beside it is its conformal 80%.
@@ -164,24 +216,32 @@ def comparison(result: Ensembled, members: Members) -> pl.DataFrame:
     out = []
     for name in result.oof:
         mine = overall(result.scores[name])
-        out.append({
-            "ensemble": name, "folds": len(result.evaluated), "first_fold": result.evaluated[0], "rows": rows,
-            **{m: mine[m] for m in METRICS},
-            "best_family": best, "best_family_mase": families[best]["mase"],
-            "best_family_directional_accuracy": families[best]["directional_accuracy"],
-            "random_walk_mase": families["random_walk"]["mase"] if "random_walk" in families else np.nan,
-            "mase_vs_best": mine["mase"] - families[best]["mase"],
-            "beats_best_family": bool(mine["mase"] < families[best]["mase"]),
-            "members": ",".join(members.names), "missing": ",".join(members.missing),
-        })
+        out.append(
+            {
+                "ensemble": name,
+                "folds": len(result.evaluated),
+                "first_fold": result.evaluated[0],
+                "rows": rows,
+                **{m: mine[m] for m in METRICS},
+                "best_family": best,
+                "best_family_mase": families[best]["mase"],
+                "best_family_directional_accuracy": families[best]["directional_accuracy"],
+                "random_walk_mase": families["random_walk"]["mase"] if "random_walk" in families else np.nan,
+                "mase_vs_best": mine["mase"] - families[best]["mase"],
+                "beats_best_family": bool(mine["mase"] < families[best]["mase"]),
+                "members": ",".join(members.names),
+                "missing": ",".join(members.missing),
+            }
+        )
     return pl.DataFrame(out)
 
 
 # --- The latest origin -----------------------------------------------------------------------------
 
 
-def weights_at(history: pl.DataFrame, names: tuple[str, ...], state: str, origin,
-               plan: BlendPlan | None = None) -> dict[str, float] | None:
+def weights_at(
+    history: pl.DataFrame, names: tuple[str, ...], state: str, origin, plan: BlendPlan | None = None
+) -> dict[str, float] | None:
     """The blend's weights for one new origin in regime state `state`, from the stored members table
     (`label_end`, `state`, `actual` and a forecast column per family); the same rule as `blend_weights`.
     None when fewer than `plan.min_rows` rows have matured."""
@@ -196,9 +256,18 @@ def weights_at(history: pl.DataFrame, names: tuple[str, ...], state: str, origin
     return dict(zip(names, precision / precision.sum(), strict=True))
 
 
-def forecast_at(family_forecasts: dict[str, float], state: str, origin, price: float, scale: float,
-                members: pl.DataFrame, history: pl.DataFrame, plan: EnsemblePlan = EnsemblePlan(), *,
-                calibration: Calibration) -> dict:
+def forecast_at(
+    family_forecasts: dict[str, float],
+    state: str,
+    origin,
+    price: float,
+    scale: float,
+    members: pl.DataFrame,
+    history: pl.DataFrame,
+    plan: EnsemblePlan = EnsemblePlan(),
+    *,
+    calibration: Calibration,
+) -> dict:
     """The ensemble for a new origin: the blend of the families' forecasts, its conformal intervals,
     conviction and confidence, from stored history only.
 
@@ -214,17 +283,26 @@ def forecast_at(family_forecasts: dict[str, float], state: str, origin, price: f
     directional = [n for n in names if n not in DIRECTIONLESS]
     if len(directional) < 2:
         stored = [c for c in members.columns if c not in MEMBER_COLUMNS]
-        raise ValueError(f"forecast_at needs forecasts of at least 2 stored families besides the random walk; got "
-                         f"{list(family_forecasts)} (stored: {stored})")
+        raise ValueError(
+            f"forecast_at needs forecasts of at least 2 stored families besides the random walk; got "
+            f"{list(family_forecasts)} (stored: {stored})"
+        )
     weights = weights_at(members, names, state, origin, plan.blend)
     if weights is None:
-        raise ValueError(f"forecast_at: fewer than {plan.blend.min_rows} stored rows had matured before {origin}; "
-                         "materialize the ensemble on more history")
+        raise ValueError(
+            f"forecast_at: fewer than {plan.blend.min_rows} stored rows had matured before {origin}; "
+            "materialize the ensemble on more history"
+        )
     point = float(sum(weights[n] * family_forecasts[n] for n in names))
     intervals = interval_at(point, scale, history, origin, plan.levels, plan.min_scores, calibration)
     votes = np.array([family_forecasts[n] for n in directional])
-    return {"origin": origin, "state": state, "price": price, "weights": weights,
-            **described(point, votes, intervals, typical_move_before(members, origin), price)}
+    return {
+        "origin": origin,
+        "state": state,
+        "price": price,
+        "weights": weights,
+        **described(point, votes, intervals, typical_move_before(members, origin), price),
+    }
 
 
 def typical_move_before(history: pl.DataFrame, origin) -> float:
@@ -233,22 +311,32 @@ def typical_move_before(history: pl.DataFrame, origin) -> float:
     return float(matured.mean()) if matured.len() else np.nan
 
 
-def described(point: float, votes: np.ndarray, intervals: dict[float, tuple[float, float]] | None, typical: float,
-              price: float) -> dict:
+def described(
+    point: float, votes: np.ndarray, intervals: dict[float, tuple[float, float]] | None, typical: float, price: float
+) -> dict:
     """One origin's forecast as the desk reads it: `forecast` (log return) and `forecast_price`; `conviction`
     across the directional members' forecasts `votes` (None without any); their `spread`; the
     `typical_move`; each level's bounds (`lower_80`, `upper_80_price`, ... only when `intervals` is
     given) and `confidence` from the widest (None without intervals)."""
     votes = np.asarray(votes, dtype=np.float64).reshape(1, -1)
     spread = float(votes.std()) if votes.size else np.nan
-    out = {"forecast": point, "forecast_price": price * float(np.exp(point)),
-           "conviction": float(conviction(votes, np.array([point]))[0]) if votes.size else None,
-           "spread": spread, "typical_move": typical, "confidence": None}
+    out = {
+        "forecast": point,
+        "forecast_price": price * float(np.exp(point)),
+        "conviction": float(conviction(votes, np.array([point]))[0]) if votes.size else None,
+        "spread": spread,
+        "typical_move": typical,
+        "confidence": None,
+    }
     if intervals is not None:
         for level, (lo, hi) in intervals.items():
             n = level_name(level)
-            out |= {f"lower_{n}": lo, f"upper_{n}": hi, f"lower_{n}_price": price * float(np.exp(lo)),
-                    f"upper_{n}_price": price * float(np.exp(hi))}
+            out |= {
+                f"lower_{n}": lo,
+                f"upper_{n}": hi,
+                f"lower_{n}_price": price * float(np.exp(lo)),
+                f"upper_{n}_price": price * float(np.exp(hi)),
+            }
         lo, hi = intervals[max(intervals)]
         out["confidence"] = float(confidence(np.array([(hi - lo) / 2]), np.array([spread]), np.array([typical]))[0])
     return out
@@ -260,4 +348,5 @@ MEMBER_COLUMNS = ("fold", "label_end", "state", "actual")
 def members_table(members: Members) -> pl.DataFrame:
     """What `forecast_at` needs of the families' history: a row per out-of-fold row, a column per family."""
     return members.rows.select(members.key, *MEMBER_COLUMNS).with_columns(
-        pl.Series(n, members.forecasts[:, i]) for i, n in enumerate(members.names))
+        pl.Series(n, members.forecasts[:, i]) for i, n in enumerate(members.names)
+    )

@@ -2,7 +2,7 @@
 
 A row's label has matured for an origin when it ended strictly before that origin (`label_end <
 origin`): for a daily horizon of h sessions that leaves out the last h rows before the origin, the
-purge the base folds use. Whatever is fitted for an origin (a meta-learner, blend weights, a
+purge the base folds use. Whatever is fitted for an origin (a stacker, blend weights, a
 conformal quantile) sees only rows matured by then.
 """
 
@@ -26,8 +26,9 @@ def matured_counts(label_end: pl.Series | np.ndarray, origins: pl.Series | np.nd
         raise ValueError("matured_counts: label_end has missing values; every forecast row needs its label end")
     if np.any(np.diff(ends) < 0):
         row = int(np.flatnonzero(np.diff(ends) < 0)[0]) + 1
-        raise ValueError(f"matured_counts: label_end decreases at row {row}; sort the rows by time (one horizon per "
-                         "frame)")
+        raise ValueError(
+            f"matured_counts: label_end decreases at row {row}; sort the rows by time (one horizon per frame)"
+        )
     return np.searchsorted(ends, _physical(origins), side="left")
 
 
@@ -35,7 +36,9 @@ def _physical(values: pl.Series | np.ndarray) -> np.ndarray:
     """Dates and datetimes as their integer representation, so numpy compares them in order."""
     if isinstance(values, pl.Series):
         if values.null_count():
-            raise ValueError(f"matured_counts: {values.name or 'a time column'} has {values.null_count()} nulls; "
-                             "every forecast row needs its time and label end")
+            raise ValueError(
+                f"matured_counts: {values.name or 'a time column'} has {values.null_count()} nulls; "
+                "every forecast row needs its time and label end"
+            )
         return values.to_physical().to_numpy()
     return np.asarray(values)

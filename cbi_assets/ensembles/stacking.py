@@ -1,7 +1,7 @@
-"""Stacking: a meta-learner that forecasts the return from the families' forecasts and the regime state,
-refitted walk-forward so that each fold is forecast by a learner that saw only matured earlier rows.
+"""Stacking: a stacker forecasts the return from the families' forecasts and the regime state, refitted
+walk-forward so that each fold is forecast by a stacker that saw only matured earlier rows.
 
-Two learners, with settings fixed here rather than tuned on the test folds:
+Two stackers, with settings fixed here rather than tuned on the test folds:
 - `stack_ridge`: per-state non-negative weights of the families, mixed by the state probabilities:
   forecast = sum_s p_s sum_j w_js f_j with every w_js >= 0 and no intercept (Breiman's stacked
   regression: unconstrained weights of highly correlated forecasts swing to large opposite signs, and
@@ -33,7 +33,7 @@ class Stacked(Protocol):
 
 
 @dataclass(frozen=True)
-class MetaLearner:
+class Stacker:
     name: str
     fit: Callable[..., Stacked]  # (forecasts, states, y, horizon, threads) -> Stacked
     description: str
@@ -69,8 +69,9 @@ def _ridge(x: np.ndarray, y: np.ndarray, penalty: float) -> np.ndarray:
     return weights
 
 
-def fit_state_ridge(forecasts: np.ndarray, states: np.ndarray, y: np.ndarray, horizon: int,
-                    threads: int | None = None) -> StateRidge:
+def fit_state_ridge(
+    forecasts: np.ndarray, states: np.ndarray, y: np.ndarray, horizon: int, threads: int | None = None
+) -> StateRidge:
     """Non-negative per-state weights; the penalty is the one with the least error on purged
     time-series splits (each validation block `horizon` rows after its training rows)."""
     from sklearn.model_selection import TimeSeriesSplit
@@ -97,29 +98,45 @@ class StateTrees:
         return self.booster.predict(np.column_stack([forecasts, states]))
 
 
-def fit_lightgbm(forecasts: np.ndarray, states: np.ndarray, y: np.ndarray, horizon: int,
-                 threads: int | None = None) -> StateTrees:
+def fit_lightgbm(
+    forecasts: np.ndarray, states: np.ndarray, y: np.ndarray, horizon: int, threads: int | None = None
+) -> StateTrees:
     import lightgbm as lgb
 
     x = np.column_stack([forecasts, states])
     # Shallow and slow-learning: a few thousand rows of correlated forecasts hold little beyond a
     # weighted mean, so the trees must not chase noise.
-    params = {"objective": "regression", "learning_rate": 0.03, "num_leaves": 8, "min_data_in_leaf": 50,
-              "feature_fraction": 0.8, "bagging_fraction": 0.8, "bagging_freq": 1, "lambda_l2": 1.0, "seed": 7,
-              "deterministic": True, "force_row_wise": True, "verbosity": -1, "num_threads": threads or 1}
+    params = {
+        "objective": "regression",
+        "learning_rate": 0.03,
+        "num_leaves": 8,
+        "min_data_in_leaf": 50,
+        "feature_fraction": 0.8,
+        "bagging_fraction": 0.8,
+        "bagging_freq": 1,
+        "lambda_l2": 1.0,
+        "seed": 7,
+        "deterministic": True,
+        "force_row_wise": True,
+        "verbosity": -1,
+        "num_threads": threads or 1,
+    }
     fit, valid = validation_split(len(y), horizon, 0.2)
     data = lgb.Dataset(x[fit], y[fit], free_raw_data=False)
     kwargs = {}
     if valid.start < len(y):
-        kwargs = {"valid_sets": [lgb.Dataset(x[valid], y[valid], reference=data)],
-                  "callbacks": [lgb.early_stopping(LIGHTGBM_PATIENCE, verbose=False)]}
+        kwargs = {
+            "valid_sets": [lgb.Dataset(x[valid], y[valid], reference=data)],
+            "callbacks": [lgb.early_stopping(LIGHTGBM_PATIENCE, verbose=False)],
+        }
     return StateTrees(lgb.train(params, data, num_boost_round=LIGHTGBM_ROUNDS, **kwargs))
 
 
-META_LEARNERS = {
-    "stack_ridge": MetaLearner("stack_ridge", fit_state_ridge,
-                               "non-negative ridge weights per regime state, mixed by the state probabilities"),
-    "stack_lightgbm": MetaLearner("stack_lightgbm", fit_lightgbm, "LightGBM on the forecasts and state probabilities"),
+STACKERS = {
+    "stack_ridge": Stacker(
+        "stack_ridge", fit_state_ridge, "non-negative ridge weights per regime state, mixed by the state probabilities"
+    ),
+    "stack_lightgbm": Stacker("stack_lightgbm", fit_lightgbm, "LightGBM on the forecasts and state probabilities"),
 }
 
 
@@ -142,12 +159,24 @@ def trainable_folds(folds: np.ndarray, label_end, origins, min_rows: int) -> lis
     return [k for k, i in starts.items() if counts[i] >= max(min_rows, 1)]
 
 
-def walk_stacked(learner: MetaLearner, forecasts: np.ndarray, states: np.ndarray, y: np.ndarray, folds: np.ndarray,
-                 label_end, origins, evaluated: list[int], horizon: int, *, max_rows: int | None = None,
-                 threads: int | None = None, log: Callable[[str], None] = lambda _: None) -> np.ndarray:
-    """Out-of-fold forecasts of a meta-learner: NaN outside the `evaluated` folds.
+def walk_stacked(
+    stacker: Stacker,
+    forecasts: np.ndarray,
+    states: np.ndarray,
+    y: np.ndarray,
+    folds: np.ndarray,
+    label_end,
+    origins,
+    evaluated: list[int],
+    horizon: int,
+    *,
+    max_rows: int | None = None,
+    threads: int | None = None,
+    log: Callable[[str], None] = lambda _: None,
+) -> np.ndarray:
+    """Out-of-fold forecasts of a stacker: NaN outside the `evaluated` folds.
 
-    For fold k the learner is fitted on the rows matured before the fold's first origin (at most the
+    For fold k the stacker is fitted on the rows matured before the fold's first origin (at most the
     last `max_rows` of them), then forecasts every row of fold k. Rows of fold k itself, and any
     earlier row whose label reaches into it, never enter its fit.
     """
@@ -158,7 +187,7 @@ def walk_stacked(learner: MetaLearner, forecasts: np.ndarray, states: np.ndarray
         rows = folds == k
         matured = int(counts[starts[k]])
         train = slice(max(0, matured - max_rows) if max_rows else 0, matured)
-        model = learner.fit(forecasts[train], states[train], y[train], horizon, threads)
+        model = stacker.fit(forecasts[train], states[train], y[train], horizon, threads)
         out[rows] = model.predict(forecasts[rows], states[rows])
-        log(f"{learner.name} fold {k}: fitted on {matured - train.start:,} matured rows, forecasts {int(rows.sum()):,}")
+        log(f"{stacker.name} fold {k}: fitted on {matured - train.start:,} matured rows, forecasts {int(rows.sum()):,}")
     return out

@@ -18,11 +18,15 @@ IMPORTANCE_SCHEMA = {"feature": pl.String, "mean_abs_shap": pl.Float64, "rank": 
 
 def importance(attribution: Attribution) -> pl.DataFrame:
     """feature, mean_abs_shap, rank (1 = the largest mean |SHAP|), most important first."""
-    mean_abs = np.mean(np.abs(attribution.shap), axis=0) if len(attribution.shap) else np.zeros(len(attribution.features))
-    return (pl.DataFrame({"feature": list(attribution.features), "mean_abs_shap": mean_abs})
-            .sort("mean_abs_shap", descending=True, maintain_order=True)
-            .with_row_index("rank", offset=1)
-            .select(pl.col("feature"), pl.col("mean_abs_shap"), pl.col("rank").cast(pl.Int32)))
+    mean_abs = (
+        np.mean(np.abs(attribution.shap), axis=0) if len(attribution.shap) else np.zeros(len(attribution.features))
+    )
+    return (
+        pl.DataFrame({"feature": list(attribution.features), "mean_abs_shap": mean_abs})
+        .sort("mean_abs_shap", descending=True, maintain_order=True)
+        .with_row_index("rank", offset=1)
+        .select(pl.col("feature"), pl.col("mean_abs_shap"), pl.col("rank").cast(pl.Int32))
+    )
 
 
 def importance_drift(previous: pl.DataFrame, latest: pl.DataFrame, movers: int = 10) -> tuple[dict, pl.DataFrame]:
@@ -33,18 +37,25 @@ def importance_drift(previous: pl.DataFrame, latest: pl.DataFrame, movers: int =
     of them lacks counts as 0), and the `movers` features whose mean |SHAP| changed most, with their
     ranks before and after. The correlation is NaN when either training attributes nothing.
     """
-    both = (previous.select("feature", pl.col("mean_abs_shap").alias("previous"))
-            .join(latest.select("feature", pl.col("mean_abs_shap").alias("latest")), on="feature", how="full",
-                  coalesce=True)
-            .with_columns(pl.col("previous", "latest").fill_null(0.0))
-            .with_columns(
-                pl.col("previous").rank("min", descending=True).cast(pl.Int32).alias("previous_rank"),
-                pl.col("latest").rank("min", descending=True).cast(pl.Int32).alias("latest_rank"),
-                (pl.col("latest") - pl.col("previous")).alias("change")))
+    both = (
+        previous.select("feature", pl.col("mean_abs_shap").alias("previous"))
+        .join(
+            latest.select("feature", pl.col("mean_abs_shap").alias("latest")), on="feature", how="full", coalesce=True
+        )
+        .with_columns(pl.col("previous", "latest").fill_null(0.0))
+        .with_columns(
+            pl.col("previous").rank("min", descending=True).cast(pl.Int32).alias("previous_rank"),
+            pl.col("latest").rank("min", descending=True).cast(pl.Int32).alias("latest_rank"),
+            (pl.col("latest") - pl.col("previous")).alias("change"),
+        )
+    )
     constant = both["previous"].n_unique() < 2 or both["latest"].n_unique() < 2
     correlation = math.nan if constant else float(both.select(pl.corr("previous", "latest", method="spearman")).item())
-    moved = (both.sort(pl.col("change").abs(), descending=True, maintain_order=True).head(movers)
-             .select("feature", "previous", "latest", "change", "previous_rank", "latest_rank"))
+    moved = (
+        both.sort(pl.col("change").abs(), descending=True, maintain_order=True)
+        .head(movers)
+        .select("feature", "previous", "latest", "change", "previous_rank", "latest_rank")
+    )
     summary = {
         "rank_correlation": correlation,
         "features": both.height,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,21 +22,13 @@ from cbi_assets.training.scaling import RobustScaler
 
 @dataclass(frozen=True)
 class ExplainPlan:
-    """How much a profile explains per model."""
+    """How much a profile explains per model (`Profile.explain`)."""
 
     max_rows: int  # the most recent test rows of the last fold explained exactly (trees)
     network_rows: int  # of those, the rows a network is explained on (sampled SHAP is costly)
     background: int  # background windows a network's features are replaced with
     permutations: int  # antithetic permutations per explained network row
     drivers: int  # top drivers kept per forecast
-
-
-PLANS: dict[str, ExplainPlan] = {
-    "full": ExplainPlan(max_rows=2000, network_rows=24, background=32, permutations=1, drivers=10),
-    # Each network row costs (2 x features + 1) x background forward passes: on the sample a network
-    # explains the latest forecast only.
-    "sample": ExplainPlan(max_rows=500, network_rows=0, background=8, permutations=1, drivers=10),
-}
 
 
 @dataclass(frozen=True)
@@ -64,8 +55,10 @@ class ExplainedRows:
         """(windows of the explained rows, `background` windows spread evenly over the fold's training
         rows), each (n, length, features), scaled and cut as the fold's sequence families saw them."""
         if self.tail is not None and length > len(self.tail.x):
-            raise ValueError(f"a window of {length} rows reaches before the {len(self.tail.x)} master rows read for the "
-                             "latest origin; read more history (explained_rows' `history`)")
+            raise ValueError(
+                f"a window of {length} rows reaches before the {len(self.tail.x)} master rows read for the "
+                "latest origin; read more history (explained_rows' `history`)"
+            )
         budget = dataclasses.replace(budget, sequence_length=length)
         train, _ = fold_inputs(self.data, self.fold, self.scaler, "sequence", budget)
         picked = np.unique(np.linspace(0, train.rows - 1, min(background, train.rows)).round().astype(int))
@@ -85,13 +78,22 @@ class ExplainedRows:
         keep = min(n, self.rows)
         from_tail = 1 if self.tail is not None else 0
         fold = {**self.fold, "test_lo": max(self.fold["test_lo"], self.fold["test_hi"] + 1 - (keep - from_tail))}
-        return dataclasses.replace(self, times=self.times.tail(keep), origin=self.origin[-keep:], raw=self.raw[-keep:],
-                                   fold=fold)
+        return dataclasses.replace(
+            self, times=self.times.tail(keep), origin=self.origin[-keep:], raw=self.raw[-keep:], fold=fold
+        )
 
 
-def explained_rows(frame: pl.DataFrame, folds: pl.DataFrame, scalers: pl.DataFrame, master: Path, data: TrainingArrays,
-                   key: str, max_rows: int, history: int) -> ExplainedRows:
-    """The last fold's newest `max_rows` test rows and the latest origin of the master table at `master`.
+def explained_rows(
+    frame: pl.DataFrame,
+    folds: pl.DataFrame,
+    scalers: pl.DataFrame,
+    master: pl.LazyFrame,
+    data: TrainingArrays,
+    key: str,
+    max_rows: int,
+    history: int,
+) -> ExplainedRows:
+    """The last fold's newest `max_rows` test rows and the latest origin of the master feature table.
 
     `history` is how many master rows before the latest a window needs (the longest sequence length).
     """
@@ -101,19 +103,21 @@ def explained_rows(frame: pl.DataFrame, folds: pl.DataFrame, scalers: pl.DataFra
     scaler = RobustScaler.from_frame(scalers.filter(pl.col("fold") == last["fold"]).drop("fold"))
     fold = {**last, "test_lo": max(last["test_lo"], last["test_hi"] + 1 - max_rows)}
     features = data.features
-    newest = pl.scan_parquet(master).select(pl.col(key).max()).collect().item()
+    newest = master.select(pl.col(key).max()).collect().item()
     trained_until = frame[key][fold["test_hi"]]
     times = frame[key].slice(fold["test_lo"], fold["test_hi"] - fold["test_lo"] + 1)
-    raw = data.x[fold["test_lo"]:fold["test_hi"] + 1].astype(np.float64)
+    raw = data.x[fold["test_lo"] : fold["test_hi"] + 1].astype(np.float64)
     origin = ["fold"] * len(times)
     tail = None
     if newest is not None and newest > trained_until:
-        rows = pl.scan_parquet(master).filter(pl.col(key) <= newest).sort(key).tail(max(history, 1))
+        rows = master.filter(pl.col(key) <= newest).sort(key).tail(max(history, 1))
         available = rows.collect_schema().names()
         missing = [f for f in features if f not in available]
         if missing:
-            raise ValueError(f"{master}: the master table lacks {len(missing)} of the training set's features (first: "
-                             f"{missing[0]}); rebuild the training set and the models from the same master table")
+            raise ValueError(
+                f"the master table lacks {len(missing)} of the training set's features (first: "
+                f"{missing[0]}); rebuild the training set and the models from the same master table"
+            )
         rows = rows.select(key, *features).collect()
         x = rows.select(features).to_numpy().astype(np.float32)
         tail = dataclasses.replace(data, x=x, y=np.zeros(len(x)), weight=np.ones(len(x)), returns=np.zeros(len(x)))

@@ -46,7 +46,7 @@ class Attribution:
 
 
 def tree_kind(model) -> str | None:
-    """"lightgbm" or "xgboost" for the tree families' fitted models (they hold a `booster`), else None."""
+    """ "lightgbm" or "xgboost" for the tree families' fitted models (they hold a `booster`), else None."""
     booster = getattr(model, "booster", None)
     module = type(booster).__module__
     if module.startswith("lightgbm"):
@@ -68,8 +68,10 @@ def no_attribution_reason(model) -> str | None:
     if tree_kind(model) or window_length(model):
         return None
     name = type(model).__name__
-    return (f"{name} forecasts from the price path's own returns (a reference or statistical family): it has no "
-            "feature inputs to attribute, so no SHAP values are given")
+    return (
+        f"{name} forecasts from the price path's own returns (a reference or statistical family): it has no "
+        "feature inputs to attribute, so no SHAP values are given"
+    )
 
 
 # --- Attributions -------------------------------------------------------------------------------
@@ -100,9 +102,11 @@ def window_predictor(model) -> Callable[[np.ndarray], np.ndarray]:
     from cbi_assets.models.registry import Inputs
 
     if hasattr(model, "predict") and hasattr(model, "centre"):  # a SequenceNetwork: its own scaled forward pass
+
         def network(w: np.ndarray) -> np.ndarray:
             ones = np.ones(len(w))
             return model.predict(Inputs(x=w, y=None, weight=ones, returns=np.zeros(len(w)), horizon=1, season=1)).mean
+
         return network
 
     import tensorflow as tf
@@ -111,15 +115,24 @@ def window_predictor(model) -> Callable[[np.ndarray], np.ndarray]:
     forward = tf.function(lambda w: model(w, training=False), input_signature=[spec], autograph=False)
 
     def keras_model(w: np.ndarray) -> np.ndarray:
-        out = [np.asarray(forward(np.ascontiguousarray(w[i:i + CHUNK], dtype=np.float32))).reshape(-1)
-               for i in range(0, len(w), CHUNK)]
+        out = [
+            np.asarray(forward(np.ascontiguousarray(w[i : i + CHUNK], dtype=np.float32))).reshape(-1)
+            for i in range(0, len(w), CHUNK)
+        ]
         return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
 
     return keras_model
 
 
-def window_attribution(predict: Callable[[np.ndarray], np.ndarray], windows: np.ndarray, background: np.ndarray,
-                       features: tuple[str, ...], *, permutations: int = 1, seed: int = 7) -> Attribution:
+def window_attribution(
+    predict: Callable[[np.ndarray], np.ndarray],
+    windows: np.ndarray,
+    background: np.ndarray,
+    features: tuple[str, ...],
+    *,
+    permutations: int = 1,
+    seed: int = 7,
+) -> Attribution:
     """Sampled Shapley values of a model over windows, one value per feature (its whole column).
 
     A feature is "unknown" when its column over the whole window is taken from a background window
@@ -132,8 +145,10 @@ def window_attribution(predict: Callable[[np.ndarray], np.ndarray], windows: np.
 
     rows, length, width = windows.shape
     if background.ndim != 3 or background.shape[1:] != (length, width) or len(background) == 0:
-        raise ValueError(f"window_attribution: background of shape {background.shape} does not match windows "
-                         f"(rows, {length}, {width}); pass background windows cut like the explained ones")
+        raise ValueError(
+            f"window_attribution: background of shape {background.shape} does not match windows "
+            f"(rows, {length}, {width}); pass background windows cut like the explained ones"
+        )
     if len(features) != width:
         raise ValueError(f"window_attribution: {len(features)} feature names for windows of {width} features")
     pool = np.concatenate([np.asarray(windows, np.float32), np.asarray(background, np.float32)])
@@ -141,21 +156,26 @@ def window_attribution(predict: Callable[[np.ndarray], np.ndarray], windows: np.
 
     def model(codes: np.ndarray) -> np.ndarray:
         index = codes.astype(np.int64)
-        return np.concatenate([predict(pool[index[i:i + CHUNK, None, :], steps, columns])
-                               for i in range(0, len(index), CHUNK)])
+        return np.concatenate(
+            [predict(pool[index[i : i + CHUNK, None, :], steps, columns]) for i in range(0, len(index), CHUNK)]
+        )
 
     explained = np.repeat(np.arange(rows, dtype=np.float64)[:, None], width, axis=1)
     others = np.repeat(np.arange(rows, rows + len(background), dtype=np.float64)[:, None], width, axis=1)
     masker = shap.maskers.Independent(others, max_samples=len(others))
     explainer = shap.PermutationExplainer(model, masker, seed=seed)
     result = explainer(explained, max_evals=permutations * (2 * width + 1), silent=True)
-    return Attribution(np.asarray(result.values, np.float64), np.asarray(result.base_values, np.float64).reshape(-1),
-                       tuple(features), f"permutation SHAP ({permutations} antithetic permutation(s), "
-                                         f"{len(background)} background windows)")
+    return Attribution(
+        np.asarray(result.values, np.float64),
+        np.asarray(result.base_values, np.float64).reshape(-1),
+        tuple(features),
+        f"permutation SHAP ({permutations} antithetic permutation(s), {len(background)} background windows)",
+    )
 
 
-def attribute(model, x: np.ndarray, features: tuple[str, ...], *, background: np.ndarray | None = None,
-              permutations: int = 1) -> Attribution:
+def attribute(
+    model, x: np.ndarray, features: tuple[str, ...], *, background: np.ndarray | None = None, permutations: int = 1
+) -> Attribution:
     """SHAP values of `model` on `x`: rows (rows, features) for a tree, windows (rows, length,
     features) with background windows for a network. NoAttribution for a model without features.
 
@@ -175,23 +195,33 @@ def attribute(model, x: np.ndarray, features: tuple[str, ...], *, background: np
         forecast = model.predict(Inputs(x=x, y=None, weight=np.ones(n), returns=np.zeros(n), horizon=1, season=1)).mean
     else:
         if background is None:
-            raise ValueError("a sequence network is explained against background windows: pass `background` "
-                             "(windows from the training rows, scaled and cut like `x`)")
+            raise ValueError(
+                "a sequence network is explained against background windows: pass `background` "
+                "(windows from the training rows, scaled and cut like `x`)"
+            )
         predict = window_predictor(model)
         found = window_attribution(predict, x, background, features, permutations=permutations)
         forecast = predict(x)
     scale = max(float(np.max(np.abs(forecast), initial=0.0)), 1e-12)
     gap = float(np.max(np.abs(found.forecast - forecast), initial=0.0))
     if gap > ADDITIVITY * scale:
-        raise ValueError(f"{found.method}: base + SHAP differs from the model's forecast by {gap:.3g} (forecasts up "
-                         f"to {scale:.3g}); the explained inputs do not match the model")
+        raise ValueError(
+            f"{found.method}: base + SHAP differs from the model's forecast by {gap:.3g} (forecasts up "
+            f"to {scale:.3g}); the explained inputs do not match the model"
+        )
     return found
 
 
 # --- Drivers ------------------------------------------------------------------------------------
 
-DRIVER_SCHEMA = {"row": pl.Int64, "rank": pl.Int32, "feature": pl.String, "value": pl.Float64, "shap": pl.Float64,
-                 "sign": pl.Int8}
+DRIVER_SCHEMA = {
+    "row": pl.Int64,
+    "rank": pl.Int32,
+    "feature": pl.String,
+    "value": pl.Float64,
+    "shap": pl.Float64,
+    "sign": pl.Int8,
+}
 
 
 def drivers(attribution: Attribution, values: np.ndarray, k: int) -> pl.DataFrame:
@@ -210,17 +240,29 @@ def drivers(attribution: Attribution, values: np.ndarray, k: int) -> pl.DataFram
     rows = np.repeat(np.arange(len(shap)), k)
     columns = order.reshape(-1)
     contribution = shap[rows, columns]
-    frame = pl.DataFrame({
-        "row": rows, "rank": np.tile(np.arange(1, k + 1), len(shap)),
-        "feature": np.asarray(attribution.features, dtype=object)[columns].tolist(),
-        "value": values[rows, columns].astype(np.float64), "shap": contribution,
-        "sign": np.sign(contribution).astype(np.int8),
-    }, schema=DRIVER_SCHEMA)
+    frame = pl.DataFrame(
+        {
+            "row": rows,
+            "rank": np.tile(np.arange(1, k + 1), len(shap)),
+            "feature": np.asarray(attribution.features, dtype=object)[columns].tolist(),
+            "value": values[rows, columns].astype(np.float64),
+            "shap": contribution,
+            "sign": np.sign(contribution).astype(np.int8),
+        },
+        schema=DRIVER_SCHEMA,
+    )
     return frame.filter(pl.col("shap") != 0).with_columns(pl.col("value").fill_nan(None))
 
 
-def top_drivers(model, x_row: np.ndarray, feature_names, k: int = 5, *, background: np.ndarray | None = None,
-                values: np.ndarray | None = None) -> pl.DataFrame:
+def top_drivers(
+    model,
+    x_row: np.ndarray,
+    feature_names,
+    k: int = 5,
+    *,
+    background: np.ndarray | None = None,
+    values: np.ndarray | None = None,
+) -> pl.DataFrame:
     """The top k drivers of one forecast: rank, feature, value, shap, sign.
 
     `x_row` is the model's input for the forecast origin, scaled as it was trained: a row of features
@@ -237,10 +279,12 @@ def top_drivers(model, x_row: np.ndarray, feature_names, k: int = 5, *, backgrou
 def long_format(attribution: Attribution, values: np.ndarray) -> pl.DataFrame:
     """Every feature of every row: row, feature, value, shap (the per-forecast SHAP table)."""
     rows, width = attribution.shap.shape
-    return pl.DataFrame({
-        "row": np.repeat(np.arange(rows), width),
-        "feature": list(attribution.features) * rows,
-        "value": np.asarray(values, dtype=np.float64).reshape(-1),
-        "shap": attribution.shap.reshape(-1),
-    }, schema={"row": pl.Int64, "feature": pl.String, "value": pl.Float64, "shap": pl.Float64}).with_columns(
-        pl.col("value").fill_nan(None))
+    return pl.DataFrame(
+        {
+            "row": np.repeat(np.arange(rows), width),
+            "feature": list(attribution.features) * rows,
+            "value": np.asarray(values, dtype=np.float64).reshape(-1),
+            "shap": attribution.shap.reshape(-1),
+        },
+        schema={"row": pl.Int64, "feature": pl.String, "value": pl.Float64, "shap": pl.Float64},
+    ).with_columns(pl.col("value").fill_nan(None))

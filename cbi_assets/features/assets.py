@@ -11,7 +11,8 @@ import polars as pl
 from dagster_duckdb import DuckDBResource
 
 from cbi_assets import lake as tables
-from cbi_assets.catalogue import FRED_SERIES, INTRADAY_TIMEFRAMES, MES, MARKETS, TIMEFRAMES, ZL, Market
+from cbi_assets.automation import EVENING
+from cbi_assets.catalogue import FRED_SERIES, INTRADAY_TIMEFRAMES, MARKETS, MES, TIMEFRAMES, ZL, Market
 from cbi_assets.features import inputs, layers
 from cbi_assets.features.inputs import continuous_bars
 from cbi_assets.features.master import (
@@ -24,6 +25,7 @@ from cbi_assets.features.master import (
 from cbi_assets.features.pit import RELEASE_LAGS, ReleaseLag
 from cbi_assets.features.quality import Profile
 from cbi_assets.lake import Lake, reads
+from cbi_assets.selections import stage
 from cbi_assets.ui import table as md_table
 
 CHECKS = {
@@ -36,17 +38,29 @@ MASTER_CHECKS = {**CHECKS, "distinct": "Enough features; none constant, none a c
 SEVERE = {"finite", "increasing", "distinct"}  # these fail as errors; the others warn
 
 
-def _checked(context, lake: Lake, table: Table, target: tables.Table, name: str, timeframe: str,
-             master: str | None = None, parts: dict | None = None) -> dg.MaterializeResult:
+def _checked(
+    context,
+    lake: Lake,
+    table: Table,
+    target: tables.Table,
+    name: str,
+    timeframe: str,
+    master: str | None = None,
+    parts: dict | None = None,
+) -> dg.MaterializeResult:
     path = lake.write_features(target, table, name, **(parts or {}))
     return _reported(context, Profile().add(table), path, name, timeframe, master)
 
 
-def _reported(context, profile: Profile, path, name: str, timeframe: str, master: str | None = None) -> dg.MaterializeResult:
+def _reported(
+    context, profile: Profile, path, name: str, timeframe: str, master: str | None = None
+) -> dg.MaterializeResult:
     """The written table's metadata and its checks, from the profile of its rows."""
     findings = profile.findings(timeframe, MIN_FEATURES[master] if master else None)
     features = [s.name for s in profile.specs]
-    by_layer = pl.DataFrame({"layer": [s.layer for s in profile.specs]}).group_by("layer").len().sort("len", descending=True)
+    by_layer = (
+        pl.DataFrame({"layer": [s.layer for s in profile.specs]}).group_by("layer").len().sort("len", descending=True)
+    )
     context.log.info(f"{name}: {profile.rows:,} rows x {len(features)} features -> {path}")
     first, last = profile.bounds or (None, None)
     return dg.MaterializeResult(
@@ -72,17 +86,21 @@ def _feature_asset(key: str, description: str, deps: list, timeframe: str = "1d"
         description=description,
         deps=deps,
         group_name=f"{key.split('/')[0]}_features",
-        check_specs=[dg.AssetCheckSpec(name, asset=asset_key, description=text)
-                     for name, text in (MASTER_CHECKS if master else CHECKS).items()],
+        check_specs=[
+            dg.AssetCheckSpec(name, asset=asset_key, description=text)
+            for name, text in (MASTER_CHECKS if master else CHECKS).items()
+        ],
         kinds={"polars", "parquet"},
-        tags={"layer": "features"},
+        tags={"layer": "features", **stage("prepare")},
         metadata={"timeframe": timeframe},
+        automation_condition=EVENING,
     )
 
 
 def _written(frame: pl.DataFrame, path) -> dg.MaterializeResult:
-    return dg.MaterializeResult(metadata={"rows": frame.height, "path": dg.MetadataValue.path(str(path)),
-                                          "preview": md_table(frame.tail(5), 5)})
+    return dg.MaterializeResult(
+        metadata={"rows": frame.height, "path": dg.MetadataValue.path(str(path)), "preview": md_table(frame.tail(5), 5)}
+    )
 
 
 # --- Continuous daily bars ----------------------------------------------------------------------
@@ -98,9 +116,13 @@ def _continuous_asset(market: Market) -> dg.AssetsDefinition:
     symbols = SYMBOLS[market.symbol]
 
     @dg.asset(
-        key=tables.CONTINUOUS.asset_key(market=market), group_name=f"{market.key}_features",
-        deps=reads(*inputs.daily_datasets(symbols)), description=CONTINUOUS_DESCRIPTIONS[market.symbol],
-        kinds={"polars", "parquet"}, tags={"layer": "features"},
+        key=tables.CONTINUOUS.asset_key(market=market),
+        group_name=f"{market.key}_features",
+        deps=reads(*inputs.daily_datasets(symbols)),
+        description=CONTINUOUS_DESCRIPTIONS[market.symbol],
+        kinds={"polars", "parquet"},
+        tags={"layer": "features", **stage("prepare")},
+        automation_condition=EVENING,
     )
     def _bars(context: dg.AssetExecutionContext, lake: Lake) -> dg.MaterializeResult:
         series = inputs.continuous(inputs.daily_bars(lake, symbols))
@@ -117,11 +139,11 @@ CONTINUOUS_ASSETS = [_continuous_asset(m) for m in MARKETS.values()]
 
 SHARED_DESCRIPTIONS = {
     "macro": "Rates, curve, policy path, dollar, inflation expectations and credit spread, each placed on the "
-             "session it was published (per-series release lags).",
+    "session it was published (per-series release lags).",
     "volatility": "VIX level, percentile and bands; realised volatility of ES and ZL; vol of vol.",
     "fx": "The dollar against CNY, EUR, JPY, BRL and MYR (where a source has them): levels, returns, volatility.",
     "cross_asset": "Rolling correlations and betas of ZL against CL, HO, MES (E-mini) and the dollar at 21/63/252 "
-                   "sessions.",
+    "sessions.",
 }
 
 
@@ -138,18 +160,25 @@ class ReleaseLags(dg.Config):
         unknown = sorted((set(self.business_days) | set(self.calendar_days)) - set(FRED_SERIES))
         if unknown:
             raise dg.Failure(f"release lags given for unknown FRED series {unknown}; known: {sorted(FRED_SERIES)}")
-        return {**RELEASE_LAGS, **{k: ReleaseLag(business_days=v) for k, v in self.business_days.items()},
-                **{k: ReleaseLag(calendar_days=v) for k, v in self.calendar_days.items()}}
+        return {
+            **RELEASE_LAGS,
+            **{k: ReleaseLag(business_days=v) for k, v in self.business_days.items()},
+            **{k: ReleaseLag(calendar_days=v) for k, v in self.calendar_days.items()},
+        }
 
 
 def _shared_asset(name: str):
     series = inputs.series_datasets(layers.SHARED_SERIES[name])
 
-    @_feature_asset(tables.SHARED_LAYER.asset_key(layer=name).to_user_string(), SHARED_DESCRIPTIONS[name],
-                    reads(tables.CONTINUOUS, *series, markets=[ZL, MES]))
+    @_feature_asset(
+        tables.SHARED_LAYER.asset_key(layer=name).to_user_string(),
+        SHARED_DESCRIPTIONS[name],
+        reads(tables.CONTINUOUS, *series, markets=[ZL, MES]),
+    )
     def _shared(context: dg.AssetExecutionContext, lake: Lake, config: ReleaseLags) -> dg.MaterializeResult:
-        table = layers.shared_layer(name, continuous_bars(lake), inputs.series(inputs.read_many(lake, series)),
-                                    config.lags())
+        table = layers.shared_layer(
+            name, continuous_bars(lake), inputs.series(inputs.read_many(lake, series)), config.lags()
+        )
         return _checked(context, lake, table, tables.SHARED_LAYER, f"shared_{name}", "1d", parts={"layer": name})
 
     return _shared
@@ -166,7 +195,7 @@ def _shared_tables(lake: Lake) -> list[Table]:
 
 LAYER_DESCRIPTIONS = {
     "ZL": "ZL technicals, the core of ZS/ZM/CL/HO, the crush margin, oil share, BOHO, ZL/CL ratio and the crop-year "
-          "seasons.",
+    "seasons.",
     "MES": "MES daily technicals (E-mini before May 2019) and the core of ZL/CL/HO.",
 }
 MASTER_DESCRIPTIONS = {
@@ -176,26 +205,41 @@ MASTER_DESCRIPTIONS = {
 
 
 def _layer_asset(market: Market):
-    @_feature_asset(tables.MARKET_LAYER.asset_key(market=market).to_user_string(), LAYER_DESCRIPTIONS[market.symbol],
-                    reads(tables.CONTINUOUS, markets=[ZL, MES]))
+    @_feature_asset(
+        tables.MARKET_LAYER.asset_key(market=market).to_user_string(),
+        LAYER_DESCRIPTIONS[market.symbol],
+        reads(tables.CONTINUOUS, markets=[ZL, MES]),
+    )
     def _layer(context: dg.AssetExecutionContext, lake: Lake) -> dg.MaterializeResult:
         table = layers.asset_layer(market.key, continuous_bars(lake))
-        return _checked(context, lake, table, tables.MARKET_LAYER, f"{market.key}_layer_1d", "1d",
-                        parts={"market": market})
+        return _checked(
+            context, lake, table, tables.MARKET_LAYER, f"{market.key}_layer_1d", "1d", parts={"market": market}
+        )
 
     return _layer
 
 
 def _daily_master_asset(market: Market):
-    @_feature_asset(tables.MASTER.asset_key(market=market, timeframe="1d").to_user_string(),
-                    MASTER_DESCRIPTIONS[market.symbol],
-                    reads(tables.MARKET_LAYER, markets=[market]) + reads(tables.SHARED_LAYER, layer=list(layers.SHARED_LAYERS)),
-                    master="daily")
+    @_feature_asset(
+        tables.MASTER.asset_key(market=market, timeframe="1d").to_user_string(),
+        MASTER_DESCRIPTIONS[market.symbol],
+        reads(tables.MARKET_LAYER, markets=[market]) + reads(tables.SHARED_LAYER, layer=list(layers.SHARED_LAYERS)),
+        master="daily",
+    )
     def _master(context: dg.AssetExecutionContext, lake: Lake) -> dg.MaterializeResult:
-        table = layers.asset_master(market.key, lake.read_features(tables.MARKET_LAYER, market=market),
-                                    _shared_tables(lake))
-        return _checked(context, lake, table, tables.MASTER, f"{market.key}_master_1d", "1d", master="daily",
-                        parts={"market": market, "timeframe": "1d"})
+        table = layers.asset_master(
+            market.key, lake.read_features(tables.MARKET_LAYER, market=market), _shared_tables(lake)
+        )
+        return _checked(
+            context,
+            lake,
+            table,
+            tables.MASTER,
+            f"{market.key}_master_1d",
+            "1d",
+            master="daily",
+            parts={"market": market, "timeframe": "1d"},
+        )
 
     return _master
 
@@ -208,32 +252,43 @@ DAILY_MASTERS = [_daily_master_asset(m) for m in MARKETS.values()]
 
 
 @dg.asset(
-    key=tables.BARS.asset_key(), group_name="mes_features",
+    key=tables.BARS.asset_key(),
+    group_name="mes_features",
     deps=reads(inputs.MINUTE_DATASET, tables.CONTINUOUS, markets=[MES]),
     description="The canonical MES 1-minute bar table and, from it, bars at 5min, 15min, 30min, 1h, 4h and 1d "
-                "aligned to the Globex session; each bar stamped with its close `ts`.",
-    kinds={"polars", "parquet"}, tags={"layer": "features"},
+    "aligned to the Globex session; each bar stamped with its close `ts`.",
+    kinds={"polars", "parquet"},
+    tags={"layer": "features", **stage("prepare")},
+    automation_condition=EVENING,
 )
 def mes_bars(context: dg.AssetExecutionContext, lake: Lake) -> dg.MaterializeResult:
     from cbi_assets.features.bars import resample
 
     minutes = inputs.minutes(lake.read_raw(inputs.MINUTE_DATASET), continuous_bars(lake, (MES,))["mes"])
     if minutes is None:
-        raise dg.Failure(f"{inputs.MINUTE_DATASET.key.to_user_string()} has no records: materialize its partitions "
-                         "first")
+        raise dg.Failure(
+            f"{inputs.MINUTE_DATASET.key.to_user_string()} has no records: materialize its partitions first"
+        )
     counts = {}
     for timeframe in TIMEFRAMES:
         frame = resample(minutes, timeframe)
         lake.write(tables.BARS, frame, timeframe=timeframe)
         counts[timeframe] = frame.height
-    return dg.MaterializeResult(metadata={"bars": dg.MetadataValue.json(counts),
-                                          "path": dg.MetadataValue.path(str(lake.path(tables.BARS, timeframe="1min")))})
+    return dg.MaterializeResult(
+        metadata={
+            "bars": dg.MetadataValue.json(counts),
+            "path": dg.MetadataValue.path(str(lake.path(tables.BARS, timeframe="1min"))),
+        }
+    )
 
 
-@_feature_asset(tables.MICROSTRUCTURE.asset_key().to_user_string(),
-                "Order flow, microprice, spreads, depth imbalance, aggressor flow, trade and quote intensity and "
-                "liquidity estimates from MES trades, TBBO and MBP-10, per minute.",
-                reads(*inputs.TICK_DATASETS, tables.BARS), timeframe="1min")
+@_feature_asset(
+    tables.MICROSTRUCTURE.asset_key().to_user_string(),
+    "Order flow, microprice, spreads, depth imbalance, aggressor flow, trade and quote intensity and "
+    "liquidity estimates from MES trades, TBBO and MBP-10, per minute.",
+    reads(*inputs.TICK_DATASETS, tables.BARS),
+    timeframe="1min",
+)
 def mes_microstructure(context: dg.AssetExecutionContext, lake: Lake) -> dg.MaterializeResult:
     minutes = lake.read(tables.BARS, timeframe="1min")
     ticks = inputs.lake_ticks(lake)
@@ -242,11 +297,14 @@ def mes_microstructure(context: dg.AssetExecutionContext, lake: Lake) -> dg.Mate
 
 
 def _intraday_master_asset(timeframe: str):
-    @_feature_asset(tables.MASTER.asset_key(market=MES, timeframe=timeframe).to_user_string(),
-                    f"MES {timeframe} master features: {timeframe} technicals, closed higher-timeframe bars, "
-                    "microstructure, session and calendar, and the last settled session's daily layers.",
-                    reads(tables.BARS, tables.MICROSTRUCTURE, tables.MASTER, markets=[MES], timeframe="1d"),
-                    timeframe=timeframe, master="intraday")
+    @_feature_asset(
+        tables.MASTER.asset_key(market=MES, timeframe=timeframe).to_user_string(),
+        f"MES {timeframe} master features: {timeframe} technicals, closed higher-timeframe bars, "
+        "microstructure, session and calendar, and the last settled session's daily layers.",
+        reads(tables.BARS, tables.MICROSTRUCTURE, tables.MASTER, markets=[MES], timeframe="1d"),
+        timeframe=timeframe,
+        master="intraday",
+    )
     def _master(context: dg.AssetExecutionContext, lake: Lake) -> dg.MaterializeResult:
         bars = {tf: lake.read(tables.BARS, timeframe=tf) for tf in INTRADAY_TIMEFRAMES}
         micro = lake.read_features(tables.MICROSTRUCTURE) if lake.exists(tables.MICROSTRUCTURE) else None
@@ -258,8 +316,10 @@ def _intraday_master_asset(timeframe: str):
         def take(part: Table) -> None:
             profile.add(part)
             if profile.parts % 10 == 0 or profile.parts == len(parts):
-                context.log.info(f"{name}: {profile.parts} of {len(parts)} parts built, {profile.rows:,} rows "
-                                 f"up to {profile.last}, {time.monotonic() - began:.0f} s")
+                context.log.info(
+                    f"{name}: {profile.parts} of {len(parts)} parts built, {profile.rows:,} rows "
+                    f"up to {profile.last}, {time.monotonic() - began:.0f} s"
+                )
 
         path = lake.stream_features(tables.MASTER, parts, name, take, market=MES, timeframe=timeframe)
         return _reported(context, profile, path, name, timeframe, master="intraday")
@@ -273,10 +333,13 @@ MASTERS = [(ZL, "1d"), (MES, "1d"), *((MES, tf) for tf in INTRADAY_TIMEFRAMES)]
 
 
 @dg.asset(
-    key=tables.FEATURE_CATALOGUE.asset_key(), group_name="features",
+    key=tables.FEATURE_CATALOGUE.asset_key(),
+    group_name="features",
     deps=[tables.MASTER.asset_key(market=m, timeframe=tf) for m, tf in MASTERS],
     description="Every feature of every master table with its layer, source, timeframe, window and lag.",
-    kinds={"duckdb", "parquet"}, tags={"layer": "features"},
+    kinds={"duckdb", "parquet"},
+    tags={"layer": "features", **stage("prepare")},
+    automation_condition=EVENING,
 )
 def feature_catalogue(context: dg.AssetExecutionContext, lake: Lake, warehouse: DuckDBResource) -> dg.MaterializeResult:
     # The entries stored beside each master table: reading the tables themselves would cost minutes.
@@ -287,38 +350,30 @@ def feature_catalogue(context: dg.AssetExecutionContext, lake: Lake, warehouse: 
         conn.register("catalogue", catalogue.to_arrow())
         conn.execute("create or replace table features.catalogue as select * from catalogue")
     counts = catalogue.group_by("table").len().sort("table")
-    return dg.MaterializeResult(metadata={
-        "features": catalogue.height,
-        "distinct_names": catalogue["name"].n_unique(),
-        "per_table": md_table(counts, 20),
-        "catalogue": md_table(catalogue.filter(pl.col("table") == "zl_master_1d").select(
-            "name", "layer", "source", "timeframe", "window", "lag", "description"), 300),
-        "path": dg.MetadataValue.path(str(path)),
-        "table": "features.catalogue",
-    })
+    return dg.MaterializeResult(
+        metadata={
+            "features": catalogue.height,
+            "distinct_names": catalogue["name"].n_unique(),
+            "per_table": md_table(counts, 20),
+            "catalogue": md_table(
+                catalogue.filter(pl.col("table") == "zl_master_1d").select(
+                    "name", "layer", "source", "timeframe", "window", "lag", "description"
+                ),
+                300,
+            ),
+            "path": dg.MetadataValue.path(str(path)),
+            "table": "features.catalogue",
+        }
+    )
 
 
 FEATURE_ASSETS = [
-    *CONTINUOUS_ASSETS, *SHARED_ASSETS, *LAYERS, *DAILY_MASTERS,
-    mes_bars, mes_microstructure, *INTRADAY_MASTERS, feature_catalogue,
+    *CONTINUOUS_ASSETS,
+    *SHARED_ASSETS,
+    *LAYERS,
+    *DAILY_MASTERS,
+    mes_bars,
+    mes_microstructure,
+    *INTRADAY_MASTERS,
+    feature_catalogue,
 ]
-
-
-# --- TRANSITIONAL: the old path helpers, until every domain reads through the lake (removed after) --
-def _as_lake(lake) -> Lake:  # noqa: F811
-    return lake if isinstance(lake, Lake) else Lake(root=str(lake))
-
-
-def bars_path(lake, timeframe):
-    return _as_lake(lake).path(tables.BARS, timeframe=timeframe)
-
-
-def master_path(lake, asset, timeframe):
-    return _as_lake(lake).path(tables.MASTER, market=asset, timeframe=timeframe)
-
-
-def shared_path(lake, name):
-    return _as_lake(lake).path(tables.SHARED_LAYER, layer=name)
-
-
-MASTER_KEYS = [tables.MASTER.asset_key(market=m, timeframe=tf) for m, tf in MASTERS]

@@ -49,16 +49,25 @@ def front_daily(bars: pl.DataFrame, fronts: pl.DataFrame | None) -> pl.DataFrame
             prices, on=["date", "instrument_id"], how="inner"
         )
         # Previous settlements of both contracts on the day before each roll.
-        before = prices.select(
-            pl.col("date"), pl.col("instrument_id"), pl.col("close").alias("prior_close")
-        ).sort("date")
+        before = prices.select(pl.col("date"), pl.col("instrument_id"), pl.col("close").alias("prior_close")).sort(
+            "date"
+        )
         series = series.sort("date").with_columns(pl.col("date").shift(1).alias("prior_date"))
-        new = series.join(before, left_on=["prior_date", "instrument_id"], right_on=["date", "instrument_id"], how="left")
+        new = series.join(
+            before, left_on=["prior_date", "instrument_id"], right_on=["date", "instrument_id"], how="left"
+        )
         old = new.join(
             before.rename({"prior_close": "old_prior_close"}),
-            left_on=["prior_date", "rolled_from"], right_on=["date", "instrument_id"], how="left",
+            left_on=["prior_date", "rolled_from"],
+            right_on=["date", "instrument_id"],
+            how="left",
         )
-        step = pl.when(pl.col("rolled")).then(pl.col("old_prior_close") / pl.col("prior_close")).otherwise(1.0).fill_null(1.0)
+        step = (
+            pl.when(pl.col("rolled"))
+            .then(pl.col("old_prior_close") / pl.col("prior_close"))
+            .otherwise(1.0)
+            .fill_null(1.0)
+        )
         series = old.sort("date").with_columns(step.cum_prod().alias("adj")).select("date", *OHLCV[:4], "adj", "rolled")
     return series.join(volume, on="date", how="left").sort("date").select("date", *OHLCV, "adj", "rolled")
 
@@ -101,14 +110,18 @@ def minute_bars(raw: pl.DataFrame, adj_by_day: pl.DataFrame | None = None) -> pl
     )
     # Session opens for the few distinct dates, then plain arithmetic per row.
     opens = bars.select(pl.col("trade_date").unique()).with_columns(session_open(pl.col("trade_date")).alias("opened"))
-    bars = bars.join(opens, on="trade_date", how="left").with_columns(
-        ((pl.col("ts_event") - pl.col("opened")).dt.total_minutes()).cast(pl.Int32).alias("session_minute")
-    ).drop("opened")
+    bars = (
+        bars.join(opens, on="trade_date", how="left")
+        .with_columns(
+            ((pl.col("ts_event") - pl.col("opened")).dt.total_minutes()).cast(pl.Int32).alias("session_minute")
+        )
+        .drop("opened")
+    )
     if adj_by_day is None:
         return bars.with_columns(pl.lit(1.0).alias("adj"))
-    return bars.join(adj_by_day.select(pl.col("date").alias("trade_date"), "adj"), on="trade_date", how="left").with_columns(
-        pl.col("adj").forward_fill().fill_null(1.0)
-    )
+    return bars.join(
+        adj_by_day.select(pl.col("date").alias("trade_date"), "adj"), on="trade_date", how="left"
+    ).with_columns(pl.col("adj").forward_fill().fill_null(1.0))
 
 
 def session_open(day: pl.Expr) -> pl.Expr:
@@ -137,7 +150,9 @@ def resample(minutes: pl.DataFrame, timeframe: str) -> pl.DataFrame:
     # and last rows, its high, low and volume reductions over the run (no hashing of keys).
     bucket = pl.col("session_minute") // span * span
     starts = minutes.select(
-        ((pl.col("trade_date") != pl.col("trade_date").shift(1)) | (bucket != bucket.shift(1))).fill_null(True).arg_true()
+        ((pl.col("trade_date") != pl.col("trade_date").shift(1)) | (bucket != bucket.shift(1)))
+        .fill_null(True)
+        .arg_true()
     ).to_series()
     first = starts.to_numpy()
     last = pl.Series(np.append(first[1:], minutes.height) - 1)
@@ -145,12 +160,20 @@ def resample(minutes: pl.DataFrame, timeframe: str) -> pl.DataFrame:
     def reduced(ufunc, column: str, missing: float) -> np.ndarray:
         return ufunc.reduceat(minutes[column].fill_null(missing).to_numpy(), first)
 
-    bars = pl.concat([
-        minutes.select("ts_event", "trade_date", "session_minute", "open")[starts],
-        minutes.select("instrument_id", "close", "adj")[last],
-        pl.DataFrame({"high": reduced(np.fmax, "high", np.nan), "low": reduced(np.fmin, "low", np.nan),
-                      "volume": reduced(np.add, "volume", 0.0)}),
-    ], how="horizontal").with_columns(bucket.alias("bucket"))
+    bars = pl.concat(
+        [
+            minutes.select("ts_event", "trade_date", "session_minute", "open")[starts],
+            minutes.select("instrument_id", "close", "adj")[last],
+            pl.DataFrame(
+                {
+                    "high": reduced(np.fmax, "high", np.nan),
+                    "low": reduced(np.fmin, "low", np.nan),
+                    "volume": reduced(np.add, "volume", 0.0),
+                }
+            ),
+        ],
+        how="horizontal",
+    ).with_columns(bucket.alias("bucket"))
     # The bar opens at its window's start and closes at its end, or at the session close.
     opened = pl.col("ts_event") - pl.duration(minutes=pl.col("session_minute") - pl.col("bucket"))
     length = pl.min_horizontal(pl.lit(span), SESSION_MINUTES - pl.col("bucket"))

@@ -9,7 +9,9 @@ from cbi_assets.features.spec import FeatureSet
 WINDOWS = (21, 63, 252)
 
 
-def cross_asset_features(grid: pl.DataFrame, prices: dict[str, pl.DataFrame], dollar_source: str) -> tuple[pl.DataFrame, FeatureSet]:
+def cross_asset_features(
+    grid: pl.DataFrame, prices: dict[str, pl.DataFrame], dollar_source: str
+) -> tuple[pl.DataFrame, FeatureSet]:
     """Rolling correlation and beta of ZL's daily returns against each other market.
 
     `prices` maps "zl", "cl", "ho", "mes", "dollar" to (`date`, `px`): roll-adjusted
@@ -33,8 +35,18 @@ def cross_asset_features(grid: pl.DataFrame, prices: dict[str, pl.DataFrame], do
         x = returns[other]
         source = f"ZL and {dollar_source}" if other == "dollar" else f"ZL and {other.upper()} front settlements"
         for n in WINDOWS:
-            fs.add(f"zl_{other}_corr_{n}", pl.rolling_corr(zl, x, window_size=n),
-                   f"correlation of ZL and {other.upper()} daily returns over {n} sessions", n, source=source)
-            fs.add(f"zl_{other}_beta_{n}", pl.rolling_cov(zl, x, window_size=n) / x.rolling_var(n),
-                   f"beta of ZL daily returns on {other.upper()} returns over {n} sessions", n, source=source)
+            fs.add(
+                f"zl_{other}_corr_{n}",
+                pl.rolling_corr(zl, x, window_size=n),
+                f"correlation of ZL and {other.upper()} daily returns over {n} sessions",
+                n,
+                source=source,
+            )
+            fs.add(
+                f"zl_{other}_beta_{n}",
+                pl.rolling_cov(zl, x, window_size=n) / x.rolling_var(n),
+                f"beta of ZL daily returns on {other.upper()} returns over {n} sessions",
+                n,
+                source=source,
+            )
     return frame, fs

@@ -45,17 +45,19 @@ def calendar_table(dates: pl.Series) -> pl.DataFrame:
     month_start = previous_session.astype("datetime64[M]") != months
     month_last_session = sessions[np.searchsorted(sessions, (months + 1).astype("datetime64[D]"), side="left") - 1]
     calendar_days_to_expiry = (next_expiry - days).astype(int)
-    return pl.DataFrame({
-        "date": dates,
-        "sessions_to_expiry": sessions_to_expiry,
-        "in_roll_window": (calendar_days_to_expiry <= ROLL_DAYS_BEFORE_EXPIRY).astype(np.int8),
-        "is_expiry_rebalance_day": (calendar_days_to_expiry == 0).astype(np.int8),
-        "is_month_end": month_end.astype(np.int8),
-        "is_quarter_end": (month_end & np.isin(months.astype(int) % 12 + 1, QUARTER_MONTHS)).astype(np.int8),
-        "is_month_start": month_start.astype(np.int8),
-        "sessions_to_month_end": np.searchsorted(sessions, month_last_session, side="left") - position,
-        "day_of_week": (days.astype("datetime64[D]").view("int64") - 4) % 7,  # 0 Monday
-    })
+    return pl.DataFrame(
+        {
+            "date": dates,
+            "sessions_to_expiry": sessions_to_expiry,
+            "in_roll_window": (calendar_days_to_expiry <= ROLL_DAYS_BEFORE_EXPIRY).astype(np.int8),
+            "is_expiry_rebalance_day": (calendar_days_to_expiry == 0).astype(np.int8),
+            "is_month_end": month_end.astype(np.int8),
+            "is_quarter_end": (month_end & np.isin(months.astype(int) % 12 + 1, QUARTER_MONTHS)).astype(np.int8),
+            "is_month_start": month_start.astype(np.int8),
+            "sessions_to_month_end": np.searchsorted(sessions, month_last_session, side="left") - position,
+            "day_of_week": (days.astype("datetime64[D]").view("int64") - 4) % 7,  # 0 Monday
+        }
+    )
 
 
 CALENDAR_TEXT = {
@@ -90,17 +92,55 @@ def session_features(fs: FeatureSet, bar_minutes: int) -> None:
     rth_open, rth_close = RTH_OPEN.hour * 60 + RTH_OPEN.minute, RTH_CLOSE.hour * 60 + RTH_CLOSE.minute
     rth_open_session = (rth_open - GLOBEX_OPEN_MINUTE) % (24 * 60)  # 930: 08:30 is 15h30 into the session
     meta = {"source": "bar time", "lag": "known in advance"}
-    fs.add("minutes_since_rth_open", (since_globex - rth_open_session).cast(pl.Float64),
-           "minutes since the 08:30 Chicago open (negative before it)", **meta)
-    fs.add("minutes_since_globex_open", since_globex.cast(pl.Float64), "minutes since the 17:00 Chicago Globex open", **meta)
-    fs.add("session_sin", (2 * np.pi * since_globex / 1380).sin(), "sine of the position in the 23-hour session", **meta)
-    fs.add("session_cos", (2 * np.pi * since_globex / 1380).cos(), "cosine of the position in the 23-hour session", **meta)
-    fs.add("is_rth", minute.is_between(rth_open, rth_close - 1).cast(pl.Int8), "1 in regular trading hours (08:30-15:00 Chicago)", **meta)
-    fs.add("is_asia", (since_globex < 9 * 60).cast(pl.Int8), "1 in the Asian hours of the session (17:00-02:00 Chicago)", **meta)
-    fs.add("is_europe", since_globex.is_between(9 * 60, rth_open_session - 1).cast(pl.Int8), "1 in the European hours (02:00-08:30 Chicago)", **meta)
+    fs.add(
+        "minutes_since_rth_open",
+        (since_globex - rth_open_session).cast(pl.Float64),
+        "minutes since the 08:30 Chicago open (negative before it)",
+        **meta,
+    )
+    fs.add(
+        "minutes_since_globex_open",
+        since_globex.cast(pl.Float64),
+        "minutes since the 17:00 Chicago Globex open",
+        **meta,
+    )
+    fs.add(
+        "session_sin", (2 * np.pi * since_globex / 1380).sin(), "sine of the position in the 23-hour session", **meta
+    )
+    fs.add(
+        "session_cos", (2 * np.pi * since_globex / 1380).cos(), "cosine of the position in the 23-hour session", **meta
+    )
+    fs.add(
+        "is_rth",
+        minute.is_between(rth_open, rth_close - 1).cast(pl.Int8),
+        "1 in regular trading hours (08:30-15:00 Chicago)",
+        **meta,
+    )
+    fs.add(
+        "is_asia",
+        (since_globex < 9 * 60).cast(pl.Int8),
+        "1 in the Asian hours of the session (17:00-02:00 Chicago)",
+        **meta,
+    )
+    fs.add(
+        "is_europe",
+        since_globex.is_between(9 * 60, rth_open_session - 1).cast(pl.Int8),
+        "1 in the European hours (02:00-08:30 Chicago)",
+        **meta,
+    )
     if bar_minutes <= 60:
-        fs.add("is_lunch", minute.is_between(11 * 60, 12 * 60 + 59).cast(pl.Int8), "1 over the US lunch hours (11:00-13:00 Chicago)", **meta)
-        fs.add("is_last_hour", minute.is_between(rth_close - 60, rth_close - 1).cast(pl.Int8), "1 in the last regular hour (14:00-15:00 Chicago)", **meta)
+        fs.add(
+            "is_lunch",
+            minute.is_between(11 * 60, 12 * 60 + 59).cast(pl.Int8),
+            "1 over the US lunch hours (11:00-13:00 Chicago)",
+            **meta,
+        )
+        fs.add(
+            "is_last_hour",
+            minute.is_between(rth_close - 60, rth_close - 1).cast(pl.Int8),
+            "1 in the last regular hour (14:00-15:00 Chicago)",
+            **meta,
+        )
     if bar_minutes > 30:
         return
     # The opening range is the first 30 regular minutes; it counts only once those have closed,
@@ -112,7 +152,17 @@ def session_features(fs: FeatureSet, bar_minutes: int) -> None:
     formed = (since_globex + bar_minutes >= rth_open_session + 30) & high.is_not_null()
     or_high = pl.when(formed).then(high).forward_fill()
     or_low = pl.when(formed).then(low).forward_fill()
-    fs.add("opening_range_pos", (pl.col("close") - or_low) / (or_high - or_low),
-           "close within the latest 30-minute opening range (0 at its low, 1 at its high)", source="bars", lag="formed range only")
-    fs.add("opening_range_width", (or_high - or_low) / pl.col("close"), "width of the latest opening range / close",
-           source="bars", lag="formed range only")
+    fs.add(
+        "opening_range_pos",
+        (pl.col("close") - or_low) / (or_high - or_low),
+        "close within the latest 30-minute opening range (0 at its low, 1 at its high)",
+        source="bars",
+        lag="formed range only",
+    )
+    fs.add(
+        "opening_range_width",
+        (or_high - or_low) / pl.col("close"),
+        "width of the latest opening range / close",
+        source="bars",
+        lag="formed range only",
+    )

@@ -21,8 +21,9 @@ PAIRS = {
 RETURNS = (1, 5, 21, 63)
 
 
-def fx_features(grid: pl.DataFrame, series: dict[str, pl.DataFrame],
-                lags: dict[str, ReleaseLag] = RELEASE_LAGS) -> tuple[pl.DataFrame, FeatureSet]:
+def fx_features(
+    grid: pl.DataFrame, series: dict[str, pl.DataFrame], lags: dict[str, ReleaseLag] = RELEASE_LAGS
+) -> tuple[pl.DataFrame, FeatureSet]:
     """`series` maps a FRED id or Yahoo ticker to (`date`, `value`); pairs without a source are skipped."""
     frame = grid.select("date")
     fs = FeatureSet(layer="shared/fx", source="", timeframe="1d", lag="")
@@ -36,6 +37,11 @@ def fx_features(grid: pl.DataFrame, series: dict[str, pl.DataFrame],
         fs.add(name, x, f"{name.upper().replace('_', '/')} level", **meta)
         for n in RETURNS:
             fs.add(f"{name}_ret_{n}", (x / x.shift(n)).log(), f"log return of {name} over {n} sessions", n, **meta)
-        fs.add(f"{name}_vol_21", (x / x.shift(1)).log().rolling_std(21) * math.sqrt(252),
-               f"annualised volatility of {name} over 21 sessions", 21, **meta)
+        fs.add(
+            f"{name}_vol_21",
+            (x / x.shift(1)).log().rolling_std(21) * math.sqrt(252),
+            f"annualised volatility of {name} over 21 sessions",
+            21,
+            **meta,
+        )
     return frame, fs

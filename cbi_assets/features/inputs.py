@@ -38,7 +38,11 @@ def series(records: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
     out = {}
     for key, (name, column) in SERIES_DATASETS.items():
         if name in records:
-            out[key] = records[name].select(pl.col("ts_event").dt.date().alias("date"), pl.col(column).alias("value")).sort("date")
+            out[key] = (
+                records[name]
+                .select(pl.col("ts_event").dt.date().alias("date"), pl.col(column).alias("value"))
+                .sort("date")
+            )
     return out
 
 
@@ -91,15 +95,13 @@ def lake_ticks(lake) -> dict[str, pl.DataFrame | None]:
 
 
 def continuous_bars(lake, markets: tuple[Market, ...] = (ZL, MES)) -> dict[str, pl.DataFrame]:
-    """Continuous front daily bars by lower-case symbol ("zl", "cl", "mes", ...) of the markets' layers."""
+    """Continuous front daily bars by lower-case symbol ("zl", "cl", "mes", ...) of the markets' layers (`lake` is
+    the Lake)."""
     from cbi_assets import lake as tables
-    from cbi_assets.catalogue import market
-    from cbi_assets.lake import Lake
 
-    lake = lake if isinstance(lake, Lake) else Lake(root=str(lake))  # TRANSITIONAL: a root path
     out = {}
     for m in markets:
-        frame = lake.read(tables.CONTINUOUS, market=market(m))
+        frame = lake.read(tables.CONTINUOUS, market=m)
         for (symbol,), part in frame.partition_by("symbol", as_dict=True).items():
             out[symbol] = part.drop("symbol").sort("date")
     return out

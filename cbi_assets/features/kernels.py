@@ -58,7 +58,7 @@ def _ewm_clean(x, alpha, min_count, out):
     for i in range(x.size):
         state += alpha * (x[i] - state)
         out[i] = state
-    out[:min(min_count - 1, x.size)] = np.nan
+    out[: min(min_count - 1, x.size)] = np.nan
 
 
 @_jit
@@ -93,7 +93,7 @@ def _rsi_clean(close, n, out):
             gain += alpha * (max(change, 0.0) - gain)
             loss += alpha * (max(-change, 0.0) - loss)
         out[i] = 100.0 - 100.0 / (1.0 + gain / loss)
-    out[:min(n, close.size)] = np.nan
+    out[: min(n, close.size)] = np.nan
 
 
 @_jit
@@ -125,7 +125,7 @@ def _atr_clean(high, low, close, n, out):
         tr = max(high[i] - low[i], abs(high[i] - close[i - 1]), abs(low[i] - close[i - 1]))
         state += alpha * (tr - state)
         out[i] = state
-    out[:min(n - 1, close.size)] = np.nan
+    out[: min(n - 1, close.size)] = np.nan
 
 
 @_jit
@@ -166,11 +166,11 @@ def _macd_clean(close, fast, slow, span, out_fast, out_slow, out_signal, out_lin
         line = (f - s) / c
         g = line if i == start else g + a_signal * (line - g)
         out_fast[i], out_slow[i], out_line[i], out_signal[i], out_hist[i] = f, s, line, g, line - g
-    out_fast[:min(fast - 1, close.size)] = np.nan
-    out_slow[:min(slow - 1, close.size)] = np.nan
-    out_line[:min(start, close.size)] = np.nan
-    out_signal[:min(start + span - 1, close.size)] = np.nan
-    out_hist[:min(start + span - 1, close.size)] = np.nan
+    out_fast[: min(fast - 1, close.size)] = np.nan
+    out_slow[: min(slow - 1, close.size)] = np.nan
+    out_line[: min(start, close.size)] = np.nan
+    out_signal[: min(start + span - 1, close.size)] = np.nan
+    out_hist[: min(start + span - 1, close.size)] = np.nan
 
 
 RSI, ATR, EMA, ROLLING, MACD = range(5)
@@ -244,10 +244,13 @@ class CoreWindows:
 
     def names(self, p: str) -> list[str]:
         """Output columns, in the order `core_indicators` returns them."""
-        return ([f"{p}rsi_{n}" for n in self.rsi] + [f"{p}atr_{n}" for n in self.atr]
-                + [f"{p}ema_{n}" for n in self.spans()]
-                + [f"{p}{stat}_{n}" for n in self.rolling for stat in ("mean", "std")]
-                + [f"{p}macd{part}_{f}_{s}_{g}" for f, s, g in self.macd for part in ("_signal", "", "_hist")])
+        return (
+            [f"{p}rsi_{n}" for n in self.rsi]
+            + [f"{p}atr_{n}" for n in self.atr]
+            + [f"{p}ema_{n}" for n in self.spans()]
+            + [f"{p}{stat}_{n}" for n in self.rolling for stat in ("mean", "std")]
+            + [f"{p}macd{part}_{f}_{s}_{g}" for f, s, g in self.macd for part in ("_signal", "", "_hist")]
+        )
 
 
 def _tasks(w: CoreWindows) -> np.ndarray:
@@ -257,8 +260,20 @@ def _tasks(w: CoreWindows) -> np.ndarray:
     macd_spans = [s for m in w.macd for s in m[:2]]
     if len(set(macd_spans)) != len(macd_spans):
         raise ValueError(f"MACDs {w.macd}: each needs its own fast and slow spans (they write those averages)")
-    tasks = [(MACD, f, s, g, row[f"ema_{f}"], row[f"ema_{s}"], row[f"macd_signal_{f}_{s}_{g}"],
-               row[f"macd_{f}_{s}_{g}"], row[f"macd_hist_{f}_{s}_{g}"]) for f, s, g in w.macd]
+    tasks = [
+        (
+            MACD,
+            f,
+            s,
+            g,
+            row[f"ema_{f}"],
+            row[f"ema_{s}"],
+            row[f"macd_signal_{f}_{s}_{g}"],
+            row[f"macd_{f}_{s}_{g}"],
+            row[f"macd_hist_{f}_{s}_{g}"],
+        )
+        for f, s, g in w.macd
+    ]
     tasks += [(ROLLING, n, 0, 0, row[f"mean_{n}"], row[f"std_{n}"], 0, 0, 0) for n in w.rolling]
     tasks += [(RSI, n, 0, 0, row[f"rsi_{n}"], 0, 0, 0, 0) for n in w.rsi]
     tasks += [(ATR, n, 0, 0, row[f"atr_{n}"], 0, 0, 0, 0) for n in w.atr]
@@ -282,6 +297,7 @@ def with_core(frame: pl.DataFrame, p: str, w: CoreWindows, prefix: str) -> pl.Da
     `<prefix><indicator>_<window>` (see CoreWindows.names); NaN where polars would give null."""
     if frame.is_empty():
         return frame.with_columns(pl.lit(None, pl.Float64).alias(n) for n in w.names(prefix))
+
     def values(column: str) -> np.ndarray:
         series = frame[f"{p}{column}"].cast(pl.Float64)
         # Without nulls numpy reads polars' buffer as it is; with them they become NaN (a copy).

@@ -10,7 +10,6 @@ from __future__ import annotations
 import polars as pl
 
 from cbi_assets.calendars import settlement_days
-from cbi_assets.catalogue import INTRADAY_TIMEFRAMES
 from cbi_assets.features.cross_asset import cross_asset_features
 from cbi_assets.features.fx import PAIRS, fx_features
 from cbi_assets.features.macro import SERIES, macro_features
@@ -19,9 +18,6 @@ from cbi_assets.features.master import (
     Table,
     daily_layer,
     daily_master,
-    intraday_context,
-    intraday_master,
-    microstructure_table,
     shared_table,
 )
 from cbi_assets.features.pit import RELEASE_LAGS, SAME_DAY, ReleaseLag, on_grid
@@ -45,8 +41,12 @@ def session_grid(continuous: dict[str, pl.DataFrame]) -> pl.DataFrame:
     return pl.concat([sessions, days]).unique().sort("date")
 
 
-def shared_layer(name: str, continuous: dict[str, pl.DataFrame], series: dict[str, pl.DataFrame],
-                 lags: dict[str, ReleaseLag] = RELEASE_LAGS) -> Table:
+def shared_layer(
+    name: str,
+    continuous: dict[str, pl.DataFrame],
+    series: dict[str, pl.DataFrame],
+    lags: dict[str, ReleaseLag] = RELEASE_LAGS,
+) -> Table:
     """One shared table; `lags` says when each FRED series is published (pit.RELEASE_LAGS)."""
     grid = session_grid(continuous)
     if name == "macro":
@@ -61,8 +61,11 @@ def shared_layer(name: str, continuous: dict[str, pl.DataFrame], series: dict[st
     if name == "fx":
         return shared_table(*fx_features(grid, series, lags))
     if name == "cross_asset":
-        prices = {s: continuous[s].select("date", (pl.col("close") * pl.col("adj")).alias("px"))
-                  for s in ("zl", "cl", "ho", "mes") if s in continuous}
+        prices = {
+            s: continuous[s].select("date", (pl.col("close") * pl.col("adj")).alias("px"))
+            for s in ("zl", "cl", "ho", "mes")
+            if s in continuous
+        }
         source = ""
         for key, label in (("DX-Y.NYB", "Yahoo DX-Y.NYB"), ("DTWEXBGS", "FRED DTWEXBGS")):
             if key in series:
@@ -79,19 +82,3 @@ def asset_layer(asset: str, continuous: dict[str, pl.DataFrame]) -> Table:
 
 def asset_master(asset: str, layer: Table, shared: list[Table]) -> Table:
     return daily_master(layer, shared, calendar=asset == "mes")
-
-
-def build_all(continuous: dict[str, pl.DataFrame], series: dict[str, pl.DataFrame], minutes: pl.DataFrame | None,
-              ticks: dict[str, pl.DataFrame | None]) -> dict[str, Table]:
-    """Every feature table, by name: the shared layers, both asset layers and every master table."""
-    tables = {f"shared_{name}": shared_layer(name, continuous, series) for name in SHARED_LAYERS}
-    shared = [tables[f"shared_{name}"] for name in SHARED_LAYERS]
-    for asset in ("zl", "mes"):
-        tables[f"{asset}_layer_1d"] = asset_layer(asset, continuous)
-        tables[f"{asset}_master_1d"] = asset_master(asset, tables[f"{asset}_layer_1d"], shared)
-    if minutes is not None:
-        tables["mes_microstructure_1min"] = microstructure_table(minutes, ticks.get("trades"), ticks.get("tbbo"), ticks.get("mbp_10"))
-        context = intraday_context(minutes, tables["mes_microstructure_1min"], tables["mes_master_1d"])
-        for timeframe in INTRADAY_TIMEFRAMES:
-            tables[f"mes_master_{timeframe}"] = intraday_master(context, timeframe)
-    return tables

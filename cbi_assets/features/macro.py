@@ -38,17 +38,23 @@ def macro_features(
         fs.add(f"{name}", x, f"{name.replace('_', ' ')} level", **meta)
         for n in CHANGES:
             fs.add(f"{name}_chg_{n}", x - x.shift(n), f"change of {name} over {n} sessions", n, **meta)
-        fs.add(f"{name}_z_252", (x - x.rolling_mean(252)) / x.rolling_std(252), f"{name} z-score over a year", 252, **meta)
+        fs.add(
+            f"{name}_z_252", (x - x.rolling_mean(252)) / x.rolling_std(252), f"{name} z-score over a year", 252, **meta
+        )
     if {"ust_10y", "breakeven_10y"} <= set(frame.columns):
         real = pl.col("ust_10y") - pl.col("breakeven_10y")
         meta = {"source": "FRED DGS10, T10YIE", "lag": lags["T10YIE"].describe()}
         fs.add("real_10y", real, "10-year real yield: nominal minus breakeven inflation", **meta)
-        fs.add("real_10y_chg_21", real - real.shift(21), "change of the 10-year real yield over 21 sessions", 21, **meta)
+        fs.add(
+            "real_10y_chg_21", real - real.shift(21), "change of the 10-year real yield over 21 sessions", 21, **meta
+        )
     if {"ust_2y", "fed_funds"} <= set(frame.columns):
         path = pl.col("ust_2y") - pl.col("fed_funds")
         meta = {"source": "FRED DGS2, DFF", "lag": lags["DGS2"].describe()}
         fs.add("policy_path", path, "2-year yield minus fed funds: the path the market prices for policy", **meta)
-        fs.add("policy_path_chg_21", path - path.shift(21), "change of the priced policy path over 21 sessions", 21, **meta)
+        fs.add(
+            "policy_path_chg_21", path - path.shift(21), "change of the priced policy path over 21 sessions", 21, **meta
+        )
     if "CPIAUCSL" in fred:
         frame = _inflation(frame, fred["CPIAUCSL"], lags["CPIAUCSL"], fs)
     return frame, fs
@@ -62,8 +68,11 @@ def _inflation(frame: pl.DataFrame, cpi: pl.DataFrame, lag: ReleaseLag, fs: Feat
         ((pl.col("value") / pl.col("value").shift(3)) ** 4 - 1).alias("three_month_ann"),
     )
     meta = {"source": "FRED CPIAUCSL", "lag": lag.describe()}
-    for column, text in (("yoy", "CPI inflation over 12 months"), ("mom_ann", "CPI inflation of the latest month, annualised"),
-                         ("three_month_ann", "CPI inflation over 3 months, annualised")):
+    for column, text in (
+        ("yoy", "CPI inflation over 12 months"),
+        ("mom_ann", "CPI inflation of the latest month, annualised"),
+        ("three_month_ann", "CPI inflation over 3 months, annualised"),
+    ):
         frame = on_grid(frame, monthly, column, lag, f"cpi_{column}")
         fs.add(f"cpi_{column}", pl.col(f"cpi_{column}"), text, **meta)
     return frame

@@ -40,8 +40,20 @@ from cbi_assets.features.technical import (
 # An intraday table is microstructure-heavy: of the daily layers it carries the volatility layer,
 # the core of the MES daily technicals and these macro levels.
 INTRADAY_SHARED_LAYERS = ("shared/volatility",)
-INTRADAY_MACRO = ("ust_10y", "ust_2y", "curve_10y2y", "fed_funds", "hy_spread", "hy_spread_chg_5", "broad_dollar",
-                  "breakeven_10y", "policy_path", "real_10y", "dxy", "dxy_ret_1")
+INTRADAY_MACRO = (
+    "ust_10y",
+    "ust_2y",
+    "curve_10y2y",
+    "fed_funds",
+    "hy_spread",
+    "hy_spread_chg_5",
+    "broad_dollar",
+    "breakeven_10y",
+    "policy_path",
+    "real_10y",
+    "dxy",
+    "dxy_ret_1",
+)
 MIN_FEATURES = {"daily": 200, "intraday": 150}
 # Markets whose daily core each asset's tables carry beside its own technicals.
 RELATED = {"zl": ("zs", "zm", "cl", "ho"), "mes": ("zl", "cl", "ho")}
@@ -62,15 +74,14 @@ class Table:
 
 def adjusted(prefix: str) -> list[pl.Expr]:
     """Roll-adjusted OHLC (returns never jump at a roll) and volume, as `<prefix>open`..."""
-    return [(pl.col(x) * pl.col("adj")).alias(f"{prefix}{x}") for x in OHLCV[:4]] + [pl.col("volume").alias(f"{prefix}volume")]
+    return [(pl.col(x) * pl.col("adj")).alias(f"{prefix}{x}") for x in OHLCV[:4]] + [
+        pl.col("volume").alias(f"{prefix}volume")
+    ]
 
 
 def finish(frame: pl.DataFrame, keys: list[str], specs: list[FeatureSpec]) -> Table:
     """Keys and features only, as Float32; NaN and infinities (0/0, x/0) become null."""
-    features = [
-        pl.when(pl.col(s.name).is_finite()).then(pl.col(s.name)).cast(pl.Float32).alias(s.name)
-        for s in specs
-    ]
+    features = [pl.when(pl.col(s.name).is_finite()).then(pl.col(s.name)).cast(pl.Float32).alias(s.name) for s in specs]
     return Table(frame.select(*keys, *features), list(specs), tuple(keys))
 
 
@@ -84,13 +95,19 @@ def daily_layer(symbol: str, continuous: dict[str, pl.DataFrame], related: tuple
     for other in present:
         columns = continuous[other].select("date", pl.col("close").alias(f"{other}_close"), *adjusted(f"{other}_adj_"))
         # A market that did not settle that day keeps its last settlement (a zero return).
-        frame = frame.join(columns, on="date", how="left").sort("date").with_columns(
-            pl.col(c).forward_fill() for c in columns.columns if c != "date"
+        frame = (
+            frame.join(columns, on="date", how="left")
+            .sort("date")
+            .with_columns(pl.col(c).forward_fill() for c in columns.columns if c != "date")
         )
-    fs = FeatureSet(layer=symbol.upper(), source=f"{symbol.upper()} front settlement", timeframe="1d", lag="settled close")
+    fs = FeatureSet(
+        layer=symbol.upper(), source=f"{symbol.upper()} front settlement", timeframe="1d", lag="settled close"
+    )
     technical_features(fs, f"{symbol}_adj_", f"{symbol}_1d", DAILY)
     for other in present:
-        sub = FeatureSet(layer=symbol.upper(), source=f"{other.upper()} front settlement", timeframe="1d", lag="settled close")
+        sub = FeatureSet(
+            layer=symbol.upper(), source=f"{other.upper()} front settlement", timeframe="1d", lag="settled close"
+        )
         technical_features(sub, f"{other}_adj_", f"{other}_1d", CORE)
         fs.extend(sub)
     if soy and all(s in continuous for s in ("zs", "zm", "cl", "ho")):
@@ -146,8 +163,9 @@ class IntradayContext:
         return self.calendar["date"]
 
 
-def intraday_context(minutes: pl.DataFrame, micro: Table | None, mes_daily: Table,
-                     bars: dict[str, pl.DataFrame] | None = None) -> IntradayContext:
+def intraday_context(
+    minutes: pl.DataFrame, micro: Table | None, mes_daily: Table, bars: dict[str, pl.DataFrame] | None = None
+) -> IntradayContext:
     """`minutes` is the canonical 1-minute table, `micro` the 1-minute microstructure features and
     `mes_daily` the MES daily master; `bars` the resampled bars when they are at hand already."""
     bars = bars or {tf: resample(minutes, tf) for tf in INTRADAY_TIMEFRAMES}
@@ -158,13 +176,21 @@ def intraday_context(minutes: pl.DataFrame, micro: Table | None, mes_daily: Tabl
     for timeframe in INTRADAY_TIMEFRAMES[1:]:
         sub = FeatureSet(layer="MES", source="MES 1-minute bars", timeframe=timeframe, lag=f"closed {timeframe} bar")
         technical_features(sub, "adj_", f"mes_{timeframe}", CORE_INTRADAY)
-        frame = sub.prepare(bars[timeframe].with_columns(adjusted("adj_"))).select(pl.col("ts").alias("ts_higher"), *sub.exprs)
+        frame = sub.prepare(bars[timeframe].with_columns(adjusted("adj_"))).select(
+            pl.col("ts").alias("ts_higher"), *sub.exprs
+        )
         higher[timeframe] = (finish(frame, ["ts_higher"], sub.specs).frame, sub.specs)
     wanted = {f"{m}_1d_{s}" for m in ("mes", *RELATED["mes"]) for s in core_suffixes()} | set(INTRADAY_MACRO)
     carried = [s for s in mes_daily.specs if s.name in wanted or s.layer in INTRADAY_SHARED_LAYERS]
     dates = bars["1min"]["trade_date"].unique().sort()
-    return IntradayContext(bars, micro, higher, mes_daily.frame.select("available_at", *(s.name for s in carried)),
-                           carried, calendar_table(dates))
+    return IntradayContext(
+        bars,
+        micro,
+        higher,
+        mes_daily.frame.select("available_at", *(s.name for s in carried)),
+        carried,
+        calendar_table(dates),
+    )
 
 
 # Bars a chunk computes before its first row: the longest window, and enough for the slowest
@@ -173,7 +199,10 @@ WARMUP_BARS = 500
 
 
 def warmup_sessions(timeframe: str) -> int:
-    longest = max(WARMUP_BARS, *(max(getattr(INTRADAY, f), default=0) for f in ("returns", "volatility", "sma", "high", "momentum", "shape")))
+    longest = max(
+        WARMUP_BARS,
+        *(max(getattr(INTRADAY, f), default=0) for f in ("returns", "volatility", "sma", "high", "momentum", "shape")),
+    )
     return -(-longest * TIMEFRAMES[timeframe] // SESSION_MINUTES) + 1
 
 
@@ -218,7 +247,7 @@ def intraday_master(context: IntradayContext, timeframe: str, first=None, last=N
         blocks.append(Table(joined.select(s.name for s in specs), specs, ()))
 
     # Higher intraday timeframes: only bars that had closed by this bar's close.
-    for higher in INTRADAY_TIMEFRAMES[INTRADAY_TIMEFRAMES.index(timeframe) + 1:]:
+    for higher in INTRADAY_TIMEFRAMES[INTRADAY_TIMEFRAMES.index(timeframe) + 1 :]:
         columns, higher_specs = context.higher[higher]
         beside(columns, "ts_higher", higher_specs)
     if context.micro is not None:
@@ -238,13 +267,17 @@ def intraday_master(context: IntradayContext, timeframe: str, first=None, last=N
 PART_ROWS = 140_000
 
 
-def intraday_master_parts(context: IntradayContext, timeframe: str, chunk_sessions: int | None = None) -> list[Callable[[], Table]]:
+def intraday_master_parts(
+    context: IntradayContext, timeframe: str, chunk_sessions: int | None = None
+) -> list[Callable[[], Table]]:
     """The same table in parts of `chunk_sessions` sessions (by default about PART_ROWS rows), in
     time order, each a function that builds it: a long history never sits whole in memory."""
     dates = context.sessions
     chunk_sessions = chunk_sessions or max(1, PART_ROWS * TIMEFRAMES[timeframe] // SESSION_MINUTES)
-    return [partial(intraday_master, context, timeframe, dates[i], dates[min(i + chunk_sessions, len(dates)) - 1])
-            for i in range(0, len(dates), chunk_sessions)]
+    return [
+        partial(intraday_master, context, timeframe, dates[i], dates[min(i + chunk_sessions, len(dates)) - 1])
+        for i in range(0, len(dates), chunk_sessions)
+    ]
 
 
 # Rows a microstructure part computes before its first: more than its longest window (60 minutes)
@@ -252,17 +285,27 @@ def intraday_master_parts(context: IntradayContext, timeframe: str, chunk_sessio
 MICRO_WARMUP_ROWS = 128
 
 
-def microstructure_table(minutes: pl.DataFrame, trades: pl.DataFrame | None, tbbo: pl.DataFrame | None,
-                         book: pl.DataFrame | None, part_rows: int = PART_ROWS) -> Table:
+def microstructure_table(
+    minutes: pl.DataFrame,
+    trades: pl.DataFrame | None,
+    tbbo: pl.DataFrame | None,
+    book: pl.DataFrame | None,
+    part_rows: int = PART_ROWS,
+) -> Table:
     """1-minute microstructure features keyed like the minute bars; null where no ticks are stored.
 
     Built in parts of `part_rows` minutes, each after MICRO_WARMUP_ROWS earlier ones: a part's
     intermediate columns are a few hundred MB at most where the whole history's were several GB.
     """
     tick = FUTURES["MES"].tick_size
-    per_minute = (minute_microstructure(trades, tbbo, book, tick)
-                  if trades is not None and tbbo is not None and book is not None else None)
-    fs = FeatureSet(layer="MES/microstructure", source="MES trades, TBBO, MBP-10", timeframe="1min", lag="closed 1-minute bar")
+    per_minute = (
+        minute_microstructure(trades, tbbo, book, tick)
+        if trades is not None and tbbo is not None and book is not None
+        else None
+    )
+    fs = FeatureSet(
+        layer="MES/microstructure", source="MES trades, TBBO, MBP-10", timeframe="1min", lag="closed 1-minute bar"
+    )
     microstructure_features(fs, tick)
     # Minute bars come sorted by time; sort only what is not (a sort copies every column).
     minutes = minutes if minutes["ts"].is_sorted() else minutes.sort("ts")

@@ -24,9 +24,17 @@ TBBO_COLUMNS = ("ts_recv", "price", "bid_px_00", "ask_px_00")
 BOOK_ACTIONS = ("A", "C", "M", "R")
 
 MINUTE_COLUMNS = (
-    "ofi", "microprice_dev", "quoted_spread", "effective_spread",
+    "ofi",
+    "microprice_dev",
+    "quoted_spread",
+    "effective_spread",
     *(f"depth_imbalance_{k}" for k in DEPTH_LEVELS),
-    "signed_volume", "buy_share", "trade_count", "quote_count", "mean_trade_size", "vwap",
+    "signed_volume",
+    "buy_share",
+    "trade_count",
+    "quote_count",
+    "mean_trade_size",
+    "vwap",
 )
 
 
@@ -73,8 +81,10 @@ def order_flow_imbalance() -> pl.Expr:
 
     # Without a predecessor every comparison is null, so every term, and e, is 0.
     return (
-        _when(pb >= before(pb), qb) - _when(pb <= before(pb), before(qb))
-        - _when(pa <= before(pa), qa) + _when(pa >= before(pa), before(qa))
+        _when(pb >= before(pb), qb)
+        - _when(pb <= before(pb), before(qb))
+        - _when(pa <= before(pa), qa)
+        + _when(pa >= before(pa), before(qa))
     )
 
 
@@ -115,7 +125,11 @@ def _book_minutes(book: pl.DataFrame, tick_size: float) -> pl.DataFrame:
             pl.col(sizes).last(),  # the book at the minute's last state
         )
         .select(
-            "ts_event", "ofi", "microprice_dev", "quoted_spread", "quote_count",
+            "ts_event",
+            "ofi",
+            "microprice_dev",
+            "quoted_spread",
+            "quote_count",
             *(_depth_imbalance(k) for k in DEPTH_LEVELS),
         )
     )
@@ -160,7 +174,9 @@ def _spread_minutes(tbbo: pl.DataFrame, tick_size: float) -> pl.DataFrame:
     )
 
 
-def minute_microstructure(trades: pl.DataFrame, tbbo: pl.DataFrame, book: pl.DataFrame, tick_size: float) -> pl.DataFrame:
+def minute_microstructure(
+    trades: pl.DataFrame, tbbo: pl.DataFrame, book: pl.DataFrame, tick_size: float
+) -> pl.DataFrame:
     """One row per minute with any tick record, keyed by `ts_event` = the minute's start (UTC).
 
     Each record counts in the minute its `ts_recv` falls in, so the row is known at that minute's
@@ -248,20 +264,40 @@ def microstructure_features(fs: FeatureSet, tick_size: float, windows: tuple[int
     # Rolling sums, means, deviations and covariances come from one compiled pass (moments.py);
     # a ratio of two windows' sums is the ratio of their means.
     inputs = {
-        "ofi": pl.col("ofi"), "volume": volume, "signed_volume": pl.col("signed_volume"),
-        "microprice_dev": pl.col("microprice_dev"), "depth_imbalance_5": pl.col("depth_imbalance_5"),
-        "trades": pl.col("trade_count"), "ret": ret, "change": change, "change_lag": change.shift(1),
+        "ofi": pl.col("ofi"),
+        "volume": volume,
+        "signed_volume": pl.col("signed_volume"),
+        "microprice_dev": pl.col("microprice_dev"),
+        "depth_imbalance_5": pl.col("depth_imbalance_5"),
+        "trades": pl.col("trade_count"),
+        "ret": ret,
+        "change": change,
+        "change_lag": change.shift(1),
         "amihud": pl.when(volume > 0).then(ret.abs() / (volume * c)) * 1e10,
-        "corwin_schultz": corwin_schultz(h, l) * c / tick_size, "tick_rule": ret.sign() * volume,
+        "corwin_schultz": corwin_schultz(h, l) * c / tick_size,
+        "tick_rule": ret.sign() * volume,
     }
-    requests = [Rolling(x, n, ("mean",)) for n in windows
-                for x in ("ofi", "volume", "signed_volume", "microprice_dev", "depth_imbalance_5")]
+    requests = [
+        Rolling(x, n, ("mean",))
+        for n in windows
+        for x in ("ofi", "volume", "signed_volume", "microprice_dev", "depth_imbalance_5")
+    ]
     requests += [Rolling("trades", 60, ("mean", "std"))] + [Rolling("trades", n, ("mean",)) for n in windows if n < 60]
-    requests += [r for n in (15, 60) for r in (Rolling("ret", n, ("cov",), other="signed_volume"),
-                                               Rolling("signed_volume", n, ("std",)), Rolling("tick_rule", n, ("mean",)),
-                                               Rolling("volume", n, ("mean",)))]
-    requests += [Rolling("change", 60, ("cov",), other="change_lag"), Rolling("amihud", 60, ("mean",)),
-                 Rolling("corwin_schultz", 30, ("mean",))]
+    requests += [
+        r
+        for n in (15, 60)
+        for r in (
+            Rolling("ret", n, ("cov",), other="signed_volume"),
+            Rolling("signed_volume", n, ("std",)),
+            Rolling("tick_rule", n, ("mean",)),
+            Rolling("volume", n, ("mean",)),
+        )
+    ]
+    requests += [
+        Rolling("change", 60, ("cov",), other="change_lag"),
+        Rolling("amihud", 60, ("mean",)),
+        Rolling("corwin_schultz", 30, ("mean",)),
+    ]
     k = "__micro_"
     fs.steps.append(lambda frame: with_moments(frame, inputs, requests, k))
 
@@ -270,39 +306,83 @@ def microstructure_features(fs: FeatureSet, tick_size: float, windows: tuple[int
 
     for n in windows:
         fs.add(f"{name}_ofi_sum_{n}", mean("ofi", n) * n, f"order-flow imbalance summed over {n} minutes, contracts", n)
-        fs.add(f"{name}_ofi_norm_{n}", _per(mean("ofi", n), mean("volume", n)),
-               f"order-flow imbalance over {n} minutes per contract traded", n)
-        fs.add(f"{name}_signed_volume_norm_{n}", _per(mean("signed_volume", n), mean("volume", n)),
-               f"aggressor-signed volume over {n} minutes as a fraction of volume (-1 all sells, 1 all buys)", n)
-        fs.add(f"{name}_microprice_dev_mean_{n}", mean("microprice_dev", n),
-               f"mean microprice deviation from mid over {n} minutes, ticks", n)
-        fs.add(f"{name}_depth_imbalance_5_mean_{n}", mean("depth_imbalance_5", n),
-               f"mean top-5-level depth imbalance over {n} minutes", n)
+        fs.add(
+            f"{name}_ofi_norm_{n}",
+            _per(mean("ofi", n), mean("volume", n)),
+            f"order-flow imbalance over {n} minutes per contract traded",
+            n,
+        )
+        fs.add(
+            f"{name}_signed_volume_norm_{n}",
+            _per(mean("signed_volume", n), mean("volume", n)),
+            f"aggressor-signed volume over {n} minutes as a fraction of volume (-1 all sells, 1 all buys)",
+            n,
+        )
+        fs.add(
+            f"{name}_microprice_dev_mean_{n}",
+            mean("microprice_dev", n),
+            f"mean microprice deviation from mid over {n} minutes, ticks",
+            n,
+        )
+        fs.add(
+            f"{name}_depth_imbalance_5_mean_{n}",
+            mean("depth_imbalance_5", n),
+            f"mean top-5-level depth imbalance over {n} minutes",
+            n,
+        )
 
     # Trades per minute now, and over shorter windows, against the last hour's mean and spread.
     count = pl.col("trade_count").cast(pl.Float64)
     hour_mean, hour_std = mean("trades", 60), pl.col(f"{k}std_trades_60")
-    fs.add(f"{name}_trade_intensity_z_60", _per(count - hour_mean, hour_std),
-           "trades this minute, z-score against the last 60 minutes", 60)
+    fs.add(
+        f"{name}_trade_intensity_z_60",
+        _per(count - hour_mean, hour_std),
+        "trades this minute, z-score against the last 60 minutes",
+        60,
+    )
     for n in (n for n in windows if n < 60):
-        fs.add(f"{name}_trade_intensity_{n}_z_60", _per(mean("trades", n) - hour_mean, hour_std),
-               f"mean trades per minute over {n} minutes, z-score against the last 60 minutes", 60)
+        fs.add(
+            f"{name}_trade_intensity_{n}_z_60",
+            _per(mean("trades", n) - hour_mean, hour_std),
+            f"mean trades per minute over {n} minutes, z-score against the last 60 minutes",
+            60,
+        )
 
     for n in (15, 60):
         # Kyle lambda: the least-squares slope of return on signed volume, price impact per contract.
         var = pl.col(f"{k}std_signed_volume_{n}").pow(2)
-        fs.add(f"{name}_kyle_lambda_{n}", pl.when(var > 0).then(pl.col(f"{k}cov_ret_signed_volume_{n}") / var),
-               f"Kyle lambda: slope of the 1-minute log return on signed volume over {n} minutes, per contract", n + 1)
+        fs.add(
+            f"{name}_kyle_lambda_{n}",
+            pl.when(var > 0).then(pl.col(f"{k}cov_ret_signed_volume_{n}") / var),
+            f"Kyle lambda: slope of the 1-minute log return on signed volume over {n} minutes, per contract",
+            n + 1,
+        )
     # Roll (1984): 2 sqrt(max(0, -cov(dc_t, dc_t-1))), the population covariance (ddof 0) over the window.
     serial = pl.col(f"{k}cov_change_change_lag_60") * (59 / 60)
-    fs.add(f"{name}_roll_spread_60", 2 * (-serial).clip(lower_bound=0).sqrt() / tick_size,
-           "Roll spread 2 sqrt(-cov(dc_t, dc_t-1)) from 1-minute closes over 60 minutes, ticks", 62)
+    fs.add(
+        f"{name}_roll_spread_60",
+        2 * (-serial).clip(lower_bound=0).sqrt() / tick_size,
+        "Roll spread 2 sqrt(-cov(dc_t, dc_t-1)) from 1-minute closes over 60 minutes, ticks",
+        62,
+    )
 
     # Bar-based proxies: defined for every minute with a bar, ticks or not.
-    fs.add(f"{name}_amihud_60", mean("amihud", 60),
-           "Amihud illiquidity over 60 minutes: mean |1-minute return| in basis points per million of volume x close", 61)
-    fs.add(f"{name}_corwin_schultz_30", mean("corwin_schultz", 30),
-           "Corwin-Schultz two-bar high-low spread estimate, ticks, mean over 30 minutes", 31)
+    fs.add(
+        f"{name}_amihud_60",
+        mean("amihud", 60),
+        "Amihud illiquidity over 60 minutes: mean |1-minute return| in basis points per million of volume x close",
+        61,
+    )
+    fs.add(
+        f"{name}_corwin_schultz_30",
+        mean("corwin_schultz", 30),
+        "Corwin-Schultz two-bar high-low spread estimate, ticks, mean over 30 minutes",
+        31,
+    )
     for n in (15, 60):
-        fs.add(f"{name}_tick_rule_volume_{n}", _per(mean("tick_rule", n), mean("volume", n)),
-               f"tick-rule signed volume (sign of the close change x volume) over {n} minutes, fraction of volume", n + 1)
+        fs.add(
+            f"{name}_tick_rule_volume_{n}",
+            _per(mean("tick_rule", n), mean("volume", n)),
+            f"tick-rule signed volume (sign of the close change x volume) over {n} minutes, fraction of volume",
+            n + 1,
+        )

@@ -51,7 +51,9 @@ def known_dates(dates: pl.Series, lag: ReleaseLag) -> pl.Series:
         index = np.searchsorted(sessions, days + np.timedelta64(lag.calendar_days, "D"), side="left")
     else:
         # The observation's own session (if it is one) counts as 0 business days.
-        index = np.searchsorted(sessions, days, side="right" if lag.business_days else "left") + max(lag.business_days - 1, 0)
+        index = np.searchsorted(sessions, days, side="right" if lag.business_days else "left") + max(
+            lag.business_days - 1, 0
+        )
     return pl.Series(dates.name, sessions[np.minimum(index, len(sessions) - 1)]).cast(pl.Date)
 
 

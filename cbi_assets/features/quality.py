@@ -91,9 +91,11 @@ class Profile:
         """Infinite values (counted where a least or greatest value is infinite), and which features
         vary: two non-null values differ, in a part or across parts."""
         names = [n for n in self.names if frame[n].null_count() < frame.height]
-        extremes = frame.select(*(pl.col(n).min().alias(f"{i}l") for i, n in enumerate(names)),
-                                *(pl.col(n).max().alias(f"{i}h") for i, n in enumerate(names))).row(0)
-        for n, low, high in zip(names, extremes[: len(names)], extremes[len(names):], strict=True):
+        extremes = frame.select(
+            *(pl.col(n).min().alias(f"{i}l") for i, n in enumerate(names)),
+            *(pl.col(n).max().alias(f"{i}h") for i, n in enumerate(names)),
+        ).row(0)
+        for n, low, high in zip(names, extremes[: len(names)], extremes[len(names) :], strict=True):
             if isinstance(low, float) and (math.isinf(low) or math.isinf(high)):
                 self.infinite[n] += frame[n].is_infinite().sum()
             if n in self.varying:
@@ -129,8 +131,12 @@ class Profile:
 
     def findings(self, timeframe: str, minimum: int | None = None) -> dict[str, Finding]:
         """Every check's finding, by the name of the asset check; `distinct` with a minimum count."""
-        found = {"finite": self.finite(), "nulls_after_warmup": self.nulls(), "increasing": self.order(),
-                 "calendar": self.calendar(timeframe)}
+        found = {
+            "finite": self.finite(),
+            "nulls_after_warmup": self.nulls(),
+            "increasing": self.order(),
+            "calendar": self.calendar(timeframe),
+        }
         return found | ({"distinct": self.distinct(minimum)} if minimum is not None else {})
 
     def finite(self) -> Finding:
@@ -139,15 +145,22 @@ class Profile:
 
     def nulls(self, limit: float = NULL_LIMIT) -> Finding:
         """Null share of each feature from its first value plus its window on (the warm-up)."""
-        shares = {n: (nulls / rows if rows else 0.0) if n in self.first else 1.0 for n, (nulls, rows) in self.after.items()}
+        shares = {
+            n: (nulls / rows if rows else 0.0) if n in self.first else 1.0 for n, (nulls, rows) in self.after.items()
+        }
         over = {k: round(v, 4) for k, v in sorted(shares.items(), key=lambda kv: -kv[1]) if v > limit}
         worst = dict(sorted(shares.items(), key=lambda kv: -kv[1])[:10])
-        return Finding(not over, f"{len(over)} features above {limit:.0%} nulls after warm-up",
-                       {"over_limit": over, "worst": {k: round(v, 4) for k, v in worst.items()}, "limit": limit})
+        return Finding(
+            not over,
+            f"{len(over)} features above {limit:.0%} nulls after warm-up",
+            {"over_limit": over, "worst": {k: round(v, 4) for k, v in worst.items()}, "limit": limit},
+        )
 
     def order(self) -> Finding:
         bad = self.not_increasing
-        return Finding(bad == 0, f"{bad} rows not after the one before in {self.key}", {"not_increasing": bad, "key": self.key})
+        return Finding(
+            bad == 0, f"{bad} rows not after the one before in {self.key}", {"not_increasing": bad, "key": self.key}
+        )
 
     def calendar(self, timeframe: str) -> Finding:
         """Daily: one row per session between the first and last date. Intraday: every session there,
@@ -155,25 +168,40 @@ class Profile:
         if timeframe == "1d":
             first, last = self.bounds or (None, None)
             expected = len(settlement_days(first, last)) if self.rows else 0
-            return Finding(self.rows == expected, f"{self.rows} rows for {expected} sessions",
-                           {"rows": self.rows, "sessions": expected, "first": str(first), "last": str(last)})
+            return Finding(
+                self.rows == expected,
+                f"{self.rows} rows for {expected} sessions",
+                {"rows": self.rows, "sessions": expected, "first": str(first), "last": str(last)},
+            )
         per_session = pl.concat(self.per_session).group_by("trade_date").agg(pl.col("len").sum())
         sessions = settlement_days(per_session["trade_date"].min(), per_session["trade_date"].max())
         room = -(-1380 // TIMEFRAMES[timeframe])
         overfull = per_session.filter(pl.col("len") > room).height
         thin = per_session.filter(pl.col("len") < 0.8 * room).height
         passed = per_session.height == len(sessions) and overfull == 0
-        return Finding(passed, f"{per_session.height} of {len(sessions)} sessions, {overfull} overfull, {thin} thin",
-                       {"sessions": per_session.height, "expected_sessions": len(sessions), "bars_per_session_max": room,
-                        "median_bars": float(per_session["len"].median()), "overfull": overfull, "thin_sessions": thin})
+        return Finding(
+            passed,
+            f"{per_session.height} of {len(sessions)} sessions, {overfull} overfull, {thin} thin",
+            {
+                "sessions": per_session.height,
+                "expected_sessions": len(sessions),
+                "bars_per_session_max": room,
+                "median_bars": float(per_session["len"].median()),
+                "overfull": overfull,
+                "thin_sessions": thin,
+            },
+        )
 
     def distinct(self, minimum: int) -> Finding:
         """Enough features, none constant and none an exact copy of another."""
         constant = [n for n in self.names if n not in self.varying]
         count = len(self.specs)
         passed = not constant and not self.copies and count >= minimum
-        return Finding(passed, f"{count} features (at least {minimum}), {len(constant)} constant, {len(self.copies)} duplicated",
-                       {"features": count, "minimum": minimum, "constant": constant, "duplicates": self.copies})
+        return Finding(
+            passed,
+            f"{count} features (at least {minimum}), {len(constant)} constant, {len(self.copies)} duplicated",
+            {"features": count, "minimum": minimum, "constant": constant, "duplicates": self.copies},
+        )
 
 
 def finite_finding(table: Table) -> Finding:

@@ -75,8 +75,21 @@ class FeatureSet:
 def catalogue_frame(specs: list[FeatureSpec], table: str) -> pl.DataFrame:
     """The catalogue entries of a table's features, one row each."""
     return pl.DataFrame(
-        [{"table": table, **{k: getattr(s, k) for k in ("name", "layer", "source", "timeframe", "window", "lag", "description")}}
-         for s in specs],
-        schema={"table": pl.String, "name": pl.String, "layer": pl.String, "source": pl.String, "timeframe": pl.String,
-                "window": pl.Int64, "lag": pl.String, "description": pl.String},
+        [
+            {
+                "table": table,
+                **{k: getattr(s, k) for k in ("name", "layer", "source", "timeframe", "window", "lag", "description")},
+            }
+            for s in specs
+        ],
+        schema={
+            "table": pl.String,
+            "name": pl.String,
+            "layer": pl.String,
+            "source": pl.String,
+            "timeframe": pl.String,
+            "window": pl.Int64,
+            "lag": pl.String,
+            "description": pl.String,
+        },
     )

@@ -13,8 +13,12 @@ from cbi_assets.features.master import Table
 from cbi_assets.features.spec import FeatureSpec
 
 
-def stream_table(parts: Sequence[Callable[[], Table]], sink: Callable[[pl.LazyFrame], object], name: str,
-                 take: Callable[[Table], None]) -> list[FeatureSpec]:
+def stream_table(
+    parts: Sequence[Callable[[], Table]],
+    sink: Callable[[pl.LazyFrame], object],
+    name: str,
+    take: Callable[[Table], None],
+) -> list[FeatureSpec]:
     """A table built part by part, in time order, and streamed by `sink` into one Parquet file; only a
     few parts are ever in memory. Each part is handed to `take` (the checks' profile, progress) as it
     is built. Returns the table's feature specs (its catalogue entries are the caller's to write).
@@ -63,11 +67,9 @@ def read_table(path: Path, catalogue: Path) -> Table:
     """A stored feature table and its features' catalogue entries."""
     frame = pl.read_parquet(path)
     entries = pl.read_parquet(catalogue)
-    specs = [FeatureSpec(**{k: row[k] for k in ("name", "layer", "source", "timeframe", "window", "lag", "description")})
-             for row in entries.iter_rows(named=True)]
+    specs = [
+        FeatureSpec(**{k: row[k] for k in ("name", "layer", "source", "timeframe", "window", "lag", "description")})
+        for row in entries.iter_rows(named=True)
+    ]
     keys = tuple(c for c in frame.columns if c not in {s.name for s in specs})
     return Table(frame, specs, keys)
-
-
-def catalogue_path(path: Path) -> Path:  # TRANSITIONAL: until every domain reads through the lake
-    return path.with_name(path.name.replace(".parquet", ".catalogue.parquet"))

@@ -1,4 +1,5 @@
-"""How much meta-learning and transfer training each profile allows: one dataclass, one entry per profile."""
+"""How much meta-learning (the Reptile meta-learner) and cross-asset transfer training a run does; each profile
+(cbi_assets/profiles.py) holds one."""
 
 from __future__ import annotations
 
@@ -33,13 +34,3 @@ class MetaBudget:
     max_train_rows: int | None = None  # the most recent pre-split rows each model trains on
     few_rows: int = 250  # the "few asset rows" scenario: heads trained on the last year only
     validation_fraction: float = 0.2
-
-
-BUDGETS: dict[str, MetaBudget] = {
-    # Real data: every regime task, a thousand Reptile steps, full histories.
-    "full": MetaBudget(),
-    # The embedded sample on 2 shared cores: the same method, briefly.
-    "sample": MetaBudget(units=(16,), long_epochs=25, meta_iterations=60, meta_batch=2, max_task_rows=256,
-                         held_out=3, encoder_units=16, latent=4, head_units=8, transfer_epochs=15,
-                         transfer_patience=3, max_train_rows=1500),
-}

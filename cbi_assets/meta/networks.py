@@ -82,11 +82,20 @@ class Network:
         import tensorflow as tf
 
         features = self.features
-        self._sgd = tf.function(self._steps, input_signature=[
-            tf.TensorSpec((None, features), tf.float32), tf.TensorSpec((None,), tf.float32),
-            tf.TensorSpec((None, None), tf.int32), tf.TensorSpec((), tf.float32)])
-        self._forward = tf.function(lambda x: self.model(x, training=False)[:, 0], autograph=False,
-                                    input_signature=[tf.TensorSpec((None, features), tf.float32)])
+        self._sgd = tf.function(
+            self._steps,
+            input_signature=[
+                tf.TensorSpec((None, features), tf.float32),
+                tf.TensorSpec((None,), tf.float32),
+                tf.TensorSpec((None, None), tf.int32),
+                tf.TensorSpec((), tf.float32),
+            ],
+        )
+        self._forward = tf.function(
+            lambda x: self.model(x, training=False)[:, 0],
+            autograph=False,
+            input_signature=[tf.TensorSpec((None, features), tf.float32)],
+        )
 
     def _steps(self, x, y, batches, learning_rate):
         import tensorflow as tf
@@ -108,17 +117,24 @@ class Network:
             return self._outer[tasks]
         variables = self.model.trainable_variables
 
-        @tf.function(input_signature=[
-            tf.TensorSpec((tasks, None, self.features), tf.float32), tf.TensorSpec((tasks, None), tf.float32),
-            tf.TensorSpec((tasks, None, None), tf.int32), tf.TensorSpec((), tf.float32), tf.TensorSpec((), tf.float32)])
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec((tasks, None, self.features), tf.float32),
+                tf.TensorSpec((tasks, None), tf.float32),
+                tf.TensorSpec((tasks, None, None), tf.int32),
+                tf.TensorSpec((), tf.float32),
+                tf.TensorSpec((), tf.float32),
+            ]
+        )
         def outer(xs, ys, batches, learning_rate, step):
             deltas = [tf.zeros_like(m) for m in self._meta]
             for k in range(tasks):  # unrolled: the meta-batch is small and fixed
                 for variable, meta in zip(variables, self._meta, strict=True):
                     variable.assign(meta)
                 self._steps(xs[k], ys[k], batches[k], learning_rate)
-                deltas = [d + (tf.convert_to_tensor(v) - m)
-                          for d, v, m in zip(deltas, variables, self._meta, strict=True)]
+                deltas = [
+                    d + (tf.convert_to_tensor(v) - m) for d, v, m in zip(deltas, variables, self._meta, strict=True)
+                ]
             for meta, d in zip(self._meta, deltas, strict=True):
                 meta.assign_add(step * d / tasks)
             return tf.constant(0.0)
@@ -150,18 +166,24 @@ class Network:
         for meta, value in zip(self._meta, weights, strict=True):
             meta.assign(value)
 
-    def reptile_step(self, xs: np.ndarray, ys: np.ndarray, batches: np.ndarray, learning_rate: float,
-                     step: float) -> None:
+    def reptile_step(
+        self, xs: np.ndarray, ys: np.ndarray, batches: np.ndarray, learning_rate: float, step: float
+    ) -> None:
         """One Reptile outer step: from the meta-weights, adapt to each task k (xs[k], ys[k] along
         batches[k]) and move the meta-weights `step` of the way towards the adapted ones' mean."""
-        self._outer_step(len(xs))(xs.astype(np.float32), ys.astype(np.float32), batches.astype(np.int32),
-                                  np.float32(learning_rate), np.float32(step))
+        self._outer_step(len(xs))(
+            xs.astype(np.float32),
+            ys.astype(np.float32),
+            batches.astype(np.int32),
+            np.float32(learning_rate),
+            np.float32(step),
+        )
 
     def meta_weights(self) -> list[np.ndarray]:
         return [np.array(m.numpy()) for m in self._meta]
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        out = [np.asarray(self._forward(x[i:i + PREDICT_CHUNK])) for i in range(0, len(x), PREDICT_CHUNK)]
+        out = [np.asarray(self._forward(x[i : i + PREDICT_CHUNK])) for i in range(0, len(x), PREDICT_CHUNK)]
         return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
 
 
@@ -173,7 +195,7 @@ def epoch_batches(rows: int, epochs: int, batches: int, rng: np.random.Generator
     size = rows // per
     if rows == 0 or epochs < 1:
         return np.zeros((0, max(size, 1)), dtype=np.int32)
-    order = [rng.permutation(rows)[:per * size].reshape(per, size) for _ in range(epochs)]
+    order = [rng.permutation(rows)[: per * size].reshape(per, size) for _ in range(epochs)]
     return np.concatenate(order).astype(np.int32)
 
 
@@ -216,8 +238,9 @@ class Trainer:
         def masked(yb, mb, pred):
             return tf.reduce_sum(mb * _huber(yb, pred)) / tf.maximum(tf.reduce_sum(mb), 1.0)
 
-        @tf.function(input_signature=[specs, target, target, tf.TensorSpec((len(variables),), tf.float32)],
-                     autograph=False)
+        @tf.function(
+            input_signature=[specs, target, target, tf.TensorSpec((len(variables),), tf.float32)], autograph=False
+        )
         def step(xb, yb, mb, keep):
             with tf.GradientTape() as tape:
                 loss = masked(yb, mb, forward(xb, True))
@@ -242,9 +265,20 @@ class Trainer:
         for variable, value in zip(self._optimizer.variables, self._initial_optimizer, strict=True):
             variable.assign(value)
 
-    def fit(self, xs: list[np.ndarray], y: np.ndarray, mask: np.ndarray | None = None, *, epochs: int,
-            batch_size: int, patience: int, horizon: int, validation_fraction: float, seed: int,
-            frozen: Sequence[Any] = ()) -> dict:
+    def fit(
+        self,
+        xs: list[np.ndarray],
+        y: np.ndarray,
+        mask: np.ndarray | None = None,
+        *,
+        epochs: int,
+        batch_size: int,
+        patience: int,
+        horizon: int,
+        validation_fraction: float,
+        seed: int,
+        frozen: Sequence[Any] = (),
+    ) -> dict:
         """Train from the current weights with Adam on the masked Huber loss of y (rows, outputs).
 
         `mask` (rows, outputs) says which outputs a row has a label for (a pre-training row belongs
@@ -265,18 +299,32 @@ class Trainer:
         def val_loss() -> float:
             return float(self._loss(x_val, y_val, m_val))
 
-        trained = train_epochs(len(y_fit), epochs, batch_size, patience, seed,
-                               lambda rows: self._step([x[rows] for x in x_fit], y_fit[rows], m_fit[rows], keep),
-                               val_loss if validating else None, self.weights)
+        trained = train_epochs(
+            len(y_fit),
+            epochs,
+            batch_size,
+            patience,
+            seed,
+            lambda rows: self._step([x[rows] for x in x_fit], y_fit[rows], m_fit[rows], keep),
+            val_loss if validating else None,
+            self.weights,
+        )
         if validating:
             for variable, value in zip(variables, trained.best_weights, strict=True):
                 variable.assign(value)
-        return {"epochs_run": trained.epochs_run, "best_epoch": trained.best_epoch, "best_val_loss": trained.best_loss,
-                "fit_rows": len(y_fit), "val_rows": len(y_val)}
+        return {
+            "epochs_run": trained.epochs_run,
+            "best_epoch": trained.best_epoch,
+            "best_val_loss": trained.best_loss,
+            "fit_rows": len(y_fit),
+            "val_rows": len(y_val),
+        }
 
     def predict(self, xs: list[np.ndarray]) -> np.ndarray:
         """The first output, in chunks."""
         rows = len(xs[0])
-        out = [np.asarray(self._forward([np.asarray(x[i:i + PREDICT_CHUNK], np.float32) for x in xs]))
-               for i in range(0, rows, PREDICT_CHUNK)]
+        out = [
+            np.asarray(self._forward([np.asarray(x[i : i + PREDICT_CHUNK], np.float32) for x in xs]))
+            for i in range(0, rows, PREDICT_CHUNK)
+        ]
         return np.concatenate(out).astype(np.float64) if out else np.zeros(0)

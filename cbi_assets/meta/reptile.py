@@ -2,7 +2,7 @@
 from its first ~30 sessions in a few epochs, and the leave-one-regime-out test that says whether it does.
 
 A task is one named regime's support set (its first sessions) and query set (after the support
-labels end), as `{asset}/training/meta_tasks` stores them. Reptile (Nichol et al., 2018) repeats:
+labels end), as `{market}/training/meta_tasks` stores them. Reptile (Nichol et al., 2018) repeats:
 take a task, adapt a copy of the meta-weights to a window of its rows with the very SGD the
 adaptation will use, and move the meta-weights part of the way towards the adapted ones. First
 order only, so it needs nothing but the adaptation loop itself.
@@ -23,11 +23,15 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from cbi_assets import lake as tables
+from cbi_assets.catalogue import Horizon, Market, market
+from cbi_assets.lake import Lake
 from cbi_assets.meta.budget import MetaBudget
 from cbi_assets.meta.networks import Network, clean, epoch_batches, fresh_session, mlp
 from cbi_assets.meta.scores import SHOWN, scores
 from cbi_assets.models.evaluation import METRICS
 from cbi_assets.training.scaling import RobustScaler
+from cbi_assets.training.sets import time_key
 
 # The variants of the few-shot table, in the order shown.
 VARIANTS = ("meta_adapted", "meta_init", "scratch", "scratch_long", "random_walk")
@@ -58,16 +62,17 @@ class Task:
         return max(self.support["label_end"].max(), self.query["label_end"].max())
 
 
-def load_tasks(folder: Path, key: str, regimes: Sequence[str] | None = None) -> list[Task]:
-    """The tasks under `folder` (<regime>/{support,query}.parquet), by start; `regimes` keeps only those
-    (a regime renamed in the calendar leaves its old folder behind)."""
+def load_tasks(lake: Lake, market: Market, horizon: Horizon, regimes: Sequence[str] | None = None) -> list[Task]:
+    """The market x horizon's stored tasks (`{market}/training/meta_tasks`: a support and a query set per
+    regime), by start; `regimes` keeps only those (a regime renamed in the calendar leaves its old task behind)."""
+    parts = {"market": market, "horizon": horizon.name}
+    stored = set(lake.present(tables.META_TASK, "regime", part="support", **parts))
+    stored &= set(lake.present(tables.META_TASK, "regime", part="query", **parts))
     tasks = []
-    for path in sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []:
-        if regimes is not None and path.name not in regimes:
-            continue
-        if (path / "support.parquet").is_file() and (path / "query.parquet").is_file():
-            tasks.append(Task(path.name, pl.read_parquet(path / "support.parquet"),
-                              pl.read_parquet(path / "query.parquet"), key))
+    for regime in sorted(stored):
+        if regimes is None or regime in regimes:
+            support, query = (lake.read(tables.META_TASK, regime=regime, part=p, **parts) for p in ("support", "query"))
+            tasks.append(Task(regime, support, query, time_key(horizon)))
     return sorted(tasks, key=lambda t: t.start)
 
 
@@ -81,11 +86,12 @@ def held_out_plan(tasks: Sequence[Task], budget: MetaBudget) -> list[tuple[Task,
     """(held-out task, its meta-training tasks) for the last `budget.held_out` regimes that have at
     least `budget.min_meta_tasks` earlier tasks (every such regime when held_out is None)."""
     plan = [(t, earlier) for t in tasks if len(earlier := meta_training_tasks(tasks, t)) >= budget.min_meta_tasks]
-    return plan if budget.held_out is None else plan[-budget.held_out:] if budget.held_out > 0 else []
+    return plan if budget.held_out is None else plan[-budget.held_out :] if budget.held_out > 0 else []
 
 
-def task_scaler(history: pl.DataFrame, support: pl.DataFrame, key: str, features: Sequence[str],
-                rows: int) -> RobustScaler:
+def task_scaler(
+    history: pl.DataFrame, support: pl.DataFrame, key: str, features: Sequence[str], rows: int
+) -> RobustScaler:
     """A robust scaler fitted on the features of the rows known when the support ends: the training
     set's rows before the support, then the support itself, the trailing `rows` of them. Features
     only; a row's feature is known at its close, and the query is never seen."""
@@ -127,8 +133,16 @@ def task_data(task: Task, history: pl.DataFrame, features: Sequence[str], budget
     scaler = task_scaler(history, task.support, task.key, features, budget.scaler_rows)
     y_query = query["forward_return"].to_numpy().astype(np.float64)
     forward_price = query["forward_price"].to_numpy().astype(np.float64)
-    return TaskData(task.regime, scaled(support, scaler), support["forward_return"].to_numpy().astype(np.float64),
-                    scaled(query, scaler), y_query, forward_price * np.exp(-y_query), forward_price, query[task.key])
+    return TaskData(
+        task.regime,
+        scaled(support, scaler),
+        support["forward_return"].to_numpy().astype(np.float64),
+        scaled(query, scaler),
+        y_query,
+        forward_price * np.exp(-y_query),
+        forward_price,
+        query[task.key],
+    )
 
 
 def target_scale(tasks: Sequence[TaskData]) -> float:
@@ -142,16 +156,29 @@ def target_scale(tasks: Sequence[TaskData]) -> float:
 # --- Reptile ------------------------------------------------------------------------------------
 
 
-def adapt_weights(net: Network, start: Sequence[np.ndarray], x: np.ndarray, y_scaled: np.ndarray, epochs: int,
-                  budget: MetaBudget, rng: np.random.Generator) -> list[np.ndarray]:
+def adapt_weights(
+    net: Network,
+    start: Sequence[np.ndarray],
+    x: np.ndarray,
+    y_scaled: np.ndarray,
+    epochs: int,
+    budget: MetaBudget,
+    rng: np.random.Generator,
+) -> list[np.ndarray]:
     """The weights after `epochs` of plain SGD from `start` on (x, y): the adaptation to a regime."""
     net.set_weights(start)
     net.sgd(x, y_scaled, epoch_batches(len(x), epochs, budget.batches_per_epoch, rng), budget.inner_lr)
     return net.weights()
 
 
-def reptile(net: Network, tasks: Sequence[TaskData], scale: float, budget: MetaBudget,
-            rng: np.random.Generator, log: Callable[[str], None] | None = None) -> list[np.ndarray]:
+def reptile(
+    net: Network,
+    tasks: Sequence[TaskData],
+    scale: float,
+    budget: MetaBudget,
+    rng: np.random.Generator,
+    log: Callable[[str], None] | None = None,
+) -> list[np.ndarray]:
     """Meta-weights learned by Reptile from the network's current weights over `tasks`.
 
     Each inner loop adapts to a contiguous window of a task's rows as long as its support set (the
@@ -166,8 +193,8 @@ def reptile(net: Network, tasks: Sequence[TaskData], scale: float, budget: MetaB
     for iteration in range(budget.meta_iterations):
         chosen = rng.integers(len(tasks), size=budget.meta_batch)
         firsts = [int(rng.integers(len(pools[k][1]) - rows + 1)) for k in chosen]
-        xs = np.stack([pools[k][0][f:f + rows] for k, f in zip(chosen, firsts, strict=True)])
-        ys = np.stack([pools[k][1][f:f + rows] / scale for k, f in zip(chosen, firsts, strict=True)])
+        xs = np.stack([pools[k][0][f : f + rows] for k, f in zip(chosen, firsts, strict=True)])
+        ys = np.stack([pools[k][1][f : f + rows] / scale for k, f in zip(chosen, firsts, strict=True)])
         batches = np.stack([epoch_batches(rows, budget.adapt_epochs, budget.batches_per_epoch, rng) for _ in chosen])
         net.reptile_step(xs, ys, batches, budget.inner_lr, budget.outer_lr * (1.0 - iteration / budget.meta_iterations))
         if log and (iteration + 1) % max(1, budget.meta_iterations // 4) == 0:
@@ -199,8 +226,9 @@ def base_network(features: int, budget: MetaBudget) -> Network:
 # --- Leave-one-regime-out few-shot evaluation ---------------------------------------------------
 
 
-def adaptation_curve(net: Network, start: Sequence[np.ndarray], data: TaskData, scale: float, epochs: int,
-                     budget: MetaBudget, seed: int) -> list[np.ndarray]:
+def adaptation_curve(
+    net: Network, start: Sequence[np.ndarray], data: TaskData, scale: float, epochs: int, budget: MetaBudget, seed: int
+) -> list[np.ndarray]:
     """Query forecasts (log returns) after 0, 1, ..., `epochs` epochs of adaptation on the support.
     The batch order comes from `seed`, so two starting points see the same steps."""
     rng = np.random.default_rng(seed)
@@ -224,9 +252,17 @@ class Evaluation:
     queries: pl.DataFrame
 
 
-def few_shot(tasks: Sequence[Task], history: pl.DataFrame, features: Sequence[str], budget: MetaBudget, *,
-             horizon: int, periods_per_year: float, cost_bps: float,
-             log: Callable[[str], None] | None = None) -> Evaluation:
+def few_shot(
+    tasks: Sequence[Task],
+    history: pl.DataFrame,
+    features: Sequence[str],
+    budget: MetaBudget,
+    *,
+    horizon: int,
+    periods_per_year: float,
+    cost_bps: float,
+    log: Callable[[str], None] | None = None,
+) -> Evaluation:
     """Leave-one-regime-out: for each held-out regime (the last few that can be), meta-train on the
     tasks that had ended before it, adapt on its support and score its query beside the same network
     from scratch (the adaptation's epochs and a longer budget), the meta-initialisation unadapted and
@@ -251,29 +287,73 @@ def few_shot(tasks: Sequence[Task], history: pl.DataFrame, features: Sequence[st
             "scratch_long": (scratch_curve[budget.long_epochs], budget.long_epochs),
             "random_walk": (np.zeros_like(data.y_query), 0),
         }
-        queries.append(pl.DataFrame({"held_out": number, "regime": held.regime, "time": data.query_time,
-                                     "actual": data.y_query, "price": data.price, "forward_price": data.forward_price,
-                                     **{v: f for v, (f, _) in chosen.items() if v != "random_walk"}}))
+        queries.append(
+            pl.DataFrame(
+                {
+                    "held_out": number,
+                    "regime": held.regime,
+                    "time": data.query_time,
+                    "actual": data.y_query,
+                    "price": data.price,
+                    "forward_price": data.forward_price,
+                    **{v: f for v, (f, _) in chosen.items() if v != "random_walk"},
+                }
+            )
+        )
         for variant, (forecast, epochs) in chosen.items():
-            found = scores(data.y_query, forecast, data.price, data.forward_price, horizon=horizon,
-                           periods_per_year=periods_per_year, cost_bps=cost_bps)
-            rows.append({"regime": held.regime, "start": str(held.start), "meta_tasks": len(train),
-                         "support_rows": len(data.y_support), "query_rows": len(data.y_query), "model": variant,
-                         "epochs": epochs, **{m: found[m] for m in (*SHOWN, "mae", "rmse")}})
+            found = scores(
+                data.y_query,
+                forecast,
+                data.price,
+                data.forward_price,
+                horizon=horizon,
+                periods_per_year=periods_per_year,
+                cost_bps=cost_bps,
+            )
+            rows.append(
+                {
+                    "regime": held.regime,
+                    "start": str(held.start),
+                    "meta_tasks": len(train),
+                    "support_rows": len(data.y_support),
+                    "query_rows": len(data.y_query),
+                    "model": variant,
+                    "epochs": epochs,
+                    **{m: found[m] for m in (*SHOWN, "mae", "rmse")},
+                }
+            )
         walk = float(np.mean(data.y_query**2))
         for epoch, (m, s) in enumerate(zip(meta_curve, scratch_curve, strict=True)):
-            curves.append({"regime": held.regime, "epoch": epoch,
-                           "meta_init": float(np.mean((m - data.y_query) ** 2)) / walk,
-                           "scratch": float(np.mean((s - data.y_query) ** 2)) / walk})
+            curves.append(
+                {
+                    "regime": held.regime,
+                    "epoch": epoch,
+                    "meta_init": float(np.mean((m - data.y_query) ** 2)) / walk,
+                    "scratch": float(np.mean((s - data.y_query) ** 2)) / walk,
+                }
+            )
         if log:
             adapted = rows[-5]
-            log(f"held out {held.regime}: meta-trained on {len(train)} earlier tasks; adapted query MSE "
-                f"{adapted['mse_vs_rw']:.3f} x the random walk's, scratch {rows[-3]['mse_vs_rw']:.3f}")
-    table = pl.DataFrame(rows, schema={"regime": pl.String, "start": pl.String, "meta_tasks": pl.Int64,
-                                       "support_rows": pl.Int64, "query_rows": pl.Int64, "model": pl.String,
-                                       "epochs": pl.Int64, **dict.fromkeys((*SHOWN, "mae", "rmse"), pl.Float64)})
-    curve = pl.DataFrame(curves, schema={"regime": pl.String, "epoch": pl.Int64, "meta_init": pl.Float64,
-                                         "scratch": pl.Float64})
+            log(
+                f"held out {held.regime}: meta-trained on {len(train)} earlier tasks; adapted query MSE "
+                f"{adapted['mse_vs_rw']:.3f} x the random walk's, scratch {rows[-3]['mse_vs_rw']:.3f}"
+            )
+    table = pl.DataFrame(
+        rows,
+        schema={
+            "regime": pl.String,
+            "start": pl.String,
+            "meta_tasks": pl.Int64,
+            "support_rows": pl.Int64,
+            "query_rows": pl.Int64,
+            "model": pl.String,
+            "epochs": pl.Int64,
+            **dict.fromkeys((*SHOWN, "mae", "rmse"), pl.Float64),
+        },
+    )
+    curve = pl.DataFrame(
+        curves, schema={"regime": pl.String, "epoch": pl.Int64, "meta_init": pl.Float64, "scratch": pl.Float64}
+    )
     return Evaluation(table, curve, pl.concat(queries) if queries else pl.DataFrame())
 
 
@@ -281,12 +361,19 @@ def tracked_scores(queries: pl.DataFrame, *, horizon: int, periods_per_year: flo
     """The meta-adapted forecasts scored as the model families are (scope fold / regime / overall,
     cbi_assets.models.evaluation.METRICS), a held-out task being a fold; beside them the other
     variants' MSE over the random walk's, MASE and direction, for the experiment tracker."""
+
     def row(scope: str, group: str, part: pl.DataFrame) -> dict:
         columns = [part[c].to_numpy() for c in ("actual", "price", "forward_price")]
         found = {}
         for variant in ("meta_adapted", *(v for v in VARIANTS if v not in ("meta_adapted", "random_walk"))):
-            values = scores(columns[0], part[variant].to_numpy(), *columns[1:], horizon=horizon,
-                            periods_per_year=periods_per_year, cost_bps=cost_bps)
+            values = scores(
+                columns[0],
+                part[variant].to_numpy(),
+                *columns[1:],
+                horizon=horizon,
+                periods_per_year=periods_per_year,
+                cost_bps=cost_bps,
+            )
             if variant == "meta_adapted":
                 found.update({m: values[m] for m in (*METRICS, "mse", "mse_vs_rw")})
             else:
@@ -295,6 +382,7 @@ def tracked_scores(queries: pl.DataFrame, *, horizon: int, periods_per_year: flo
 
     if queries.is_empty():
         return pl.DataFrame(schema={"scope": pl.String, "group": pl.String, "rows": pl.Int64})
+
     def parts(column: str):
         return queries.partition_by(column, as_dict=True, maintain_order=True).items()
 
@@ -306,8 +394,7 @@ def tracked_scores(queries: pl.DataFrame, *, horizon: int, periods_per_year: flo
 
 def summary(table: pl.DataFrame) -> pl.DataFrame:
     """Each variant's metrics averaged over the held-out tasks (each task counts once)."""
-    return (table.group_by("model", maintain_order=True)
-            .agg(pl.len().alias("tasks"), *(pl.col(m).mean() for m in SHOWN)))
+    return table.group_by("model", maintain_order=True).agg(pl.len().alias("tasks"), *(pl.col(m).mean() for m in SHOWN))
 
 
 # --- The stored meta-initialisation and adaptation to a new regime -------------------------------
@@ -335,8 +422,13 @@ class MetaInit:
             self.network.model.save(incoming)
         incoming.replace(folder / MODEL_FILE)
         text = folder / f".incoming.{SETTINGS_FILE}"
-        text.write_text(json.dumps({"features": list(self.features), "target_scale": self.target_scale,
-                                    **self.settings}, indent=1, default=str))
+        text.write_text(
+            json.dumps(
+                {"features": list(self.features), "target_scale": self.target_scale, **self.settings},
+                indent=1,
+                default=str,
+            )
+        )
         text.replace(folder / SETTINGS_FILE)
 
     @classmethod
@@ -345,8 +437,10 @@ class MetaInit:
 
         model, settings = folder / MODEL_FILE, folder / SETTINGS_FILE
         if not (model.is_file() and settings.is_file()):
-            raise FileNotFoundError(f"{folder}: no meta-initialisation ({MODEL_FILE}, {SETTINGS_FILE}); materialize "
-                                    "the asset's models/meta_learner for this horizon first")
+            raise FileNotFoundError(
+                f"{folder}: no meta-initialisation ({MODEL_FILE}, {SETTINGS_FILE}); materialize "
+                "the market's models/reptile for this horizon first"
+            )
         values = json.loads(settings.read_text())
         features = tuple(values.pop("features"))
         scale = float(values.pop("target_scale"))
@@ -354,18 +448,29 @@ class MetaInit:
         return cls(network, network.weights(), features, scale, values)
 
 
-def meta_train(tasks: Sequence[Task], history: pl.DataFrame, features: Sequence[str], budget: MetaBudget,
-               log: Callable[[str], None] | None = None) -> MetaInit:
+def meta_train(
+    tasks: Sequence[Task],
+    history: pl.DataFrame,
+    features: Sequence[str],
+    budget: MetaBudget,
+    log: Callable[[str], None] | None = None,
+) -> MetaInit:
     """The meta-initialisation from every task (what a new regime adapts from)."""
     data = [task_data(t, history, features, budget) for t in tasks]
     scale = target_scale(data)
     net = base_network(len(features), budget)
     meta = reptile(net, data, scale, budget, np.random.default_rng(budget.seed), log)
-    settings = {"adapt_epochs": budget.adapt_epochs, "batches_per_epoch": budget.batches_per_epoch,
-                "inner_lr": budget.inner_lr, "scaler_rows": budget.scaler_rows, "max_task_rows": budget.max_task_rows,
-                "seed": budget.seed,
-                "units": list(budget.units), "tasks": [t.regime for t in tasks],
-                "known_by": str(max(t.known_by for t in tasks))}
+    settings = {
+        "adapt_epochs": budget.adapt_epochs,
+        "batches_per_epoch": budget.batches_per_epoch,
+        "inner_lr": budget.inner_lr,
+        "scaler_rows": budget.scaler_rows,
+        "max_task_rows": budget.max_task_rows,
+        "seed": budget.seed,
+        "units": list(budget.units),
+        "tasks": [t.regime for t in tasks],
+        "known_by": str(max(t.known_by for t in tasks)),
+    }
     return MetaInit(net, meta, tuple(features), scale, settings)
 
 
@@ -388,8 +493,10 @@ class Adapted:
     def predict(self, frame: pl.DataFrame) -> np.ndarray:
         missing = [c for c in self.features if c not in frame.columns]
         if missing:
-            raise ValueError(f"meta-adapted model: the frame lacks {len(missing)} of its features (first: "
-                             f"{missing[:3]}); pass rows with the training set's feature columns")
+            raise ValueError(
+                f"meta-adapted model: the frame lacks {len(missing)} of its features (first: "
+                f"{missing[:3]}); pass rows with the training set's feature columns"
+            )
         self.network.set_weights(self.weights)  # the network object may be adapted again later
         return self.network.predict(scaled(frame, self.scaler)) * self.target_scale
 
@@ -397,51 +504,53 @@ class Adapted:
 MIN_SUPPORT_ROWS = 10
 
 
-def adapt_init(init: MetaInit, support: pl.DataFrame, history: pl.DataFrame, key: str, epochs: int,
-               where: str) -> Adapted:
+def adapt_init(
+    init: MetaInit, support: pl.DataFrame, history: pl.DataFrame, key: str, epochs: int, where: str
+) -> Adapted:
     """Adapt a meta-initialisation to a support frame (labelled rows of the new regime); the scaler
     sees the history before the support and the support's features only."""
     missing = [c for c in (key, "forward_return", *init.features) if c not in support.columns]
     if missing:
-        raise ValueError(f"{where}: the support frame lacks columns {missing[:5]} ({len(missing)} in all); pass "
-                         "rows of the training set (time key, forward_return and the feature columns)")
+        raise ValueError(
+            f"{where}: the support frame lacks columns {missing[:5]} ({len(missing)} in all); pass "
+            "rows of the training set (time key, forward_return and the feature columns)"
+        )
     labelled = support.filter(pl.col("forward_return").is_not_null() & pl.col("forward_return").is_finite()).sort(key)
     if labelled.height < MIN_SUPPORT_ROWS:
-        raise ValueError(f"{where}: the support frame has {labelled.height} labelled rows; adapting needs at least "
-                         f"{MIN_SUPPORT_ROWS} (about 30 sessions whose forward returns have matured)")
+        raise ValueError(
+            f"{where}: the support frame has {labelled.height} labelled rows; adapting needs at least "
+            f"{MIN_SUPPORT_ROWS} (about 30 sessions whose forward returns have matured)"
+        )
     rows = int(init.settings.get("scaler_rows", MetaBudget().scaler_rows))
     scaler = task_scaler(history, labelled, key, init.features, rows)
-    budget = MetaBudget(batches_per_epoch=int(init.settings["batches_per_epoch"]),
-                        inner_lr=float(init.settings["inner_lr"]))
+    budget = MetaBudget(
+        batches_per_epoch=int(init.settings["batches_per_epoch"]), inner_lr=float(init.settings["inner_lr"])
+    )
     # The support's most recent rows, as many as the meta-training adapted on (an intraday support holds thousands).
     recent = labelled.tail(int(init.settings.get("max_task_rows", labelled.height)))
     y = recent["forward_return"].to_numpy().astype(np.float64) / init.target_scale
-    weights = adapt_weights(init.network, init.weights, scaled(recent, scaler), y, epochs, budget,
-                            np.random.default_rng(int(init.settings.get("seed", 0))))
+    weights = adapt_weights(
+        init.network,
+        init.weights,
+        scaled(recent, scaler),
+        y,
+        epochs,
+        budget,
+        np.random.default_rng(int(init.settings.get("seed", 0))),
+    )
     return Adapted(init.network, weights, scaler, init.target_scale, recent.height, epochs)
 
 
-def meta_folder(lake: Path, asset: str, horizon: str) -> Path:
-    """Where an asset x horizon keeps its meta-initialisation and few-shot results."""
-    return Path(lake) / asset.upper() / "models" / "by_horizon" / horizon / "meta"
-
-
-def adapt(lake: Path | str, asset: str, horizon: str, support_frame: pl.DataFrame, epochs: int = 5) -> Adapted:
-    """Adapt the stored meta-initialisation of an asset x horizon to a new regime's support rows.
+def adapt(lake: Lake, market_: Market | str, horizon: str, support_frame: pl.DataFrame, epochs: int = 5) -> Adapted:
+    """Adapt the stored Reptile meta-learner of a market x horizon to a new regime's support rows.
 
     `support_frame`: the regime's first sessions as training-set rows (time key, forward_return and
     the feature columns); rows whose label has not matured are left out. Returns a predictor whose
     `predict(frame)` forecasts the forward log return of each row.
     """
-    from cbi_assets.training.assets import horizon_dir
-    from cbi_assets.training.sets import horizon_of, time_key
-
-    lake = Path(lake)
-    key = time_key(horizon_of(asset, horizon))
-    init = MetaInit.load(meta_folder(lake, asset, horizon))
-    training = horizon_dir(lake, asset, horizon) / "all.parquet"
-    if not training.is_file():
-        raise FileNotFoundError(f"{training}: the {asset.upper()} {horizon} training set (the history a new regime's "
-                                "features are scaled against) is not built; materialize its training/sets first")
-    history = pl.read_parquet(training, columns=[key, *init.features])
-    return adapt_init(init, support_frame, history, key, epochs, f"{asset.upper()} {horizon} meta-learner")
+    m = market(market_)
+    key = time_key(m.horizon(horizon))
+    init = MetaInit.load(lake.folder(tables.REPTILE, market=m, horizon=horizon))
+    # The history a new regime's features are scaled against.
+    history = lake.read(tables.TRAINING_SET, columns=[key, *init.features], market=m, horizon=horizon)
+    return adapt_init(init, support_frame, history, key, epochs, f"{m} {horizon} Reptile meta-learner")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from cbi_assets.catalogue import MARKETS, market
+from cbi_assets.catalogue import MES, ZL, Market, market
 from cbi_assets.meta.budget import MetaBudget
 from cbi_assets.meta.networks import Trainer, clean, fresh_session
 from cbi_assets.meta.scores import SHOWN, scores
@@ -31,7 +31,7 @@ from cbi_assets.models.inputs import SESSIONS_PER_YEAR
 from cbi_assets.training.scaling import RobustScaler
 from cbi_assets.training.sets import feature_columns
 
-TRANSFER_ASSETS = ("ZL", "MES")
+TRANSFER_MARKETS = (ZL, MES)
 MODELS = ("transfer", "asset_only", "random_walk")
 SHARED_LAYER = "shared/"  # the catalogue layer of every shared-layer feature starts so
 
@@ -48,18 +48,19 @@ class Pair:
     def name(self) -> str:
         return f"{self.zl}_{self.mes}"
 
-    def horizon(self, asset: str) -> str:
-        return self.zl if asset.upper() == "ZL" else self.mes
+    def horizon(self, market_: Market | str) -> str:
+        return self.zl if market(market_) == ZL else self.mes
 
 
 def horizon_pairs() -> list[Pair]:
     """Every ZL horizon with the MES daily horizon of the same length (from the catalogue)."""
-    mes = {h.bars: h.name for h in MARKETS["MES"].horizons if not h.intraday}
-    return [Pair(h.name, mes[h.bars], h.bars) for h in MARKETS["ZL"].horizons if not h.intraday and h.bars in mes]
+    mes = {h.bars: h.name for h in MES.daily_horizons}
+    return [Pair(h.name, mes[h.bars], h.bars) for h in ZL.daily_horizons if h.bars in mes]
 
 
-def column_roles(catalogues: dict[str, pl.DataFrame],
-                 frames: dict[str, pl.DataFrame]) -> tuple[list[str], dict[str, list[str]]]:
+def column_roles(
+    catalogues: dict[str, pl.DataFrame], frames: dict[str, pl.DataFrame]
+) -> tuple[list[str], dict[str, list[str]]]:
     """(shared columns, each asset's own columns): the shared-layer features every asset's catalogue
     and training set carry (in ZL's order), and the rest of each training set's features."""
     shared_sets = []
@@ -80,8 +81,10 @@ def split_date(frames: dict[str, pl.DataFrame], test_fraction: float) -> dt.date
     days = pl.concat([f.select("date") for f in frames.values()]).filter(pl.col("date").is_between(first, last))
     days = days.unique().sort("date")["date"]
     if days.len() < 20:
-        raise ValueError(f"the training sets share {days.len()} sessions ({first} to {last}); a held-out split needs "
-                         "at least 20: rebuild both markets' training sets over a common history")
+        raise ValueError(
+            f"the training sets share {days.len()} sessions ({first} to {last}); a held-out split needs "
+            "at least 20: rebuild both markets' training sets over a common history"
+        )
     return days[min(days.len() - 1, int(days.len() * (1 - test_fraction)))]
 
 
@@ -112,18 +115,26 @@ def _scaled(frame: pl.DataFrame, scaler: RobustScaler) -> np.ndarray:
     return clean((x - np.asarray(scaler.median)) / np.asarray(scaler.scale))
 
 
-def sides(frames: dict[str, pl.DataFrame], shared: list[str], own: dict[str, list[str]], split: dt.date,
-          max_train_rows: int | None) -> tuple[dict[str, Side], dict[str, Side]]:
+def sides(
+    frames: dict[str, pl.DataFrame],
+    shared: list[str],
+    own: dict[str, list[str]],
+    split: dt.date,
+    max_train_rows: int | None,
+) -> tuple[dict[str, Side], dict[str, Side]]:
     """(train, test) arrays per asset. Training rows are those whose label ended before the split
     (the most recent `max_train_rows`); test rows start at it. Scalers see training rows only: the
     shared one both assets' training rows, each own one its asset's."""
-    train_frames = {a: f.filter(pl.col("label_end") < split).tail(max_train_rows or f.height)
-                    for a, f in frames.items()}
+    train_frames = {
+        a: f.filter(pl.col("label_end") < split).tail(max_train_rows or f.height) for a, f in frames.items()
+    }
     test_frames = {a: f.filter(pl.col("date") >= split) for a, f in frames.items()}
     for asset, part in (*train_frames.items(), *test_frames.items()):
         if part.height < 10:
-            raise ValueError(f"{asset}: {part.height} rows on one side of the {split} split; the transfer comparison "
-                             "needs labelled history on both sides (rebuild the training set, or lower test_fraction)")
+            raise ValueError(
+                f"{asset}: {part.height} rows on one side of the {split} split; the transfer comparison "
+                "needs labelled history on both sides (rebuild the training set, or lower test_fraction)"
+            )
     shared_scaler = RobustScaler.fit(pl.concat([f.select(shared) for f in train_frames.values()]), shared)
     out = []
     for part in (train_frames, test_frames):
@@ -132,8 +143,9 @@ def sides(frames: dict[str, pl.DataFrame], shared: list[str], own: dict[str, lis
             scaler = RobustScaler.fit(train_frames[asset], own[asset])
             y = frame["forward_return"].to_numpy().astype(np.float64)
             forward_price = frame["forward_price"].to_numpy().astype(np.float64)
-            side[asset] = Side(_scaled(frame, shared_scaler), _scaled(frame, scaler), y, forward_price * np.exp(-y),
-                               forward_price)
+            side[asset] = Side(
+                _scaled(frame, shared_scaler), _scaled(frame, scaler), y, forward_price * np.exp(-y), forward_price
+            )
         out.append(side)
     return out[0], out[1]
 
@@ -192,8 +204,14 @@ def _trainer(kind: str, dims: tuple[int, ...], budget: MetaBudget) -> Trainer:
 def _fit_kwargs(budget: MetaBudget, bars: int, seed: int, rows: int) -> dict:
     # At least 8 steps an epoch: a few hundred rows in one full batch would hardly move in a budget of epochs.
     batch = max(16, min(budget.transfer_batch, rows // 8))
-    return {"epochs": budget.transfer_epochs, "batch_size": batch, "patience": budget.transfer_patience,
-            "horizon": bars, "validation_fraction": budget.validation_fraction, "seed": seed}
+    return {
+        "epochs": budget.transfer_epochs,
+        "batch_size": batch,
+        "patience": budget.transfer_patience,
+        "horizon": bars,
+        "validation_fraction": budget.validation_fraction,
+        "seed": seed,
+    }
 
 
 def pretrain(train: dict[str, Side], scale: dict[str, float], budget: MetaBudget, bars: int) -> tuple[list, dict]:
@@ -211,8 +229,9 @@ def pretrain(train: dict[str, Side], scale: dict[str, float], budget: MetaBudget
         y[rows, k], mask[rows, k] = train[asset].y / scale[asset], 1.0
         start = rows.stop
     trainer = _trainer("pretraining", (shared.shape[1], len(assets)), budget)
-    info = trainer.fit([shared[order]], y[order], mask[order],
-                       **_fit_kwargs(budget, bars * len(assets), budget.seed, len(y)))
+    info = trainer.fit(
+        [shared[order]], y[order], mask[order], **_fit_kwargs(budget, bars * len(assets), budget.seed, len(y))
+    )
     return trainer.model.get_layer("encoder").get_weights(), info
 
 
@@ -226,13 +245,20 @@ def fit_head(side: Side, scale: float, budget: MetaBudget, bars: int, encoder: l
         layer = trainer.model.get_layer("encoder")
         layer.set_weights(encoder)
         frozen = layer.trainable_variables
-    info = trainer.fit([side.shared, side.own], side.y / scale, frozen=frozen,
-                       **_fit_kwargs(budget, bars, budget.seed, side.rows))
+    info = trainer.fit(
+        [side.shared, side.own], side.y / scale, frozen=frozen, **_fit_kwargs(budget, bars, budget.seed, side.rows)
+    )
     return trainer, info
 
 
-def compare(train: dict[str, Side], test: dict[str, Side], budget: MetaBudget, bars: int,
-            log: Callable[[str], None] | None = None, forecast: Sequence[str] | None = None) -> pl.DataFrame:
+def compare(
+    train: dict[str, Side],
+    test: dict[str, Side],
+    budget: MetaBudget,
+    bars: int,
+    log: Callable[[str], None] | None = None,
+    forecast: Sequence[str] | None = None,
+) -> pl.DataFrame:
     """Transfer against asset-only against the random walk on the test rows of each asset (of those in
     `forecast`): a row per asset and model with the SHOWN metrics, the rows trained and tested on and
     the best epoch."""
@@ -249,16 +275,33 @@ def compare(train: dict[str, Side], test: dict[str, Side], budget: MetaBudget, b
             found[model] = (trainer.predict([held.shared, held.own]) * scale[asset], info)
         for model in MODELS:
             predicted, info = found[model]
-            values = scores(held.y, predicted, held.price, held.forward_price, horizon=bars,
-                            periods_per_year=SESSIONS_PER_YEAR, cost_bps=market(asset).cost_bps)
-            rows.append({"asset": asset, "model": model, "train_rows": side.rows, "test_rows": held.rows,
-                         "pretrain_rows": sum(s.rows for s in train.values()), "epochs": info["best_epoch"],
-                         **{m: values[m] for m in SHOWN}})
+            values = scores(
+                held.y,
+                predicted,
+                held.price,
+                held.forward_price,
+                horizon=bars,
+                periods_per_year=SESSIONS_PER_YEAR,
+                cost_bps=market(asset).cost_bps,
+            )
+            rows.append(
+                {
+                    "asset": asset,
+                    "model": model,
+                    "train_rows": side.rows,
+                    "test_rows": held.rows,
+                    "pretrain_rows": sum(s.rows for s in train.values()),
+                    "epochs": info["best_epoch"],
+                    **{m: values[m] for m in SHOWN},
+                }
+            )
         if log:
-            by = {r["model"]: r for r in rows[-len(MODELS):]}
-            log(f"{asset}: test MSE {by['transfer']['mse_vs_rw']:.3f} (transfer) and "
+            by = {r["model"]: r for r in rows[-len(MODELS) :]}
+            log(
+                f"{asset}: test MSE {by['transfer']['mse_vs_rw']:.3f} (transfer) and "
                 f"{by['asset_only']['mse_vs_rw']:.3f} (asset-only) x the random walk's; pre-training stopped at "
-                f"epoch {pre['best_epoch']}")
+                f"epoch {pre['best_epoch']}"
+            )
     return pl.DataFrame(rows)
 
 
@@ -267,8 +310,13 @@ def _scale(y: np.ndarray) -> float:
     return scale if np.isfinite(scale) and scale > 0 else 1.0
 
 
-def transfer_comparison(frames: dict[str, pl.DataFrame], catalogues: dict[str, pl.DataFrame], pair: Pair,
-                        budget: MetaBudget, log: Callable[[str], None] | None = None) -> pl.DataFrame:
+def transfer_comparison(
+    frames: dict[str, pl.DataFrame],
+    catalogues: dict[str, pl.DataFrame],
+    pair: Pair,
+    budget: MetaBudget,
+    log: Callable[[str], None] | None = None,
+) -> pl.DataFrame:
     """The comparison of one horizon pair, in two scenarios: every pre-split row (`all`), and `few`
     rows of the asset being forecast (its last `budget.few_rows` before the split, the other asset's
     history whole), where borrowing from the other market should matter most. The feature scalers
@@ -283,11 +331,30 @@ def transfer_comparison(frames: dict[str, pl.DataFrame], catalogues: dict[str, p
         few = {a: s.tail(budget.few_rows) if a == asset else s for a, s in train.items()}
         found = compare(few, test, budget, pair.bars, forecast=[asset])
         parts.append(found.with_columns(pl.lit("few").alias("scenario")))
-    return (pl.concat(parts)
-            .with_columns(pl.lit(pair.name).alias("pair"), pl.lit(str(split)).alias("test_start"),
-                          pl.lit(len(shared)).alias("shared_features"),
-                          pl.col("asset").replace_strict({a: len(c) for a, c in own.items()}, return_dtype=pl.Int64)
-                          .alias("own_features"),
-                          pl.col("asset").replace_strict({a: pair.horizon(a) for a in own}).alias("horizon"))
-            .select("pair", "asset", "horizon", "scenario", "model", *SHOWN, "train_rows", "pretrain_rows", "test_rows",
-                    "epochs", "shared_features", "own_features", "test_start"))
+    return (
+        pl.concat(parts)
+        .with_columns(
+            pl.lit(pair.name).alias("pair"),
+            pl.lit(str(split)).alias("test_start"),
+            pl.lit(len(shared)).alias("shared_features"),
+            pl.col("asset")
+            .replace_strict({a: len(c) for a, c in own.items()}, return_dtype=pl.Int64)
+            .alias("own_features"),
+            pl.col("asset").replace_strict({a: pair.horizon(a) for a in own}).alias("horizon"),
+        )
+        .select(
+            "pair",
+            "asset",
+            "horizon",
+            "scenario",
+            "model",
+            *SHOWN,
+            "train_rows",
+            "pretrain_rows",
+            "test_rows",
+            "epochs",
+            "shared_features",
+            "own_features",
+            "test_start",
+        )
+    )

@@ -7,6 +7,7 @@ that loading the asset graph does not pay for it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
@@ -34,27 +35,40 @@ def _detect() -> dict:
     gpus = tf.config.list_physical_devices("GPU")
     if gpus and sys.platform == "darwin" and platform.machine() == "arm64":
         # tensorflow-metal: float16 support is partial there, so the networks stay in float32.
-        return {"device": "metal", "name": _gpu_name(tf, gpus[0], "Apple GPU"), "mixed_precision": False,
-                "policy": "float32", "count": len(gpus)}
+        return {
+            "device": "metal",
+            "name": _gpu_name(tf, gpus[0], "Apple GPU"),
+            "mixed_precision": False,
+            "policy": "float32",
+            "count": len(gpus),
+        }
     if gpus:
         for gpu in gpus:
-            try:
-                # Take GPU memory as needed rather than all of it up front, so that several
-                # processes (or the tree families' GPU builds) can share one card.
+            # Take GPU memory as needed rather than all of it up front, so that several processes (or the
+            # tree families' GPU builds) can share one card. A GPU already initialised keeps its setting.
+            with contextlib.suppress(RuntimeError):
                 tf.config.experimental.set_memory_growth(gpu, True)
-            except RuntimeError:
-                pass  # the GPU was already initialised by someone else; its setting stays
         capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability") or (0, 0)
         mixed = tuple(capability) >= TENSOR_CORES
-        return {"device": "cuda", "name": _gpu_name(tf, gpus[0], gpus[0].name), "mixed_precision": mixed,
-                "policy": "mixed_float16" if mixed else "float32", "count": len(gpus),
-                "compute_capability": ".".join(map(str, capability))}
-    return {"device": "cpu", "name": f"{platform.machine() or 'cpu'} ({os.cpu_count()} cores)", "mixed_precision": False,
-            "policy": "float32", "count": 1}
+        return {
+            "device": "cuda",
+            "name": _gpu_name(tf, gpus[0], gpus[0].name),
+            "mixed_precision": mixed,
+            "policy": "mixed_float16" if mixed else "float32",
+            "count": len(gpus),
+            "compute_capability": ".".join(map(str, capability)),
+        }
+    return {
+        "device": "cpu",
+        "name": f"{platform.machine() or 'cpu'} ({os.cpu_count()} cores)",
+        "mixed_precision": False,
+        "policy": "float32",
+        "count": 1,
+    }
 
 
 def _gpu_name(tf, gpu, default: str) -> str:
     try:
         return tf.config.experimental.get_device_details(gpu).get("device_name") or default
-    except Exception:  # noqa: BLE001  (details are informational; a plugin may not report them)
+    except Exception:
         return default

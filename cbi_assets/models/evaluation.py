@@ -32,8 +32,16 @@ def sign_returns(actual: np.ndarray, forecast: np.ndarray, horizon: int, cost_bp
     return position * actual[::horizon] - traded * cost_bps / 1e4
 
 
-def metrics(actual: np.ndarray, forecast: np.ndarray, price: np.ndarray, forward_price: np.ndarray, *,
-            horizon: int, periods_per_year: float, cost_bps: float) -> dict[str, float]:
+def metrics(
+    actual: np.ndarray,
+    forecast: np.ndarray,
+    price: np.ndarray,
+    forward_price: np.ndarray,
+    *,
+    horizon: int,
+    periods_per_year: float,
+    cost_bps: float,
+) -> dict[str, float]:
     """The metrics of one set of test rows (a fold, a regime, or all of them)."""
     if len(actual) == 0:
         return dict.fromkeys(METRICS, math.nan)
@@ -58,15 +66,22 @@ def scored(oof: pl.DataFrame, *, horizon: int, periods_per_year: float, cost_bps
     """Metrics per fold, per regime and overall: columns scope (fold/regime/overall), group, rows, METRICS."""
 
     def row(scope: str, group: str, part: pl.DataFrame) -> dict:
-        values = metrics(*(part[c].to_numpy() for c in ("actual", "forecast", "price", "forward_price")),
-                         horizon=horizon, periods_per_year=periods_per_year, cost_bps=cost_bps)
+        values = metrics(
+            *(part[c].to_numpy() for c in ("actual", "forecast", "price", "forward_price")),
+            horizon=horizon,
+            periods_per_year=periods_per_year,
+            cost_bps=cost_bps,
+        )
         return {"scope": scope, "group": group, "rows": part.height, **values}
 
-    rows = [row("fold", str(k), part) for (k,), part in oof.partition_by("fold", as_dict=True, maintain_order=True).items()]
+    rows = [
+        row("fold", str(k), part) for (k,), part in oof.partition_by("fold", as_dict=True, maintain_order=True).items()
+    ]
     rows += [row("regime", r, part) for (r,), part in sorted(oof.partition_by("regime", as_dict=True).items())]
     rows.append(row("overall", "all", oof))
-    return pl.DataFrame(rows, schema={"scope": pl.String, "group": pl.String, "rows": pl.Int64,
-                                      **dict.fromkeys(METRICS, pl.Float64)})
+    return pl.DataFrame(
+        rows, schema={"scope": pl.String, "group": pl.String, "rows": pl.Int64, **dict.fromkeys(METRICS, pl.Float64)}
+    )
 
 
 def overall(scores: pl.DataFrame) -> dict[str, float]:

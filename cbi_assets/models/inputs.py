@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from cbi_assets.catalogue import TIMEFRAMES, Horizon
+from cbi_assets.catalogue import TIMEFRAMES, Horizon, Market
 from cbi_assets.features.bars import SESSION_MINUTES
 from cbi_assets.models.registry import Budget, Inputs, Shape, windows
 from cbi_assets.training.scaling import RobustScaler
@@ -36,14 +36,14 @@ def rows_per_year(horizon: Horizon) -> int:
     return SESSIONS_PER_YEAR * (season_rows(horizon) if horizon.intraday else 1)
 
 
-def return_column(asset: str, horizon: Horizon) -> str:
+def return_column(market: Market, horizon: Horizon) -> str:
     """The feature holding each row's own one-step log return (its bar's close over the last)."""
-    return f"{asset.lower()}_{feature_timeframe(horizon)}_ret_1"
+    return f"{market.key}_{feature_timeframe(horizon)}_ret_1"
 
 
 @dataclass(frozen=True)
 class TrainingArrays:
-    """One asset x horizon training set as numpy arrays, in row (time) order."""
+    """One market x horizon training set as numpy arrays, in row (time) order."""
 
     x: np.ndarray  # (rows, features) float32, unscaled
     y: np.ndarray  # forward log return
@@ -54,17 +54,21 @@ class TrainingArrays:
     season: int
 
     @classmethod
-    def of(cls, frame: pl.DataFrame, asset: str, horizon: Horizon) -> TrainingArrays:
+    def of(cls, frame: pl.DataFrame, market: Market, horizon: Horizon) -> TrainingArrays:
         features = feature_columns(frame)
-        column = return_column(asset, horizon)
+        column = return_column(market, horizon)
         if column not in frame.columns:
-            raise ValueError(f"{asset} {horizon.name}: the training set has no {column!r} column (the one-step return "
-                             "statistical families model); rebuild the master features and training set")
+            raise ValueError(
+                f"{market} {horizon.name}: the training set has no {column!r} column (the one-step return "
+                "statistical families model); rebuild the master features and training set"
+            )
         unweighted = frame["weight"].is_null() | frame["weight"].is_nan() | (frame["weight"] < 0)
         if unweighted.any():
             row = int(unweighted.arg_true()[0])
-            raise ValueError(f"{asset} {horizon.name}: {int(unweighted.sum())} training rows have no valid weight (first: "
-                             f"row {row}, {frame[time_key(horizon)][row]}); rematerialize the training set")
+            raise ValueError(
+                f"{market} {horizon.name}: {int(unweighted.sum())} training rows have no valid weight "
+                f"(first: row {row}, {frame[time_key(horizon)][row]}); rematerialize the training set"
+            )
         return cls(
             x=frame.select(features).to_numpy().astype(np.float32, copy=False),
             y=frame["forward_return"].to_numpy().astype(np.float64),
@@ -84,8 +88,9 @@ def _scaled(x: np.ndarray, scaler: RobustScaler) -> np.ndarray:
     return np.clip(out, -CLIP, CLIP, out=out)
 
 
-def fold_inputs(data: TrainingArrays, fold: dict[str, Any], scaler: RobustScaler, shape: Shape,
-                budget: Budget) -> tuple[Inputs, Inputs]:
+def fold_inputs(
+    data: TrainingArrays, fold: dict[str, Any], scaler: RobustScaler, shape: Shape, budget: Budget
+) -> tuple[Inputs, Inputs]:
     """(train, test) Inputs of one fold (a row of the folds table: inclusive train/test row bounds).
 
     Training keeps the most recent `budget.max_train_rows` rows when the profile caps them. Test
@@ -93,8 +98,10 @@ def fold_inputs(data: TrainingArrays, fold: dict[str, Any], scaler: RobustScaler
     into the rows before the slice, all known before each test row's close.
     """
     if scaler.columns != data.features:
-        raise ValueError(f"fold {fold['fold']}: the stored scaler covers {len(scaler.columns)} columns but the training "
-                         f"set has {len(data.features)} features; rematerialize the folds for this horizon")
+        raise ValueError(
+            f"fold {fold['fold']}: the stored scaler covers {len(scaler.columns)} columns but the training "
+            f"set has {len(data.features)} features; rematerialize the folds for this horizon"
+        )
     train_hi, test_lo, test_hi = fold["train_hi"] + 1, fold["test_lo"], fold["test_hi"] + 1
     train_lo = fold["train_lo"]
     if budget.max_train_rows:
@@ -104,12 +111,17 @@ def fold_inputs(data: TrainingArrays, fold: dict[str, Any], scaler: RobustScaler
         if shape != "sequence":
             return _scaled(data.x[lo:hi], scaler)
         start = max(0, lo - budget.sequence_length + 1)
-        return windows(_scaled(data.x[start:hi], scaler), budget.sequence_length)[lo - start:]
+        return windows(_scaled(data.x[start:hi], scaler), budget.sequence_length)[lo - start :]
 
     def inputs(lo: int, hi: int, labelled: bool) -> Inputs:
         return Inputs(
-            x=x_of(lo, hi), y=data.y[lo:hi] if labelled else None, weight=data.weight[lo:hi],
-            returns=data.returns[train_lo:hi], horizon=data.horizon, season=data.season, feature_names=data.features,
+            x=x_of(lo, hi),
+            y=data.y[lo:hi] if labelled else None,
+            weight=data.weight[lo:hi],
+            returns=data.returns[train_lo:hi],
+            horizon=data.horizon,
+            season=data.season,
+            feature_names=data.features,
         )
 
     return inputs(train_lo, train_hi, True), inputs(test_lo, test_hi, False)

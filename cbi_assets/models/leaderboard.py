@@ -11,16 +11,19 @@ from cbi_assets.models.evaluation import METRICS
 def leaderboard(metrics: pl.DataFrame) -> pl.DataFrame:
     """Every family's overall metrics beside the random walk's, best MASE first.
 
-    `metrics` holds the stored metrics files of one asset x horizon (scope, family, kind, run_id, METRICS).
+    `metrics` holds the stored metrics tables of one market x horizon (scope, family, kind, run_id, METRICS).
     """
     board = metrics.filter(pl.col("scope") == "overall").select("family", "kind", "run_id", *METRICS)
     walk = board.filter(pl.col("family") == "random_walk").select(
-        *(pl.col(m).alias(f"random_walk_{m}") for m in ("mape", "mae", "directional_accuracy")))
+        *(pl.col(m).alias(f"random_walk_{m}") for m in ("mape", "mae", "directional_accuracy"))
+    )
     if walk.is_empty():
         raise ValueError("the leaderboard needs the random walk's metrics; materialize the reference models first")
-    return (board.join(walk, how="cross")
-            .sort(pl.col("mase").fill_nan(None), nulls_last=True)
-            .with_row_index("rank", offset=1))
+    return (
+        board.join(walk, how="cross")
+        .sort(pl.col("mase").fill_nan(None), nulls_last=True)
+        .with_row_index("rank", offset=1)
+    )
 
 
 def registry_role(champion: dict | None, best_family: str) -> str:

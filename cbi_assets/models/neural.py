@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from cbi_assets.models.device import training_device
+from cbi_assets.models.inputs import CLIP
 from cbi_assets.models.registry import (
     Budget,
     Forecast,
@@ -31,9 +32,6 @@ from cbi_assets.models.registry import (
     validation_split,
 )
 
-# Robust-scaled features beyond this many interquartile ranges say "extreme", not how extreme; a
-# missing value (NaN) becomes the median, 0.
-CLIP = 10.0
 LEARNING_RATE = 2e-3
 HUBER_DELTA = 1.0  # in standard deviations of the target: the fat tails weigh linearly, not squared
 PREDICT_CHUNK = 4096  # rows per forward pass when predicting (bounds memory on long test windows)
@@ -49,6 +47,8 @@ def _stem(keras, length: int, features: int):
     from keras import ops
 
     inputs = keras.Input((length, features), name="window")
+    # The inputs are clipped already; the stem clips again so that the saved .keras model does too
+    # (a missing value, NaN, becomes the median, 0).
     clean = ops.clip(ops.nan_to_num(inputs, nan=0.0, posinf=CLIP, neginf=-CLIP), -CLIP, CLIP)
     return inputs, clean
 
@@ -73,8 +73,9 @@ def _tcn(keras, length, features, dtype, units, layers, kernel):
     inputs, h = _stem(keras, length, features)
     h = keras.layers.Conv1D(units, 1, dtype=dtype)(h)  # to the residual width
     for i in range(layers):
-        branch = keras.layers.Conv1D(units, kernel, padding="causal", dilation_rate=2**i, activation="relu",
-                                     dtype=dtype)(h)
+        branch = keras.layers.Conv1D(
+            units, kernel, padding="causal", dilation_rate=2**i, activation="relu", dtype=dtype
+        )(h)
         h = keras.layers.Add(dtype=dtype)([h, branch])
     return _head(keras, inputs, h[:, -1, :], "tcn")
 
@@ -168,8 +169,10 @@ def _traced_forward(model):
 
 
 def _forward_all(forward, x: np.ndarray) -> np.ndarray:
-    out = [np.asarray(forward(np.ascontiguousarray(x[i:i + PREDICT_CHUNK], dtype=np.float32)))
-           for i in range(0, len(x), PREDICT_CHUNK)]
+    out = [
+        np.asarray(forward(np.ascontiguousarray(x[i : i + PREDICT_CHUNK], dtype=np.float32)))
+        for i in range(0, len(x), PREDICT_CHUNK)
+    ]
     return np.concatenate(out)[:, 0] if out else np.zeros(0, np.float32)
 
 
@@ -246,8 +249,15 @@ def _trainer(name: str, build: Callable, shape: tuple, device: dict, seed: int, 
         optimizer.apply(grads, model.trainable_variables)
         return loss
 
-    trainer = _Trainer(key, model, optimizer, step, _traced_forward(model), model.get_weights(),
-                       [v.numpy() for v in optimizer.variables])
+    trainer = _Trainer(
+        key,
+        model,
+        optimizer,
+        step,
+        _traced_forward(model),
+        model.get_weights(),
+        [v.numpy() for v in optimizer.variables],
+    )
     _CURRENT.append(trainer)
     return trainer
 
@@ -264,12 +274,16 @@ def train(name: str, build: Callable, inputs: Inputs, budget: Budget, **arch: An
             "windows, cut with registry.windows(x, budget.sequence_length)"
         )
     if not (len(x) == len(y) == len(inputs.weight)) or len(x) == 0:
-        raise ValueError(f"{name}: {len(x)} windows, {len(y)} labels and {len(inputs.weight)} weights; "
-                         "they must be the same, non-zero number of rows")
+        raise ValueError(
+            f"{name}: {len(x)} windows, {len(y)} labels and {len(inputs.weight)} weights; "
+            "they must be the same, non-zero number of rows"
+        )
     bad = np.flatnonzero(~np.isfinite(y))
     if bad.size:
-        raise ValueError(f"{name}: {bad.size} labels are NaN or infinite (first at training row {bad[0]}); "
-                         "the training set should keep labelled rows only")
+        raise ValueError(
+            f"{name}: {bad.size} labels are NaN or infinite (first at training row {bad[0]}); "
+            "the training set should keep labelled rows only"
+        )
 
     keep = slice(-budget.max_train_rows, None) if budget.max_train_rows else slice(None)
     x, y, w = np.asarray(x[keep], np.float32), np.asarray(y[keep], np.float64), np.asarray(inputs.weight[keep])
@@ -293,16 +307,22 @@ def train(name: str, build: Callable, inputs: Inputs, budget: Budget, **arch: An
 
     # Epoch 0 is the untrained network (the training mean): a network that never beats it on the
     # validation tail is given back as it, rather than as its least bad overfit.
-    trained = train_epochs(len(x_fit), budget.epochs, budget.batch_size, budget.patience, budget.seed,
-                           lambda rows: step(x_fit[rows], y_fit[rows], w_fit[rows]),
-                           val_loss if validating else None, model.get_weights)
+    trained = train_epochs(
+        len(x_fit),
+        budget.epochs,
+        budget.batch_size,
+        budget.patience,
+        budget.seed,
+        lambda rows: step(x_fit[rows], y_fit[rows], w_fit[rows]),
+        val_loss if validating else None,
+        model.get_weights,
+    )
     if validating:
         model.set_weights(trained.best_weights)
 
     params = {
         **arch,
         "trainable_parameters": int(sum(np.prod(v.shape) for v in model.trainable_variables)),
-        "learning_rate": LEARNING_RATE,
         "epochs_run": trained.epochs_run,
         "best_epoch": trained.best_epoch,
         "best_val_loss": trained.best_loss,
@@ -321,17 +341,29 @@ def train(name: str, build: Callable, inputs: Inputs, budget: Budget, **arch: An
 # name: (builder, description, architecture). `layers` counts each family's stacked blocks.
 
 ARCHITECTURES: dict[str, tuple[Callable, str, dict[str, int]]] = {
-    "lstm": (_recurrent("LSTM"), "An LSTM over the window; its last state gives the forecast.",
-             {"units": 32, "layers": 1}),
-    "gru": (_recurrent("GRU"), "A GRU over the window; its last state gives the forecast.",
-            {"units": 32, "layers": 1}),
-    "tcn": (_tcn, "Temporal convolution: causal Conv1D blocks dilated 1, 2, 4, 8, each residual; the last step forecasts.",
-            {"units": 32, "layers": 4, "kernel": 3}),
-    "cnn_lstm": (_cnn_lstm, "A causal Conv1D over the window's steps, then an LSTM.",
-                 {"units": 32, "layers": 1, "kernel": 3}),
-    "attention": (_attention, "Self-attention over the window (positions embedded, 4 heads, layer norm); "
-                  "the last step forecasts.", {"units": 32, "layers": 1, "heads": 4}),
+    "lstm": (
+        _recurrent("LSTM"),
+        "An LSTM over the window; its last state gives the forecast.",
+        {"units": 32, "layers": 1},
+    ),
+    "gru": (_recurrent("GRU"), "A GRU over the window; its last state gives the forecast.", {"units": 32, "layers": 1}),
+    "tcn": (
+        _tcn,
+        "Temporal convolution: causal Conv1D blocks dilated 1, 2, 4, 8, each residual; the last step forecasts.",
+        {"units": 32, "layers": 4, "kernel": 3},
+    ),
+    "cnn_lstm": (
+        _cnn_lstm,
+        "A causal Conv1D over the window's steps, then an LSTM.",
+        {"units": 32, "layers": 1, "kernel": 3},
+    ),
+    "attention": (
+        _attention,
+        "Self-attention over the window (positions embedded, 4 heads, layer norm); the last step forecasts.",
+        {"units": 32, "layers": 1, "heads": 4},
+    ),
 }
+# What every network shares; with its architecture, what MLflow logs of a family.
 COMMON = {"loss": "huber", "huber_delta": HUBER_DELTA, "learning_rate": LEARNING_RATE, "clip": CLIP}
 
 

@@ -11,7 +11,7 @@ from cbi_assets.models.registry import Budget, Forecast, Inputs, register
 
 def _own(inputs: Inputs) -> np.ndarray:
     """The slice's own one-step returns (NaN, the first of a series, as no move)."""
-    return np.nan_to_num(inputs.returns[-inputs.rows:])
+    return np.nan_to_num(inputs.returns[-inputs.rows :])
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,11 @@ class SeasonalNaive:
         return Forecast(mean=mean)
 
 
-@register("seasonal_naive", "reference", "series",
-          "The move over the same horizon one season earlier (a year of sessions; a session intraday).")
+@register(
+    "seasonal_naive",
+    "reference",
+    "series",
+    "The move over the same horizon one season earlier (a year of sessions; a session intraday).",
+)
 def seasonal_naive(train: Inputs, budget: Budget) -> SeasonalNaive:
     return SeasonalNaive()

@@ -1,4 +1,4 @@
-"""The model registry: every family registers once and is then trained for every asset x horizon.
+"""The model registry: every family registers once and is then trained for every market x horizon.
 
 A family is a `fit` function: given one fold's training `Inputs` and the profile's `Budget`, it
 returns a fitted model whose `predict(Inputs)` gives a `Forecast` of the forward log return of
@@ -83,15 +83,6 @@ class Budget:
     threads: int | None = None
 
 
-BUDGETS: dict[str, Budget] = {
-    # The desk's plan: full epochs and boosting, every training row.
-    "full": Budget(epochs=200, patience=5, boost_rounds=2000, sequence_length=32, batch_size=256, max_train_rows=None),
-    # The embedded sample on 2 cores: the same models, briefly trained on the recent rows.
-    "sample": Budget(epochs=3, patience=2, boost_rounds=60, sequence_length=16, batch_size=256, max_train_rows=2000,
-                     threads=1),
-}
-
-
 @dataclass(frozen=True)
 class Family:
     name: str
@@ -99,7 +90,7 @@ class Family:
     shape: Shape
     fit: Callable[[Inputs, Budget], Fitted]
     description: str
-    params: dict[str, Any] = field(default_factory=dict)  # what MLflow records beside the budget
+    params: dict[str, Any] = field(default_factory=dict)  # its hyperparameters, as MLflow records them
 
 
 FAMILIES: dict[str, Family] = {}
@@ -162,8 +153,16 @@ class Trained:
     best_weights: Any
 
 
-def train_epochs(rows: int, epochs: int, batch_size: int, patience: int, seed: int, step: Callable[[np.ndarray], None],
-                 val_loss: Callable[[], float] | None, weights: Callable[[], Any]) -> Trained:
+def train_epochs(
+    rows: int,
+    epochs: int,
+    batch_size: int,
+    patience: int,
+    seed: int,
+    step: Callable[[np.ndarray], None],
+    val_loss: Callable[[], float] | None,
+    weights: Callable[[], Any],
+) -> Trained:
     """Shuffled mini-batch epochs over `rows` training rows (`step` trains on a batch's row indices, in
     time order), stopped when `val_loss` has not improved for `patience` epochs. The caller restores
     `best_weights`; the starting network is epoch 0, so one that never beats it is given back as is."""
@@ -173,7 +172,7 @@ def train_epochs(rows: int, epochs: int, batch_size: int, patience: int, seed: i
     for epoch in range(1, epochs + 1):
         order = rng.permutation(rows)
         for start in range(0, len(order), batch_size):
-            step(np.sort(order[start:start + batch_size]))
+            step(np.sort(order[start : start + batch_size]))
         run = epoch
         if val_loss is None:
             continue

@@ -25,9 +25,13 @@ from threadpoolctl import threadpool_limits
 
 from cbi_assets.models.registry import Budget, Forecast, Inputs, register
 
-ARIMA_ORDER = (1, 0, 1)
-PROPHET_REGRESSORS = 5  # the first columns of x that Prophet takes as extra regressors
-PROPHET_FOURIER_ORDER = 3
+# Each family's hyperparameters, defined once: the fit uses them and MLflow logs them (register's params).
+ARIMA = {"order": (1, 0, 1), "trend": "c"}  # on the one-step returns, with a constant
+ETS = {"trend": None, "initialization_method": "estimated"}  # simple: a level, no trend or season
+# `regressors`: the first columns of x that Prophet takes as extra regressors; `fourier_order`: of the
+# row timeframe's season.
+PROPHET = {"growth": "flat", "regressors": 5, "fourier_order": 3}
+GARCH = {"mean": "Constant", "vol": "GARCH", "p": 1, "q": 1, "dist": "t"}
 
 # The Kalman filter and the recursions multiply 2x2 matrices, where a second BLAS thread only adds
 # hand-offs: on a busy 2-core machine it made ARIMA ten times slower.
@@ -117,7 +121,7 @@ class FittedArima:
     @_one_blas_thread
     def predict(self, inputs: Inputs) -> Forecast:
         returns = _returns(inputs) / self.unit
-        model = SARIMAX(returns, order=self.order, trend="c")
+        model = SARIMAX(returns, order=self.order, trend=ARIMA["trend"])
         filtered = model.filter(self.coefficients)
         rows = slice(len(returns) - inputs.rows, len(returns))
         mean, variance = _cumulative_moments(
@@ -126,21 +130,21 @@ class FittedArima:
         return Forecast(mean=mean * self.unit, sigma=np.sqrt(np.maximum(variance, 0.0)) * self.unit)
 
 
-@register("arima", "statistical", "series", "ARIMA(1,0,1) with a constant on the one-step returns", order=ARIMA_ORDER)
+@register("arima", "statistical", "series", "ARIMA(1,0,1) with a constant on the one-step returns", **ARIMA)
 @_one_blas_thread
 def fit_arima(inputs: Inputs, budget: Budget) -> FittedArima:
     returns = _training_returns(inputs, budget)
     unit = _unit(returns)
     # Concentrating the scale out of the likelihood keeps L-BFGS fast where AR and MA roots nearly
     # cancel (near-white-noise returns), a flat likelihood it otherwise wanders on for a second.
-    model = SARIMAX(returns / unit, order=ARIMA_ORDER, trend="c", concentrate_scale=True)
+    model = SARIMAX(returns / unit, **ARIMA, concentrate_scale=True)
     with warnings.catch_warnings():
         # An unconverged ARMA on near-white noise still forecasts close to the mean: no need to shout.
         warnings.simplefilter("ignore", ConvergenceWarning)
         warnings.simplefilter("ignore", UserWarning)
         result = model.fit(disp=False)
     coefficients = np.append(np.asarray(result.params, dtype=np.float64), float(result.scale))
-    return FittedArima(ARIMA_ORDER, (*model.param_names, "sigma2"), coefficients, unit)
+    return FittedArima(ARIMA["order"], (*model.param_names, "sigma2"), coefficients, unit)
 
 
 # --- Exponential smoothing ------------------------------------------------------------------------
@@ -169,14 +173,14 @@ class FittedEts:
         return Forecast(mean=mean, sigma=np.full(inputs.rows, np.sqrt(variance)))
 
 
-@register("ets", "statistical", "series", "simple exponential smoothing of the one-step returns", trend=None)
+@register("ets", "statistical", "series", "simple exponential smoothing of the one-step returns", **ETS)
 @_one_blas_thread
 def fit_ets(inputs: Inputs, budget: Budget) -> FittedEts:
     returns = _training_returns(inputs, budget)
     unit = _unit(returns)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        result = SimpleExpSmoothing(returns / unit, initialization_method="estimated").fit()
+        result = SimpleExpSmoothing(returns / unit, initialization_method=ETS["initialization_method"]).fit()
     return FittedEts(
         smoothing_level=float(result.params["smoothing_level"]),
         initial_level=float(result.params["initial_level"]) * unit,
@@ -208,7 +212,7 @@ def _prophet_regressors(inputs: Inputs) -> np.ndarray:
     """The first features of each row, NaN as 0 (Prophet refuses missing regressors); a sequence
     window's last step is its own row."""
     x = inputs.x[:, -1, :] if inputs.x.ndim == 3 else inputs.x
-    return np.nan_to_num(np.asarray(x[:, :PROPHET_REGRESSORS], dtype=np.float64))
+    return np.nan_to_num(np.asarray(x[:, : PROPHET["regressors"]], dtype=np.float64))
 
 
 @dataclass(frozen=True)
@@ -241,8 +245,7 @@ class FittedProphet:
     "statistical",
     "series",
     "Prophet on the forward return: flat trend, the row timeframe's season, the first features as regressors",
-    regressors=PROPHET_REGRESSORS,
-    fourier_order=PROPHET_FOURIER_ORDER,
+    **PROPHET,
 )
 def fit_prophet(inputs: Inputs, budget: Budget) -> FittedProphet:
     # Imported here: loading Prophet and Stan costs a second on every import of the registry.
@@ -261,7 +264,7 @@ def fit_prophet(inputs: Inputs, budget: Budget) -> FittedProphet:
     frame["y"] = y
 
     model = Prophet(
-        growth="flat",
+        growth=PROPHET["growth"],
         yearly_seasonality=False,
         weekly_seasonality=False,
         daily_seasonality=False,
@@ -270,7 +273,7 @@ def fit_prophet(inputs: Inputs, budget: Budget) -> FittedProphet:
     )
     if len(y) >= 2 * inputs.season:  # the row timeframe's own season, once two are seen
         model.add_seasonality(
-            "season", period=inputs.season / PROPHET_ROWS_PER_DAY, fourier_order=PROPHET_FOURIER_ORDER
+            "season", period=inputs.season / PROPHET_ROWS_PER_DAY, fourier_order=PROPHET["fourier_order"]
         )
     for j in range(x.shape[1]):
         model.add_regressor(f"x{j}")
@@ -320,12 +323,12 @@ class FittedGarch:
         )
 
 
-@register("garch", "statistical", "series", "GARCH(1,1), Student t, constant mean", p=1, q=1, dist="t")
+@register("garch", "statistical", "series", "GARCH(1,1), Student t, constant mean", **GARCH)
 @_one_blas_thread
 def fit_garch(inputs: Inputs, budget: Budget) -> FittedGarch:
     returns = _training_returns(inputs, budget)
     unit = _unit(returns)
-    model = arch_model(returns / unit, mean="Constant", vol="GARCH", p=1, q=1, dist="t")
+    model = arch_model(returns / unit, **GARCH)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ArchConvergenceWarning)
         result = model.fit(disp="off")

@@ -1,6 +1,6 @@
-"""Monitoring assets: daily validation of matured predictions per asset x horizon, and the post-move audit.
+"""Monitoring assets: daily validation of matured predictions per market x horizon, and the post-move audit.
 
-`{a}/monitoring/validation` (partitioned by horizon) compares what was published in
+`{market}/monitoring/validation` (partitioned by horizon) compares what was published in
 `predictions.history` with what happened in the lake and writes `monitoring.validation` and
 `monitoring.validation_status` (validated_on: the exchange's date of the run); its checks fail when
 the champion's MAPE or 90% coverage break the rules in `validation.py`. `monitoring/audit`
@@ -9,20 +9,37 @@ re-checks one day and raises an alert on any problem.
 
 import datetime as dt
 import warnings
-from pathlib import Path
 
 import dagster as dg
 import polars as pl
+from dagster_duckdb import DuckDBResource
 
+from cbi_assets import lake as tables
 from cbi_assets.calendars import CHICAGO
+from cbi_assets.catalogue import MARKETS, Horizon, Market
+from cbi_assets.horizons import Done, each_horizon
+from cbi_assets.lake import Lake, NotBuilt, reads
 from cbi_assets.monitoring import audit, outcomes, validation
-from cbi_assets.partitions import HORIZON_PARTITIONS
+from cbi_assets.partitions import horizon_partitions
 from cbi_assets.predictions import history as predictions
+from cbi_assets.raw.datasets import RAW_DATASETS
+from cbi_assets.selections import stage
 from cbi_assets.ui import figure, plot
 from cbi_assets.ui import table as md_table
+from resources.alerts import Alerts
 
 # Single-run backfills are a deliberate choice (every horizon in one run); the parameter is in beta.
 warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
+
+
+def _upload(market: Market) -> dg.AssetKey:
+    """The asset that publishes a market's forecasts to predictions.history (a warehouse table, not the lake's)."""
+    return dg.AssetKey([market.key, "predictions", "upload"])
+
+
+def _prices(market: Market) -> list[tables.Table]:
+    """The lake tables a market's outcomes are measured on: its continuous daily bars, and MES's 1-minute bars."""
+    return [tables.CONTINUOUS, *([tables.BARS] if any(h.intraday for h in market.horizons) else [])]
 
 
 VALIDATION_DDL = """
@@ -45,9 +62,9 @@ create table if not exists monitoring.audits (
 
 CHECKS = {
     "mape_within_threshold": "The champion's MAPE of price on matured predictions is within the horizon's threshold "
-                             "(passes, saying so, while too few predictions have matured).",
+    "(passes, saying so, while too few predictions have matured).",
     "coverage_within_5_points": "The champion's 90% interval covers the outcome no more than 5 points less often than "
-                                "nominal (passes, saying so, while too few predictions have matured).",
+    "nominal (passes, saying so, while too few predictions have matured).",
 }
 
 
@@ -73,8 +90,14 @@ def _forecast_plot(rows: pl.DataFrame, title: str):
     fig, ax = figure(10, 3.5)
     x = rows["as_of"].to_list()
     if rows["lower_90_price"].drop_nulls().len():
-        ax.fill_between(x, rows["lower_90_price"].to_numpy(), rows["upper_90_price"].to_numpy(), color="#4c72b0",
-                        alpha=0.2, label="90% interval")
+        ax.fill_between(
+            x,
+            rows["lower_90_price"].to_numpy(),
+            rows["upper_90_price"].to_numpy(),
+            color="#4c72b0",
+            alpha=0.2,
+            label="90% interval",
+        )
     ax.plot(x, rows["forecast_price"].to_numpy(), color="#4c72b0", marker=".", label="forecast")
     ax.plot(x, rows["actual_price"].to_numpy(), color="black", marker=".", label="actual")
     ax.set_title(title)
@@ -85,22 +108,29 @@ def _forecast_plot(rows: pl.DataFrame, title: str):
 
 
 def _error_plot(errors: pl.DataFrame, title: str):
-    groups = pl.concat([
-        errors.group_by(pl.concat_str(pl.lit(f"{kind}: "), pl.col(kind).cast(pl.String).fill_null("unknown"))
-                        .alias("group"))
-        .agg(pl.col("ape").mean(), pl.len().alias("rows")).with_columns(pl.lit(kind).alias("kind"))
-        for kind in ("regime", "move_size") if kind in errors.columns
-    ])
+    groups = pl.concat(
+        [
+            errors.group_by(
+                pl.concat_str(pl.lit(f"{kind}: "), pl.col(kind).cast(pl.String).fill_null("unknown")).alias("group")
+            )
+            .agg(pl.col("ape").mean(), pl.len().alias("rows"))
+            .with_columns(pl.lit(kind).alias("kind"))
+            for kind in ("regime", "move_size")
+            if kind in errors.columns
+        ]
+    )
     # Regimes alphabetically, then the move sizes from small to large.
     size = {f"move_size: {s}": i for i, s in enumerate(("small", "medium", "large", "unknown"))}
-    groups = groups.sort("kind", pl.col("group").replace_strict(size, default=0), "group",
-                         descending=[True, False, False])
+    groups = groups.sort(
+        "kind", pl.col("group").replace_strict(size, default=0), "group", descending=[True, False, False]
+    )
     fig, ax = figure(10, max(2.0, 0.35 * groups.height + 1))
     colours = groups["kind"].replace_strict({"regime": "#4c72b0", "move_size": "#dd8452"}).to_list()
     ax.barh(groups["group"].to_list(), groups["ape"].to_numpy(), color=colours)
     for y, (value, count) in enumerate(zip(groups["ape"].to_list(), groups["rows"].to_list(), strict=True)):
-        ax.annotate(f"{value:.2f}% (n={count})", (value, y), xytext=(3, 0), textcoords="offset points", va="center",
-                    fontsize=8)
+        ax.annotate(
+            f"{value:.2f}% (n={count})", (value, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8
+        )
     ax.invert_yaxis()
     ax.set_xlabel("mean absolute % error of price")
     ax.set_title(title)
@@ -115,83 +145,121 @@ class ValidationConfig(dg.Config):
     min_matured: int = validation.MIN_MATURED
 
 
-def _validation_asset(asset: str):
-    key = dg.AssetKey([asset, "monitoring", "validation"])
+STATUS_SCHEMA = {
+    "horizon": pl.String,
+    "rows": pl.Int64,
+    "mape": pl.Float64,
+    "mape_threshold": pl.Float64,
+    "coverage_90": pl.Float64,
+    "coverage_nominal": pl.Float64,
+    "mape_ok": pl.Boolean,
+    "coverage_ok": pl.Boolean,
+    "passed": pl.Boolean,
+    "status": pl.String,
+    "reason": pl.String,
+}
+SHOWN = ("status", "rows", "mape", "mape_threshold", "coverage_90", "passed", "reason")
+
+
+def _validation_asset(market: Market):
+    key = dg.AssetKey([market.key, "monitoring", "validation"])
 
     @dg.asset(
-        key=key, deps=[dg.AssetKey([asset, "predictions", "upload"])], group_name="monitoring",
-        partitions_def=HORIZON_PARTITIONS[asset], backfill_policy=dg.BackfillPolicy.single_run(),
-        required_resource_keys={"lake", "warehouse"}, kinds={"polars", "duckdb"}, tags={"layer": "monitoring"},
+        key=key,
+        deps=[_upload(market), *reads(*_prices(market), markets=[market])],
+        group_name="monitoring",
+        partitions_def=horizon_partitions(market),
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        kinds={"polars", "duckdb"},
+        tags={"layer": "monitoring", **stage("forecast")},
         check_specs=[dg.AssetCheckSpec(name, asset=key, description=text) for name, text in CHECKS.items()],
-        description=f"{asset.upper()} matured predictions against what happened, per horizon: MAPE, return MAE, 80/90% "
-                    "coverage, direction accuracy and the random walk's MAPE, by regime, state and move size "
-                    "(monitoring.validation), and the champion's pass/fail status (monitoring.validation_status).",
+        description=f"{market} matured predictions against what happened, per horizon: MAPE, return MAE, 80/90% "
+        "coverage, direction accuracy and the random walk's MAPE, by regime, state and move size "
+        "(monitoring.validation), and the champion's pass/fail status (monitoring.validation_status).",
     )
-    def _validation(context: dg.AssetExecutionContext, config: ValidationConfig) -> dg.MaterializeResult:
-        lake = Path(context.resources.lake.root)
-        now = dt.datetime.now(dt.timezone.utc)
+    def _validation(
+        context: dg.AssetExecutionContext, config: ValidationConfig, lake: Lake, warehouse: DuckDBResource
+    ) -> dg.MaterializeResult:
+        now = dt.datetime.now(dt.UTC)
         # The exchange's date: the evening cycle runs after 18:00 UTC-5/6, which is already tomorrow in UTC.
         today = now.astimezone(CHICAGO).date()
-        with context.resources.warehouse.get_connection() as conn:
-            history = predictions.read(conn, asset)
+        with warehouse.get_connection() as conn:
+            history = predictions.read(conn, market)
         if history is None:
-            context.log.warning(f"{predictions.TABLE} does not exist yet: nothing has been published; recording "
-                                f"'{validation.NO_PREDICTIONS}' for {asset.upper()} "
-                                f"{', '.join(context.partition_keys)}")
-        metrics, statuses, metadata = [], [], {}
-        for partition in context.partition_keys:
-            thresholds = {asset.upper(): {**validation.MAPE_THRESHOLDS[asset.upper()], **config.mape_thresholds}}
-            rules = validation.Rules.of(asset, partition, thresholds, config.min_matured)
-            rows = None if history is None else history.filter(pl.col("horizon") == partition)
+            context.log.warning(
+                f"{predictions.TABLE} does not exist yet: nothing has been published; recording "
+                f"'{validation.NO_PREDICTIONS}' for {market} {', '.join(context.partition_keys)}"
+            )
+        thresholds = {market.symbol: {**validation.MAPE_THRESHOLDS[market.symbol], **config.mape_thresholds}}
+
+        def work(horizon: Horizon) -> Done:
+            rules = validation.Rules.of(market, horizon.name, thresholds, config.min_matured)
+            rows = None if history is None else history.filter(pl.col("horizon") == horizon.name)
             if rows is None or rows.is_empty():
                 verdict = validation.no_predictions(rules)
-                statuses.append({"horizon": partition, **verdict})
-                context.log.info(f"{asset} {partition}: {verdict['reason']}")
-                continue
-            try:
-                done = outcomes.matured(rows, lake, asset, partition)
-                typical = outcomes.typical_move(lake, asset, partition)
-            except (FileNotFoundError, ValueError, TypeError) as error:
-                raise dg.Failure(f"{asset} {partition}: cannot compute outcomes: {error}") from error
+                context.log.info(f"{market.key} {horizon.name}: {verdict['reason']}")
+                return Done(rows=_shown(verdict), value=(verdict, None))
+            done = outcomes.matured(rows, lake, market, horizon)
+            typical = outcomes.typical_move(lake, market, horizon)
             table = validation.metrics(done, typical)
             verdict = validation.status(done, rules)
-            metrics.append(table.with_columns(pl.lit(partition).alias("horizon")))
-            statuses.append({"horizon": partition, **verdict})
-            context.log.info(f"{asset} {partition}: {done.height} of {rows.height} predictions matured; "
-                             f"{verdict['reason']}")
+            context.log.info(
+                f"{market.key} {horizon.name}: {done.height} of {rows.height} predictions matured; {verdict['reason']}"
+            )
+            metadata = {}
             if done.height:
                 champion = done.filter(pl.col("role") == "champion") if "role" in done.columns else done
                 shown = champion if champion.height else done
-                metadata[f"forecast_vs_actual_{partition}"] = _forecast_plot(
-                    shown, f"{asset.upper()} {partition}: forecast and actual price at the target, 90% interval")
-                metadata[f"error_by_group_{partition}"] = _error_plot(
+                metadata["forecast_vs_actual"] = _forecast_plot(
+                    shown, f"{market} {horizon.name}: forecast and actual price at the target, 90% interval"
+                )
+                metadata["error_by_group"] = _error_plot(
                     validation.absolute_errors(done, typical),
-                    f"{asset.upper()} {partition}: absolute % error by regime and move size (typical move "
-                    f"{typical or float('nan'):.4f})")
-                metadata[f"metrics_{partition}"] = md_table(table.with_columns(pl.col(pl.Float64).round(4)), 200)
-        labels = [pl.lit(asset.upper()).alias("asset"), pl.lit(today).alias("validated_on"),
-                  pl.lit(now).alias("validated_at"), pl.lit(context.run.run_id).alias("dagster_run_id")]
-        status = pl.DataFrame(statuses, schema={
-            "horizon": pl.String, "rows": pl.Int64, "mape": pl.Float64, "mape_threshold": pl.Float64,
-            "coverage_90": pl.Float64, "coverage_nominal": pl.Float64, "mape_ok": pl.Boolean, "coverage_ok": pl.Boolean,
-            "passed": pl.Boolean, "status": pl.String, "reason": pl.String}).with_columns(labels)
-        validated = pl.concat(metrics) if metrics else None
-        with context.resources.warehouse.get_connection() as conn:
-            # Clear this run's horizons for the day first, so a re-run with fewer groups leaves none behind.
-            conn.execute("create schema if not exists monitoring")
-            conn.execute(VALIDATION_DDL)
-            conn.execute("delete from monitoring.validation where asset = ? and validated_on = ? and horizon in "
-                         f"({', '.join('?' for _ in context.partition_keys)})",
-                         [asset.upper(), today, *context.partition_keys])
-            if validated is not None and validated.height:
-                _insert(conn, VALIDATION_DDL, "monitoring.validation", validated.with_columns(labels))
-            _insert(conn, STATUS_DDL, "monitoring.validation_status", status, ("asset", "horizon", "validated_on"))
-        shown = status.select("horizon", "status", "rows", "mape", "mape_threshold", "coverage_90", "passed", "reason")
-        metadata = {"status": md_table(shown.with_columns(pl.col(pl.Float64).round(4)), 50),
-                    "tables": "monitoring.validation, monitoring.validation_status", **metadata}
-        return dg.MaterializeResult(metadata=metadata, check_results=_check_results(statuses))
+                    f"{market} {horizon.name}: absolute % error by regime and move size (typical move "
+                    f"{typical or float('nan'):.4f})",
+                )
+                metadata["metrics"] = md_table(table.with_columns(pl.col(pl.Float64).round(4)), 200)
+            return Done(
+                rows=_shown(verdict),
+                metadata=metadata,
+                value=(verdict, table.with_columns(pl.lit(horizon.name).alias("horizon"))),
+            )
+
+        def finish(done: dict[str, Done]) -> tuple[dict, list[dg.AssetCheckResult]]:
+            statuses = [{"horizon": h, **d.value[0]} for h, d in done.items()]
+            metrics = [d.value[1] for d in done.values() if d.value[1] is not None]
+            labels = [
+                pl.lit(market.symbol).alias("asset"),
+                pl.lit(today).alias("validated_on"),
+                pl.lit(now).alias("validated_at"),
+                pl.lit(context.run.run_id).alias("dagster_run_id"),
+            ]
+            status = pl.DataFrame(statuses, schema=STATUS_SCHEMA).with_columns(labels)
+            validated = pl.concat(metrics) if metrics else None
+            with warehouse.get_connection() as conn:
+                # Clear these horizons for the day first, so a re-run with fewer groups leaves none behind.
+                conn.execute("create schema if not exists monitoring")
+                conn.execute(VALIDATION_DDL)
+                conn.execute(
+                    "delete from monitoring.validation where asset = ? and validated_on = ? and horizon in "
+                    f"({', '.join('?' for _ in done)})",
+                    [market.symbol, today, *done],
+                )
+                if validated is not None and validated.height:
+                    _insert(conn, VALIDATION_DDL, "monitoring.validation", validated.with_columns(labels))
+                _insert(conn, STATUS_DDL, "monitoring.validation_status", status, ("asset", "horizon", "validated_on"))
+            # The checks judge the horizons together, with each one's verdict in the description.
+            return {"tables": "monitoring.validation, monitoring.validation_status"}, _check_results(statuses)
+
+        return each_horizon(context, market, work, name="validation", summary="status", finish=finish)
 
     return _validation
+
+
+def _shown(verdict: dict) -> pl.DataFrame:
+    """A horizon's verdict as its row of the asset's status table."""
+    row = pl.DataFrame([verdict], schema={k: v for k, v in STATUS_SCHEMA.items() if k != "horizon"})
+    return row.select(SHOWN).with_columns(pl.col(pl.Float64).round(4))
 
 
 def _check_results(statuses: list[dict]) -> list[dg.AssetCheckResult]:
@@ -200,19 +268,37 @@ def _check_results(statuses: list[dict]) -> list[dg.AssetCheckResult]:
     for name, flag in (("mape_within_threshold", "mape_ok"), ("coverage_within_5_points", "coverage_ok")):
         failed = [s["horizon"] for s in statuses if s[flag] is False]
         unjudged = [s["horizon"] for s in statuses if s[flag] is None]
-        by_horizon = {s["horizon"]: {"status": s["status"], "rows": s["rows"], "reason": s["reason"],
-                                     "mape": s["mape"], "coverage_90": s["coverage_90"]} for s in statuses}
+        by_horizon = {
+            s["horizon"]: {
+                "status": s["status"],
+                "rows": s["rows"],
+                "reason": s["reason"],
+                "mape": s["mape"],
+                "coverage_90": s["coverage_90"],
+            }
+            for s in statuses
+        }
         if failed:
             description = "; ".join(f"{h}: {by_horizon[h]['reason']}" for h in failed)
         elif unjudged and len(unjudged) == len(statuses):
             description = "; ".join(f"{h}: {by_horizon[h]['reason']}" for h in unjudged)
         else:
             description = f"within the rule on {len(statuses) - len(unjudged)} horizon(s)" + (
-                f"; not judged yet on {unjudged}" if unjudged else "")
-        out.append(dg.AssetCheckResult(
-            check_name=name, passed=not failed, severity=dg.AssetCheckSeverity.ERROR, description=description,
-            metadata={"failed_horizons": failed, "not_judged": unjudged,
-                      "by_horizon": dg.MetadataValue.json(by_horizon)}))
+                f"; not judged yet on {unjudged}" if unjudged else ""
+            )
+        out.append(
+            dg.AssetCheckResult(
+                check_name=name,
+                passed=not failed,
+                severity=dg.AssetCheckSeverity.ERROR,
+                description=description,
+                metadata={
+                    "failed_horizons": failed,
+                    "not_judged": unjudged,
+                    "by_horizon": dg.MetadataValue.json(by_horizon),
+                },
+            )
+        )
     return out
 
 
@@ -227,16 +313,27 @@ class AuditConfig(dg.Config):
     day: str | None = None
 
 
+AUDIT_READS = [
+    *reads(*(RAW_DATASETS[name] for name in audit.AUDITED_RAW)),
+    *(k for m, tf in audit.AUDITED_MASTERS for k in reads(tables.MASTER, markets=[m], timeframe=tf)),
+    *(k for m in MARKETS.values() for k in reads(*_prices(m), markets=[m])),  # the horizons' typical moves
+    *(_upload(m) for m in MARKETS.values()),
+]
+
+
 @dg.asset(
-    key=["monitoring", "audit"], group_name="monitoring", required_resource_keys={"lake", "warehouse", "alerts"},
-    deps=[dg.AssetKey([a, "predictions", "upload"]) for a in ("zl", "mes")], kinds={"polars", "duckdb"},
-    tags={"layer": "monitoring"},
+    key=["monitoring", "audit"],
+    group_name="monitoring",
+    deps=AUDIT_READS,
+    kinds={"polars", "duckdb"},
+    tags={"layer": "monitoring", **stage("cross_market")},
     description="Post-move audit of one day: its raw partitions (ZL, MES, VIX, dollar, BRL), master-feature rows "
-                "and published predictions re-checked; every finding in monitoring.audits, one alert when any is "
-                "a problem.",
+    "and published predictions re-checked; every finding in monitoring.audits, one alert when any is "
+    "a problem.",
 )
-def monitoring_audit(context: dg.AssetExecutionContext, config: AuditConfig) -> dg.MaterializeResult:
-    lake = Path(context.resources.lake.root)
+def monitoring_audit(
+    context: dg.AssetExecutionContext, config: AuditConfig, lake: Lake, warehouse: DuckDBResource, alerts: Alerts
+) -> dg.MaterializeResult:
     if config.day:
         try:
             day = dt.date.fromisoformat(config.day)
@@ -245,14 +342,22 @@ def monitoring_audit(context: dg.AssetExecutionContext, config: AuditConfig) -> 
     else:
         day = audit.newest_day(lake)
         if day is None:
-            raise dg.Failure(f"{lake}: no raw partitions of {', '.join(audit.AUDITED_RAW)}; ingest them, or give a day")
+            raise dg.Failure(
+                f"{lake.root}: no raw partitions of {', '.join(audit.AUDITED_RAW)}; ingest them, or give a day"
+            )
     context.log.info(f"auditing {day} ({config.reason})")
     found = audit.raw_findings(lake, day) + audit.feature_findings(lake, day)
-    with context.resources.warehouse.get_connection() as conn:
+    with warehouse.get_connection() as conn:
         history = predictions.read(conn)
     if history is None:
-        found.append(audit.finding("predictions", predictions.TABLE, True,
-                                   f"{predictions.TABLE} does not exist yet: nothing published to audit"))
+        found.append(
+            audit.finding(
+                "predictions",
+                predictions.TABLE,
+                True,
+                f"{predictions.TABLE} does not exist yet: nothing published to audit",
+            )
+        )
     else:
         rows = audit.day_predictions(history, day)
         if rows.is_empty():
@@ -261,41 +366,59 @@ def monitoring_audit(context: dg.AssetExecutionContext, config: AuditConfig) -> 
             typical = {}
             for a, h in rows.select("asset", "horizon").unique().iter_rows():
                 try:
-                    typical[(a, h)] = outcomes.typical_move(lake, a, h, until=day)
-                except FileNotFoundError as error:
-                    context.log.warning(f"{a} {h}: {error}")
+                    typical[(a, h)] = outcomes.typical_move(lake, MARKETS[a], MARKETS[a].horizon(h), until=day)
+                except NotBuilt as error:
+                    context.log.warning(f"{a} {h}: {error.description}")
                     typical[(a, h)] = None
             found += audit.prediction_findings(rows, typical)
     findings = audit.findings_frame(found)
-    audited_at = dt.datetime.now(dt.timezone.utc)
-    stored = findings.with_columns(pl.lit(audited_at).alias("audited_at"), pl.lit(day).alias("day"),
-                                   pl.lit(config.reason).alias("reason"),
-                                   pl.lit(context.run.run_id).alias("dagster_run_id"))
-    with context.resources.warehouse.get_connection() as conn:
+    audited_at = dt.datetime.now(dt.UTC)
+    stored = findings.with_columns(
+        pl.lit(audited_at).alias("audited_at"),
+        pl.lit(day).alias("day"),
+        pl.lit(config.reason).alias("reason"),
+        pl.lit(context.run.run_id).alias("dagster_run_id"),
+    )
+    with warehouse.get_connection() as conn:
         _insert(conn, AUDITS_DDL, "monitoring.audits", stored)
     problems = findings.filter(pl.col("status") == "problem")
     alerted = False
     if problems.height:
         first = problems.row(0, named=True)
-        message = (f"audit of {day} ({config.reason}): {problems.height} problem(s) in "
-                   f"{', '.join(sorted(set(problems['area'])))}; first: {first['item']}: {first['detail']}")
+        message = (
+            f"audit of {day} ({config.reason}): {problems.height} problem(s) in "
+            f"{', '.join(sorted(set(problems['area'])))}; first: {first['item']}: {first['detail']}"
+        )
         context.log.warning(message)
-        alerted = context.resources.alerts.send(
-            "audit", message, severity="error", key=f"audit:{day}:{config.reason}", log=context.log,
-            details={"day": day.isoformat(), "reason": config.reason,
-                     "problems": problems.select("area", "item", "detail").head(50).to_dicts()})
+        alerted = alerts.send(
+            "audit",
+            message,
+            severity="error",
+            key=f"audit:{day}:{config.reason}",
+            log=context.log,
+            details={
+                "day": day.isoformat(),
+                "reason": config.reason,
+                "problems": problems.select("area", "item", "detail").head(50).to_dicts(),
+            },
+        )
     else:
         context.log.info(f"audit of {day} ({config.reason}): {findings.height} findings, no problems")
     counts = findings.group_by("area", "status").len().sort("area", "status")
-    return dg.MaterializeResult(metadata={
-        "day": day.isoformat(), "reason": config.reason, "findings": findings.height, "problems": problems.height,
-        "alert_sent": alerted,
-        "by_area": md_table(counts, 20),
-        "problem_findings": md_table(problems, 100) if problems.height else "none",
-        "all_findings": md_table(findings, 300),
-        "counts": dg.MetadataValue.json({f"{a}:{s}": n for a, s, n in counts.iter_rows()}),
-        "table": "monitoring.audits",
-    })
+    return dg.MaterializeResult(
+        metadata={
+            "day": day.isoformat(),
+            "reason": config.reason,
+            "findings": findings.height,
+            "problems": problems.height,
+            "alert_sent": alerted,
+            "by_area": md_table(counts, 20),
+            "problem_findings": md_table(problems, 100) if problems.height else "none",
+            "all_findings": md_table(findings, 300),
+            "counts": dg.MetadataValue.json({f"{a}:{s}": n for a, s, n in counts.iter_rows()}),
+            "table": "monitoring.audits",
+        }
+    )
 
 
-MONITORING_ASSETS = [*(_validation_asset(a) for a in ("zl", "mes")), monitoring_audit]
+MONITORING_ASSETS = [*(_validation_asset(m) for m in MARKETS.values()), monitoring_audit]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from cbi_assets.catalogue import MARKETS, market
+from cbi_assets.catalogue import MARKETS, Market
 
 # MAPE (of price, in %) above which the champion of a horizon fails. Each is about the random
 # walk's expected absolute move over the horizon, 0.8 * sigma * sqrt(horizon / year) rounded up,
@@ -20,10 +20,22 @@ from cbi_assets.catalogue import MARKETS, market
 # typical day. ZL 1w: 0.8 x 25% x sqrt(5 / 252) = 2.8%, so 3.0%.
 MAPE_THRESHOLDS: dict[str, dict[str, float]] = {
     "ZL": {"1w": 3.0, "1m": 6.0, "3m": 10.0, "6m": 14.0, "12m": 20.0},
-    "MES": {"1min": 0.03, "5min": 0.06, "15min": 0.1, "30min": 0.15, "1h": 0.2, "4h": 0.4,
-            "1d": 1.0, "7d": 2.0, "30d": 4.0, "3m": 7.0, "6m": 10.0, "12m": 14.0},
+    "MES": {
+        "1min": 0.03,
+        "5min": 0.06,
+        "15min": 0.1,
+        "30min": 0.15,
+        "1h": 0.2,
+        "4h": 0.4,
+        "1d": 1.0,
+        "7d": 2.0,
+        "30d": 4.0,
+        "3m": 7.0,
+        "6m": 10.0,
+        "12m": 14.0,
+    },
 }
-_unset = {a: sorted({h.name for h in market(a).horizons} - set(MAPE_THRESHOLDS.get(a, {}))) for a in MARKETS}
+_unset = {a: sorted({h.name for h in m.horizons} - set(MAPE_THRESHOLDS.get(a, {}))) for a, m in MARKETS.items()}
 if any(_unset.values()):
     raise ValueError(f"MAPE_THRESHOLDS lacks horizons {_unset}; give every horizon of the catalogue a threshold")
 
@@ -45,8 +57,14 @@ def move_size(typical: float | None) -> pl.Expr:
         return pl.lit("unknown").alias("move_size")
     ratio = pl.col("actual_return").abs() / typical
     small, large = MOVE_BANDS
-    return (pl.when(ratio < small).then(pl.lit("small")).when(ratio > large).then(pl.lit("large"))
-            .otherwise(pl.lit("medium")).alias("move_size"))
+    return (
+        pl.when(ratio < small)
+        .then(pl.lit("small"))
+        .when(ratio > large)
+        .then(pl.lit("large"))
+        .otherwise(pl.lit("medium"))
+        .alias("move_size")
+    )
 
 
 def _covered(level: int) -> pl.Expr:
@@ -78,8 +96,11 @@ def _aggregates() -> list[pl.Expr]:
 
 
 def _with_intervals(frame: pl.DataFrame) -> pl.DataFrame:
-    missing = [pl.lit(None, pl.Float64).alias(c) for c in ("lower_80", "upper_80", "lower_90", "upper_90")
-               if c not in frame.columns]
+    missing = [
+        pl.lit(None, pl.Float64).alias(c)
+        for c in ("lower_80", "upper_80", "lower_90", "upper_90")
+        if c not in frame.columns
+    ]
     return frame.with_columns(missing) if missing else frame
 
 
@@ -87,8 +108,13 @@ def metrics(matured: pl.DataFrame, typical: float | None) -> pl.DataFrame:
     """One row per (model_version, group_kind, group_value): all rows, by regime, by state and by
     move size, each with rows, mape (%), mae_return, coverage_80/90 (0..1, null without
     intervals), direction_accuracy and random_walk_mape on the same rows."""
-    schema = {"model_version": pl.String, "group_kind": pl.String, "group_value": pl.String, "rows": pl.Int64,
-              **{m: pl.Float64 for m in METRICS[1:]}}
+    schema = {
+        "model_version": pl.String,
+        "group_kind": pl.String,
+        "group_value": pl.String,
+        "rows": pl.Int64,
+        **{m: pl.Float64 for m in METRICS[1:]},
+    }
     if matured.is_empty():
         return pl.DataFrame(schema=schema)
     frame = _with_intervals(matured).with_columns(move_size(typical), pl.lit("all").alias("all"))
@@ -109,7 +135,7 @@ def metrics(matured: pl.DataFrame, typical: float | None) -> pl.DataFrame:
 
 @dataclass(frozen=True)
 class Rules:
-    """The pass/fail rules of one asset x horizon."""
+    """The pass/fail rules of one market x horizon."""
 
     mape_threshold: float
     min_rows: int = MIN_MATURED
@@ -117,13 +143,18 @@ class Rules:
     coverage_tolerance: float = COVERAGE_TOLERANCE
 
     @classmethod
-    def of(cls, asset: str, horizon: str, thresholds: dict[str, dict[str, float]] | None = None,
-           min_rows: int = MIN_MATURED) -> Rules:
+    def of(
+        cls,
+        market: Market,
+        horizon: str,
+        thresholds: dict[str, dict[str, float]] | None = None,
+        min_rows: int = MIN_MATURED,
+    ) -> Rules:
         table = thresholds or MAPE_THRESHOLDS
         try:
-            threshold = table[asset.upper()][horizon]
+            threshold = table[market.symbol][horizon]
         except KeyError:
-            raise KeyError(f"no MAPE threshold for {asset.upper()} {horizon}; add it to MAPE_THRESHOLDS") from None
+            raise KeyError(f"no MAPE threshold for {market} {horizon}; add it to MAPE_THRESHOLDS") from None
         return cls(threshold, min_rows)
 
 
@@ -135,11 +166,22 @@ def status(matured: pl.DataFrame, rules: Rules) -> dict:
     not a failure (passed, with both rules unjudged). So does coverage without enough interval rows.
     """
     champion = _with_intervals(matured.filter(pl.col("role") == "champion") if "role" in matured.columns else matured)
-    base = {"rows": champion.height, "mape": None, "mape_threshold": rules.mape_threshold, "coverage_90": None,
-            "coverage_nominal": rules.coverage_nominal, "mape_ok": None, "coverage_ok": None}
+    base = {
+        "rows": champion.height,
+        "mape": None,
+        "mape_threshold": rules.mape_threshold,
+        "coverage_90": None,
+        "coverage_nominal": rules.coverage_nominal,
+        "mape_ok": None,
+        "coverage_ok": None,
+    }
     if champion.height < rules.min_rows:
-        return {**base, "passed": True, "status": NOT_ENOUGH,
-                "reason": f"{NOT_ENOUGH}: {champion.height} of the {rules.min_rows} needed"}
+        return {
+            **base,
+            "passed": True,
+            "status": NOT_ENOUGH,
+            "reason": f"{NOT_ENOUGH}: {champion.height} of the {rules.min_rows} needed",
+        }
     row = champion.select(_aggregates()).row(0, named=True)
     mape, coverage = row["mape"], row["coverage_90"]
     mape_ok = mape <= rules.mape_threshold
@@ -149,22 +191,42 @@ def status(matured: pl.DataFrame, rules: Rules) -> dict:
     coverage_ok = None if interval_rows < rules.min_rows else bool(coverage >= floor - 1e-9)
     reasons = [f"MAPE {mape:.3f}% {'within' if mape_ok else 'above'} the {rules.mape_threshold}% threshold"]
     if coverage_ok is None:
-        reasons.append(f"90% coverage not judged: {interval_rows} matured rows with an interval, "
-                       f"{rules.min_rows} needed")
+        reasons.append(
+            f"90% coverage not judged: {interval_rows} matured rows with an interval, {rules.min_rows} needed"
+        )
     else:
-        reasons.append(f"90% coverage {coverage:.1%} {'within' if coverage_ok else 'more than'} "
-                       f"{rules.coverage_tolerance * 100:.0f} points {'of' if coverage_ok else 'below'} "
-                       f"{rules.coverage_nominal:.0%}")
+        reasons.append(
+            f"90% coverage {coverage:.1%} {'within' if coverage_ok else 'more than'} "
+            f"{rules.coverage_tolerance * 100:.0f} points {'of' if coverage_ok else 'below'} "
+            f"{rules.coverage_nominal:.0%}"
+        )
     passed = mape_ok and coverage_ok is not False
-    return {**base, "mape": mape, "coverage_90": coverage, "mape_ok": mape_ok, "coverage_ok": coverage_ok,
-            "passed": passed, "status": "passed" if passed else "failed", "reason": "; ".join(reasons)}
+    return {
+        **base,
+        "mape": mape,
+        "coverage_90": coverage,
+        "mape_ok": mape_ok,
+        "coverage_ok": coverage_ok,
+        "passed": passed,
+        "status": "passed" if passed else "failed",
+        "reason": "; ".join(reasons),
+    }
 
 
 def no_predictions(rules: Rules) -> dict:
-    """The verdict when nothing was ever published for the asset x horizon."""
-    return {"rows": 0, "mape": None, "mape_threshold": rules.mape_threshold, "coverage_90": None,
-            "coverage_nominal": rules.coverage_nominal, "mape_ok": None, "coverage_ok": None, "passed": True,
-            "status": NO_PREDICTIONS, "reason": f"{NO_PREDICTIONS}: predictions.history holds no rows of it"}
+    """The verdict when nothing was ever published for the market x horizon."""
+    return {
+        "rows": 0,
+        "mape": None,
+        "mape_threshold": rules.mape_threshold,
+        "coverage_90": None,
+        "coverage_nominal": rules.coverage_nominal,
+        "mape_ok": None,
+        "coverage_ok": None,
+        "passed": True,
+        "status": NO_PREDICTIONS,
+        "reason": f"{NO_PREDICTIONS}: predictions.history holds no rows of it",
+    }
 
 
 def absolute_errors(matured: pl.DataFrame, typical: float | None) -> pl.DataFrame:

@@ -30,12 +30,15 @@ def regime_partition(to_state: str, since: dt.date) -> str:
 def _require(frame: pl.DataFrame, columns, what: str) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise ValueError(f"{what}: missing column(s) {', '.join(missing)} (has {', '.join(frame.columns)}); "
-                         "rebuild it with the current code")
+        raise ValueError(
+            f"{what}: missing column(s) {', '.join(missing)} (has {', '.join(frame.columns)}); "
+            "rebuild it with the current code"
+        )
 
 
-def new_shifts(shifts: pl.DataFrame, sessions: pl.Series, after: dt.date | None,
-               first_look: int = FIRST_LOOK_SESSIONS) -> pl.DataFrame:
+def new_shifts(
+    shifts: pl.DataFrame, sessions: pl.Series, after: dt.date | None, first_look: int = FIRST_LOOK_SESSIONS
+) -> pl.DataFrame:
     """The shifts confirmed (`date`) after `after`; when `after` is None (nothing seen yet), those confirmed in the
     last `first_look` of `sessions` (the dates of the state frame). Adds `partition`, sorted by date."""
     _require(shifts, SHIFT_COLUMNS, "shifts frame")
@@ -46,8 +49,9 @@ def new_shifts(shifts: pl.DataFrame, sessions: pl.Series, after: dt.date | None,
         after = days[-first_look - 1] if days.len() > first_look else dt.date.min
     found = shifts.filter(pl.col("date") > after).sort("date")
     return found.with_columns(
-        pl.struct("to_state", "since").map_elements(lambda r: regime_partition(r["to_state"], r["since"]),
-                                                    return_dtype=pl.String).alias("partition")
+        pl.struct("to_state", "since")
+        .map_elements(lambda r: regime_partition(r["to_state"], r["since"]), return_dtype=pl.String)
+        .alias("partition")
     )
 
 
@@ -61,8 +65,9 @@ def _newest_change(frame: pl.DataFrame, column: str) -> tuple[dt.date, float | N
     return frame["date"][-1], value, (value / before - 1.0 if before else None)
 
 
-def market_moves(volatility: pl.DataFrame, zl_bars: pl.DataFrame, macro: pl.DataFrame,
-                 fx: pl.DataFrame) -> tuple[dt.date, list[str]]:
+def market_moves(
+    volatility: pl.DataFrame, zl_bars: pl.DataFrame, macro: pl.DataFrame, fx: pl.DataFrame
+) -> tuple[dt.date, list[str]]:
     """The newest day of the data and what moved on it (empty when calm): VIX above 25 (`vix` of
     shared/volatility), a ZL daily move above 2% (roll-adjusted close `close * adj` of the `zl` front), and the
     broad dollar (`broad_dollar` of shared/macro, FRED DTWEXBGS) or USD/BRL (`usd_brl` of shared/fx) moving more
@@ -94,8 +99,9 @@ def market_moves(volatility: pl.DataFrame, zl_bars: pl.DataFrame, macro: pl.Data
     return day, moved
 
 
-def correlation_breakdowns(cross: pl.DataFrame, columns: dict[str, str] | None = None,
-                           sessions: int = NORM_SESSIONS, width: float = NORM_WIDTH) -> pl.DataFrame:
+def correlation_breakdowns(
+    cross: pl.DataFrame, columns: dict[str, str] | None = None, sessions: int = NORM_SESSIONS, width: float = NORM_WIDTH
+) -> pl.DataFrame:
     """Each watched correlation on the newest day against its norm: the mean and standard deviation of the same
     column over the `sessions` rows before that day. `breakdown` when |corr - mean| > width x std. A pair without
     a full window of values is left out (too little history to know its norm).
@@ -109,19 +115,37 @@ def correlation_breakdowns(cross: pl.DataFrame, columns: dict[str, str] | None =
         if values.height < sessions + 1:
             continue
         day, corr = values["date"][-1], float(values[column][-1])
-        norm = values[column][-sessions - 1:-1]
+        norm = values[column][-sessions - 1 : -1]
         mean, std = float(norm.mean()), float(norm.std())
         departure = abs(corr - mean) / std if std > 0 else (0.0 if corr == mean else float("inf"))
-        rows.append({"pair": pair, "column": column, "day": day, "corr": corr, "mean": mean, "std": std,
-                     "departure": departure, "breakdown": abs(corr - mean) > width * std})
-    schema = {"pair": pl.String, "column": pl.String, "day": pl.Date, "corr": pl.Float64, "mean": pl.Float64,
-              "std": pl.Float64, "departure": pl.Float64, "breakdown": pl.Boolean}
+        rows.append(
+            {
+                "pair": pair,
+                "column": column,
+                "day": day,
+                "corr": corr,
+                "mean": mean,
+                "std": std,
+                "departure": departure,
+                "breakdown": abs(corr - mean) > width * std,
+            }
+        )
+    schema = {
+        "pair": pl.String,
+        "column": pl.String,
+        "day": pl.Date,
+        "corr": pl.Float64,
+        "mean": pl.Float64,
+        "std": pl.Float64,
+        "departure": pl.Float64,
+        "breakdown": pl.Boolean,
+    }
     return pl.DataFrame(rows, schema=schema)
 
 
 def failed_validations(status: pl.DataFrame, seen_day: dt.date | None, seen: set[str]) -> pl.DataFrame:
     """Rows of monitoring.validation_status with passed = false that are new: validated after `seen_day`, or on it
-    but not among `seen` (keys `<asset>:<horizon>`, since a day's horizons are written one by one). Adds `market`
+    but not among `seen` (keys `<market>:<horizon>`, since a day's horizons are written one by one). Adds `market`
     (lower case) and `key`, sorted by validated_on."""
     _require(status, ("asset", "horizon", "validated_on", "passed"), "monitoring.validation_status")
     frame = status.with_columns(
@@ -130,6 +154,8 @@ def failed_validations(status: pl.DataFrame, seen_day: dt.date | None, seen: set
     ).with_columns(pl.concat_str("market", pl.lit(":"), "horizon").alias("key"))
     frame = frame.filter(pl.col("passed").eq(False))  # null (not judged) is no failure
     if seen_day is not None:
-        frame = frame.filter((pl.col("validated_on") > seen_day)
-                             | ((pl.col("validated_on") == seen_day) & ~pl.col("key").is_in(sorted(seen))))
+        frame = frame.filter(
+            (pl.col("validated_on") > seen_day)
+            | ((pl.col("validated_on") == seen_day) & ~pl.col("key").is_in(sorted(seen)))
+        )
     return frame.sort("validated_on", "market", "horizon")

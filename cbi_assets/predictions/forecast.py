@@ -21,11 +21,22 @@ from cbi_assets.ensembles.members import DIRECTIONLESS, Members
 def history_of(members: Members) -> pl.DataFrame:
     """The walk-forward rows a forecast is calibrated on: label_end, scale, actual and a column per family."""
     return members.rows.select("label_end", "scale", "actual").with_columns(
-        pl.Series(n, members.forecasts[:, i]) for i, n in enumerate(members.names))
+        pl.Series(n, members.forecasts[:, i]) for i, n in enumerate(members.names)
+    )
 
 
-def published(point: float, calibrate_on: str, family_forecasts: dict[str, float], history: pl.DataFrame, origin,
-              price: float, scale: float, levels: tuple[float, ...], min_scores: int, calibration: Calibration) -> dict:
+def published(
+    point: float,
+    calibrate_on: str,
+    family_forecasts: dict[str, float],
+    history: pl.DataFrame,
+    origin,
+    price: float,
+    scale: float,
+    levels: tuple[float, ...],
+    min_scores: int,
+    calibration: Calibration,
+) -> dict:
     """Forecast return and price, interval bounds per level (returns and prices; None with too little
     matured history), conviction across the families' forecasts, confidence, spread and typical move.
 
@@ -36,16 +47,21 @@ def published(point: float, calibrate_on: str, family_forecasts: dict[str, float
     calibration:      the horizon's (`Calibration.of`), as the ensemble's walk-forward intervals use.
     """
     if calibrate_on not in history.columns:
-        raise ValueError(f"no walk-forward history of {calibrate_on!r} to calibrate its interval on (stored: "
-                         f"{[c for c in history.columns if c not in ('label_end', 'scale', 'actual')]})")
-    scores = history.select("label_end", ((pl.col("actual") - pl.col(calibrate_on)).abs() / pl.col("scale"))
-                            .alias("score"))
+        raise ValueError(
+            f"no walk-forward history of {calibrate_on!r} to calibrate its interval on (stored: "
+            f"{[c for c in history.columns if c not in ('label_end', 'scale', 'actual')]})"
+        )
+    scores = history.select(
+        "label_end", ((pl.col("actual") - pl.col(calibrate_on)).abs() / pl.col("scale")).alias("score")
+    )
     intervals = interval_at(point, scale, scores, origin, levels, min_scores, calibration)
     directional = [v for n, v in family_forecasts.items() if n not in DIRECTIONLESS]
     out = described(point, np.array(directional), intervals, typical_move_before(history, origin), price)
     out["forecast_return"] = out.pop("forecast")
     # Without an interval the bounds are stored as nulls, so every row has the same columns.
-    empty = {f"{side}_{level_name(v)}{unit}": None for v in levels for side in ("lower", "upper") for unit in ("", "_price")}
+    empty = {
+        f"{side}_{level_name(v)}{unit}": None for v in levels for side in ("lower", "upper") for unit in ("", "_price")
+    }
     return {**empty, **out, "price": price}
 
 
@@ -54,5 +70,6 @@ def drivers_json(drivers: pl.DataFrame | None) -> str:
     if drivers is None or drivers.is_empty():
         return "[]"
     rows = drivers.sort("rank").select("feature", "value", "shap").to_dicts()
-    return json.dumps([{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in r.items()}
-                       for r in rows])
+    return json.dumps(
+        [{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in r.items()} for r in rows]
+    )

@@ -1,5 +1,5 @@
 """The warehouse's record of what was forecast: `predictions.history`, append-only and keyed by
-(asset, horizon, as_of, model_version), and a view per asset x horizon with the champion's latest
+(asset, horizon, as_of, model_version), and a view per market x horizon with the champion's latest
 forecast (`predictions.vw_zl_1w_latest`, ...).
 
 Append-only means a forecast once published is never rewritten: a re-run for the same origin and
@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import polars as pl
 
+from cbi_assets.catalogue import Market
 from cbi_assets.warehouse import add_new_columns
 
 TABLE = "predictions.history"
 KEY = ("asset", "horizon", "as_of", "model_version")
 
 
-def view_name(asset: str, horizon: str) -> str:
-    return f"predictions.vw_{asset.lower()}_{horizon.lower()}_latest"
+def view_name(market: Market, horizon: str) -> str:
+    return f"predictions.vw_{market.key}_{horizon.lower()}_latest"
 
 
 def append(conn, frame: pl.DataFrame) -> int:
@@ -34,35 +35,42 @@ def append(conn, frame: pl.DataFrame) -> int:
         add_new_columns(conn, TABLE, frame)
         before = _count(conn)
         match = " and ".join(f"h.{c} = i.{c}" for c in KEY)
-        conn.execute(f"insert into {TABLE} by name select * from incoming i "
-                     f"where not exists (select 1 from {TABLE} h where {match})")
+        conn.execute(
+            f"insert into {TABLE} by name select * from incoming i "
+            f"where not exists (select 1 from {TABLE} h where {match})"
+        )
         return _count(conn) - before
     finally:
         conn.unregister("incoming")
 
 
-def refresh_view(conn, asset: str, horizon: str) -> str:
-    """(Re)create the latest-forecast view of one asset x horizon: the champion's newest origin (a
+def refresh_view(conn, market: Market, horizon: str) -> str:
+    """(Re)create the latest-forecast view of one market x horizon: the champion's newest origin (a
     challenger's shadow forecasts never show), the latest published on a tie."""
-    name = view_name(asset, horizon)
+    name = view_name(market, horizon)
     conn.execute(
         f"create or replace view {name} as select * from {TABLE} "
-        f"where asset = '{asset.upper()}' and horizon = '{horizon}' and role = 'champion' "
+        f"where asset = '{market.symbol}' and horizon = '{horizon}' and role = 'champion' "
         "qualify row_number() over (order by as_of desc, published_at desc) = 1"
     )
     return name
 
 
 def exists(conn) -> bool:
-    return conn.execute("select count(*) from information_schema.tables where table_schema = 'predictions' "
-                        "and table_name = 'history'").fetchall()[0][0] > 0
+    return (
+        conn.execute(
+            "select count(*) from information_schema.tables where table_schema = 'predictions' "
+            "and table_name = 'history'"
+        ).fetchall()[0][0]
+        > 0
+    )
 
 
-def read(conn, asset: str | None = None, horizon: str | None = None) -> pl.DataFrame | None:
-    """The stored forecasts (of one asset, and horizon, when given), or None before the first upload."""
+def read(conn, market: Market | None = None, horizon: str | None = None) -> pl.DataFrame | None:
+    """The stored forecasts (of one market, and horizon, when given), or None before the first upload."""
     if not exists(conn):
         return None
-    where = {"asset": asset.upper() if asset else None, "horizon": horizon}
+    where = {"asset": market.symbol if market else None, "horizon": horizon}
     clauses = [f"{column} = ${column}" for column, value in where.items() if value is not None]
     query = f"select * from {TABLE}{' where ' + ' and '.join(clauses) if clauses else ''} order by as_of, role"
     return conn.sql(query, params={c: v for c, v in where.items() if v is not None}).pl()

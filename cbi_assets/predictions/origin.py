@@ -1,4 +1,4 @@
-"""The latest forecast origin of one asset x horizon: the newest row of its master feature table, cut
+"""The latest forecast origin of one market x horizon: the newest row of its master feature table, cut
 and scaled for each model as the last walk-forward fold's test rows were, with what the desk reads
 beside the forecast (price, volatility scale, regime).
 
@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-from cbi_assets.catalogue import Horizon, regime_of
+from cbi_assets.catalogue import Horizon, Market, regime_of
 from cbi_assets.ensembles.conformal import volatility_scale
 from cbi_assets.ensembles.members import state_asof
 from cbi_assets.models.inputs import (
@@ -29,6 +28,7 @@ from cbi_assets.models.inputs import (
 )
 from cbi_assets.models.registry import Budget, Inputs, Shape
 from cbi_assets.training.scaling import RobustScaler
+from cbi_assets.training.sets import feature_timeframe
 
 
 @dataclass(frozen=True)
@@ -68,9 +68,17 @@ def as_timestamp(time: Any) -> dt.datetime:
     return time if isinstance(time, dt.datetime) else dt.datetime.combine(time, dt.time(), dt.UTC)
 
 
-def latest_origin(keys: pl.Series, folds: pl.DataFrame, scalers: pl.DataFrame, master: Path, asset: str,
-                  horizon: Horizon, budget: Budget, sessions: list[dt.date]) -> LatestOrigin:
-    """The newest master row of `master` as a test row of the last fold.
+def latest_origin(
+    keys: pl.Series,
+    folds: pl.DataFrame,
+    scalers: pl.DataFrame,
+    master: pl.LazyFrame,
+    market: Market,
+    horizon: Horizon,
+    budget: Budget,
+    sessions: list[dt.date],
+) -> LatestOrigin:
+    """The newest row of the master table `master` as a test row of the last fold.
 
     keys:    the training set's time key column (the rows the folds index); folds, scalers: the stored
              walk-forward folds and their scalers; budget: the profile's (its training-row cap moves
@@ -81,26 +89,35 @@ def latest_origin(keys: pl.Series, folds: pl.DataFrame, scalers: pl.DataFrame, m
     last = folds.sort("fold").row(-1, named=True)
     scaler = RobustScaler.from_frame(scalers.filter(pl.col("fold") == last["fold"]).drop("fold"))
     train_hi = last["train_hi"]
-    train_lo = max(last["train_lo"], train_hi + 1 - budget.max_train_rows) if budget.max_train_rows else last["train_lo"]
+    train_lo = last["train_lo"]
+    if budget.max_train_rows:
+        train_lo = max(train_lo, train_hi + 1 - budget.max_train_rows)
     key = keys.name
     first, trained_until = keys[train_lo], keys[train_hi]
     features = list(scaler.columns)
-    column = return_column(asset, horizon)
-    available = pl.read_parquet_schema(master)
+    column = return_column(market.key, horizon)
+    table = f"the {market} master_{feature_timeframe(horizon)} table"
+    available = master.collect_schema().names()
     missing = [c for c in (key, column, *features) if c not in available]
     if missing:
-        raise ValueError(f"{master}: lacks {len(missing)} of the columns the models were trained on (first: "
-                         f"{missing[0]}); rebuild the training set and the models from the same master table")
-    rows = (pl.scan_parquet(master).filter(pl.col(key) >= first).select(*dict.fromkeys([key, column, *features]))
-            .sort(key).collect())
+        raise ValueError(
+            f"{table} lacks {len(missing)} of the columns the models were trained on (first: "
+            f"{missing[0]}); rebuild the training set and the models from the same master table"
+        )
+    rows = master.filter(pl.col(key) >= first).select(*dict.fromkeys([key, column, *features])).sort(key).collect()
     if rows.is_empty():
-        raise ValueError(f"{master}: no rows from {first} on; rebuild the master features")
+        raise ValueError(f"{table} has no rows from {first} on; rebuild the master features")
     hi = rows[key].search_sorted(trained_until, side="right") - 1
     returns = rows[column].cast(pl.Float64).fill_nan(None).fill_null(0.0).to_numpy()
     n = rows.height
     data = TrainingArrays(
-        x=rows.select(features).to_numpy().astype(np.float32), y=np.zeros(n), weight=np.ones(n), returns=returns,
-        features=tuple(features), horizon=horizon_rows(horizon), season=season_rows(horizon),
+        x=rows.select(features).to_numpy().astype(np.float32),
+        y=np.zeros(n),
+        weight=np.ones(n),
+        returns=returns,
+        features=tuple(features),
+        horizon=horizon_rows(horizon),
+        season=season_rows(horizon),
     )
     fold = {"fold": last["fold"], "train_lo": 0, "train_hi": int(hi), "test_lo": n - 1, "test_hi": n - 1}
     time = rows[key][-1]
@@ -125,6 +142,8 @@ def origin_price(bars: pl.DataFrame, origin: LatestOrigin) -> float:
     bars of the feature timeframe, both with the origin's time key and `close`)."""
     found = bars.filter(pl.col(origin.key) == origin.time)["close"]
     if found.is_empty() or not np.isfinite(found[-1]):
-        raise ValueError(f"no close at the forecast origin {origin.time}: the bars and the master features disagree; "
-                         "rebuild the features")
+        raise ValueError(
+            f"no close at the forecast origin {origin.time}: the bars and the master features disagree; "
+            "rebuild the features"
+        )
     return float(found[-1])

@@ -29,7 +29,8 @@ def verdict(matured: pl.DataFrame, champion: str, challenger: str, min_days: int
 
     def errors(version: str, name: str) -> pl.DataFrame:
         return matured.filter(pl.col("model_version") == version).select(
-            "as_of", (pl.col("forecast_return") - pl.col("actual_return")).abs().alias(name))
+            "as_of", (pl.col("forecast_return") - pl.col("actual_return")).abs().alias(name)
+        )
 
     both = errors(champion, "champion").join(errors(challenger, "challenger"), on="as_of")
     days = both.height
@@ -37,7 +38,19 @@ def verdict(matured: pl.DataFrame, champion: str, challenger: str, min_days: int
         return Verdict(False, days, None, None, f"{days} matured day(s) shared with the champion; {min_days} needed")
     mine, theirs = float(both["challenger"].mean()), float(both["champion"].mean())
     if mine < theirs:
-        return Verdict(True, days, theirs, mine, f"the challenger's mean absolute error {mine:.5f} beat the champion's "
-                                                 f"{theirs:.5f} over {days} matured days")
-    return Verdict(False, days, theirs, mine, f"the challenger's mean absolute error {mine:.5f} did not beat the "
-                                              f"champion's {theirs:.5f} over {days} matured days")
+        return Verdict(
+            True,
+            days,
+            theirs,
+            mine,
+            f"the challenger's mean absolute error {mine:.5f} beat the champion's "
+            f"{theirs:.5f} over {days} matured days",
+        )
+    return Verdict(
+        False,
+        days,
+        theirs,
+        mine,
+        f"the challenger's mean absolute error {mine:.5f} did not beat the "
+        f"champion's {theirs:.5f} over {days} matured days",
+    )

@@ -1,16 +1,19 @@
 """Raw (bronze) assets: one per dataset of the catalogue, plus the roll calendars and an inventory."""
 
 import datetime as dt
-import warnings
+import time
 
 import dagster as dg
 import polars as pl
 from dagster_duckdb import DuckDBResource
 
-from cbi_assets.parquet import write_frame
+from cbi_assets import lake as tables
+from cbi_assets.automation import EVENING
+from cbi_assets.catalogue import MARKETS, Market
+from cbi_assets.lake import Lake
 from cbi_assets.raw.datasets import RAW_DATASETS, RawDataset
 from cbi_assets.raw.ingest import ingest, records_by_day
-from cbi_assets.raw.partitions import partitions_for, window_days
+from cbi_assets.raw.partitions import partitions_for, partitions_name, window_days
 from cbi_assets.raw.quality import (
     duplicate_finding,
     gap_finding,
@@ -18,11 +21,9 @@ from cbi_assets.raw.quality import (
     schema_finding,
 )
 from cbi_assets.raw.rolls import front_month
-from cbi_assets.raw.store import PartitionStore
+from cbi_assets.raw.source import Source
+from cbi_assets.selections import stage
 from cbi_assets.ui import table
-
-# Single-run backfills are a deliberate choice (25 years in one run); the parameter is in beta.
-warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
 
 CHECKS = {
     "schema": "Every required column is there with its type.",
@@ -32,80 +33,158 @@ CHECKS = {
 }
 
 
+class RawConfig(dg.Config):
+    """Intraday records of a day are final once published, so a run fetches only the days from the last one
+    stored (taken again, in case it was cut short) to the partition's end; `refetch` asks the source for every
+    day of the partition, to see whether it changed any. Daily records are always fetched whole: FRED and the
+    exchanges revise them."""
+
+    refetch: bool = False
+
+
 def raw_asset(dataset: RawDataset) -> dg.AssetsDefinition:
-    @dg.asset(
+    decorate = dg.asset(
         key=dataset.key,
         description=dataset.title,
         partitions_def=partitions_for(dataset),
-        # A backfill of 25 years is one run and one request, not thousands.
+        # A backfill of 25 years is one run and one request per dataset, not hundreds.
         backfill_policy=dg.BackfillPolicy.single_run(),
         group_name=f"{dataset.area.lower()}_raw",
-        required_resource_keys={"lake", dataset.source_key},
         check_specs=[
             dg.AssetCheckSpec(name, asset=dataset.key, description=text, blocking=name == "schema")
             for name, text in CHECKS.items()
         ],
         kinds={"parquet", dataset.role},
-        tags={"layer": "raw"},
+        tags={"layer": "raw", **stage("ingest"), "raw_partitions": partitions_name(dataset)},
         metadata={"symbol": dataset.symbol, "schema": dataset.schema or dataset.kind, "calendar": dataset.calendar},
     )
-    def _raw(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        start, end = window_days(context)
-        source = getattr(context.resources, dataset.source_key)
-        context.log.info(f"{dataset.name}: requesting {start}..{end} from {source.label}")
-        frame = source.fetch(dataset, start, end)
-        context.log.info(f"{dataset.name}: received {frame.height:,} records; validating and storing by day")
-        store: PartitionStore = context.resources.lake.raw(dataset)
-        report = ingest(
-            dataset, frame, store, start, end, origin=source.label,
-            received_at=dt.datetime.now(dt.timezone.utc), progress=context.log.info,
-        )
-        context.log.info(
-            f"{dataset.name}: {report.rows:,} records over {report.days} days "
-            f"({len(report.new)} new, {len(report.unchanged)} unchanged, {len(report.revised)} revised)"
-        )
-        if report.revised:
-            context.log.warning(
-                f"{dataset.name}: the source changed {len(report.revised)} stored day(s), e.g. {report.revised[:5]}; "
-                "the earlier versions are kept beside the new ones"
-            )
-        received = pl.concat(records_by_day(dataset, frame, start, end).values()) if report.days else frame.head(0)
-        findings = {
-            "schema": schema_finding(dataset, received),
-            "no_duplicates": duplicate_finding(dataset, received),
-            "in_order": order_finding(dataset, received),
-            "no_gaps": gap_finding(dataset, received, start, end),
-        }
-        return dg.MaterializeResult(
-            metadata={
-                **report.metadata(),
-                "path": dg.MetadataValue.path(str(store.root)),
-                # Dagster copies this metadata onto every partition of the range: keep it small.
-                "preview": table(received.tail(5).drop("ingested_at", strict=False), 5),
-            },
-            check_results=[f.result(name, severe=name == "schema") for name, f in findings.items()],
-        )
+    # Each dataset asks for the source resource of its role by name.
+    if dataset.role == "futures":
+
+        @decorate
+        def _raw(
+            context: dg.AssetExecutionContext, config: RawConfig, lake: Lake, futures_source: Source
+        ) -> dg.MaterializeResult:
+            return take_in(context, dataset, lake, futures_source, config.refetch)
+
+    elif dataset.role == "macro":
+
+        @decorate
+        def _raw(
+            context: dg.AssetExecutionContext, config: RawConfig, lake: Lake, macro_source: Source
+        ) -> dg.MaterializeResult:
+            return take_in(context, dataset, lake, macro_source, config.refetch)
+
+    else:
+
+        @decorate
+        def _raw(
+            context: dg.AssetExecutionContext, config: RawConfig, lake: Lake, history_source: Source
+        ) -> dg.MaterializeResult:
+            return take_in(context, dataset, lake, history_source, config.refetch)
 
     return _raw
 
 
-def roll_calendar_asset(area: str) -> dg.AssetsDefinition:
-    daily = [d for d in RAW_DATASETS.values() if d.area == area and d.role == "futures" and d.schema == "ohlcv-1d"]
+def take_in(
+    context: dg.AssetExecutionContext, dataset: RawDataset, lake: Lake, source: Source, refetch: bool = False
+) -> dg.MaterializeResult:
+    """Fetch the run's partitions of `dataset` from `source`, check them and store them by day."""
+    began = time.perf_counter()
+    start, end = requested_days(dataset, source, *window_days(context))
+    store = lake.raw(dataset)
+    if dataset.intraday and not refetch:
+        stored = store.days(start, end)
+        if stored:
+            start = stored[-1]
+            context.log.info(
+                f"{dataset.name}: {len(stored)} days of {start.year} stored already; fetching from the "
+                "last of them (run config refetch: true fetches every day)"
+            )
+    if start > end:
+        context.log.info(
+            f"{dataset.name}: {source.label} has no days of {context.partition_key_range.start}.."
+            f"{context.partition_key_range.end}; nothing to request"
+        )
+        return dg.MaterializeResult(
+            metadata={
+                "source": source.label,
+                "rows": 0,
+                "path": dg.MetadataValue.path(str(store.root)),
+                "seconds": round(time.perf_counter() - began, 3),
+            },
+            check_results=[
+                dg.AssetCheckResult(check_name=name, passed=True, description="no days to check") for name in CHECKS
+            ],
+        )
+    context.log.info(f"{dataset.name}: requesting {start}..{end} from {source.label}")
+    frame = source.fetch(dataset, start, end)
+    context.log.info(f"{dataset.name}: received {frame.height:,} records; validating and storing by day")
+    report = ingest(
+        dataset,
+        frame,
+        store,
+        start,
+        end,
+        origin=source.label,
+        received_at=dt.datetime.now(dt.UTC),
+        progress=context.log.info,
+    )
+    context.log.info(
+        f"{dataset.name}: {report.rows:,} records over {report.days} days "
+        f"({len(report.new)} new, {len(report.unchanged)} unchanged, {len(report.revised)} revised)"
+    )
+    if report.revised:
+        context.log.warning(
+            f"{dataset.name}: the source changed {len(report.revised)} stored day(s), e.g. {report.revised[:5]}; "
+            "the earlier versions are kept beside the new ones"
+        )
+    received = pl.concat(records_by_day(dataset, frame, start, end).values()) if report.days else frame.head(0)
+    findings = {
+        "schema": schema_finding(dataset, received),
+        "no_duplicates": duplicate_finding(dataset, received),
+        "in_order": order_finding(dataset, received),
+        "no_gaps": gap_finding(dataset, received, start, end),
+    }
+    return dg.MaterializeResult(
+        metadata={
+            **report.metadata(),
+            "path": dg.MetadataValue.path(str(store.root)),
+            # Dagster copies this metadata onto every partition of the range: keep it small.
+            "preview": table(received.tail(5).drop("ingested_at", strict=False), 5),
+            # Fetching, checking and storing, without Dagster's bookkeeping of the partitions.
+            "seconds": round(time.perf_counter() - began, 3),
+        },
+        check_results=[f.result(name, severe=name == "schema") for name, f in findings.items()],
+    )
+
+
+def requested_days(dataset: RawDataset, source, first: dt.date, last: dt.date) -> tuple[dt.date, dt.date]:
+    """The days of a partition window to ask a source for: not before the dataset starts, and not after
+    the last day the source can have (the sample's last session; for a real source, today in Chicago:
+    the evening cycle runs after the close)."""
+    known = source.coverage(dataset)
+    return max(first, dataset.start, known[0]), min(last, known[1])
+
+
+def roll_calendar_asset(market: Market) -> dg.AssetsDefinition:
+    daily = [
+        d for d in RAW_DATASETS.values() if d.area == market.symbol and d.role == "futures" and d.schema == "ohlcv-1d"
+    ]
 
     @dg.asset(
-        key=[area.lower(), "raw", "roll_calendar"],
+        key=tables.ROLL_CALENDAR.asset_key(market=market),
         description=(
-            f"Front-month contract of each {area}-layer future per day, chosen by the previous session's "
+            f"Front-month contract of each {market}-layer future per day, chosen by the previous session's "
             "volume, and the dates it rolls."
         ),
-        deps=[d.key for d in daily],
-        group_name=f"{area.lower()}_raw",
-        required_resource_keys={"lake"},
+        deps=tables.reads(*daily),
+        group_name=f"{market.key}_raw",
         kinds={"parquet"},
-        tags={"layer": "raw"},
+        tags={"layer": "raw", **stage("prepare")},
+        automation_condition=EVENING,
     )
-    def _rolls(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        lake = context.resources.lake
+    def _rolls(context: dg.AssetExecutionContext, lake: Lake) -> dg.MaterializeResult:
         fronts = []
         for dataset in daily:
             stored = lake.raw(dataset).read()
@@ -114,25 +193,34 @@ def roll_calendar_asset(area: str) -> dg.AssetsDefinition:
                 continue
             # A front-month file (daily/<SYMBOL>.csv) names no contract: no rolls can be seen in it.
             names = stored.collect_schema().names()
-            contract = pl.col("instrument_id") if "instrument_id" in names else pl.lit(None, pl.UInt32).alias("instrument_id")
+            contract = (
+                pl.col("instrument_id") if "instrument_id" in names else pl.lit(None, pl.UInt32).alias("instrument_id")
+            )
             bars = stored.select("ts_event", contract, "volume").collect()
             fronts.append(front_month(bars).with_columns(pl.lit(dataset.symbol).alias("symbol")))
             context.log.info(f"{dataset.symbol}: {bars.height:,} contract-days, {fronts[-1]['rolled'].sum()} rolls")
         calendar = pl.concat(fronts) if fronts else pl.DataFrame()
-        path = lake.path(area, "raw", "roll_calendar.parquet")
-        write_frame(calendar, path)
+        path = lake.write(tables.ROLL_CALENDAR, calendar, market=market)
         summary = (
-            calendar.group_by("symbol").agg(
-                pl.col("date").min().alias("first"), pl.col("date").max().alias("last"),
-                pl.col("rolled").sum().alias("rolls"), pl.col("date").filter("rolled").max().alias("last_roll"),
-            ).sort("symbol") if fronts else calendar
+            calendar.group_by("symbol")
+            .agg(
+                pl.col("date").min().alias("first"),
+                pl.col("date").max().alias("last"),
+                pl.col("rolled").sum().alias("rolls"),
+                pl.col("date").filter("rolled").max().alias("last_roll"),
+            )
+            .sort("symbol")
+            if fronts
+            else calendar
         )
         return dg.MaterializeResult(
             metadata={
                 "path": dg.MetadataValue.path(str(path)),
                 "rolls": int(calendar["rolled"].sum()) if fronts else 0,
                 "by_symbol": table(summary),
-                "latest_rolls": table(calendar.filter("rolled").sort("date", descending=True).head(12)) if fronts else "none",
+                "latest_rolls": table(calendar.filter("rolled").sort("date", descending=True).head(12))
+                if fronts
+                else "none",
             }
         )
 
@@ -142,26 +230,33 @@ def roll_calendar_asset(area: str) -> dg.AssetsDefinition:
 @dg.asset(
     key=["lake", "raw_inventory"],
     description="What the raw layer holds: days, records, revisions and bytes per dataset, in the warehouse.",
-    deps=[d.key for d in RAW_DATASETS.values()],
+    deps=tables.reads(*RAW_DATASETS.values()),
     group_name="lake",
-    required_resource_keys={"lake", "warehouse"},
     kinds={"duckdb"},
-    tags={"layer": "raw"},
+    tags={"layer": "raw", **stage("prepare")},
+    automation_condition=EVENING,
 )
-def raw_inventory(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+def raw_inventory(context: dg.AssetExecutionContext, lake: Lake, warehouse: DuckDBResource) -> dg.MaterializeResult:
     rows = []
     for dataset in RAW_DATASETS.values():
-        store = context.resources.lake.raw(dataset)
+        store = lake.raw(dataset)
         latest = store.latest_versions()
         records = pl.scan_parquet([str(v.path) for v in latest]).select(pl.len()).collect().item() if latest else 0
-        rows.append({
-            "dataset": dataset.name, "area": dataset.area, "role": dataset.role, "symbol": dataset.symbol,
-            "days": len(latest), "first_day": latest[0].day if latest else None, "last_day": latest[-1].day if latest else None,
-            "records": records, "revised_days": sum(v.number > 1 for v in latest),
-            "bytes": sum(v.path.stat().st_size for v in latest),
-        })
+        rows.append(
+            {
+                "dataset": dataset.name,
+                "area": dataset.area,
+                "role": dataset.role,
+                "symbol": dataset.symbol,
+                "days": len(latest),
+                "first_day": latest[0].day if latest else None,
+                "last_day": latest[-1].day if latest else None,
+                "records": records,
+                "revised_days": sum(v.number > 1 for v in latest),
+                "bytes": sum(v.path.stat().st_size for v in latest),
+            }
+        )
     inventory = pl.DataFrame(rows)
-    warehouse: DuckDBResource = context.resources.warehouse
     with warehouse.get_connection() as conn:
         conn.execute("create schema if not exists lake")
         conn.register("inventory", inventory.to_arrow())
@@ -177,4 +272,4 @@ def raw_inventory(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
 
 
 RAW_ASSETS = [raw_asset(d) for d in RAW_DATASETS.values()]
-ROLL_CALENDARS = [roll_calendar_asset(area) for area in ("ZL", "MES")]
+ROLL_CALENDARS = [roll_calendar_asset(m) for m in MARKETS.values()]

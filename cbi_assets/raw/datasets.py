@@ -140,9 +140,7 @@ def _yahoo_datasets() -> list[RawDataset]:
     ]
 
 
-RAW_DATASETS: dict[str, RawDataset] = {
-    d.name: d for d in (*_futures_datasets(), *_fred_datasets(), *_yahoo_datasets())
-}
+RAW_DATASETS: dict[str, RawDataset] = {d.name: d for d in (*_futures_datasets(), *_fred_datasets(), *_yahoo_datasets())}
 
 
 def raw_dataset(name: str) -> RawDataset:

@@ -40,13 +40,34 @@ RTYPES: dict[str, int] = {
 
 # Instrument definitions carry ~80 fields; these are the ones a desk reads.
 DEFINITION_FIELDS = (
-    "ts_event", "ts_recv", "instrument_id", "raw_symbol", "asset", "group", "exchange",
-    "security_type", "instrument_class", "currency", "expiration", "activation",
-    "min_price_increment", "display_factor", "unit_of_measure", "unit_of_measure_qty",
-    "min_price_increment_amount", "high_limit_price", "low_limit_price",
+    "ts_event",
+    "ts_recv",
+    "instrument_id",
+    "raw_symbol",
+    "asset",
+    "group",
+    "exchange",
+    "security_type",
+    "instrument_class",
+    "currency",
+    "expiration",
+    "activation",
+    "min_price_increment",
+    "display_factor",
+    "unit_of_measure",
+    "unit_of_measure_qty",
+    "min_price_increment_amount",
+    "high_limit_price",
+    "low_limit_price",
 )
-_DEFINITION_PRICES = {"min_price_increment", "high_limit_price", "low_limit_price", "min_price_increment_amount",
-                      "unit_of_measure_qty", "display_factor"}
+_DEFINITION_PRICES = {
+    "min_price_increment",
+    "high_limit_price",
+    "low_limit_price",
+    "min_price_increment_amount",
+    "unit_of_measure_qty",
+    "display_factor",
+}
 _TIMESTAMPS = {"ts_event", "ts_recv", "expiration", "activation"}
 _HEADER_ONLY = {"length", "rtype"}
 

@@ -49,7 +49,9 @@ def read_csv_table(path: Path, columns: tuple[str, ...], optional: tuple[str, ..
         raise RawDataError(f"{path}: not a readable CSV ({exc})") from exc
     missing = [c for c in columns if c not in text.columns and c not in optional]
     if missing:
-        raise RawDataError(f"{path}: missing column(s) {missing}; the header is {text.columns}, expected {list(columns)}")
+        raise RawDataError(
+            f"{path}: missing column(s) {missing}; the header is {text.columns}, expected {list(columns)}"
+        )
     lines = pl.int_range(2, text.height + 2).alias("line")  # line 1 is the header
     text = text.with_columns(lines)
 
@@ -75,15 +77,15 @@ def read_csv_table(path: Path, columns: tuple[str, ...], optional: tuple[str, ..
             if empty.height:
                 _fail(path, column, empty, "is empty; every row needs a close")
         parsed = parsed.with_columns(value.alias(column))
-    return parsed.select(
-        pl.col("date").cast(pl.Datetime("ns")).dt.replace_time_zone("UTC").alias("ts_event"), *numeric
-    )
+    return parsed.select(pl.col("date").cast(pl.Datetime("ns")).dt.replace_time_zone("UTC").alias("ts_event"), *numeric)
 
 
 def _fail(path: Path, column: str, rows: pl.DataFrame, problem: str) -> None:
     shown = ", ".join(f"line {n}: {v!r}" for n, v in rows.select("line", column).head(6).iter_rows())
     more = f" and {rows.height - 6} more" if rows.height > 6 else ""
-    raise RawDataError(f"{path}: column {column!r} {problem} at {shown}{more}. Fix the file and ingest again; nothing was written.")
+    raise RawDataError(
+        f"{path}: column {column!r} {problem} at {shown}{more}. Fix the file and ingest again; nothing was written."
+    )
 
 
 @lru_cache(maxsize=64)
@@ -109,4 +111,3 @@ def dbn_files(folder: Path, schema: str, symbol: str) -> list[Path]:
 def read_dbn_files(paths: list[Path]) -> pl.DataFrame:
     frames = [frame_from_store(open_dbn(path, str(path)), str(path)) for path in paths]
     return pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0]
-

@@ -56,10 +56,15 @@ def within_window(dataset: RawDataset, frame: pl.DataFrame, start: dt.date, end:
     return frame.with_columns(partition_day(dataset).alias(_DAY)).filter(pl.col(_DAY).is_between(start, end))
 
 
-def records_by_day(dataset: RawDataset, frame: pl.DataFrame, start: dt.date, end: dt.date) -> dict[dt.date, pl.DataFrame]:
+def records_by_day(
+    dataset: RawDataset, frame: pl.DataFrame, start: dt.date, end: dt.date
+) -> dict[dt.date, pl.DataFrame]:
     """The records of each day in [start, end], in the order the source sent them."""
     days = within_window(dataset, frame, start, end)
-    return {key[0]: part for key, part in days.partition_by(_DAY, as_dict=True, maintain_order=True, include_key=False).items()}
+    return {
+        key[0]: part
+        for key, part in days.partition_by(_DAY, as_dict=True, maintain_order=True, include_key=False).items()
+    }
 
 
 def ingest(

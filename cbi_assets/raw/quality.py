@@ -18,16 +18,31 @@ from cbi_assets.raw.datasets import Kind, RawDataset
 from cbi_assets.raw.errors import RawDataError
 
 UTC_NS = pl.Datetime("ns", "UTC")
-_TICK = {"ts_event": UTC_NS, "ts_recv": UTC_NS, "instrument_id": pl.UInt32, "price": pl.Float64,
-         "size": pl.UInt32, "side": pl.String, "action": pl.String, "sequence": pl.UInt32}
+_TICK = {
+    "ts_event": UTC_NS,
+    "ts_recv": UTC_NS,
+    "instrument_id": pl.UInt32,
+    "price": pl.Float64,
+    "size": pl.UInt32,
+    "side": pl.String,
+    "action": pl.String,
+    "sequence": pl.UInt32,
+}
 
 # Columns every record of a kind must have, with their types. Sources may send more.
 REQUIRED: dict[Kind, dict[str, pl.DataType]] = {
     "bars": {"ts_event": UTC_NS, "open": pl.Float64, "high": pl.Float64, "low": pl.Float64, "close": pl.Float64},
     "trades": _TICK,
     "tbbo": {**_TICK, "bid_px_00": pl.Float64, "ask_px_00": pl.Float64, "bid_sz_00": pl.UInt32, "ask_sz_00": pl.UInt32},
-    "mbp-10": {**_TICK, **{f"{side}_{what}_{level:02d}": (pl.Float64 if what == "px" else pl.UInt32)
-                            for level in range(10) for side in ("bid", "ask") for what in ("px", "sz")}},
+    "mbp-10": {
+        **_TICK,
+        **{
+            f"{side}_{what}_{level:02d}": (pl.Float64 if what == "px" else pl.UInt32)
+            for level in range(10)
+            for side in ("bid", "ask")
+            for what in ("px", "sz")
+        },
+    },
     "definition": {"ts_event": UTC_NS, "instrument_id": pl.UInt32, "raw_symbol": pl.String},
     "observations": {"ts_event": UTC_NS, "value": pl.Float64},
 }
@@ -66,17 +81,24 @@ def validate(dataset: RawDataset, frame: pl.DataFrame, origin: str) -> None:
     wrong = {c: str(frame.schema[c]) for c, dtype in required.items() if frame.schema[c] != dtype}
     if wrong:
         expected = {c: str(required[c]) for c in wrong}
-        raise RawDataError(f"{origin}: {dataset.describe()} column types {wrong}, expected {expected}. Nothing was written.")
+        raise RawDataError(
+            f"{origin}: {dataset.describe()} column types {wrong}, expected {expected}. Nothing was written."
+        )
     if frame["ts_event"].null_count():
         rows = frame.with_row_index("record").filter(pl.col("ts_event").is_null())["record"].head(EXAMPLES).to_list()
-        raise RawDataError(f"{origin}: {dataset.describe()} has records without an event time (records {rows}). Nothing was written.")
+        raise RawDataError(
+            f"{origin}: {dataset.describe()} has records without an event time (records {rows}). Nothing was written."
+        )
     for column in dataset.price_columns:
         bad = ~pl.col(column).is_finite()
         if not dataset.negative_prices_possible:
             bad = bad | (pl.col(column) < 0)
         offending = frame.with_row_index("record").filter(bad.fill_null(False))
         if offending.height:
-            shown = ", ".join(f"{v} at {ts} (record {i})" for i, ts, v in offending.select("record", "ts_event", column).head(EXAMPLES).iter_rows())
+            shown = ", ".join(
+                f"{v} at {ts} (record {i})"
+                for i, ts, v in offending.select("record", "ts_event", column).head(EXAMPLES).iter_rows()
+            )
             raise RawDataError(
                 f"{origin}: {dataset.describe()} column {column!r} has negative or non-finite prices: {shown}. "
                 f"{dataset.symbol} does not trade below zero; fix the source data. Nothing was written."
@@ -98,7 +120,9 @@ class Finding:
             passed=self.passed,
             severity=dg.AssetCheckSeverity.ERROR if severe else dg.AssetCheckSeverity.WARN,
             description=self.summary,
-            metadata={k: v if isinstance(v, (int, float, str)) else dg.MetadataValue.json(v) for k, v in self.metadata.items()},
+            metadata={
+                k: v if isinstance(v, (int, float, str)) else dg.MetadataValue.json(v) for k, v in self.metadata.items()
+            },
         )
 
 
@@ -111,8 +135,13 @@ def schema_finding(dataset: RawDataset, frame: pl.DataFrame) -> Finding:
     return Finding(
         passed,
         "schema as expected" if passed else f"missing {missing}, mistyped {mistyped}",
-        {"columns": len(frame.columns), "missing": missing, "mistyped": mistyped, "additional": extra,
-         "schema": {c: str(t) for c, t in frame.schema.items()}},
+        {
+            "columns": len(frame.columns),
+            "missing": missing,
+            "mistyped": mistyped,
+            "additional": extra,
+            "schema": {c: str(t) for c, t in frame.schema.items()},
+        },
     )
 
 
@@ -138,24 +167,36 @@ def order_finding(dataset: RawDataset, frame: pl.DataFrame) -> Finding:
     return Finding(
         backwards.height == 0,
         f"{backwards.height} records arrive before the one ahead of them in {column}",
-        {"out_of_order_records": backwards.height, "ordered_by": column,
-         "examples": _examples(backwards, ["row", column, *group])},
+        {
+            "out_of_order_records": backwards.height,
+            "ordered_by": column,
+            "examples": _examples(backwards, ["row", column, *group]),
+        },
     )
 
 
-def gap_finding(dataset: RawDataset, frame: pl.DataFrame, start: dt.date, end: dt.date,
-                tolerance: float = 0.02) -> Finding:
+def gap_finding(
+    dataset: RawDataset, frame: pl.DataFrame, start: dt.date, end: dt.date, tolerance: float = 0.02
+) -> Finding:
     """Expected days without a record; for 1-minute bars also the holes inside sessions."""
     expected = set(expected_days(dataset.calendar, max(start, dataset.start), end))
     present = set(frame.select(partition_day(dataset)).to_series().unique().to_list()) if frame.height else set()
     missing = sorted(expected - present)
     share = len(missing) / len(expected) if expected else 0.0
-    metadata = {"expected_days": len(expected), "missing_days": len(missing),
-                "missing_share": round(share, 4), "first_missing": [d.isoformat() for d in missing[:20]]}
+    metadata = {
+        "expected_days": len(expected),
+        "missing_days": len(missing),
+        "missing_share": round(share, 4),
+        "first_missing": [d.isoformat() for d in missing[:20]],
+    }
     if dataset.kind == "bars" and dataset.intraday and frame.height:
         holes = minute_holes(frame)
-        metadata.update({"minute_holes": holes.height,
-                         "longest_hole_minutes": int(holes["minutes"].max() or 0) if holes.height else 0})
+        metadata.update(
+            {
+                "minute_holes": holes.height,
+                "longest_hole_minutes": int(holes["minutes"].max() or 0) if holes.height else 0,
+            }
+        )
     return Finding(share <= tolerance, f"{len(missing)} of {len(expected)} expected days missing", metadata)
 
 

@@ -40,22 +40,36 @@ def front_month(bars: pl.DataFrame) -> pl.DataFrame:
             candidates = list(today)
         leader = max(candidates, key=lambda i: (ranking.get(i, 0.0), -i))
         before = front
-        if front is None or front not in today or (
-            leader != front and ranking.get(leader, 0.0) > ranking.get(front, 0.0)
+        if (
+            front is None
+            or front not in today
+            or (leader != front and ranking.get(leader, 0.0) > ranking.get(front, 0.0))
         ):
             if front is not None and leader != front:
                 retired.add(front)
             front = leader
-        rows.append((day, front, before if before != front else None, before is not None and before != front,
-                     today.get(front, 0.0)))
+        rows.append(
+            (
+                day,
+                front,
+                before if before != front else None,
+                before is not None and before != front,
+                today.get(front, 0.0),
+            )
+        )
         previous_volume = today
     frame = pl.DataFrame(
         rows,
-        schema={"date": pl.Date, "instrument_id": pl.Int64, "rolled_from": pl.Int64, "rolled": pl.Boolean, "volume": pl.Float64},
+        schema={
+            "date": pl.Date,
+            "instrument_id": pl.Int64,
+            "rolled_from": pl.Int64,
+            "rolled": pl.Boolean,
+            "volume": pl.Float64,
+        },
         orient="row",
     )
     return frame.with_columns(pl.col("instrument_id", "rolled_from").replace(-1, None))
-
 
 
 def _runs(values: list) -> list[tuple[int, int]]:

@@ -1,15 +1,18 @@
-"""Regime assets: the named calendar, the data-driven state of each asset, and the state now."""
-
+"""Regime assets: the named calendar, the data-driven state of each market, and the state now."""
 
 import datetime as dt
-from pathlib import Path
 
 import dagster as dg
 import polars as pl
+from dagster_duckdb import DuckDBResource
 
-from cbi_assets.catalogue import market, REGIMES, Regime
-from cbi_assets.parquet import write_frame
-from cbi_assets.partitions import HORIZON_PARTITIONS, REGIME_PARTITIONS
+from cbi_assets import lake as tables
+from cbi_assets.automation import EVENING
+from cbi_assets.catalogue import MARKETS, REGIMES, Horizon, Market, Regime
+from cbi_assets.features.inputs import continuous_bars
+from cbi_assets.horizons import Done, each_horizon
+from cbi_assets.lake import Lake, reads
+from cbi_assets.partitions import REGIME_PARTITIONS, horizon_partitions
 from cbi_assets.regimes.calendar import calendar_frame, regimes_of
 from cbi_assets.regimes.state import (
     STATES,
@@ -20,30 +23,12 @@ from cbi_assets.regimes.state import (
     regime_state,
     shifts,
 )
+from cbi_assets.selections import stage
 from cbi_assets.ui import figure, plot
 from cbi_assets.ui import table as md_table
 from cbi_assets.warehouse import replace_horizons
 
 STATE_COLOURS = {"calm": "#d8f0d8", "normal": "#f4f4f4", "stressed": "#fbe3c0", "crisis": "#f6c4c4"}
-
-
-def calendar_path(lake: Path) -> Path:
-    return lake / "shared" / "regimes" / "calendar.parquet"
-
-
-def state_path(lake: Path, asset: str, horizon: str) -> Path:
-    return lake / "shared" / "regimes" / asset.upper() / horizon / "state.parquet"
-
-
-def shifts_path(lake: Path, asset: str, horizon: str) -> Path:
-    return lake / "shared" / "regimes" / asset.upper() / horizon / "shifts.parquet"
-
-
-def read_calendar(lake: Path) -> pl.DataFrame:
-    path = calendar_path(lake)
-    if not path.is_file():
-        raise dg.Failure(f"{path}: the regime calendar is not built yet; materialize shared/regimes/calendar first")
-    return pl.read_parquet(path)
 
 
 class RegimeEntry(dg.Config):
@@ -57,7 +42,12 @@ class RegimeCalendarConfig(dg.Config):
     """The named regimes and their training weights (default: the desk's plan in the catalogue)."""
 
     regimes: list[RegimeEntry] = [
-        {"name": r.name, "start": r.start and r.start.isoformat(), "end": r.end and r.end.isoformat(), "weight": r.weight}
+        {
+            "name": r.name,
+            "start": r.start and r.start.isoformat(),
+            "end": r.end and r.end.isoformat(),
+            "weight": r.weight,
+        }
         for r in REGIMES
     ]
 
@@ -79,16 +69,20 @@ class RegimeCalendarConfig(dg.Config):
 
 
 @dg.asset(
-    key=["shared", "regimes", "calendar"], group_name="regimes", required_resource_keys={"lake", "warehouse"},
+    key=tables.REGIME_CALENDAR.asset_key(),
+    group_name="regimes",
     description="The named regimes and their training weights; every date maps to exactly one. Editable by run "
-                "configuration; new names become regime partitions.",
-    kinds={"polars", "duckdb"}, tags={"layer": "regimes"},
+    "configuration; new names become regime partitions.",
+    kinds={"polars", "duckdb"},
+    tags={"layer": "regimes", **stage("prepare")},
+    automation_condition=EVENING,
 )
-def regime_calendar(context: dg.AssetExecutionContext, config: RegimeCalendarConfig) -> dg.MaterializeResult:
-    lake = Path(context.resources.lake.root)
+def regime_calendar(
+    context: dg.AssetExecutionContext, config: RegimeCalendarConfig, lake: Lake, warehouse: DuckDBResource
+) -> dg.MaterializeResult:
     calendar = config.calendar()
-    write_frame(calendar, calendar_path(lake))
-    with context.resources.warehouse.get_connection() as conn:
+    path = lake.write(tables.REGIME_CALENDAR, calendar)
+    with warehouse.get_connection() as conn:
         conn.execute("create schema if not exists regimes")
         conn.register("calendar", calendar.to_arrow())
         conn.execute("create or replace table regimes.calendar as select * from calendar")
@@ -97,13 +91,15 @@ def regime_calendar(context: dg.AssetExecutionContext, config: RegimeCalendarCon
     if added:
         context.instance.add_dynamic_partitions(REGIME_PARTITIONS.name, added)
         context.log.info(f"regime partitions added: {', '.join(added)}")
-    return dg.MaterializeResult(metadata={
-        "regimes": calendar.height,
-        "calendar": md_table(calendar, 50),
-        "partitions_added": dg.MetadataValue.json(added),
-        "path": dg.MetadataValue.path(str(calendar_path(lake))),
-        "table": "regimes.calendar",
-    })
+    return dg.MaterializeResult(
+        metadata={
+            "regimes": calendar.height,
+            "calendar": md_table(calendar, 50),
+            "partitions_added": dg.MetadataValue.json(added),
+            "path": dg.MetadataValue.path(str(path)),
+            "table": "regimes.calendar",
+        }
+    )
 
 
 class RegimeStateConfig(dg.Config):
@@ -118,11 +114,12 @@ class RegimeStateConfig(dg.Config):
     min_history: int = MarkovPlan().min_history
 
     def plan(self) -> MarkovPlan:
-        return MarkovPlan(k=self.k, refit_days=self.refit_days, fit_window=self.fit_window, min_history=self.min_history)
+        return MarkovPlan(
+            k=self.k, refit_days=self.refit_days, fit_window=self.fit_window, min_history=self.min_history
+        )
 
-    def persistence_of(self, asset: str, horizon: str) -> int:
-        h = market(asset).horizon(horizon)
-        return persistence_for(0 if h.intraday else h.bars, self.persistence, self.longest_persistence)
+    def persistence_of(self, horizon: Horizon) -> int:
+        return persistence_for(0 if horizon.intraday else horizon.bars, self.persistence, self.longest_persistence)
 
 
 def _state_plot(state: pl.DataFrame, title: str):
@@ -132,8 +129,11 @@ def _state_plot(state: pl.DataFrame, title: str):
     price.set_yscale("log")
     price.set_title(title)
     runs = state.select("date", "regime").with_columns(pl.col("regime").rle_id().alias("run"))
-    for run in runs.group_by("run", maintain_order=True).agg(pl.col("date").first(), pl.col("date").last().alias("end"),
-                                                               pl.col("regime").first()).iter_rows(named=True):
+    for run in (
+        runs.group_by("run", maintain_order=True)
+        .agg(pl.col("date").first(), pl.col("date").last().alias("end"), pl.col("regime").first())
+        .iter_rows(named=True)
+    ):
         if run["regime"] in STATE_COLOURS:
             price.axvspan(run["date"], run["end"], color=STATE_COLOURS[run["regime"]], linewidth=0)
     for name in STATES:
@@ -144,87 +144,128 @@ def _state_plot(state: pl.DataFrame, title: str):
     return plot(fig)
 
 
-def _regime_asset(asset: str, name: str, description: str, deps: list, resources: set[str], kinds: set[str]):
+def _regime_asset(key: dg.AssetKey, market: Market, description: str, deps: list, kinds: set[str]):
     return dg.asset(
-        key=[asset, "regimes", name], group_name="regimes", partitions_def=HORIZON_PARTITIONS[asset],
-        backfill_policy=dg.BackfillPolicy.single_run(), required_resource_keys=resources, deps=deps,
-        description=description, kinds=kinds, tags={"layer": "regimes"},
+        key=key,
+        group_name="regimes",
+        partitions_def=horizon_partitions(market),
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        deps=deps,
+        description=description,
+        kinds=kinds,
+        tags={"layer": "regimes", **stage("forecast")},
+        automation_condition=EVENING,
     )
 
 
-def _state_asset(asset: str):
+def _state_asset(market: Market):
     @_regime_asset(
-        asset, "state",
-        f"{asset.upper()} daily regime state per horizon from data known that day: VIX band, trend (bull/bear), "
+        tables.REGIME_STATE.asset_key(market=market),
+        market,
+        f"{market} daily regime state per horizon from data known that day: VIX band, trend (bull/bear), "
         "Markov-switching (switching variance) filtered probabilities, and the regime shifts confirmed after the "
         "horizon's persistence (longer horizons need a change to last longer).",
-        [dg.AssetKey([asset, "features", "continuous_1d"]), dg.AssetKey(["shared", "features", "volatility"])],
-        {"lake"}, {"statsmodels", "polars"},
+        reads(tables.CONTINUOUS, tables.SHARED_LAYER, markets=[market], layer="volatility"),
+        {"statsmodels", "polars"},
     )
-    def _state(context: dg.AssetExecutionContext, config: RegimeStateConfig) -> dg.MaterializeResult:
-        from cbi_assets.features.assets import continuous_bars, shared_path
-
-        lake = Path(context.resources.lake.root)
-        bars = continuous_bars(lake, (asset.upper(),))[asset]
-        vix = pl.read_parquet(shared_path(lake, "volatility"), columns=["date", "vix"])
+    def _state(context: dg.AssetExecutionContext, config: RegimeStateConfig, lake: Lake) -> dg.MaterializeResult:
+        bars = continuous_bars(lake, (market,))[market.key]
+        vix = lake.read(tables.SHARED_LAYER, columns=["date", "vix"], layer="volatility")
         daily = bars.select("date", (pl.col("close") * pl.col("adj")).alias("close")).join(vix, on="date", how="left")
-        context.log.info(f"{asset}: fitting the Markov-switching state on {daily.height:,} sessions "
-                         f"(refit every {config.refit_days} sessions)")
+        context.log.info(
+            f"{market.key}: fitting the Markov-switching state on {daily.height:,} sessions "
+            f"(refit every {config.refit_days} sessions)"
+        )
         # The Markov fit is the same for every horizon; only the persistence of a shift differs.
         daily_state = regime_state(daily, config.plan(), 1).drop("regime", "regime_since", "shift")
-        summary, shown = [], {}
-        for partition in context.partition_keys:
-            persistence = config.persistence_of(asset, partition)
+
+        def work(horizon: Horizon) -> Done:
+            persistence = config.persistence_of(horizon)
             state = confirm_regime(daily_state, persistence)
             found = shifts(state)
-            write_frame(state, state_path(lake, asset, partition))
-            write_frame(found, shifts_path(lake, asset, partition))
-            summary.append({"horizon": partition, "persistence": persistence, "shifts": found.height,
-                            **{s: round(float((state["regime"] == s).mean() or 0.0), 3) for s in STATES}})
-            shown.setdefault(persistence, (partition, state))
-        metadata = {"sessions": daily_state.height, "by_horizon": md_table(pl.DataFrame(summary)),
-                    "path": dg.MetadataValue.path(str(state_path(lake, asset, "").parent))}
-        for persistence, (partition, state) in shown.items():
-            metadata[f"states_{persistence}_sessions"] = _state_plot(
-                state, f"{asset.upper()} roll-adjusted close, shaded by the regime confirmed after {persistence} "
-                       f"sessions ({partition})")
-        return dg.MaterializeResult(metadata=metadata)
+            lake.write(tables.REGIME_STATE, state, market=market, horizon=horizon.name)
+            lake.write(tables.REGIME_SHIFTS, found, market=market, horizon=horizon.name)
+            return Done(
+                rows=[
+                    {
+                        "persistence": persistence,
+                        "shifts": found.height,
+                        **{s: round(float((state["regime"] == s).mean() or 0.0), 3) for s in STATES},
+                    }
+                ],
+                value=(persistence, state),
+            )
+
+        def finish(done: dict[str, Done]) -> dict:
+            # One plot per persistence: horizons that share it share the state.
+            shown: dict[int, tuple[str, pl.DataFrame]] = {}
+            for key, result in done.items():
+                shown.setdefault(result.value[0], (key, result.value[1]))
+            return {
+                f"states_{persistence}_sessions": _state_plot(
+                    state,
+                    f"{market} roll-adjusted close, shaded by the regime confirmed after {persistence} sessions "
+                    f"({key})",
+                )
+                for persistence, (key, state) in shown.items()
+            }
+
+        metadata = {
+            "sessions": daily_state.height,
+            "path": dg.MetadataValue.path(lake.where(tables.REGIME_STATE, market=market)),
+        }
+        return each_horizon(
+            context, market, work, name="regime state", summary="by_horizon", finish=finish, metadata=metadata
+        )
 
     return _state
 
 
-def _current_asset(asset: str):
+def _current_asset(market: Market):
     @_regime_asset(
-        asset, "current",
-        f"{asset.upper()}'s regime now, per horizon: the confirmed state and since when, trend, VIX band, and the "
+        dg.AssetKey([market.key, "regimes", "current"]),
+        market,
+        f"{market}'s regime now, per horizon: the confirmed state and since when, trend, VIX band, and the "
         "named calendar regime. A confirmed stressed or crisis state that began after the calendar's last regime is "
         "added as a new regime partition.",
-        [dg.AssetKey([asset, "regimes", "state"]), regime_calendar.key], {"lake", "warehouse"}, {"polars", "duckdb"},
+        reads(tables.REGIME_STATE, tables.REGIME_CALENDAR, markets=[market]),
+        {"polars", "duckdb"},
     )
-    def _current(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        lake = Path(context.resources.lake.root)
-        calendar = read_calendar(lake)
+    def _current(context: dg.AssetExecutionContext, lake: Lake, warehouse: DuckDBResource) -> dg.MaterializeResult:
+        calendar = lake.read(tables.REGIME_CALENDAR)
         latest_start = calendar["start"].drop_nulls().max()
-        rows = []
-        for partition in context.partition_keys:
-            path = state_path(lake, asset, partition)
-            if not path.is_file():
-                raise dg.Failure(f"{path}: no regime state for {asset} {partition}; materialize {asset}/regimes/state")
-            now = current_regime(pl.read_parquet(path))
+
+        def work(horizon: Horizon) -> Done:
+            now = current_regime(lake.read(tables.REGIME_STATE, market=market, horizon=horizon.name))
             now["named_regime"] = regimes_of(pl.Series([now["date"]]), calendar)[0]
             if now["state"] in ("stressed", "crisis") and latest_start and now["since"] > latest_start:
                 name = f"detected_{now['state']}_{now['since']:%Y%m%d}"
                 if name not in context.instance.get_dynamic_partitions(REGIME_PARTITIONS.name):
                     context.instance.add_dynamic_partitions(REGIME_PARTITIONS.name, [name])
                     context.log.info(f"new regime partition {name}")
-            rows.append({"asset": asset.upper(), "horizon": partition,
-                         **{k: v for k, v in now.items() if not isinstance(v, dict)}})
-        frame = pl.DataFrame(rows)
-        with context.resources.warehouse.get_connection() as conn:
-            replace_horizons(conn, "regimes.current", frame)
-        return dg.MaterializeResult(metadata={"now": md_table(frame, 50), "table": "regimes.current"})
+            return Done(
+                rows=[
+                    {
+                        "asset": market.symbol,
+                        "horizon": horizon.name,
+                        **{k: v for k, v in now.items() if not isinstance(v, dict)},
+                    }
+                ]
+            )
+
+        def finish(done: dict[str, Done]) -> dict:
+            frame = pl.DataFrame([row for result in done.values() for row in result.rows])
+            with warehouse.get_connection() as conn:
+                replace_horizons(conn, "regimes.current", frame)
+            return {"table": "regimes.current"}
+
+        return each_horizon(context, market, work, name="current regime", summary="now", finish=finish)
 
     return _current
 
 
-REGIME_ASSETS = [regime_calendar, *(_state_asset(a) for a in ("zl", "mes")), *(_current_asset(a) for a in ("zl", "mes"))]
+REGIME_ASSETS = [
+    regime_calendar,
+    *(_state_asset(m) for m in MARKETS.values()),
+    *(_current_asset(m) for m in MARKETS.values()),
+]

@@ -8,6 +8,7 @@ is weighted by it.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 
 import polars as pl
 
@@ -26,15 +27,21 @@ def calendar_frame(regimes: tuple[Regime, ...] | list[Regime] = REGIMES) -> pl.D
     if repeated:
         raise ValueError(f"regime names must be unique; repeated: {repeated}")
     if rows[0].start is not None:
-        raise ValueError(f"the first regime {rows[0].name!r} starts {rows[0].start}: leave its start open (null) "
-                         "so dates before it have a regime")
+        raise ValueError(
+            f"the first regime {rows[0].name!r} starts {rows[0].start}: leave its start open (null) "
+            "so dates before it have a regime"
+        )
     if rows[-1].end is not None:
-        raise ValueError(f"the last regime {rows[-1].name!r} ends {rows[-1].end}: leave its end open (null) "
-                         "so new dates have a regime")
-    for before, after in zip(rows, rows[1:], strict=False):
+        raise ValueError(
+            f"the last regime {rows[-1].name!r} ends {rows[-1].end}: leave its end open (null) "
+            "so new dates have a regime"
+        )
+    for before, after in itertools.pairwise(rows):
         if before.end is None or after.start != before.end + dt.timedelta(days=1):
-            raise ValueError(f"regimes {before.name!r} (ends {before.end}) and {after.name!r} (starts {after.start}) "
-                             "must meet: each regime starts the day after the previous one ends")
+            raise ValueError(
+                f"regimes {before.name!r} (ends {before.end}) and {after.name!r} (starts {after.start}) "
+                "must meet: each regime starts the day after the previous one ends"
+            )
     for r in rows:
         if not r.weight > 0:
             raise ValueError(f"regime {r.name!r} has weight {r.weight}; weights must be positive")

@@ -61,15 +61,19 @@ class MarkovPlan:
         if self.refit_days < 1:
             raise ValueError(f"MarkovPlan.refit_days={self.refit_days}: refit at least every row (>= 1)")
         if self.min_history < 20 * self.k:
-            raise ValueError(f"MarkovPlan.min_history={self.min_history}: a {self.k}-state fit needs at least "
-                             f"{20 * self.k} returns")
+            raise ValueError(
+                f"MarkovPlan.min_history={self.min_history}: a {self.k}-state fit needs at least {20 * self.k} returns"
+            )
         if self.fit_window is not None and self.fit_window < self.min_history:
-            raise ValueError(f"MarkovPlan.fit_window={self.fit_window} is shorter than min_history="
-                             f"{self.min_history}; use a window of at least min_history rows, or None for all")
+            raise ValueError(
+                f"MarkovPlan.fit_window={self.fit_window} is shorter than min_history="
+                f"{self.min_history}; use a window of at least min_history rows, or None for all"
+            )
 
     def model(self, returns: np.ndarray) -> MarkovRegression:
-        return MarkovRegression(returns, k_regimes=self.k, trend="c" if self.switching_mean else "n",
-                                switching_variance=True)
+        return MarkovRegression(
+            returns, k_regimes=self.k, trend="c" if self.switching_mean else "n", switching_variance=True
+        )
 
 
 def volatility_band(vix: pl.Expr) -> pl.Expr:
@@ -128,7 +132,7 @@ def markov_state(dates: pl.Series, returns: pl.Series, plan: MarkovPlan = Markov
         start = 0 if plan.fit_window is None else max(0, refit + 1 - plan.fit_window)
         end = min(len(y), refit + 1 + plan.refit_days)
         refit_date = day[rows[refit]]
-        model = plan.model(y[start:refit + 1])
+        model = plan.model(y[start : refit + 1])
         try:
             fitted, converged = _fit(model, plan)
             failure = f"did not converge in {plan.max_iter} EM iterations"
@@ -137,29 +141,35 @@ def markov_state(dates: pl.Series, returns: pl.Series, plan: MarkovPlan = Markov
         if converged:
             params, params_date = fitted, refit_date
         elif params is not None:
-            log.warning(f"Markov-switching fit on the {refit + 1 - start} returns to {refit_date} {failure}; "
-                        f"the rows after it keep the parameters fitted on {params_date}")
+            log.warning(
+                f"Markov-switching fit on the {refit + 1 - start} returns to {refit_date} {failure}; "
+                f"the rows after it keep the parameters fitted on {params_date}"
+            )
         else:
-            log.warning(f"Markov-switching fit on the {refit + 1 - start} returns to {refit_date} {failure} and no "
-                        f"earlier fit exists; the rows to {day[rows[end - 1]]} have no Markov state (their state is "
-                        "the VIX band; raise MarkovPlan.max_iter or min_history)")
+            log.warning(
+                f"Markov-switching fit on the {refit + 1 - start} returns to {refit_date} {failure} and no "
+                f"earlier fit exists; the rows to {day[rows[end - 1]]} have no Markov state (their state is "
+                "the VIX band; raise MarkovPlan.max_iter or min_history)"
+            )
             continue
         # The filter over the window and the block: the probability at t uses the returns up to t only.
         filtered = plan.model(y[start:end]).filter(params, cov_type="none").filtered_marginal_probabilities
         order = np.argsort(params[model.parameters["variance"]])
-        block = rows[refit + 1:end]
+        block = rows[refit + 1 : end]
         probabilities[block] = 0.0
-        probabilities[np.ix_(block, used)] = filtered[refit + 1 - start:, order]
+        probabilities[np.ix_(block, used)] = filtered[refit + 1 - start :, order]
         for row in block:
             fitted_on[row] = params_date
     known = ~np.isnan(probabilities[:, 0])
     most = np.where(known, np.argmax(np.nan_to_num(probabilities, nan=-1.0), axis=1), -1)
-    return pl.DataFrame({
-        "date": dates,
-        **{column: pl.Series(probabilities[:, i]).fill_nan(None) for i, column in enumerate(PROBABILITIES)},
-        "ms_state": pl.Series([STATES[i] if i >= 0 else None for i in most], dtype=pl.String),
-        "fitted_on": pl.Series(fitted_on, dtype=pl.Date),
-    })
+    return pl.DataFrame(
+        {
+            "date": dates,
+            **{column: pl.Series(probabilities[:, i]).fill_nan(None) for i, column in enumerate(PROBABILITIES)},
+            "ms_state": pl.Series([STATES[i] if i >= 0 else None for i in most], dtype=pl.String),
+            "fitted_on": pl.Series(fitted_on, dtype=pl.Date),
+        }
+    )
 
 
 def confirm_regime(frame: pl.DataFrame, persistence: int) -> pl.DataFrame:
@@ -178,8 +188,9 @@ def confirm_regime(frame: pl.DataFrame, persistence: int) -> pl.DataFrame:
         frame.with_columns(confirmed.alias("_confirmed"), pl.col("date").first().over(run).alias("_run_start"))
         .with_columns(pl.col("_confirmed").forward_fill().shift(1).alias("_before"))
         # A run of the current regime that reaches `persistence` again is no change.
-        .with_columns((pl.col("_confirmed").is_not_null() & pl.col("_confirmed").ne_missing(pl.col("_before")))
-                      .alias("_changed"))
+        .with_columns(
+            (pl.col("_confirmed").is_not_null() & pl.col("_confirmed").ne_missing(pl.col("_before"))).alias("_changed")
+        )
         .with_columns(
             pl.col("_confirmed").forward_fill().alias("regime"),
             pl.when("_changed").then("_run_start").forward_fill().alias("regime_since"),
@@ -198,8 +209,9 @@ def persistence_for(horizon_sessions: int, base: int = 5, longest: int = 21) -> 
     return max(base, min(longest, horizon_sessions // 4))
 
 
-def regime_state(daily: pl.DataFrame, plan: MarkovPlan = MarkovPlan(), persistence: int = 5,
-                 trend_days: int = 200) -> pl.DataFrame:
+def regime_state(
+    daily: pl.DataFrame, plan: MarkovPlan = MarkovPlan(), persistence: int = 5, trend_days: int = 200
+) -> pl.DataFrame:
     """The daily regime state of one asset from `date`, `close` (roll-adjusted) and optional `vix`.
 
     Columns: `date`, `close`, `vix`, `vol_band`, `trend`, the `markov_state` columns, `state` (the
@@ -208,15 +220,21 @@ def regime_state(daily: pl.DataFrame, plan: MarkovPlan = MarkovPlan(), persisten
     """
     missing = [c for c in ("date", "close") if c not in daily.columns]
     if missing:
-        raise ValueError(f"regime_state: the daily frame lacks {missing} (has {daily.columns}); "
-                         "pass `date` and the roll-adjusted `close` (close * adj), with `vix` if known")
+        raise ValueError(
+            f"regime_state: the daily frame lacks {missing} (has {daily.columns}); "
+            "pass `date` and the roll-adjusted `close` (close * adj), with `vix` if known"
+        )
     if daily["date"].n_unique() != daily.height:
         raise ValueError("regime_state: the daily frame repeats dates; give one row per session")
     vix = pl.col("vix").cast(pl.Float64) if "vix" in daily.columns else pl.lit(None, dtype=pl.Float64)
-    frame = daily.sort("date").select("date", pl.col("close").cast(pl.Float64), vix.alias("vix")).with_columns(
-        volatility_band(pl.col("vix")).alias("vol_band"),
-        trend_state(pl.col("close"), trend_days).alias("trend"),
-        (pl.col("close") / pl.col("close").shift(1)).log().alias("_return"),
+    frame = (
+        daily.sort("date")
+        .select("date", pl.col("close").cast(pl.Float64), vix.alias("vix"))
+        .with_columns(
+            volatility_band(pl.col("vix")).alias("vol_band"),
+            trend_state(pl.col("close"), trend_days).alias("trend"),
+            (pl.col("close") / pl.col("close").shift(1)).log().alias("_return"),
+        )
     )
     markov = markov_state(frame["date"], frame["_return"], plan).drop("date")
     frame = pl.concat([frame.drop("_return"), markov], how="horizontal")

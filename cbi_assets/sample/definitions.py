@@ -48,7 +48,7 @@ def mes_definitions(bars: pl.DataFrame, window: list[dt.date]) -> np.ndarray:
     )
     n = rows.height
     records = empty_records("definition", n)
-    session_open_ns = dict(zip(window, globex_open_ns(np.array(window, dtype="datetime64[D]")).tolist()))
+    session_open_ns = dict(zip(window, globex_open_ns(np.array(window, dtype="datetime64[D]")).tolist(), strict=False))
 
     expiry_dates = rows["expiration"].to_list()
     raw_symbols = rows["raw_symbol"].to_list()
@@ -74,7 +74,7 @@ def mes_definitions(bars: pl.DataFrame, window: list[dt.date]) -> np.ndarray:
     records["security_update_action"] = b"A"
     records["user_defined_instrument"] = b"N"
     records["expiration"] = [chicago_ns(d, _EXPIRY_TIME) for d in expiry_dates]
-    records["activation"] = [_activation_ns(y, m, listed_ns) for y, m in zip(years, months)]
+    records["activation"] = [_activation_ns(y, m, listed_ns) for y, m in zip(years, months, strict=False)]
     records["min_price_increment"] = tick_fixed
     records["display_factor"] = PRICE_UNIT
     records["unit_of_measure_qty"] = MES_MULTIPLIER * PRICE_UNIT

@@ -115,8 +115,15 @@ def _session_draws(days: np.ndarray, seed: int) -> dict[str, np.ndarray]:
         extremes[i] = rng.random(2)
     path, up, down, volume = normal.transpose(1, 0, 2)
     bounce, empty = uniform.transpose(1, 0, 2)
-    return {"path": path, "up": up, "down": down, "volume": volume, "bounce": bounce, "empty": empty,
-            "extremes": extremes}
+    return {
+        "path": path,
+        "up": up,
+        "down": down,
+        "volume": volume,
+        "bounce": bounce,
+        "empty": empty,
+        "extremes": extremes,
+    }
 
 
 def _extreme_minutes(draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -169,9 +176,9 @@ def minute_bars(daily: pl.DataFrame, seed: int) -> pl.DataFrame:
         np.stack([np.zeros(n_sessions, np.int64), t_high, t_low, np.full(n_sessions, n)], axis=1),
         np.stack([o, h, l, c], axis=1),
     )
-    boundary = pinned_paths(
-        np.full(n_sessions, n + 1), positions, values, clock.ravel(), steps.ravel(), l, h
-    ).reshape(n_sessions, n + 1)
+    boundary = pinned_paths(np.full(n_sessions, n + 1), positions, values, clock.ravel(), steps.ravel(), l, h).reshape(
+        n_sessions, n + 1
+    )
 
     bar_close = boundary[:, 1:]
     # A minute opens at the last price or a tick away from it, never outside the day's range.

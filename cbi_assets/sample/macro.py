@@ -20,8 +20,19 @@ from cbi_assets.sample.shocks import correlated, garch_forecast, mean_reverting,
 
 # Decimals FRED publishes each series with.
 FRED_DECIMALS = {
-    "DGS10": 2, "DGS2": 2, "T10Y2Y": 2, "DFF": 2, "DTWEXBGS": 4, "T10YIE": 2, "VIXCLS": 2,
-    "DCOILWTICO": 2, "BAMLH0A0HYM2": 2, "DEXCHUS": 4, "DEXUSEU": 4, "DEXJPUS": 2, "CPIAUCSL": 3,
+    "DGS10": 2,
+    "DGS2": 2,
+    "T10Y2Y": 2,
+    "DFF": 2,
+    "DTWEXBGS": 4,
+    "T10YIE": 2,
+    "VIXCLS": 2,
+    "DCOILWTICO": 2,
+    "BAMLH0A0HYM2": 2,
+    "DEXCHUS": 4,
+    "DEXUSEU": 4,
+    "DEXJPUS": 2,
+    "CPIAUCSL": 3,
 }
 YAHOO_DECIMALS = {"ZL=F": 2, "^VIX": 2, "DX-Y.NYB": 3, "BRL=X": 4, "MYR=X": 4}
 # Daily pull of exchange rates back to their path: deviations of a few percent that last months.
@@ -85,9 +96,16 @@ def _currencies(history: MarketHistory, seed: int) -> dict[str, np.ndarray]:
         return anchors.follow(table, days) * np.exp(mean_reverting(sigma * shocks, _FX_PULL))
 
     cny_sigma = anchors.follow(
-        (("2005-07-20", 0.00003), ("2005-07-22", 0.0008), ("2008-07-15", 0.0008), ("2008-07-16", 0.0002),
-         ("2010-06-18", 0.0002), ("2010-06-21", 0.0010)),
-        days, log=False,
+        (
+            ("2005-07-20", 0.00003),
+            ("2005-07-22", 0.0008),
+            ("2008-07-15", 0.0008),
+            ("2008-07-16", 0.0002),
+            ("2010-06-18", 0.0002),
+            ("2010-06-21", 0.0010),
+        ),
+        days,
+        log=False,
     )
     return {
         "DX-Y.NYB": around(anchors.DOLLAR_INDEX, 0.0045, dollar),

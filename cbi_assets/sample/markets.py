@@ -269,8 +269,10 @@ def _negative_wti(bars: pl.DataFrame, tick: float) -> pl.DataFrame:
         on_day = (pl.col("date") == day) & (pl.col("raw_symbol") == "CLK0")
         ticks = [round(p / tick) for p in prices]
         bars = bars.with_columns(
-            [pl.when(on_day).then(pl.lit(t, pl.Int64)).otherwise(pl.col(c)).alias(c)
-             for c, t in zip(("open", "high", "low", "close"), ticks)]
+            [
+                pl.when(on_day).then(pl.lit(t, pl.Int64)).otherwise(pl.col(c)).alias(c)
+                for c, t in zip(("open", "high", "low", "close"), ticks, strict=False)
+            ]
         )
     return bars
 

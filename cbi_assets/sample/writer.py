@@ -1,10 +1,10 @@
 """Writing the sample in the local-files layout: DBN files, CSVs, and a folder that appears whole.
 
-    dbn/GLBX.MDP3/{SYM}.FUT.ohlcv-1d.dbn.zst       daily bars of the two nearest contracts
-    dbn/GLBX.MDP3/MES.v.0.{ohlcv-1m,trades,tbbo,mbp-10}.dbn.zst
-    dbn/GLBX.MDP3/MES.FUT.definition.dbn.zst
-    fred/{SERIES}.csv                               date,value
-    yahoo/{TICKER}.csv                              date,open,high,low,close,adj_close,volume
+dbn/GLBX.MDP3/{SYM}.FUT.ohlcv-1d.dbn.zst       daily bars of the two nearest contracts
+dbn/GLBX.MDP3/MES.v.0.{ohlcv-1m,trades,tbbo,mbp-10}.dbn.zst
+dbn/GLBX.MDP3/MES.FUT.definition.dbn.zst
+fred/{SERIES}.csv                               date,value
+yahoo/{TICKER}.csv                              date,open,high,low,close,adj_close,volume
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def contract_intervals(days: pl.Series, instrument_ids: pl.Series) -> list[Inter
 def run_intervals(days: list[dt.date], instrument_ids: list[int]) -> list[Interval]:
     """A continuous symbol's mapping: one interval per run of the same front contract."""
     out: list[Interval] = []
-    for day, iid in zip(days, instrument_ids):
+    for day, iid in zip(days, instrument_ids, strict=False):
         end = (day + dt.timedelta(days=1)).isoformat()
         if out and out[-1][2] == iid:
             out[-1] = (out[-1][0], end, iid)
@@ -119,8 +119,10 @@ def write_daily_bars(folder: Path, future: Future, bars: pl.DataFrame, first: dt
         symbol=future.parent,
         stype_in="parent",
         mappings=contract_intervals(days, bars["instrument_id"]),
-        span_ns=(int(midnight_ns(np.array([first], dtype="datetime64[D]"))[0]),
-                 int(midnight_ns(np.array([last], dtype="datetime64[D]"))[0]) + NS_PER_DAY),
+        span_ns=(
+            int(midnight_ns(np.array([first], dtype="datetime64[D]"))[0]),
+            int(midnight_ns(np.array([last], dtype="datetime64[D]"))[0]) + NS_PER_DAY,
+        ),
     )
 
 

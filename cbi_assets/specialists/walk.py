@@ -50,19 +50,24 @@ def regime_span(frame: pl.DataFrame, regime: str, calendar: list[str], day: str)
         since = dt.datetime.strptime(found["since"], "%Y%m%d").date()
         rows = (frame[day].cast(pl.Date) >= since).arg_true()
     else:
-        raise ValueError(f"regime {regime!r} is neither in the regime calendar ({', '.join(calendar)}) nor a detected "
-                         "regime named detected_<state>_<yyyymmdd>; add it to the calendar or fix the partition name")
+        raise ValueError(
+            f"regime {regime!r} is neither in the regime calendar ({', '.join(calendar)}) nor a detected "
+            "regime named detected_<state>_<yyyymmdd>; add it to the calendar or fix the partition name"
+        )
     if rows.is_empty():
         return None
     lo, hi = int(rows[0]), int(rows[-1])
     if hi - lo + 1 != rows.len():
-        raise ValueError(f"regime {regime!r}: its {rows.len()} rows are not contiguous in the training set (rows {lo}-{hi}); "
-                         "the training set must be sorted by time")
+        raise ValueError(
+            f"regime {regime!r}: its {rows.len()} rows are not contiguous in the training set (rows {lo}-{hi}); "
+            "the training set must be sorted by time"
+        )
     return lo, hi
 
 
-def regime_folds(frame: pl.DataFrame, span: tuple[int, int], key: str, embargo: int,
-                 plan: SpecialistPlan) -> pl.DataFrame | str:
+def regime_folds(
+    frame: pl.DataFrame, span: tuple[int, int], key: str, embargo: int, plan: SpecialistPlan
+) -> pl.DataFrame | str:
     """Purged, embargoed expanding folds over the regime's rows, as row indices of the whole
     training set (train_lo is the regime's first row), or why the regime is too short for them."""
     lo, hi = span
@@ -71,13 +76,16 @@ def regime_folds(frame: pl.DataFrame, span: tuple[int, int], key: str, embargo: 
     try:
         folds = walk_forward(rows[key], rows["label_end"], fold_plan)
     except ValueError as error:
-        return (f"too few rows ({rows.height}) for {plan.n_folds} purged folds with an embargo of {embargo} rows "
-                f"({error})")
+        return (
+            f"too few rows ({rows.height}) for {plan.n_folds} purged folds with an embargo of {embargo} rows ({error})"
+        )
     short = []
     if folds["train_rows"].min() < plan.min_train_rows:
         short.append(f"the first fold would train on {folds['train_rows'].min()} rows (at least {plan.min_train_rows})")
     if folds["test_rows"].min() < plan.min_test_rows:
-        short.append(f"the smallest test window would hold {folds['test_rows'].min()} rows (at least {plan.min_test_rows})")
+        short.append(
+            f"the smallest test window would hold {folds['test_rows'].min()} rows (at least {plan.min_test_rows})"
+        )
     if short:
         return f"too few rows ({rows.height}): " + " and ".join(short)
     return folds.with_columns(pl.col("train_lo", "train_hi", "test_lo", "test_hi") + lo)
@@ -87,8 +95,15 @@ def _scaler(frame: pl.DataFrame, features: tuple[str, ...], lo: int, hi: int) ->
     return RobustScaler.fit(frame.slice(lo, hi - lo + 1), features)
 
 
-def walk_regime(frame: pl.DataFrame, data: TrainingArrays, folds: pl.DataFrame, key: str,
-                fit: Callable[[Inputs, Budget], Fitted], budget: Budget, log=lambda message: None) -> pl.DataFrame:
+def walk_regime(
+    frame: pl.DataFrame,
+    data: TrainingArrays,
+    folds: pl.DataFrame,
+    key: str,
+    fit: Callable[[Inputs, Budget], Fitted],
+    budget: Budget,
+    log=lambda message: None,
+) -> pl.DataFrame:
     """Out-of-fold forecasts of the specialist and the same-fold generalist on the regime's test rows:
     key, regime, fold, price, forward_price, actual, specialist, generalist, random_walk."""
     parts = []
@@ -101,19 +116,29 @@ def walk_regime(frame: pl.DataFrame, data: TrainingArrays, folds: pl.DataFrame, 
             forecasts[name] = fit(train, budget).predict(test).mean
             log(f"{name} fold {fold['fold'] + 1}/{folds.height}: trained on {train.rows:,} rows, tests {test.rows:,}")
         rows = frame.slice(fold["test_lo"], fold["test_hi"] - fold["test_lo"] + 1)
-        parts.append(rows.select(
-            key, "regime", pl.lit(fold["fold"], pl.Int64).alias("fold"),
-            (pl.col("forward_price") * (-pl.col("forward_return")).exp()).alias("price"), "forward_price",
-            pl.col("forward_return").alias("actual"),
-            pl.Series("specialist", forecasts["specialist"], pl.Float64),
-            pl.Series("generalist", forecasts["generalist"], pl.Float64),
-            pl.lit(0.0).alias("random_walk"),
-        ))
+        parts.append(
+            rows.select(
+                key,
+                "regime",
+                pl.lit(fold["fold"], pl.Int64).alias("fold"),
+                (pl.col("forward_price") * (-pl.col("forward_return")).exp()).alias("price"),
+                "forward_price",
+                pl.col("forward_return").alias("actual"),
+                pl.Series("specialist", forecasts["specialist"], pl.Float64),
+                pl.Series("generalist", forecasts["generalist"], pl.Float64),
+                pl.lit(0.0).alias("random_walk"),
+            )
+        )
     return pl.concat(parts)
 
 
-def train_specialist(frame: pl.DataFrame, data: TrainingArrays, span: tuple[int, int],
-                     fit: Callable[[Inputs, Budget], Fitted], budget: Budget) -> tuple[Fitted, RobustScaler]:
+def train_specialist(
+    frame: pl.DataFrame,
+    data: TrainingArrays,
+    span: tuple[int, int],
+    fit: Callable[[Inputs, Budget], Fitted],
+    budget: Budget,
+) -> tuple[Fitted, RobustScaler]:
     """The specialist to forecast with: trained on every row of its regime (all labels have matured:
     the training set keeps labelled rows only), with a scaler fitted on those rows."""
     lo, hi = span
@@ -138,20 +163,25 @@ def scores(walked: pl.DataFrame, *, horizon: int, periods_per_year: float, cost_
     out = []
     covered = walked.filter(pl.col("generalist_oof").is_not_null())
     for model in MODELS:
-        if model == "generalist_oof":
-            rows = covered
-        else:
-            rows = walked
+        rows = covered if model == "generalist_oof" else walked
         if rows.is_empty():
             continue
         frame = rows.select("fold", "regime", "price", "forward_price", "actual", pl.col(model).alias("forecast"))
         part = scored(frame, horizon=horizon, periods_per_year=periods_per_year, cost_bps=cost_bps)
         out.append(part.filter(pl.col("scope") != "regime").with_columns(pl.lit(model).alias("model")))
         if model in ("specialist", "random_walk") and not covered.is_empty():
-            values = metrics(*(covered[c].to_numpy() for c in ("actual", model, "price", "forward_price")),
-                             horizon=horizon, periods_per_year=periods_per_year, cost_bps=cost_bps)
-            out.append(pl.DataFrame([{"scope": "overall", "group": "oof_rows", "rows": covered.height, **values,
-                                      "model": model}], schema=out[-1].schema))
+            values = metrics(
+                *(covered[c].to_numpy() for c in ("actual", model, "price", "forward_price")),
+                horizon=horizon,
+                periods_per_year=periods_per_year,
+                cost_bps=cost_bps,
+            )
+            out.append(
+                pl.DataFrame(
+                    [{"scope": "overall", "group": "oof_rows", "rows": covered.height, **values, "model": model}],
+                    schema=out[-1].schema,
+                )
+            )
     return pl.concat(out).select("model", "scope", "group", "rows", *METRICS)
 
 
@@ -163,6 +193,7 @@ def verdict(board: pl.DataFrame, plan: SpecialistPlan) -> dict[str, Any]:
     generalist that is itself worse than the random walk is not enough to forecast with, so the
     random walk (MASE 1) is a separate bar.
     """
+
     def value(model: str, group: str, metric: str = "mase") -> float | None:
         found = board.filter((pl.col("model") == model) & (pl.col("scope") == "overall") & (pl.col("group") == group))
         return None if found.is_empty() else found[metric][0]
@@ -170,26 +201,39 @@ def verdict(board: pl.DataFrame, plan: SpecialistPlan) -> dict[str, Any]:
     tested = int(value("specialist", "all", "rows"))
     spec, gen = value("specialist", "all"), value("generalist", "all")
     beats = spec < gen
-    why = [f"specialist MASE {spec:.3f} vs generalist {gen:.3f} on the same {tested} test rows "
-           f"(direction {value('specialist', 'all', 'directional_accuracy'):.3f} vs "
-           f"{value('generalist', 'all', 'directional_accuracy'):.3f}; random walk MASE 1)"]
+    why = [
+        f"specialist MASE {spec:.3f} vs generalist {gen:.3f} on the same {tested} test rows "
+        f"(direction {value('specialist', 'all', 'directional_accuracy'):.3f} vs "
+        f"{value('generalist', 'all', 'directional_accuracy'):.3f}; random walk MASE 1)"
+    ]
     covered = value("generalist_oof", "all", "rows") or 0
     oof_mase = value("generalist_oof", "all")
     if covered >= plan.oof_coverage * tested and oof_mase is not None:
         on_oof = value("specialist", "oof_rows")
         beats = beats and on_oof < oof_mase
-        why.append(f"on the {int(covered)} rows the stored generalist oof covers: specialist {on_oof:.3f} vs oof {oof_mase:.3f}")
+        why.append(
+            f"on the {int(covered)} rows the stored generalist oof covers: specialist {on_oof:.3f} vs oof {oof_mase:.3f}"
+        )
     else:
         why.append(f"the stored generalist oof covers {int(covered)} of the {tested} test rows, too few to compare")
     verdict = "beats the generalist" if beats else "does not beat the generalist"
     verdict += " and the random walk" if beats and spec < 1 else " but not the random walk" if beats else ""
-    return {"beats_generalist": bool(beats), "beats_random_walk": bool(spec < 1), "specialist_mase": spec,
-            "generalist_mase": gen, "generalist_oof_mase": oof_mase if covered else None, "oof_rows": int(covered),
-            "test_rows": tested, "why": f"{verdict}: " + "; ".join(why)}
+    return {
+        "beats_generalist": bool(beats),
+        "beats_random_walk": bool(spec < 1),
+        "specialist_mase": spec,
+        "generalist_mase": gen,
+        "generalist_oof_mase": oof_mase if covered else None,
+        "oof_rows": int(covered),
+        "test_rows": tested,
+        "why": f"{verdict}: " + "; ".join(why),
+    }
 
 
 def purge_violations(frame: pl.DataFrame, folds: pl.DataFrame, key: str) -> int:
     """Training rows whose label ends at or after their fold's first test row (0 for a purged walk)."""
     times, ends = frame[key], frame["label_end"]
-    return sum(int((ends.slice(f["train_lo"], f["train_hi"] - f["train_lo"] + 1) >= times[f["test_lo"]]).sum())
-               for f in folds.iter_rows(named=True))
+    return sum(
+        int((ends.slice(f["train_lo"], f["train_hi"] - f["train_lo"] + 1) >= times[f["test_lo"]]).sum())
+        for f in folds.iter_rows(named=True)
+    )

@@ -1,68 +1,46 @@
-"""Training assets per asset, partitioned by the asset's horizons: labels, training sets, purged
+"""Training assets per market, partitioned by the market's horizons: labels, training sets, purged
 walk-forward folds with their scalers, and meta-learning tasks.
 
 Each asset is one Dagster asset per market (`zl/training/...`, `mes/training/...`) whose
-partitions are that market's horizons, so the UI shows exactly the valid asset x horizon
+partitions are that market's horizons, so the UI shows exactly the valid market x horizon
 pairs. A run over several horizons is one process (single-run backfill).
 """
 
-
-from pathlib import Path
+import functools
 
 import dagster as dg
 import polars as pl
 
-from cbi_assets.catalogue import MARKETS, market
-from cbi_assets.features.assets import bars_path, continuous_bars, master_path
-from cbi_assets.features.tables import read_table
-from cbi_assets.parquet import write_frame
-from cbi_assets.partitions import HORIZON_PARTITIONS
-from cbi_assets.regimes.assets import read_calendar, regime_calendar
+from cbi_assets import lake as tables
+from cbi_assets.catalogue import MARKETS, Horizon, Market
+from cbi_assets.features.inputs import continuous_bars
+from cbi_assets.horizons import Done, each_horizon
+from cbi_assets.lake import Lake, reads
+from cbi_assets.partitions import horizon_partitions
+from cbi_assets.profiles import Profile, TrainingProfile
+from cbi_assets.selections import stage
 from cbi_assets.training import sets
-from cbi_assets.training.folds import (
-    FoldPlan,
-    default_plan,
-    fold_findings,
-    walk_forward,
-)
-from cbi_assets.training.sets import MetaPlan, horizon_of
+from cbi_assets.training.folds import FoldPlan, fold_findings, walk_forward
+from cbi_assets.training.sets import MetaPlan
 from cbi_assets.ui import figure, plot
 from cbi_assets.ui import table as md_table
 
 
-def horizon_dir(lake: Path, asset: str, horizon: str) -> Path:
-    return lake / asset.upper() / "training" / "by_horizon" / horizon
-
-
-def meta_dir(lake: Path, asset: str, horizon: str) -> Path:
-    return lake / "meta_learning" / asset.upper() / horizon
-
-
-def _training_asset(asset: str, name: str, description: str, deps: list, checks: dict[str, str] | None = None, **kwargs):
-    key = dg.AssetKey([asset, "training", name])
+def _training_asset(
+    market: Market, table: tables.Table, description: str, deps: list, checks: dict[str, str] | None = None
+):
+    key = table.asset_key(market=market)
     return dg.asset(
-        key=key, description=description, deps=deps, group_name=f"{asset}_training",
-        partitions_def=HORIZON_PARTITIONS[asset], backfill_policy=dg.BackfillPolicy.single_run(),
-        required_resource_keys={"lake"}, kinds={"polars", "parquet"}, tags={"layer": "training"},
+        key=key,
+        description=description,
+        deps=deps,
+        group_name=f"{market.key}_training",
+        partitions_def=horizon_partitions(market),
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        kinds={"polars", "parquet"},
+        tags={"layer": "training", **stage("train")},
         check_specs=[dg.AssetCheckSpec(n, asset=key, description=t) for n, t in (checks or {}).items()],
-        **kwargs,
     )
-
-
-def _read(path: Path, what: str) -> pl.DataFrame:
-    if not path.is_file():
-        raise dg.Failure(f"{path}: {what} not built yet; materialize it for this horizon first")
-    return pl.read_parquet(path)
-
-
-def _checks(found: dict[str, list[tuple[str, bool, dict]]]) -> list[dg.AssetCheckResult]:
-    """One result per check over the run's horizons: it passes when every horizon passes."""
-    return [
-        dg.AssetCheckResult(check_name=name, passed=all(ok for _, ok, _ in rows), severity=dg.AssetCheckSeverity.ERROR,
-                            metadata={"failed_horizons": [h for h, ok, _ in rows if not ok],
-                                      "by_horizon": dg.MetadataValue.json({h: m for h, _, m in rows})})
-        for name, rows in found.items()
-    ]
 
 
 # --- Labels -------------------------------------------------------------------------------------
@@ -84,59 +62,102 @@ def _label_plot(returns: dict[str, pl.Series], title: str):
     return plot(fig)
 
 
-def _labels_asset(asset: str):
-    deps = [dg.AssetKey([asset, "features", "continuous_1d"])]
-    if asset == "mes":
-        deps += [dg.AssetKey(["mes", "features", "bars"]),
-                 *(dg.AssetKey(["mes", "features", f"master_{h.name}"]) for h in MARKETS["MES"].horizons if h.intraday)]
+def _labels_asset(market: Market):
+    intraday = sorted({sets.feature_timeframe(h) for h in market.horizons if h.intraday})
+    deps = reads(tables.CONTINUOUS, markets=[market])
+    if intraday:
+        deps += reads(tables.BARS, tables.MASTER, markets=[market], timeframe=intraday)
 
-    @_training_asset(asset, "labels", f"{asset.upper()} labels per horizon: forward log return and price, direction"
-                     + (", and triple-barrier labels with first-touch time for intraday horizons" if asset == "mes" else ""),
-                     deps, LABEL_CHECKS)
-    def _labels(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        lake = Path(context.resources.lake.root)
-        daily = continuous_bars(lake, (asset.upper(),))[asset]
-        minutes = None
-        summary, returns, barriers = [], {}, []
-        found = {name: [] for name in LABEL_CHECKS}
-        for partition in context.partition_keys:
-            horizon = horizon_of(asset, partition)
+    @_training_asset(
+        market,
+        tables.LABELS,
+        f"{market} labels per horizon: forward log return and price, direction"
+        + (", and triple-barrier labels with first-touch time for intraday horizons" if intraday else ""),
+        deps,
+        LABEL_CHECKS,
+    )
+    def _labels(context: dg.AssetExecutionContext, lake: Lake) -> dg.MaterializeResult:
+        daily = continuous_bars(lake, (market,))[market.key]
+
+        @functools.cache
+        def minute_bars() -> pl.DataFrame:  # read once, by the first intraday horizon
+            return lake.read(tables.BARS, timeframe="1min")
+
+        def work(horizon: Horizon) -> Done:
             if horizon.intraday:
-                minutes = minutes if minutes is not None else pl.read_parquet(bars_path(lake, "1min"))
-                at = pl.read_parquet(master_path(lake, asset, sets.feature_timeframe(horizon)), columns=["ts"])["ts"]
-                labels = sets.labels_for(horizon, minutes=minutes, at=at)
-                last_known = minutes["ts"].max()
-                tail = labels.filter(pl.col("ts") + pl.duration(minutes=horizon.bars) > last_known)
+                bars = minute_bars()
+                at = lake.read(tables.MASTER, columns=["ts"], market=market, timeframe=sets.feature_timeframe(horizon))[
+                    "ts"
+                ]
+                labels = sets.labels_for(horizon, minutes=bars, at=at)
+                tail = labels.filter(pl.col("ts") + pl.duration(minutes=horizon.bars) > bars["ts"].max())
                 too_long = labels.filter(pl.col("label_end") > pl.col("ts") + pl.duration(minutes=horizon.bars))
             else:
                 labels = sets.labels_for(horizon, daily=daily)
                 tail = labels.tail(horizon.bars)
-                too_long = labels.with_row_index("row").join(
-                    labels.select("date").with_row_index("end_row"), left_on="label_end", right_on="date", how="left"
-                ).filter(pl.col("end_row") - pl.col("row") > horizon.bars)
-            key = sets.time_key(horizon)
-            backwards = labels.filter(pl.col("label_end") <= pl.col(key))
-            path = horizon_dir(lake, asset, partition) / "labels.parquet"
-            write_frame(labels, path)
+                too_long = (
+                    labels.with_row_index("row")
+                    .join(
+                        labels.select("date").with_row_index("end_row"),
+                        left_on="label_end",
+                        right_on="date",
+                        how="left",
+                    )
+                    .filter(pl.col("end_row") - pl.col("row") > horizon.bars)
+                )
+            backwards = labels.filter(pl.col("label_end") <= pl.col(sets.time_key(horizon)))
+            path = lake.write(tables.LABELS, labels, market=market, horizon=horizon.name)
             labelled = labels["forward_return"].drop_nulls()
-            context.log.info(f"{asset} {partition}: {labelled.len():,} labelled of {labels.height:,} rows -> {path}")
-            summary.append({"horizon": partition, "rows": labels.height, "labelled": labelled.len(),
-                            "up_share": round(float((labels["direction"] == 1).mean() or 0.0), 3)})
-            returns[partition] = labels["forward_return"]
+            context.log.info(
+                f"{market.key} {horizon.name}: {labelled.len():,} labelled of {labels.height:,} rows -> {path}"
+            )
+            barriers = None
             if "barrier_label" in labels.columns:
                 counts = labels.group_by("barrier_label").len().drop_nulls()
-                barriers.append({"horizon": partition, **{f"barrier_{k}": v for k, v in counts.iter_rows()}})
-            found["spans_forward"].append((partition, backwards.is_empty() and too_long.is_empty(),
-                                           {"backwards": backwards.height, "beyond_horizon": too_long.height}))
-            found["tail_unlabelled"].append((partition, tail["forward_return"].null_count() == tail.height,
-                                             {"tail_rows": tail.height,
-                                              "labelled_in_tail": tail.height - tail["forward_return"].null_count()}))
-        metadata = {"horizons": md_table(pl.DataFrame(summary)),
-                    "forward_returns": _label_plot(returns, f"{asset.upper()} forward log returns by horizon"),
-                    "path": dg.MetadataValue.path(str(horizon_dir(lake, asset, "").parent))}
-        if barriers:
-            metadata["triple_barrier"] = md_table(pl.DataFrame(barriers, infer_schema_length=None).fill_null(0))
-        return dg.MaterializeResult(metadata=metadata, check_results=_checks(found))
+                barriers = {f"barrier_{k}": v for k, v in counts.iter_rows()}
+            return Done(
+                rows=[
+                    {
+                        "rows": labels.height,
+                        "labelled": labelled.len(),
+                        "up_share": round(float((labels["direction"] == 1).mean() or 0.0), 3),
+                    }
+                ],
+                checks={
+                    "spans_forward": (
+                        backwards.is_empty() and too_long.is_empty(),
+                        {"backwards": backwards.height, "beyond_horizon": too_long.height},
+                    ),
+                    "tail_unlabelled": (
+                        tail["forward_return"].null_count() == tail.height,
+                        {
+                            "tail_rows": tail.height,
+                            "labelled_in_tail": tail.height - tail["forward_return"].null_count(),
+                        },
+                    ),
+                },
+                value=(labels["forward_return"], barriers),
+            )
+
+        def finish(done: dict[str, Done]) -> dict:
+            out = {
+                "forward_returns": _label_plot(
+                    {key: d.value[0] for key, d in done.items()}, f"{market} forward log returns by horizon"
+                )
+            }
+            barriers = [{"horizon": key, **d.value[1]} for key, d in done.items() if d.value[1] is not None]
+            if barriers:
+                out["triple_barrier"] = md_table(pl.DataFrame(barriers, infer_schema_length=None).fill_null(0))
+            return out
+
+        return each_horizon(
+            context,
+            market,
+            work,
+            name="labels",
+            finish=finish,
+            metadata={"path": dg.MetadataValue.path(lake.where(tables.LABELS, market=market))},
+        )
 
     return _labels
 
@@ -144,39 +165,68 @@ def _labels_asset(asset: str):
 # --- Training sets ------------------------------------------------------------------------------
 
 
-def _sets_asset(asset: str):
-    deps = [dg.AssetKey([asset, "training", "labels"]), regime_calendar.key,
-            *{dg.AssetKey([asset, "features", f"master_{sets.feature_timeframe(h)}"]) for h in market(asset).horizons}]
+def _sets_asset(market: Market):
+    timeframes = sorted({sets.feature_timeframe(h) for h in market.horizons})
 
-    @_training_asset(asset, "sets", f"{asset.upper()} training set per horizon: master features, labels, named regime and "
-                     "sample weight (regime weight x label uniqueness); all regimes and one file per regime.",
-                     sorted(deps, key=lambda k: k.to_user_string()))
-    def _sets(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        lake = Path(context.resources.lake.root)
-        calendar = read_calendar(lake)
-        summary, per_regime = [], []
-        for partition in context.partition_keys:
-            horizon = horizon_of(asset, partition)
-            table = read_table(master_path(lake, asset, sets.feature_timeframe(horizon)))
-            labels = _read(horizon_dir(lake, asset, partition) / "labels.parquet", f"{asset}/training/labels")
+    @_training_asset(
+        market,
+        tables.TRAINING_SET,
+        f"{market} training set per horizon: master features, labels, named "
+        "regime and sample weight (regime weight x label uniqueness); all regimes and one file per "
+        "regime.",
+        reads(tables.LABELS, tables.REGIME_CALENDAR, tables.MASTER, markets=[market], timeframe=timeframes),
+    )
+    def _sets(context: dg.AssetExecutionContext, lake: Lake) -> dg.MaterializeResult:
+        calendar = lake.read(tables.REGIME_CALENDAR)
+
+        def work(horizon: Horizon) -> Done:
+            parts = {"market": market, "horizon": horizon.name}
+            table = lake.read_features(tables.MASTER, market=market, timeframe=sets.feature_timeframe(horizon))
+            labels = lake.read(tables.LABELS, **parts)
             frame = sets.training_set(table.frame, table.features, labels, horizon, calendar)
-            folder = horizon_dir(lake, asset, partition)
-            write_frame(frame, folder / "all.parquet")
-            for old in folder.glob("regime=*.parquet"):  # a regime renamed in the calendar leaves no stale subset
-                old.unlink()
-            for (regime,), part in frame.partition_by("regime", as_dict=True).items():
-                write_frame(part, folder / f"regime={regime}.parquet")
-                per_regime.append({"horizon": partition, "regime": regime, "rows": part.height,
-                                   "weight_share": part["weight"].sum() / frame["weight"].sum()})
+            path = lake.write(tables.TRAINING_SET, frame, **parts)
+            by_regime = frame.partition_by("regime", as_dict=True)
+            for (regime,), part in by_regime.items():
+                lake.write(tables.REGIME_SET, part, regime=regime, **parts)
+            # A regime renamed in the calendar leaves no stale subset.
+            for stale in set(lake.present(tables.REGIME_SET, "regime", **parts)) - {r for (r,) in by_regime}:
+                lake.delete(tables.REGIME_SET, regime=stale, **parts)
             key = sets.time_key(horizon)
-            summary.append({"horizon": partition, "rows": frame.height, "features": len(table.features),
-                            "first": str(frame[key].min()), "last": str(frame[key].max())})
-            context.log.info(f"{asset} {partition}: {frame.height:,} rows x {len(table.features)} features -> {folder}")
-        return dg.MaterializeResult(metadata={
-            "horizons": md_table(pl.DataFrame(summary)),
-            "rows_by_regime": md_table(pl.DataFrame(per_regime).with_columns(pl.col("weight_share").round(3)), 200),
-            "path": dg.MetadataValue.path(str(horizon_dir(lake, asset, "").parent)),
-        })
+            context.log.info(
+                f"{market.key} {horizon.name}: {frame.height:,} rows x {len(table.features)} features -> {path.parent}"
+            )
+            return Done(
+                rows=[
+                    {
+                        "rows": frame.height,
+                        "features": len(table.features),
+                        "first": str(frame[key].min()),
+                        "last": str(frame[key].max()),
+                    }
+                ],
+                value=[
+                    {
+                        "horizon": horizon.name,
+                        "regime": regime,
+                        "rows": part.height,
+                        "weight_share": part["weight"].sum() / frame["weight"].sum(),
+                    }
+                    for (regime,), part in by_regime.items()
+                ],
+            )
+
+        def finish(done: dict[str, Done]) -> dict:
+            per_regime = pl.DataFrame([row for d in done.values() for row in d.value])
+            return {"rows_by_regime": md_table(per_regime.with_columns(pl.col("weight_share").round(3)), 200)}
+
+        return each_horizon(
+            context,
+            market,
+            work,
+            name="training sets",
+            finish=finish,
+            metadata={"path": dg.MetadataValue.path(lake.where(tables.TRAINING_SET, market=market))},
+        )
 
     return _sets
 
@@ -199,8 +249,8 @@ class FoldConfig(dg.Config):
     test_fraction: float | None = None
     train_rows: int | None = None  # sliding window length
 
-    def plan(self, profile: str, asset: str, horizon) -> FoldPlan:
-        base = default_plan(profile, asset.upper(), horizon)
+    def plan(self, profile: Profile, market: Market, horizon: Horizon) -> FoldPlan:
+        base = profile.fold_plan(market, horizon)
         given = {k: v for k, v in self.model_dump().items() if v is not None}
         if given.get("scheme") not in (None, "expanding", "sliding"):
             raise dg.Failure(f"scheme {given['scheme']!r}: use expanding or sliding")
@@ -218,39 +268,58 @@ def _fold_plot(folds: pl.DataFrame, title: str):
     return plot(fig)
 
 
-def _folds_asset(asset: str):
-    @_training_asset(asset, "folds", f"{asset.upper()} purged walk-forward folds per horizon (train and test spans), and a "
-                     "robust scaler per fold fitted on its training rows only.",
-                     [dg.AssetKey([asset, "training", "sets"])], FOLD_CHECKS)
-    def _folds(context: dg.AssetExecutionContext, config: FoldConfig) -> dg.MaterializeResult:
-        lake = Path(context.resources.lake.root)
-        summary, timelines = [], {}
-        found = {name: [] for name in FOLD_CHECKS}
-        for partition in context.partition_keys:
-            horizon = horizon_of(asset, partition)
-            folder = horizon_dir(lake, asset, partition)
-            frame = _read(folder / "all.parquet", f"{asset}/training/sets")
+def _folds_asset(market: Market):
+    @_training_asset(
+        market,
+        tables.FOLDS,
+        f"{market} purged walk-forward folds per horizon (train and test spans), "
+        "and a robust scaler per fold fitted on its training rows only.",
+        reads(tables.TRAINING_SET, markets=[market]),
+        FOLD_CHECKS,
+    )
+    def _folds(
+        context: dg.AssetExecutionContext, config: FoldConfig, lake: Lake, profile: TrainingProfile
+    ) -> dg.MaterializeResult:
+        chosen = profile.load()
+
+        def work(horizon: Horizon) -> Done:
+            parts = {"market": market, "horizon": horizon.name}
+            frame = lake.read(tables.TRAINING_SET, **parts)
             key = sets.time_key(horizon)
-            plan = config.plan(context.resources.lake.profile, asset, horizon)
+            plan = config.plan(chosen, market, horizon)
             try:
                 folds = walk_forward(frame[key], frame["label_end"], plan)
             except ValueError as error:
-                raise dg.Failure(f"{asset} {partition}: {error}") from error
+                raise dg.Failure(f"{market.key} {horizon.name}: {error}") from error
             scalers = sets.fold_scalers(frame, folds, sets.feature_columns(frame))
-            write_frame(folds, folder / "folds.parquet")
-            write_frame(scalers, folder / "scalers.parquet")
+            lake.write(tables.FOLDS, folds, **parts)
+            lake.write(tables.SCALERS, scalers, **parts)
             findings = fold_findings(frame, folds, key, plan.embargo)
-            context.log.info(f"{asset} {partition}: {folds.height} {plan.scheme} folds, embargo {plan.embargo} rows")
-            summary.append({"horizon": partition, "folds": folds.height, "scheme": plan.scheme, "embargo_rows": plan.embargo,
-                            "test_fraction": plan.test_fraction, "first_test": str(folds["test_start"][0]),
-                            "min_train_rows": folds["train_rows"].min(), "test_rows": folds["test_rows"].sum()})
-            timelines[f"timeline_{partition}"] = _fold_plot(folds, f"{asset.upper()} {partition}")
-            found["purged"].append((partition, findings["purged"]["overlapping_train_rows"] == 0, findings["purged"]))
-            found["embargoed"].append((partition, findings["embargoed"]["folds_inside_embargo"] == 0, findings["embargoed"]))
-            found["tiled"].append((partition, findings["tiled"]["gaps_or_overlaps"] == 0 and findings["tiled"]["test_reaches_end"],
-                                   findings["tiled"]))
-        return dg.MaterializeResult(metadata={"horizons": md_table(pl.DataFrame(summary)), **timelines},
-                                    check_results=_checks(found))
+            context.log.info(
+                f"{market.key} {horizon.name}: {folds.height} {plan.scheme} folds, embargo {plan.embargo} rows"
+            )
+            purged, embargoed, tiled = findings["purged"], findings["embargoed"], findings["tiled"]
+            return Done(
+                rows=[
+                    {
+                        "folds": folds.height,
+                        "scheme": plan.scheme,
+                        "embargo_rows": plan.embargo,
+                        "test_fraction": plan.test_fraction,
+                        "first_test": str(folds["test_start"][0]),
+                        "min_train_rows": folds["train_rows"].min(),
+                        "test_rows": folds["test_rows"].sum(),
+                    }
+                ],
+                metadata={"timeline": _fold_plot(folds, f"{market} {horizon.name}")},
+                checks={
+                    "purged": (purged["overlapping_train_rows"] == 0, purged),
+                    "embargoed": (embargoed["folds_inside_embargo"] == 0, embargoed),
+                    "tiled": (tiled["gaps_or_overlaps"] == 0 and tiled["test_reaches_end"], tiled),
+                },
+            )
+
+        return each_horizon(context, market, work, name="folds")
 
     return _folds
 
@@ -263,34 +332,55 @@ class MetaConfig(dg.Config):
     query_days: int = MetaPlan().query_days
 
 
-def _meta_asset(asset: str):
-    @_training_asset(asset, "meta_tasks", f"{asset.upper()} meta-learning tasks per horizon: for each named regime a "
-                     "support set (its first sessions) and a query set after the support labels end.",
-                     [dg.AssetKey([asset, "training", "sets"])])
-    def _meta(context: dg.AssetExecutionContext, config: MetaConfig) -> dg.MaterializeResult:
-        lake = Path(context.resources.lake.root)
+def _meta_asset(market: Market):
+    @_training_asset(
+        market,
+        tables.META_TASK,
+        f"{market} meta-learning tasks per horizon: for each named regime a "
+        "support set (its first sessions) and a query set after the support labels end.",
+        reads(tables.TRAINING_SET, markets=[market]),
+    )
+    def _meta(context: dg.AssetExecutionContext, config: MetaConfig, lake: Lake) -> dg.MaterializeResult:
         plan = MetaPlan(support_days=config.support_days, query_days=config.query_days)
-        rows = []
-        for partition in context.partition_keys:
-            horizon = horizon_of(asset, partition)
-            frame = _read(horizon_dir(lake, asset, partition) / "all.parquet", f"{asset}/training/sets")
-            out = meta_dir(lake, asset, partition)
+
+        def work(horizon: Horizon) -> Done:
+            parts = {"market": market, "horizon": horizon.name}
+            frame = lake.read(tables.TRAINING_SET, **parts)
+            rows = []
             for (regime,), part in sorted(frame.partition_by("regime", as_dict=True).items()):
                 task = sets.meta_task(part, horizon, plan)
                 if isinstance(task, str):
-                    rows.append((partition, regime, 0, 0, task))
+                    rows.append({"regime": regime, "support_rows": 0, "query_rows": 0, "skipped_because": task})
                     continue
                 support, query = task
-                write_frame(support, out / regime / "support.parquet")
-                write_frame(query, out / regime / "query.parquet")
-                rows.append((partition, regime, support.height, query.height, ""))
-        summary = pl.DataFrame(rows, schema=["horizon", "regime", "support_rows", "query_rows", "skipped_because"], orient="row")
-        return dg.MaterializeResult(metadata={
-            "tasks": int((summary["support_rows"] > 0).sum()), "summary": md_table(summary, 300),
-            "path": dg.MetadataValue.path(str(meta_dir(lake, asset, "").parent)),
-        })
+                lake.write(tables.META_TASK, support, regime=regime, part="support", **parts)
+                lake.write(tables.META_TASK, query, regime=regime, part="query", **parts)
+                rows.append(
+                    {
+                        "regime": regime,
+                        "support_rows": support.height,
+                        "query_rows": query.height,
+                        "skipped_because": "",
+                    }
+                )
+            return Done(rows=rows)
+
+        def finish(done: dict[str, Done]) -> dict:
+            return {"tasks": sum(row["support_rows"] > 0 for d in done.values() for row in d.rows)}
+
+        return each_horizon(
+            context,
+            market,
+            work,
+            name="meta-learning tasks",
+            summary="summary",
+            finish=finish,
+            metadata={"path": dg.MetadataValue.path(lake.where(tables.META_TASK, market=market))},
+        )
 
     return _meta
 
 
-TRAINING_ASSETS = [factory(a) for a in ("zl", "mes") for factory in (_labels_asset, _sets_asset, _folds_asset, _meta_asset)]
+TRAINING_ASSETS = [
+    factory(m) for m in MARKETS.values() for factory in (_labels_asset, _sets_asset, _folds_asset, _meta_asset)
+]

@@ -6,7 +6,6 @@ test window, and no training label may reach into it (purge), nor into the `emba
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -14,18 +13,24 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
-from cbi_assets.catalogue import MARKETS, market, TIMEFRAMES, Horizon
-from cbi_assets.features.bars import SESSION_MINUTES  # a day of MES 1-minute rows
-
 Scheme = Literal["expanding", "sliding"]
 SCHEMES: tuple[Scheme, ...] = ("expanding", "sliding")
 
 FOLD_COLUMNS = (
-    "fold", "scheme",
-    "train_start", "train_end", "train_label_end",
-    "test_start", "test_end", "test_label_end",
-    "train_rows", "test_rows",
-    "train_lo", "train_hi", "test_lo", "test_hi",
+    "fold",
+    "scheme",
+    "train_start",
+    "train_end",
+    "train_label_end",
+    "test_start",
+    "test_end",
+    "test_label_end",
+    "train_rows",
+    "test_rows",
+    "train_lo",
+    "train_hi",
+    "test_lo",
+    "test_hi",
 )
 
 
@@ -55,51 +60,6 @@ class FoldPlan:
             problems.append("train_rows only applies to sliding plans: drop it or use scheme='sliding'")
         if problems:
             raise ValueError("FoldPlan: " + "; ".join(problems))
-
-
-# --- Default plans ----------------------------------------------------------------------------
-
-# Plans per profile, keyed by (asset, the timeframe the horizon counts bars in). The embargo is
-# left at 0 here: default_plan sets it from the horizon. Daily models retrain on all the history
-# (expanding); minute models keep a sliding window, since years of 1-minute bars are costly to
-# refit 20 times and microstructure from long ago says little about today's book.
-PLANS: dict[str, dict[tuple[str, str], FoldPlan]] = {
-    # The desk's plan: 60 expanding folds over the second half of the daily history.
-    "full": {
-        ("ZL", "1d"): FoldPlan(60, "expanding"),
-        ("MES", "1d"): FoldPlan(60, "expanding"),
-        ("MES", "1min"): FoldPlan(20, "sliding", train_rows=60 * SESSION_MINUTES),
-    },
-    # The embedded sample (CI, laptops): the same shape with few folds, so a run takes minutes.
-    "sample": {
-        ("ZL", "1d"): FoldPlan(5, "expanding"),
-        ("MES", "1d"): FoldPlan(5, "expanding"),
-        ("MES", "1min"): FoldPlan(5, "sliding", train_rows=10 * SESSION_MINUTES),
-    },
-}
-
-
-def default_plan(profile: str, asset: str, horizon: Horizon | str) -> FoldPlan:
-    """The profile's plan for one asset and horizon, with an embargo of one horizon.
-
-    The embargo is the horizon's length in bars rather than a share of the rows (1% is the other
-    common choice): serial dependence around a label lasts about as long as the label itself, so
-    the gap should grow with the horizon, and a fixed count of bars means the same on the sample
-    and on 25 years of history, where 1% of the rows would be 3 bars on one and 63 on the other.
-    """
-    if profile not in PLANS:
-        raise KeyError(f"no fold plan for profile {profile!r}; valid profiles: {', '.join(PLANS)}")
-    if asset.upper() not in MARKETS:
-        raise KeyError(f"no asset {asset!r} in the catalogue; valid assets: {', '.join(MARKETS)}")
-    h = market(asset).horizon(horizon if isinstance(horizon, str) else horizon.name)
-    plan = PLANS[profile].get((asset, h.timeframe))
-    if plan is None:
-        raise KeyError(f"profile {profile!r} has no fold plan for {asset} {h.timeframe} horizons; add one to PLANS")
-    # An intraday horizon learns from bars of its own length (one row per horizon), so its bars
-    # and the sliding window's 1-minute rows are counted in those bars.
-    minutes_per_row = TIMEFRAMES[h.name] if h.intraday else 1
-    train_rows = plan.train_rows and max(1, plan.train_rows // minutes_per_row)
-    return dataclasses.replace(plan, embargo=h.bars // minutes_per_row, train_rows=train_rows)
 
 
 # --- Folds ------------------------------------------------------------------------------------
@@ -181,7 +141,9 @@ def _checked(times: pl.Series, label_end: pl.Series) -> tuple[np.ndarray, pl.Ser
     if label_end.dtype == pl.Null:
         label_end = label_end.cast(times.dtype)
     if label_end.dtype != times.dtype:
-        raise ValueError(f"walk_forward: label_end is {label_end.dtype} but times is {times.dtype}; cast label_end first")
+        raise ValueError(
+            f"walk_forward: label_end is {label_end.dtype} but times is {times.dtype}; cast label_end first"
+        )
     if times.null_count():
         raise ValueError(f"walk_forward: times has {times.null_count()} nulls; every row needs a time")
     t = times.to_physical().to_numpy()
@@ -193,7 +155,9 @@ def _checked(times: pl.Series, label_end: pl.Series) -> tuple[np.ndarray, pl.Ser
     early = (label_end < times).fill_null(False)
     if early.any():
         row = int(early.arg_true()[0])
-        raise ValueError(f"walk_forward: row {row}'s label ends at {label_end[row]}, before the row's time {times[row]}")
+        raise ValueError(
+            f"walk_forward: row {row}'s label ends at {label_end[row]}, before the row's time {times[row]}"
+        )
     return t, label_end
 
 
@@ -225,9 +189,7 @@ def fold_membership(label_end: pl.Series, folds: pl.DataFrame) -> pl.DataFrame:
         for role in ("train", "test"):
             row = np.arange(fold[f"{role}_lo"], fold[f"{role}_hi"] + 1)
             row = row[labelled[row]]
-            parts.append(
-                pl.DataFrame({"fold": np.full(len(row), fold["fold"]), "row": row, "role": [role] * len(row)})
-            )
+            parts.append(pl.DataFrame({"fold": np.full(len(row), fold["fold"]), "row": row, "role": [role] * len(row)}))
     schema = {"fold": pl.Int64, "row": pl.Int64, "role": pl.String}
     return pl.concat([p.cast(schema) for p in parts]) if parts else pl.DataFrame(schema=schema)
 
@@ -245,5 +207,8 @@ def fold_findings(frame: pl.DataFrame, folds: pl.DataFrame, key: str, embargo: i
         short += int(f["test_lo"] - last_end_row <= embargo)
         gaps += int(previous_hi is not None and f["test_lo"] != previous_hi + 1)
         previous_hi = f["test_hi"]
-    return {"purged": {"overlapping_train_rows": overlaps}, "embargoed": {"folds_inside_embargo": short},
-            "tiled": {"gaps_or_overlaps": gaps, "test_reaches_end": previous_hi == frame.height - 1}}
+    return {
+        "purged": {"overlapping_train_rows": overlaps},
+        "embargoed": {"folds_inside_embargo": short},
+        "tiled": {"gaps_or_overlaps": gaps, "test_reaches_end": previous_hi == frame.height - 1},
+    }

@@ -77,7 +77,9 @@ def intraday_labels(
     if not ts.size:
         raise ValueError("intraday_labels: the minute table is empty; there are no prices to label from")
     if not (np.diff(ts) > 0).all():
-        raise ValueError("intraday_labels needs minutes sorted by `ts` with one bar per ts; sort and deduplicate them first")
+        raise ValueError(
+            "intraday_labels needs minutes sorted by `ts` with one bar per ts; sort and deduplicate them first"
+        )
 
     ends = (times.cast(tdtype) + dt.timedelta(minutes=horizon_minutes)).cast(tdtype)  # the sum comes back in us
     # Null times become 0 (before any bar) rather than NaN, which would round nanoseconds in float.
@@ -94,17 +96,19 @@ def intraday_labels(
         minutes, safe_start, safe_stop, labelled, forward, horizon_minutes, barrier
     )
 
-    out = pl.DataFrame({
-        "ts": times.cast(tdtype),
-        "label_end": ends,
-        "forward_return": forward,
-        "close_t": minutes["close"].to_numpy()[safe_start],
-        "barrier_label": barrier_label,
-        "barrier_touch": pl.Series(ts[touch_row], dtype=pl.Int64).cast(tdtype),
-        "barrier_return": barrier_return,
-        "labelled": labelled,
-        "armed": armed,
-    })
+    out = pl.DataFrame(
+        {
+            "ts": times.cast(tdtype),
+            "label_end": ends,
+            "forward_return": forward,
+            "close_t": minutes["close"].to_numpy()[safe_start],
+            "barrier_label": barrier_label,
+            "barrier_touch": pl.Series(ts[touch_row], dtype=pl.Int64).cast(tdtype),
+            "barrier_return": barrier_return,
+            "labelled": labelled,
+            "armed": armed,
+        }
+    )
     when_labelled, when_armed = pl.when(pl.col("labelled")), pl.when(pl.col("armed"))
     return out.select(
         "ts",
@@ -119,8 +123,13 @@ def intraday_labels(
 
 
 def triple_barrier(
-    minutes: pl.DataFrame, start: np.ndarray, stop: np.ndarray, labelled: np.ndarray, forward: np.ndarray,
-    horizon_minutes: int, barrier: Barriers,
+    minutes: pl.DataFrame,
+    start: np.ndarray,
+    stop: np.ndarray,
+    labelled: np.ndarray,
+    forward: np.ndarray,
+    horizon_minutes: int,
+    barrier: Barriers,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Barrier label, touch row and realised return per label, and which labels have barriers.
 
@@ -152,7 +161,12 @@ def triple_barrier(
     label = np.zeros(start.size, dtype=np.int8)
     touch = stop.copy()
     label[searched], touch[searched] = first_touch(
-        start[searched], stop[searched], upper[searched], lower[searched], bars["high"].to_numpy(), bars["low"].to_numpy()
+        start[searched],
+        stop[searched],
+        upper[searched],
+        lower[searched],
+        bars["high"].to_numpy(),
+        bars["low"].to_numpy(),
     )
     realised = np.where(label == 1, barrier.profit * width, np.where(label == -1, -barrier.stop * width, forward))
     return label, touch, realised, armed
@@ -207,8 +221,10 @@ def uniqueness(start: np.ndarray, end: np.ndarray, n: int) -> np.ndarray:
     start, end = np.asarray(start, dtype=np.int64), np.asarray(end, dtype=np.int64)
     spans = end > start
     if spans.any() and (start[spans].min() < 0 or end[spans].max() >= n):
-        raise ValueError(f"uniqueness: label spans must lie within rows 0..{n - 1}, got start {start[spans].min()}, "
-                         f"end {end[spans].max()}")
+        raise ValueError(
+            f"uniqueness: label spans must lie within rows 0..{n - 1}, got start {start[spans].min()}, "
+            f"end {end[spans].max()}"
+        )
     first, last = start[spans] + 1, end[spans]  # rows covered, inclusive
     concurrency = np.cumsum(np.bincount(first, minlength=n + 1) - np.bincount(last + 1, minlength=n + 1))[:n]
     share = np.concatenate(([0.0], np.cumsum(np.divide(1.0, concurrency, out=np.zeros(n), where=concurrency > 0))))
@@ -230,7 +246,9 @@ def label_uniqueness(times: pl.Series, label_end: pl.Series) -> pl.Series:
         raise ValueError("label_uniqueness needs `times` sorted ascending")
     ends = label_end.cast(times.dtype)
     start = np.searchsorted(grid, grid, side="right") - 1
-    end = np.searchsorted(grid, ends.to_physical().fill_null(grid.min() if grid.size else 0).to_numpy(), side="right") - 1
+    end = (
+        np.searchsorted(grid, ends.to_physical().fill_null(grid.min() if grid.size else 0).to_numpy(), side="right") - 1
+    )
     unlabelled = ends.is_null().to_numpy()
     end = np.where(unlabelled, start, end)
     shares = uniqueness(start, end, grid.size)
@@ -252,7 +270,9 @@ def sample_weights(dates: pl.Series, regimes: pl.DataFrame, uniqueness: pl.Serie
     ).sort("start", nulls_last=False)
     check_calendar(calendar)
     rows = (
-        dates.alias("date").to_frame().with_row_index("row")
+        dates.alias("date")
+        .to_frame()
+        .with_row_index("row")
         .sort("date")
         .join_asof(calendar.with_columns(pl.col("start").fill_null(pl.date(1, 1, 1))), left_on="date", right_on="start")
         .sort("row")
@@ -277,7 +297,9 @@ def check_calendar(calendar: pl.DataFrame) -> None:
     previous = calendar.select(
         "regime", "start", pl.col("regime").shift(1).alias("before"), pl.col("end").shift(1).alias("before_end")
     ).slice(1)
-    clash = previous.filter(pl.col("start").is_null() | pl.col("before_end").is_null() | (pl.col("before_end") >= pl.col("start")))
+    clash = previous.filter(
+        pl.col("start").is_null() | pl.col("before_end").is_null() | (pl.col("before_end") >= pl.col("start"))
+    )
     if clash.height:
         row = clash.row(0, named=True)
         raise ValueError(

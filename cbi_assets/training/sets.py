@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from cbi_assets.catalogue import market, Horizon
+from cbi_assets.catalogue import Horizon
 from cbi_assets.regimes.calendar import regimes_of
 from cbi_assets.training.folds import split
 from cbi_assets.training.labels import (
@@ -28,10 +28,6 @@ BARRIER_COLUMNS = ("barrier_label", "barrier_touch", "barrier_return")
 WEIGHT_COLUMNS = ("regime", "regime_weight", "uniqueness", "weight")
 
 
-def horizon_of(asset: str, name: str) -> Horizon:
-    return market(asset).horizon(name)
-
-
 def feature_timeframe(horizon: Horizon) -> str:
     """The master table a horizon learns from: daily for daily horizons, the same timeframe intraday
     (a 5-minute forecast is made at each closed 5-minute bar)."""
@@ -42,16 +38,21 @@ def time_key(horizon: Horizon) -> str:
     return "ts" if horizon.intraday else "date"
 
 
-def labels_for(horizon: Horizon, daily: pl.DataFrame | None = None, minutes: pl.DataFrame | None = None,
-               at: pl.Series | None = None) -> pl.DataFrame:
+def labels_for(
+    horizon: Horizon,
+    daily: pl.DataFrame | None = None,
+    minutes: pl.DataFrame | None = None,
+    at: pl.Series | None = None,
+) -> pl.DataFrame:
     """Labels of one horizon: on daily bars (`date, close, adj`) or on 1-minute bars at the times `at`."""
     if horizon.intraday:
         return intraday_labels(minutes, at, horizon.bars)
     return daily_labels(daily.select("date", "close", "adj"), horizon.bars)
 
 
-def training_set(features: pl.DataFrame, feature_names: list[str], labels: pl.DataFrame, horizon: Horizon,
-                 calendar: pl.DataFrame) -> pl.DataFrame:
+def training_set(
+    features: pl.DataFrame, feature_names: list[str], labels: pl.DataFrame, horizon: Horizon, calendar: pl.DataFrame
+) -> pl.DataFrame:
     """Keys, labels, weights and features of the labelled rows, in time order."""
     key = time_key(horizon)
     day = "trade_date" if horizon.intraday else "date"
@@ -63,11 +64,13 @@ def training_set(features: pl.DataFrame, feature_names: list[str], labels: pl.Da
         .sort(key)
     )
     dates = frame[day].cast(pl.Date)
-    weights = pl.DataFrame({
-        "regime": regimes_of(dates, calendar),
-        "regime_weight": sample_weights(dates, calendar),
-        "uniqueness": label_uniqueness(frame[key], frame["label_end"]),
-    }).with_columns((pl.col("regime_weight") * pl.col("uniqueness")).alias("weight"))
+    weights = pl.DataFrame(
+        {
+            "regime": regimes_of(dates, calendar),
+            "regime_weight": sample_weights(dates, calendar),
+            "uniqueness": label_uniqueness(frame[key], frame["label_end"]),
+        }
+    ).with_columns((pl.col("regime_weight") * pl.col("uniqueness")).alias("weight"))
     label_columns = [c for c in (*LABEL_COLUMNS, *BARRIER_COLUMNS) if c in frame.columns]
     return pl.concat([frame.select(*keys, *label_columns), weights, frame.select(feature_names)], how="horizontal")
 
@@ -83,7 +86,9 @@ def fold_scalers(frame: pl.DataFrame, folds: pl.DataFrame, feature_names: list[s
     scalers = []
     for fold in folds.iter_rows(named=True):
         train, _ = split(frame, fold)
-        scalers.append(RobustScaler.fit(train, feature_names).to_frame().with_columns(pl.lit(fold["fold"]).alias("fold")))
+        scalers.append(
+            RobustScaler.fit(train, feature_names).to_frame().with_columns(pl.lit(fold["fold"]).alias("fold"))
+        )
     return pl.concat(scalers) if scalers else pl.DataFrame()
 
 
@@ -112,8 +117,10 @@ def meta_task(frame: pl.DataFrame, horizon: Horizon, plan: MetaPlan) -> tuple[pl
     query_days = query.select(day.unique().sort()).to_series().head(plan.query_days)
     query = query.filter(day.is_in(query_days.implode()))
     if support.height < plan.min_rows or query.height < plan.min_rows:
-        return (f"{support.height} support and {query.height} query rows once the support labels have ended "
-                f"(at least {plan.min_rows} each needed)")
+        return (
+            f"{support.height} support and {query.height} query rows once the support labels have ended "
+            f"(at least {plan.min_rows} each needed)"
+        )
     return support, query
 
 

@@ -1,0 +1,267 @@
+"""Today's forecast of one market x horizon: every family's forecast of the newest origin from its
+MLflow run, and the published rows: the champion's (or the current regime's specialist's, where it
+earned it) with intervals, conviction, confidence and top drivers, and a registered challenger's beside it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import polars as pl
+
+from cbi_assets import lake as tables
+from cbi_assets.calendars import settlement_days
+from cbi_assets.catalogue import Horizon, Market
+from cbi_assets.ensembles.conformal import Calibration, level_name
+from cbi_assets.ensembles.members import assemble, training_origins
+from cbi_assets.explain.shapley import (
+    NoAttribution,
+    top_drivers,
+    tree_kind,
+    window_length,
+    window_predictor,
+)
+from cbi_assets.features.inputs import continuous_bars
+from cbi_assets.lake import Lake
+from cbi_assets.models.inputs import fold_inputs, horizon_rows, rows_per_year
+from cbi_assets.models.registry import Budget, families
+from cbi_assets.predictions.forecast import drivers_json, history_of, published
+from cbi_assets.predictions.origin import (
+    LatestOrigin,
+    as_timestamp,
+    latest_origin,
+    origin_price,
+    origin_regime,
+    origin_state,
+)
+from cbi_assets.profiles import PROFILES
+from cbi_assets.specialists.choice import choose_model, load_specialist
+from cbi_assets.training.sets import feature_timeframe, time_key, trained_on
+from resources.tracking import Tracking
+
+
+def forecast_of(model, inputs) -> float:
+    """A stored model's forecast of the last input row: a family's fitted model, or the Keras network a
+    sequence family stores (its output layer already gives the forward log return)."""
+    if type(model).__module__.startswith("keras"):
+        return float(window_predictor(model)(np.asarray(inputs.x))[-1])
+    return float(model.predict(inputs).mean[-1])
+
+
+def family_forecasts(
+    tracking: Tracking, market: Market, horizon: Horizon, origin: LatestOrigin, budget: Budget, log
+) -> tuple[dict[str, float], dict[str, tuple[str, object]]]:
+    """Every family's forecast for the origin, from its latest MLflow run: ({family: log return},
+    {family: (run_id, model)}). A family without a usable run is left out with a warning."""
+    forecasts, models = {}, {}
+    for family in families():
+        runs = tracking.family_runs(market.key, horizon.name, family.name, 1)
+        if not runs:
+            log.warning(f"{market.key} {horizon.name}: MLflow has no run of {family.name}; it does not forecast today")
+            continue
+        model, logged = tracking.load_model(runs[0]["run_id"])
+        if trained_on(logged) != origin.data.features:
+            log.warning(
+                f"{market.key} {horizon.name}: {family.name} run {runs[0]['run_id'][:8]} was trained on other "
+                "features than the training set has now; retrain it (left out today)"
+            )
+            continue
+        value = forecast_of(model, origin.inputs(family.shape, budget))
+        if not np.isfinite(value):
+            log.warning(
+                f"{market.key} {horizon.name}: {family.name} forecast {value} for {origin.time}; left out today"
+            )
+            continue
+        forecasts[family.name], models[family.name] = value, (runs[0]["run_id"], model)
+    return forecasts, models
+
+
+BACKGROUND = 16  # training windows a network's features are replaced with when its forecast is explained
+
+
+def _drivers(model, x_row: np.ndarray, origin: LatestOrigin, index: list[int], k: int, budget: Budget) -> str:
+    """Top drivers of a model's forecast for the origin: TreeSHAP for a tree (`x_row`, scaled), sampled
+    SHAP against training windows for a network; '[]' for a model without features (random walk, ARIMA...)."""
+    names, shown = [origin.data.features[i] for i in index], origin.raw[index]
+    length = window_length(model)
+    try:
+        if tree_kind(model):
+            return drivers_json(top_drivers(model, x_row, names, k, values=shown))
+        if length is None:
+            return "[]"
+        windowed = dataclasses.replace(budget, sequence_length=length)
+        train = fold_inputs(origin.data, origin.fold, origin.scaler, "sequence", windowed)[0].x
+        picked = np.unique(np.linspace(0, len(train) - 1, min(BACKGROUND, len(train))).round().astype(int))
+        window = origin.inputs("sequence", windowed).x[0]
+        return drivers_json(top_drivers(model, window, names, k, background=np.asarray(train[picked]), values=shown))
+    except NoAttribution:
+        return "[]"
+
+
+def specialist_forecast(folder: Path, origin: LatestOrigin, k: int) -> tuple[float, str]:
+    """A regime specialist's forecast for the origin (scaled by its own training rows' scaler) and its drivers."""
+    model, scaler, names = load_specialist(folder)
+    missing = [n for n in names if n not in origin.data.features]
+    if missing:
+        raise ValueError(
+            f"{folder}: the specialist uses features the master table lacks (first: {missing[0]}); retrain it"
+        )
+    index = [origin.data.features.index(n) for n in names]
+    data = dataclasses.replace(origin.data, x=origin.data.x[:, index], features=tuple(names))
+    x = fold_inputs(data, origin.fold, scaler, "tabular", NO_CAP)[1]
+    return float(model.predict(x).mean[-1]), _drivers(model, x.x[0], origin, index, k, NO_CAP)
+
+
+NO_CAP = dataclasses.replace(PROFILES["full"].training, max_train_rows=None)  # the origin's slice is cut already
+
+
+def stored_oof(lake: Lake, market: Market, horizon: Horizon) -> tuple[dict[str, pl.DataFrame], tuple[str, ...]]:
+    """Every family's stored out-of-fold forecasts of the horizon, and the families that have none."""
+    names = [f.name for f in families()]
+    parts = {"market": market, "horizon": horizon.name}
+    found = {n: lake.read(tables.OOF, family=n, **parts) for n in names if lake.exists(tables.OOF, family=n, **parts)}
+    return found, tuple(n for n in names if n not in found)
+
+
+def forecast_horizon(
+    lake: Lake,
+    tracking: Tracking,
+    market: Market,
+    horizon: Horizon,
+    budget: Budget,
+    levels: tuple[float, ...],
+    min_scores: int,
+    drivers: int,
+    log,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(the published rows: the champion's, and the challenger's when one is registered; every family's
+    forecast) for the newest origin of one market x horizon.
+
+    levels: the conformal intervals' coverage levels; min_scores: the matured walk-forward errors an
+    interval needs; drivers: the top drivers kept per forecast.
+    """
+    key = time_key(horizon)
+    parts = {"market": market, "horizon": horizon.name}
+    keys = lake.read(tables.TRAINING_SET, columns=[key], **parts)[key]
+    folds = lake.read(tables.FOLDS, **parts)
+    scalers = lake.read(tables.SCALERS, **parts)
+    master = lake.scan(tables.MASTER, market=market, timeframe=feature_timeframe(horizon))
+    state = lake.read(tables.REGIME_STATE, **parts)
+    champion = tracking.champion(market.key, horizon.name)
+    if champion is None:
+        raise dg.Failure(
+            f"{market.key} {horizon.name}: no champion registered in MLflow; materialize "
+            f"{market.key}/models/leaderboard"
+        )
+    newest = master.select(pl.col(key).max()).collect().item()
+    day = newest.date() if isinstance(newest, dt.datetime) else newest
+    sessions = settlement_days(day, day + dt.timedelta(days=550))  # past the longest horizon
+    origin = latest_origin(keys, folds, scalers, master, market, horizon, budget, sessions)
+    oof, missing = stored_oof(lake, market, horizon)
+    members = assemble(
+        oof,
+        training_origins(lake, market, horizon.name),
+        state,
+        key,
+        missing,
+        where=f"the {market} {horizon.name} out-of-fold forecasts",
+    )
+    bars = (
+        continuous_bars(lake, (market,))[market.key]
+        if key == "date"
+        else lake.scan(tables.BARS, timeframe=feature_timeframe(horizon))
+        .select("ts", "close")
+        .filter(pl.col("ts") == origin.time)
+        .collect()
+    )  # one bar of a table of millions
+    price = origin_price(bars, origin)
+    now_state, regime = origin_state(origin, state), origin_regime(origin)
+    forecasts, models = family_forecasts(tracking, market, horizon, origin, budget, log)
+    history = history_of(members)
+    calibration = Calibration.of(horizon_rows(horizon), rows_per_year(horizon))
+    levels = tuple(sorted(levels))
+    every = list(range(len(origin.data.features)))
+    tabular = origin.inputs("tabular", budget).x[0]
+
+    def row(role: str, registered: dict) -> dict:
+        family = registered["family"]
+        if family not in forecasts:
+            raise dg.Failure(
+                f"{market.key} {horizon.name}: the {role} {family} ({registered['model_version']}) could "
+                f"not forecast {origin.time} (see the warnings above); retrain it or register another"
+            )
+        out = {
+            "model_version": registered["model_version"],
+            "run_id": registered["run_id"],
+            "family": family,
+            "role": role,
+            "source": role,
+        }
+        chosen = choose_model(lake, market, horizon.name, regime) if role == "champion" else None
+        if chosen is not None:
+            log.info(f"{market.key} {horizon.name}: {chosen.why}")
+        if chosen is not None and chosen.source == "specialist":
+            point, shown = specialist_forecast(chosen.path, origin, drivers)
+            out |= {
+                "model_version": f"specialist/{regime}/{chosen.run_id[:8]}",
+                "run_id": chosen.run_id,
+                "family": chosen.model,
+                "source": "specialist",
+            }
+        else:
+            point = forecasts[family]
+            shown = _drivers(models[family][1], tabular, origin, every, drivers, budget)
+        # A specialist's interval is calibrated on the champion it stands in for: its own regime folds are few.
+        values = published(
+            point, family, forecasts, history, origin.time, price, origin.scale, levels, min_scores, calibration
+        )
+        return {
+            "asset": market.symbol,
+            "horizon": horizon.name,
+            "as_of": as_timestamp(origin.time),
+            "target_time": origin.target,
+            **out,
+            **values,
+            "regime": regime,
+            "state": now_state,
+            "drivers": shown,
+        }
+
+    rows = [row("champion", champion)]
+    challenger = tracking.challenger(market.key, horizon.name)
+    if challenger is not None:
+        rows.append(row("challenger", challenger))
+    frame = pl.DataFrame(rows, schema_overrides=row_schema(levels), infer_schema_length=None)
+    table = pl.DataFrame(
+        {
+            "family": list(forecasts),
+            "forecast_return": list(forecasts.values()),
+            "run_id": [models[f][0] for f in forecasts],
+        }
+    ).with_columns((pl.col("forecast_return").exp() * price).alias("forecast_price"))
+    return frame, table
+
+
+def row_schema(levels: tuple[float, ...]) -> dict:
+    bounds = {
+        f"{side}_{level_name(v)}{price}": pl.Float64
+        for v in levels
+        for side in ("lower", "upper")
+        for price in ("", "_price")
+    }
+    return {
+        "as_of": pl.Datetime("us", "UTC"),
+        "target_time": pl.Datetime("us", "UTC"),
+        "forecast_return": pl.Float64,
+        "forecast_price": pl.Float64,
+        "price": pl.Float64,
+        "conviction": pl.Float64,
+        "confidence": pl.Float64,
+        "spread": pl.Float64,
+        "typical_move": pl.Float64,
+        **bounds,
+    }
