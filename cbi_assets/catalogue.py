@@ -119,11 +119,6 @@ def market(name: str | Market) -> Market:
     return found
 
 
-def market_horizons() -> list[tuple[str, str]]:
-    """Every valid (market, horizon) pair, in catalogue order."""
-    return [(m.symbol, h.name) for m in MARKETS.values() for h in m.horizons]
-
-
 # --- Named regimes ----------------------------------------------------------------------------
 
 
@@ -223,7 +218,6 @@ FUTURES: dict[str, Future] = {
 }
 
 Schema = Literal["ohlcv-1d", "ohlcv-1m", "trades", "tbbo", "mbp-10", "definition"]
-DATABENTO_SCHEMAS: tuple[Schema, ...] = ("ohlcv-1m", "ohlcv-1d", "trades", "tbbo", "mbp-10", "definition")
 # MES is the one market we also ingest below the daily bar.
 INTRADAY_SCHEMAS: tuple[Schema, ...] = ("ohlcv-1m", "trades", "tbbo", "mbp-10", "definition")
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import subprocess
 import sys
@@ -25,7 +26,14 @@ from pathlib import Path
 from cbi_assets.settings import PROJECT_ROOT, Settings
 
 MODULE = "cbi_assets.definitions"
-QUIET = '{"loggers": {"console": {"config": {"log_level": "INFO"}}}}'
+# Progress lines, not one debug line per partition and event. Steps run two at a time in processes forked
+# from one that imported the code location once (a fresh process per step would import it again: seconds).
+RUN_CONFIG = json.dumps(
+    {
+        "loggers": {"console": {"config": {"log_level": "INFO"}}},
+        "execution": {"config": {"multiprocess": {"start_method": {"forkserver": {"preload_modules": [MODULE]}}}}},
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -37,8 +45,7 @@ class Step:
     def command(self, dagster: str = "dagster") -> list[str]:
         command = [dagster, "asset", "materialize", "-m", MODULE, "--select", self.selection]
         command += ["--partition-range", self.partition_range] if self.partition_range else []
-        # Progress lines, not one debug line per partition and event.
-        return command + ["--config-json", QUIET]
+        return command + ["--config-json", RUN_CONFIG]
 
 
 def plan(settings: Settings) -> list[Step]:
@@ -61,22 +68,15 @@ def plan(settings: Settings) -> list[Step]:
         keys = f"{partition_of(first)}...{partition_of(last)}"
         steps.append(Step(f"raw layer: {name.replace('_', ' ')} {keys}", of_raw(name), keys))
     steps.append(Step("feature layers, rolls, lake inventory and regime calendar", of_stage("prepare"), None))
+    # Each market's horizons in one run: Dagster builds the training sets and every model family through the
+    # leaderboard first, then what reads them.
     for market in MARKETS.values():
         horizons = horizon_partitions(market).get_partition_keys()
         steps.append(
             Step(
-                f"{market} training sets and every model family through the leaderboard",
-                of_stage("train", market),
-                f"{horizons[0]}...{horizons[-1]}",
-            )
-        )
-    for market in MARKETS.values():
-        horizons = horizon_partitions(market).get_partition_keys()
-        steps.append(
-            Step(
-                f"{market} regime state, ensembles, explanations, Reptile, backtests, today's forecasts and "
-                "their validation",
-                of_stage("forecast", market),
+                f"{market}: training sets, every model family, the leaderboard; the regime state, ensembles, "
+                "explanations, Reptile, backtests, today's forecasts and their validation",
+                of_stage("train", "forecast", market=market),
                 f"{horizons[0]}...{horizons[-1]}",
             )
         )

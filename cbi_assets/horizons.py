@@ -10,6 +10,7 @@ every partition that failed.
 from __future__ import annotations
 
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,8 +65,11 @@ def each_partition(
         try:
             result = work(key) or Done()
         except Exception as error:  # one partition's failure must not lose the others' results
-            reason = error.description if isinstance(error, dg.Failure) else f"{type(error).__name__}: {error}"
-            context.log.error(f"{name} {key} ({i}/{len(keys)}) failed: {reason}")
+            if isinstance(error, dg.Failure):  # a failure the code foresaw says what to do
+                reason, trace = error.description, ""
+            else:
+                reason, trace = f"{type(error).__name__}: {error}", "\n" + traceback.format_exc()
+            context.log.error(f"{name} {key} ({i}/{len(keys)}) failed: {reason}{trace}")
             failed.append(f"{key}: {reason}")
             continue
         done[key] = result

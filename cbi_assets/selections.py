@@ -31,10 +31,14 @@ def stage(name: str) -> dict[str, str]:
     return {"stage": name}
 
 
-def of_stage(name: str, market: Market | None = None) -> str:
-    """The selection of a stage's assets, of one market's assets when given (their keys start with it)."""
-    stage(name)
-    return f"tag:stage={name}" + (f' and key:"{market.key}/*"' if market else "")
+def of_stage(*names: str, market: Market | None = None) -> str:
+    """The selection of the assets of one or more stages; of one market's assets when given (their keys start
+    with it)."""
+    for name in names:
+        stage(name)
+    either = " or ".join(f"tag:stage={name}" for name in names)
+    either = f"({either})" if len(names) > 1 and market else either
+    return either + (f' and key:"{market.key}/*"' if market else "")
 
 
 def of_raw(partitions: str) -> str:

@@ -42,12 +42,3 @@ def figure(width: float = 10, height: float = 4, rows: int = 1, sharex: bool = T
     import matplotlib.pyplot as plt
 
     return plt.subplots(rows, 1, figsize=(width, height), sharex=sharex)
-
-
-def partly_failed(failed: list[str], what: str, metadata: dict) -> dg.Failure:
-    """The failure of a run that stored what it could: how many `what` failed, the first reason,
-    and every reason beside the run's other metadata."""
-    return dg.Failure(
-        f"{len(failed)} {what} failed (first: {failed[0]}); the others are stored",
-        metadata={"failed": dg.MetadataValue.json(failed), **metadata},
-    )

@@ -11,7 +11,6 @@ from cbi_assets.catalogue import (
     REGIMES,
     TIMEFRAMES,
     YAHOO_TICKERS,
-    market_horizons,
     regime_of,
 )
 from cbi_assets.raw.datasets import RAW_DATASETS
@@ -26,7 +25,7 @@ def test_horizons_and_their_length_in_bars():
 
 
 def test_no_invalid_asset_horizon_pairs():
-    pairs = set(market_horizons())
+    pairs = {(m.symbol, h.name) for m in MARKETS.values() for h in m.horizons}
     assert ("ZL", "1w") in pairs and ("MES", "1min") in pairs
     assert ("MES", "1w") not in pairs and ("ZL", "1min") not in pairs
     assert len(pairs) == 5 + 12

@@ -38,19 +38,18 @@ def test_plan_materializes_every_asset_once_within_its_partitions():
             assert partitioned.has_partition_key(first) and last == "2024"
     ranges = [s.partition_range for s in steps]
     assert ranges == [
-        "2000...2024",
+        f"{settings.sample_start.year}...2024",
         "2019...2024",
         None,
-        "1w...12m",
-        "1min...12m",
         "1w...12m",
         "1min...12m",
         "trump_2023_2025...trump_2023_2025",
         None,
     ]
-    # Each market's leaderboard is built in its training step, before the ensembles that read it.
-    zl_train = {k.to_user_string() for k in selections[3]}
-    assert "zl/models/leaderboard" in zl_train and "zl/models/ensemble" not in zl_train
+    # Each market's horizons in one run: its training sets, models, leaderboard, ensembles and forecasts.
+    zl = {k.to_user_string() for k in selections[3]}
+    assert {"zl/training/labels", "zl/models/leaderboard", "zl/models/ensemble", "zl/predictions/upload"} <= zl
+    assert all(k.startswith("zl/") for k in zl)
     assert {k.to_user_string() for k in selections[-1]} == {"monitoring/audit", "shared/models/transfer"}
     assert "--partition-range" in steps[0].command() and "materialize" in steps[0].command()
 

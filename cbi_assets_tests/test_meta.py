@@ -246,7 +246,7 @@ def test_zl_reptile_is_stored_tracked_and_adapts_to_a_new_regime(zl_model_lake, 
 
     uri = resources["tracking"].tracking_uri
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    experiment = client.get_experiment_by_name(experiment_name("zl", "1w"))
+    experiment = client.get_experiment_by_name(experiment_name(ZL, "1w"))
     run = next(r for r in client.search_runs([experiment.experiment_id]) if r.data.tags["family"] == "reptile")
     assert run.info.run_id == metadata["mlflow_runs"].value["1w"]
     assert {"mase", "mse_vs_rw", "scratch_mse_vs_rw"} <= set(run.data.metrics)

@@ -78,7 +78,7 @@ def test_the_daily_forecast_twice_leaves_one_row_per_key(own_registry):
     assert rows.height == 1 and latest.height == 1
     assert rows.select(history.KEY).n_unique() == rows.height
     row = rows.row(0, named=True)
-    champion = resources["tracking"].champion("zl", "1w")
+    champion = resources["tracking"].champion(ZL, "1w")
     assert (row["model_version"], row["run_id"], row["role"]) == (
         champion["model_version"],
         champion["run_id"],
@@ -103,14 +103,14 @@ def test_the_daily_forecast_twice_leaves_one_row_per_key(own_registry):
 def test_a_challenger_stays_in_the_shadow_until_it_beats_the_champion(own_registry):
     lake, resources = own_registry
     tracking = resources["tracking"]
-    champion = tracking.champion("zl", "1w")
+    champion = tracking.champion(ZL, "1w")
     other = next(
         f
         for f in ("lightgbm", "xgboost", "ridge", "drift")
-        if f != champion["family"] and tracking.family_runs("zl", "1w", f, 1)
+        if f != champion["family"] and tracking.family_runs(ZL, "1w", f, 1)
     )
-    tracking.register("zl", "1w", tracking.family_runs("zl", "1w", other, 1)[0]["run_id"], other, "challenger")
-    challenger = tracking.challenger("zl", "1w")
+    tracking.register(ZL, "1w", tracking.family_runs(ZL, "1w", other, 1)[0]["run_id"], other, "challenger")
+    challenger = tracking.challenger(ZL, "1w")
     assert _run(resources).success
     rows, latest = _stored(resources)
     assert sorted(rows["role"]) == ["challenger", "champion"]
@@ -144,11 +144,11 @@ def test_a_challenger_stays_in_the_shadow_until_it_beats_the_champion(own_regist
     with duckdb.connect(resources["warehouse"].database) as conn:
         assert history.append(conn, past) == 20
     assert _run(resources, {"ops": {"zl__predictions__upload": {"config": {"promote_after_days": 11}}}}).success
-    assert tracking.champion("zl", "1w")["version"] == champion["version"]  # 10 shared days < 11
+    assert tracking.champion(ZL, "1w")["version"] == champion["version"]  # 10 shared days < 11
 
     assert _run(resources, {"ops": {"zl__predictions__upload": {"config": {"promote_after_days": 10}}}}).success
-    assert tracking.champion("zl", "1w")["version"] == challenger["version"]
-    assert tracking.challenger("zl", "1w") is None
+    assert tracking.champion(ZL, "1w")["version"] == challenger["version"]
+    assert tracking.challenger(ZL, "1w") is None
     with duckdb.connect(resources["warehouse"].database, read_only=True) as conn:
         alerts = conn.sql("select kind, asset, horizon, message from monitoring.alerts").pl()
     assert alerts.rows() == [("promotion", "ZL", "1w", alerts["message"][0])] and other in alerts["message"][0]

@@ -235,8 +235,9 @@ def test_a_failed_range_run_marks_its_partitions_failed(tmp_path):
 
 def test_a_25_year_backfill_of_every_raw_dataset_records_in_seconds(sample_folder, tmp_path):
     """Every raw dataset over all its partitions since 2000, on Dagster's stock SQLite storage: the bookkeeping
-    (the runs' time less the time the assets spent fetching, checking and storing) stays small because the
-    partitions are years, not days."""
+    stays small because the partitions are years, not days. Bookkeeping is what the runs took beyond what the
+    assets spent fetching, checking and storing; it is judged on this process's CPU time (the runs execute in
+    it), which other work on the machine does not inflate, and the wall time is printed beside it."""
     source = LocalFilesSource(root=str(sample_folder))
     resources = {
         "lake": Lake(root=str(tmp_path / "lake")),
@@ -244,28 +245,27 @@ def test_a_25_year_backfill_of_every_raw_dataset_records_in_seconds(sample_folde
         "macro_source": source,
         "history_source": source,
     }
-    run_seconds, partitions = 0.0, 0
+    wall = cpu = 0.0
+    partitions = 0
     with dg.instance_for_test() as instance:
         for name, definition in RAW_PARTITIONS.items():
             assets = [a for a in RAW_ASSETS if partitions_name(RAW_DATASETS[a.key.path[-1]]) == name]
             keys = definition.get_partition_keys()
-            began = time.perf_counter()
+            began, began_cpu = time.perf_counter(), time.process_time()
             result = run(assets, resources, keys[0], keys[-1], instance=instance)
-            run_seconds += time.perf_counter() - began
+            wall, cpu = wall + time.perf_counter() - began, cpu + time.process_time() - began_cpu
             partitions += len(keys) * len(assets)
             assert result.success
-        compute = sum(
-            instance.get_latest_materialization_event(a.key).asset_materialization.metadata["seconds"].value
-            for a in RAW_ASSETS
-        )
+        spent = [instance.get_latest_materialization_event(a.key).asset_materialization.metadata for a in RAW_ASSETS]
         recorded = len(
             instance.get_event_records(dg.EventRecordsFilter(dg.DagsterEventType.ASSET_MATERIALIZATION), limit=100_000)
         )
     days = sum(len(resources["lake"].raw(d).days()) for d in RAW_DATASETS.values())
-    assert recorded == partitions and partitions * 50 < days  # a materialization per year or month, not per day
-    bookkeeping = run_seconds - compute
+    assert recorded == partitions and partitions * 50 < days  # a materialization per year, not per day
+    bookkeeping_cpu = cpu - sum(m["cpu_seconds"].value for m in spent)
+    bookkeeping_wall = wall - sum(m["seconds"].value for m in spent)
     print(
-        f"{partitions} partitions of {len(RAW_ASSETS)} datasets: {run_seconds:.1f}s in all, {compute:.1f}s in the "
-        f"assets, {bookkeeping:.1f}s of bookkeeping"
+        f"{partitions} partitions of {len(RAW_ASSETS)} datasets, {days:,} days: bookkeeping {bookkeeping_cpu:.1f} s of "
+        f"CPU ({bookkeeping_wall:.1f} s of wall time; the runs {wall:.1f} s in all)"
     )
-    assert bookkeeping < 30
+    assert bookkeeping_cpu < 30

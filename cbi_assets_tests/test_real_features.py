@@ -12,7 +12,7 @@ from cbi_assets.features.layers import (
     shared_layer,
 )
 from cbi_assets.features.master import MIN_FEATURES
-from cbi_assets.features.quality import distinct_finding, null_finding
+from cbi_assets.features.quality import Profile
 from cbi_assets.raw.datasets import RAW_DATASETS
 from resources.local_files import LocalFilesSource
 
@@ -34,8 +34,8 @@ def test_zl_master_from_real_data(real_data, capsys):
     master = asset_master("zl", asset_layer("zl", continuous), shared)
 
     frame = master.frame
-    nulls = null_finding(master)
-    distinct = distinct_finding(master, MIN_FEATURES["daily"])
+    profile = Profile().add(master)
+    nulls, distinct = profile.nulls(), profile.distinct(MIN_FEATURES["daily"])
     with capsys.disabled():
         print(
             f"\nZL master from real data: {frame.height} rows ({frame['date'].min()}..{frame['date'].max()}), "

@@ -235,7 +235,7 @@ def test_zl_specialists_materialize_for_a_regime(zl_model_lake, tmp_path):
         run.data.tags["family"] == "specialist_trade_war_2017_2019" and run.data.tags["regime"] == "trade_war_2017_2019"
     )
     assert {"mase", "generalist_mase", "random_walk_mase"} <= set(run.data.metrics)
-    assert client.get_experiment(run.info.experiment_id).name == experiment_name("zl", "1w")
+    assert client.get_experiment(run.info.experiment_id).name == experiment_name(ZL, "1w")
 
     metadata = results["trade_war_2017_2019"].asset_materializations_for_node(asset.op.name)[0].metadata
     assert metadata["beats_generalist"].value == {"trade_war_2017_2019/1w": verdict_row["beats_generalist"]}

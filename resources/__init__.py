@@ -43,6 +43,7 @@ def sample_source(settings: Settings) -> SampleSource:
     return SampleSource(
         cache_dir=str(sample_folder(settings.lake)),
         end=settings.sample_end.isoformat(),
+        start=settings.sample_start.isoformat(),
         intraday_sessions=settings.sample_intraday_sessions,
         tick_sessions=settings.sample_tick_sessions,
     )

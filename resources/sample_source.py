@@ -26,6 +26,7 @@ class SampleSource(Source):
 
     cache_dir: str
     end: str  # ISO date of the last session
+    start: str = SampleConfig.start.isoformat()  # ISO date of the first day of daily history
     seed: int = 20_240_601
     intraday_sessions: int = 60
     tick_sessions: int = 2
@@ -38,6 +39,7 @@ class SampleSource(Source):
     def config(self) -> SampleConfig:
         return SampleConfig(
             end=dt.date.fromisoformat(self.end),
+            start=dt.date.fromisoformat(self.start),
             seed=self.seed,
             intraday_sessions=self.intraday_sessions,
             tick_sessions=self.tick_sessions,

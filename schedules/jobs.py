@@ -22,7 +22,7 @@ def _validate_job(market: Market) -> dg.UnresolvedAssetJobDefinition:
 def retrain_selection(market: Market) -> str:
     """Labels through the leaderboard, then the ensemble, the explanations and a fresh forecast and upload: what a
     changed market needs before it forecasts again (meta-learning tasks, Reptile and backtests wait for the plan)."""
-    return f'({of_stage("train", market)} and not key:"{market.key}/training/meta_tasks") or ' + " or ".join(
+    return f'({of_stage("train", market=market)} and not key:"{market.key}/training/meta_tasks") or ' + " or ".join(
         f'key:"{market.key}/{name}"'
         for name in ("models/ensemble", "models/explanations", "predictions/forecast", "predictions/upload")
     )
@@ -40,7 +40,7 @@ def _retrain_job(market: Market) -> dg.UnresolvedAssetJobDefinition:
 def _specialists_job(market: Market) -> dg.UnresolvedAssetJobDefinition:
     return dg.define_asset_job(
         f"{market.key}_specialists",
-        selection=of_stage("specialists", market),
+        selection=of_stage("specialists", market=market),
         description=f"{market}: the regime specialists of one regime partition.",
     )
 

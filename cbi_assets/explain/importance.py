@@ -13,8 +13,6 @@ import polars as pl
 
 from cbi_assets.explain.shapley import Attribution
 
-IMPORTANCE_SCHEMA = {"feature": pl.String, "mean_abs_shap": pl.Float64, "rank": pl.Int32}
-
 
 def importance(attribution: Attribution) -> pl.DataFrame:
     """feature, mean_abs_shap, rank (1 = the largest mean |SHAP|), most important first."""

@@ -86,10 +86,6 @@ def daily_bars(lake, symbols: list[str]) -> dict[str, pl.DataFrame]:
     return {s: raw[f"{s.lower()}_ohlcv_1d"] for s in symbols if f"{s.lower()}_ohlcv_1d" in raw}
 
 
-def lake_series(lake) -> dict[str, pl.DataFrame]:
-    return series(read_many(lake, series_datasets()))
-
-
 def lake_ticks(lake) -> dict[str, pl.DataFrame | None]:
     return {kind: lake.read_raw(d) for kind, d in zip(TICKS, TICK_DATASETS, strict=True)}
 

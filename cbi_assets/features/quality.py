@@ -208,17 +208,5 @@ def finite_finding(table: Table) -> Finding:
     return Profile().add(table).finite()
 
 
-def null_finding(table: Table, limit: float = NULL_LIMIT) -> Finding:
-    return Profile().add(table).nulls(limit)
-
-
 def order_finding(table: Table) -> Finding:
     return Profile().add(table).order()
-
-
-def calendar_finding(table: Table, timeframe: str) -> Finding:
-    return Profile().add(table).calendar(timeframe)
-
-
-def distinct_finding(table: Table, minimum: int) -> Finding:
-    return Profile().add(table).distinct(minimum)

@@ -18,7 +18,6 @@ import numpy as np
 import polars as pl
 
 METRICS = ("mape", "rmse", "mae", "mase", "directional_accuracy", "sharpe")
-OOF_COLUMNS = ("fold", "regime", "price", "forward_price", "actual", "forecast", "lower", "upper", "sigma")
 
 
 def sign_returns(actual: np.ndarray, forecast: np.ndarray, horizon: int, cost_bps: float) -> np.ndarray:

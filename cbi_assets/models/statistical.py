@@ -15,8 +15,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from arch import arch_model
-from arch.utility.exceptions import ConvergenceWarning as ArchConvergenceWarning
 from scipy.signal import lfilter
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 from statsmodels.tsa.holtwinters import SimpleExpSmoothing
@@ -328,6 +326,10 @@ class FittedGarch:
 def fit_garch(inputs: Inputs, budget: Budget) -> FittedGarch:
     returns = _training_returns(inputs, budget)
     unit = _unit(returns)
+    # arch takes two seconds to import: only a GARCH fit pays for it.
+    from arch import arch_model
+    from arch.utility.exceptions import ConvergenceWarning as ArchConvergenceWarning
+
     model = arch_model(returns / unit, **GARCH)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ArchConvergenceWarning)

@@ -252,8 +252,8 @@ def _upload_asset(market: Market):
                 f"{market.key} {horizon.name}: {count} new forecast row(s) in {history.TABLE} ({stored.height} stored)"
             )
             added = {"as_of": str(frame["as_of"][0]), "rows_added": count, "rows_in_history": stored.height}
-            champion = tracking.champion(market.key, horizon.name)
-            challenger = tracking.challenger(market.key, horizon.name)
+            champion = tracking.champion(market, horizon.name)
+            challenger = tracking.challenger(market, horizon.name)
             if challenger is None or champion is None:
                 return Done(rows=[added], value=(view, None))
             found = shadow.verdict(
@@ -263,7 +263,7 @@ def _upload_asset(market: Market):
                 config.promote_after_days,
             )
             if found.promote:
-                tracking.promote(market.key, horizon.name)
+                tracking.promote(market, horizon.name)
                 alerts.send(
                     "promotion",
                     f"{market} {horizon.name}: {challenger['family']} ({challenger['model_version']}) "

@@ -95,7 +95,7 @@ def latest_origin(
     key = keys.name
     first, trained_until = keys[train_lo], keys[train_hi]
     features = list(scaler.columns)
-    column = return_column(market.key, horizon)
+    column = return_column(market, horizon)
     table = f"the {market} master_{feature_timeframe(horizon)} table"
     available = master.collect_schema().names()
     missing = [c for c in (key, column, *features) if c not in available]

@@ -17,7 +17,7 @@ from cbi_assets import lake as tables
 from cbi_assets.calendars import settlement_days
 from cbi_assets.catalogue import Horizon, Market
 from cbi_assets.ensembles.conformal import Calibration, level_name
-from cbi_assets.ensembles.members import assemble, training_origins
+from cbi_assets.ensembles.members import assemble, family_oof, training_origins
 from cbi_assets.explain.shapley import (
     NoAttribution,
     top_drivers,
@@ -59,7 +59,7 @@ def family_forecasts(
     {family: (run_id, model)}). A family without a usable run is left out with a warning."""
     forecasts, models = {}, {}
     for family in families():
-        runs = tracking.family_runs(market.key, horizon.name, family.name, 1)
+        runs = tracking.family_runs(market, horizon.name, family.name, 1)
         if not runs:
             log.warning(f"{market.key} {horizon.name}: MLflow has no run of {family.name}; it does not forecast today")
             continue
@@ -119,14 +119,6 @@ def specialist_forecast(folder: Path, origin: LatestOrigin, k: int) -> tuple[flo
 NO_CAP = dataclasses.replace(PROFILES["full"].training, max_train_rows=None)  # the origin's slice is cut already
 
 
-def stored_oof(lake: Lake, market: Market, horizon: Horizon) -> tuple[dict[str, pl.DataFrame], tuple[str, ...]]:
-    """Every family's stored out-of-fold forecasts of the horizon, and the families that have none."""
-    names = [f.name for f in families()]
-    parts = {"market": market, "horizon": horizon.name}
-    found = {n: lake.read(tables.OOF, family=n, **parts) for n in names if lake.exists(tables.OOF, family=n, **parts)}
-    return found, tuple(n for n in names if n not in found)
-
-
 def forecast_horizon(
     lake: Lake,
     tracking: Tracking,
@@ -151,7 +143,7 @@ def forecast_horizon(
     scalers = lake.read(tables.SCALERS, **parts)
     master = lake.scan(tables.MASTER, market=market, timeframe=feature_timeframe(horizon))
     state = lake.read(tables.REGIME_STATE, **parts)
-    champion = tracking.champion(market.key, horizon.name)
+    champion = tracking.champion(market, horizon.name)
     if champion is None:
         raise dg.Failure(
             f"{market.key} {horizon.name}: no champion registered in MLflow; materialize "
@@ -161,7 +153,7 @@ def forecast_horizon(
     day = newest.date() if isinstance(newest, dt.datetime) else newest
     sessions = settlement_days(day, day + dt.timedelta(days=550))  # past the longest horizon
     origin = latest_origin(keys, folds, scalers, master, market, horizon, budget, sessions)
-    oof, missing = stored_oof(lake, market, horizon)
+    oof, missing = family_oof(lake, market, horizon.name, [f.name for f in families()])
     members = assemble(
         oof,
         training_origins(lake, market, horizon.name),
@@ -232,7 +224,7 @@ def forecast_horizon(
         }
 
     rows = [row("champion", champion)]
-    challenger = tracking.challenger(market.key, horizon.name)
+    challenger = tracking.challenger(market, horizon.name)
     if challenger is not None:
         rows.append(row("challenger", challenger))
     frame = pl.DataFrame(rows, schema_overrides=row_schema(levels), infer_schema_length=None)

@@ -90,7 +90,7 @@ def take_in(
     context: dg.AssetExecutionContext, dataset: RawDataset, lake: Lake, source: Source, refetch: bool = False
 ) -> dg.MaterializeResult:
     """Fetch the run's partitions of `dataset` from `source`, check them and store them by day."""
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     start, end = requested_days(dataset, source, *window_days(context))
     store = lake.raw(dataset)
     if dataset.intraday and not refetch:
@@ -112,6 +112,7 @@ def take_in(
                 "rows": 0,
                 "path": dg.MetadataValue.path(str(store.root)),
                 "seconds": round(time.perf_counter() - began, 3),
+                "cpu_seconds": round(time.process_time() - cpu, 3),
             },
             check_results=[
                 dg.AssetCheckResult(check_name=name, passed=True, description="no days to check") for name in CHECKS
@@ -154,6 +155,7 @@ def take_in(
             "preview": table(received.tail(5).drop("ingested_at", strict=False), 5),
             # Fetching, checking and storing, without Dagster's bookkeeping of the partitions.
             "seconds": round(time.perf_counter() - began, 3),
+            "cpu_seconds": round(time.process_time() - cpu, 3),
         },
         check_results=[f.result(name, severe=name == "schema") for name, f in findings.items()],
     )

@@ -56,14 +56,3 @@ def regimes_of(dates: pl.Series, calendar: pl.DataFrame) -> pl.Series:
     frame = pl.DataFrame({"date": dates.cast(pl.Date)}).with_row_index("row").sort("date")
     joined = frame.join_asof(starts, left_on="date", right_on="start", strategy="backward").sort("row")
     return joined["regime"].alias("regime")
-
-
-def regime_spans(dates: pl.Series, calendar: pl.DataFrame) -> pl.DataFrame:
-    """Per regime, the first and last of `dates` inside it and how many there are."""
-    return (
-        pl.DataFrame({"date": dates.cast(pl.Date), "regime": regimes_of(dates, calendar)})
-        .group_by("regime")
-        .agg(pl.col("date").min().alias("first"), pl.col("date").max().alias("last"), pl.len().alias("days"))
-        .join(calendar, on="regime", how="right")
-        .select("regime", "start", "end", "weight", "first", "last", pl.col("days").fill_null(0))
-    )
