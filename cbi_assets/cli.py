@@ -41,6 +41,7 @@ class Step:
     what: str
     selection: str  # Dagster's selection syntax
     partition_range: str | None  # "<first>...<last>", or None for unpartitioned assets
+    phase: int  # steps of one phase read nothing the others write: they run side by side
 
     def command(self, dagster: str = "dagster") -> list[str]:
         command = [dagster, "asset", "materialize", "-m", MODULE, "--select", self.selection]
@@ -49,7 +50,8 @@ class Step:
 
 
 def plan(settings: Settings) -> list[Step]:
-    """The stages in order: the raw partitions the source holds, then everything derived from them."""
+    """The stages in order: the raw partitions the source holds, then everything derived from them. Steps of one
+    phase run at the same time: each leaves a core idle part of its time (a chain of assets, a long model)."""
     from cbi_assets.catalogue import MARKETS, regime_of
     from cbi_assets.partitions import horizon_partitions
     from cbi_assets.raw.datasets import RAW_DATASETS
@@ -66,8 +68,8 @@ def plan(settings: Settings) -> list[Step]:
             continue
         first, last = min(s[0] for s in spans), max(s[1] for s in spans)
         keys = f"{partition_of(first)}...{partition_of(last)}"
-        steps.append(Step(f"raw layer: {name.replace('_', ' ')} {keys}", of_raw(name), keys))
-    steps.append(Step("feature layers, rolls, lake inventory and regime calendar", of_stage("prepare"), None))
+        steps.append(Step(f"raw layer: {name.replace('_', ' ')} {keys}", of_raw(name), keys, phase=1))
+    steps.append(Step("feature layers, rolls, lake inventory and regime calendar", of_stage("prepare"), None, phase=2))
     # Each market's horizons in one run: Dagster builds the training sets and every model family through the
     # leaderboard first, then what reads them.
     for market in MARKETS.values():
@@ -78,20 +80,28 @@ def plan(settings: Settings) -> list[Step]:
                 "explanations, Reptile, backtests, today's forecasts and their validation",
                 of_stage("train", "forecast", market=market),
                 f"{horizons[0]}...{horizons[-1]}",
+                phase=3,
             )
         )
     # Regime specialists for the regime the data ends in (the calendar asset adds its partition).
     current = regime_of(settings.last_day).name
     steps.append(
-        Step(f"regime specialists of the current regime ({current})", of_stage("specialists"), f"{current}...{current}")
+        Step(
+            f"regime specialists of the current regime ({current})",
+            of_stage("specialists"),
+            f"{current}...{current}",
+            phase=4,
+        )
     )
-    steps.append(Step("cross-market transfer and the audit", of_stage("cross_market"), None))
+    steps.append(Step("cross-market transfer and the audit", of_stage("cross_market"), None, phase=4))
     return steps
 
 
 def _environment(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("DAGSTER_HOME", str(PROJECT_ROOT / ".dagster"))
+    # `dagster asset materialize` warns that a newer command supersedes it, once per step: the run logs come first.
+    env["PYTHONWARNINGS"] = "ignore:Function `asset_materialize_command` is superseded"
     # Every step of one run sees the same source, profile and last day.
     env.update(
         {
@@ -106,26 +116,47 @@ def _environment(settings: Settings) -> dict[str, str]:
     return env
 
 
+def create_stores(settings: Settings, dagster_home: str) -> None:
+    """Dagster's storage and the MLflow store, created before steps start side by side: processes that start at
+    once on new SQLite files would each try to create their tables."""
+    import dagster as dg
+
+    from resources import build_resources
+
+    os.environ["DAGSTER_HOME"] = dagster_home
+    Path(dagster_home).mkdir(parents=True, exist_ok=True)
+    with dg.DagsterInstance.get():
+        pass
+    build_resources(settings)["tracking"].create_store()
+
+
 def build(settings: Settings) -> int:
-    """Materialize every step of the plan in order; stop at the first that fails."""
+    """Materialize every step of the plan, phase by phase; stop after a phase in which a step failed."""
     env = _environment(settings)
     dagster = str(Path(sys.executable).with_name("dagster"))
     steps = plan(settings)
     began = time.perf_counter()
+    create_stores(settings, env["DAGSTER_HOME"])
     print(
         f"Building the asset graph from {settings.source} data through {settings.last_day}, profile "
         f"{settings.profile}, in {len(steps)} steps.",
         flush=True,
     )
-    for i, step in enumerate(steps, 1):
-        print(f"\n[{i}/{len(steps)}] {step.what}\n  $ {' '.join(step.command('dagster'))}", flush=True)
+    for phase in sorted({s.phase for s in steps}):
+        running = []
+        for i, step in enumerate(steps, 1):
+            if step.phase == phase:
+                print(f"\n[{i}/{len(steps)}] {step.what}\n  $ {' '.join(step.command('dagster'))}", flush=True)
+                running.append((i, step, subprocess.Popen(step.command(dagster), env=env, cwd=PROJECT_ROOT)))
         started = time.perf_counter()
-        done = subprocess.run(step.command(dagster), env=env, cwd=PROJECT_ROOT)
-        if done.returncode:
-            print(f"step {i} failed ({step.what}); open the run in the web UI (cbi dev) for its logs", file=sys.stderr)
-            return done.returncode
+        failed = [(i, step) for i, step, process in running if process.wait()]
+        for i, step in failed:
+            print(f"step {i} failed ({step.what}); open its run in the web UI (cbi dev) for the logs", file=sys.stderr)
+        if failed:
+            return 1
         print(
-            f"  done in {time.perf_counter() - started:.0f}s ({time.perf_counter() - began:.0f}s since the start)",
+            f"  steps {', '.join(str(i) for i, _, _ in running)} done in {time.perf_counter() - started:.0f}s "
+            f"({time.perf_counter() - began:.0f}s since the start)",
             flush=True,
         )
     print(f"\nThe asset graph is materialized in {time.perf_counter() - began:.0f}s.")

@@ -13,7 +13,7 @@
 | CBI_END                      | the last day to take in from a source (YYYY-MM-DD); unset: |
 |                              | today (the sample: its last session)     |
 | CBI_SAMPLE_END               | the last session before today            |
-| CBI_SAMPLE_START             | 2012-01-03 (the sample's first daily day) |
+| CBI_SAMPLE_START             | 2016-01-04 (the sample's first daily day) |
 | CBI_SAMPLE_INTRADAY_SESSIONS | 60 (MES 1-minute bars)                   |
 | CBI_SAMPLE_TICK_SESSIONS     | 2 (MES trades, TBBO, MBP-10)             |
 | CBI_PROFILE                  | sample when the futures come from the sample, else full, |
@@ -34,9 +34,9 @@ from cbi_assets.lake import warehouse_file
 from cbi_assets.profiles import load_profile
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-# The main job's sample starts its daily history here: 15 years hold every regime from the biofuel
-# expansion on and keep `cbi demo` within minutes on 2 cores (the sample itself reaches back to 2000).
-SAMPLE_START = dt.date(2012, 1, 3)
+# The main job's sample starts its daily history here: 11 years hold every regime from the commodity
+# slump on and keep `cbi demo` within minutes on 2 cores (the sample itself reaches back to 2000).
+SAMPLE_START = dt.date(2016, 1, 4)
 SOURCES = ("auto", "sample", "live", "local")
 
 

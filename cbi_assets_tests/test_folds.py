@@ -200,7 +200,7 @@ def test_impossible_plans_say_what_to_change():
 def test_the_profiles_plans_follow_the_catalogue():
     full = PROFILES["full"]
     assert full.fold_plan(ZL, ZL.horizon("3m")) == FoldPlan(60, "expanding", embargo=63)
-    assert PROFILES["sample"].fold_plan("ZL", ZL.horizon("1w")).n_folds == 5
+    assert PROFILES["sample"].fold_plan("ZL", ZL.horizon("1w")).n_folds == 3
     # An intraday horizon's rows are bars of its own length: one row of embargo, 60 sessions of hours.
     hourly = full.fold_plan(MES, MES.horizon("1h"))
     assert hourly.scheme == "sliding" and hourly.embargo == 1 and hourly.train_rows == 60 * 23

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,10 @@ def _symbol(market: Market) -> str:
     return market.symbol
 
 
+# MLflow's SQL store uses a SQLAlchemy loader strategy SQLAlchemy has deprecated: a warning per query otherwise.
+warnings.filterwarnings("ignore", message="The ``noload`` loader strategy is deprecated")
+
+
 class Tracking(dg.ConfigurableResource):
     tracking_uri: str  # sqlite:///<Models>/mlflow.db locally, http(s)://... for a team server
     artifact_root: str  # where local runs keep their models; a server decides for itself
@@ -40,6 +45,13 @@ class Tracking(dg.ConfigurableResource):
         from mlflow import MlflowClient
 
         return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    def create_store(self) -> None:
+        """Create the tracking store's tables now, if they are not there: processes that start at once on a new
+        SQLite store would each try to create them."""
+        client = self._client()
+        client.search_experiments(max_results=1)
+        client.search_registered_models(max_results=1)
 
     def _experiment(self, client, market: Market, horizon: str) -> str:
         name = experiment_name(market, horizon)

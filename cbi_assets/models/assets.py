@@ -15,7 +15,6 @@ import dagster as dg
 import numpy as np
 import polars as pl
 from dagster_duckdb import DuckDBResource
-from matplotlib.ticker import MaxNLocator
 
 from cbi_assets import lake as tables
 from cbi_assets.catalogue import MARKETS, Horizon, Market
@@ -51,6 +50,8 @@ def _error_plot(scores: dict[str, pl.DataFrame], title: str):
         ax.plot(folds["group"].cast(pl.Int64).to_list(), folds["mase"].to_list(), marker="o", label=name)
     ax.axhline(1.0, color="black", linestyle="--", linewidth=0.8, label="random walk")
     ax.set_xlabel("fold (test window, in time order)")
+    from matplotlib.ticker import MaxNLocator
+
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("MASE")
     ax.set_title(f"{title}: walk-forward error per fold against the random walk")

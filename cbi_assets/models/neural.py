@@ -210,24 +210,28 @@ class _Trainer:
             variable.assign(value)
 
 
-_CURRENT: list[_Trainer] = []  # the one trainer kept per process
+# The trainers kept per process, one per family and window shape: horizons of one timeframe share
+# their windows' shape, so each family is built and traced once for all of them.
+_TRAINERS: dict[tuple, _Trainer] = {}
+KEPT_TRAINERS = 5
 
 
 def _trainer(name: str, build: Callable, shape: tuple, device: dict, seed: int, arch: dict) -> _Trainer:
     """The network of a family for windows of `shape`, reset to the weights a fresh build with
-    `seed` gives. Folds of one family and horizon share it: building and tracing a network costs
-    about 0.5 s, more than training it on the sample, and a reset network trains exactly as a new
-    one would. Another family or shape clears the Keras session and builds anew."""
+    `seed` gives. Folds and horizons share it: building and tracing a network costs about 0.5 s,
+    more than training it on the sample, and a reset network trains exactly as a new one would.
+    A new shape beyond KEPT_TRAINERS clears the Keras session and builds anew."""
     import keras
     import tensorflow as tf
 
     key = (name, tuple(shape), device["policy"], seed, tuple(sorted(arch.items())))
-    if _CURRENT and _CURRENT[0].key == key:
-        _CURRENT[0].reset()
+    if key in _TRAINERS:
+        _TRAINERS[key].reset()
         keras.utils.set_random_seed(seed)
-        return _CURRENT[0]
-    _CURRENT.clear()
-    keras.backend.clear_session(free_memory=False)  # its garbage collection costs ~0.3 s a fit
+        return _TRAINERS[key]
+    if len(_TRAINERS) >= KEPT_TRAINERS:
+        _TRAINERS.clear()
+        keras.backend.clear_session(free_memory=False)  # its garbage collection costs ~0.3 s
     keras.utils.set_random_seed(seed)
     length, features = shape
     model = build(keras, length, features, device["policy"], **arch)
@@ -258,7 +262,7 @@ def _trainer(name: str, build: Callable, shape: tuple, device: dict, seed: int, 
         model.get_weights(),
         [v.numpy() for v in optimizer.variables],
     )
-    _CURRENT.append(trainer)
+    _TRAINERS[key] = trainer
     return trainer
 
 

@@ -15,10 +15,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.signal import lfilter
-from statsmodels.tools.sm_exceptions import ConvergenceWarning
-from statsmodels.tsa.holtwinters import SimpleExpSmoothing
-from statsmodels.tsa.statespace.sarimax import SARIMAX
 from threadpoolctl import threadpool_limits
 
 from cbi_assets.models.registry import Budget, Forecast, Inputs, register
@@ -119,6 +115,8 @@ class FittedArima:
     @_one_blas_thread
     def predict(self, inputs: Inputs) -> Forecast:
         returns = _returns(inputs) / self.unit
+        from statsmodels.tsa.statespace.sarimax import SARIMAX
+
         model = SARIMAX(returns, order=self.order, trend=ARIMA["trend"])
         filtered = model.filter(self.coefficients)
         rows = slice(len(returns) - inputs.rows, len(returns))
@@ -135,6 +133,11 @@ def fit_arima(inputs: Inputs, budget: Budget) -> FittedArima:
     unit = _unit(returns)
     # Concentrating the scale out of the likelihood keeps L-BFGS fast where AR and MA roots nearly
     # cancel (near-white-noise returns), a flat likelihood it otherwise wanders on for a second.
+    # statsmodels and scipy take seconds to import: only a fit pays for them, not every process that
+    # loads the code location.
+    from statsmodels.tools.sm_exceptions import ConvergenceWarning
+    from statsmodels.tsa.statespace.sarimax import SARIMAX
+
     model = SARIMAX(returns / unit, **ARIMA, concentrate_scale=True)
     with warnings.catch_warnings():
         # An unconverged ARMA on near-white noise still forecasts close to the mean: no need to shout.
@@ -162,6 +165,8 @@ class FittedEts:
         returns = _returns(inputs)
         alpha = self.smoothing_level
         # level_t = alpha r_t + (1 - alpha) level_{t-1}, from the initial level before the first return.
+        from scipy.signal import lfilter
+
         level, _ = lfilter([alpha], [1.0, alpha - 1.0], returns, zi=[(1.0 - alpha) * self.initial_level])
         h = inputs.horizon
         # r_{t+k} = level_t + alpha (e_{t+1} + ... + e_{t+k-1}) + e_{t+k}, so e_{t+j} enters the
@@ -177,6 +182,9 @@ def fit_ets(inputs: Inputs, budget: Budget) -> FittedEts:
     returns = _training_returns(inputs, budget)
     unit = _unit(returns)
     with warnings.catch_warnings():
+        from statsmodels.tools.sm_exceptions import ConvergenceWarning
+        from statsmodels.tsa.holtwinters import SimpleExpSmoothing
+
         warnings.simplefilter("ignore", ConvergenceWarning)
         result = SimpleExpSmoothing(returns / unit, initialization_method=ETS["initialization_method"]).fit()
     return FittedEts(
@@ -194,9 +202,9 @@ def fit_ets(inputs: Inputs, budget: Budget) -> FittedEts:
 # days would overflow after ~95,000 bars).
 PROPHET_EPOCH = pd.Timestamp("2000-01-01")
 PROPHET_ROWS_PER_DAY = 24
-# Prophet 1.x calls a pandas method pandas has deprecated; once per predict call it would fill the
-# run log with the same warning.
-warnings.filterwarnings("ignore", message="The inplace keyword", module="prophet")
+# Prophet 1.x calls a pandas method pandas has deprecated; once per fit and predict it would fill the
+# run log with the same warning, so it is filtered where Prophet runs.
+PANDAS_INPLACE = "The inplace keyword"
 
 
 def _prophet_frame(clock: np.ndarray, x: np.ndarray) -> pd.DataFrame:
@@ -234,7 +242,9 @@ class FittedProphet:
             return Forecast(mean=np.zeros(0))
         # Test returns start at the same first training row as the training returns did.
         clock = len(inputs.returns) - inputs.rows + np.arange(inputs.rows) - self.origin
-        forecast = self.model.predict(_prophet_frame(clock, _prophet_regressors(inputs)))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=PANDAS_INPLACE)
+            forecast = self.model.predict(_prophet_frame(clock, _prophet_regressors(inputs)))
         return Forecast(mean=forecast["yhat"].to_numpy())
 
 
@@ -246,7 +256,9 @@ class FittedProphet:
     **PROPHET,
 )
 def fit_prophet(inputs: Inputs, budget: Budget) -> FittedProphet:
-    # Imported here: loading Prophet and Stan costs a second on every import of the registry.
+    # Imported here: loading Prophet and Stan costs a second on every import of the registry. Prophet logs an
+    # error on import that its interactive plots need plotly, which forecasting does not use.
+    logging.getLogger("prophet.plot").setLevel(logging.CRITICAL)
     from cmdstanpy.utils import get_logger
     from prophet import Prophet
 
@@ -275,7 +287,9 @@ def fit_prophet(inputs: Inputs, budget: Budget) -> FittedProphet:
         )
     for j in range(x.shape[1]):
         model.add_regressor(f"x{j}")
-    model.fit(frame)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=PANDAS_INPLACE)
+        model.fit(frame)
     names = inputs.feature_names[: x.shape[1]] or tuple(f"x{j}" for j in range(x.shape[1]))
     return FittedProphet(model, inputs.rows - len(y), tuple(names))
 
@@ -309,6 +323,8 @@ class FittedGarch:
         squared = (_returns(inputs) / self.unit - self.mu) ** 2
         first = self.omega + (self.alpha + self.beta) * self.backcast
         # sigma2_{t+1} = omega + alpha eps_t^2 + beta sigma2_t: the next row's variance, known at t.
+        from scipy.signal import lfilter
+
         following, _ = lfilter([1.0], [1.0, -self.beta], self.omega + self.alpha * squared, zi=[self.beta * first])
         step = following[len(squared) - inputs.rows :]
         total = np.zeros(inputs.rows)

@@ -8,7 +8,6 @@ re-checks one day and raises an alert on any problem.
 """
 
 import datetime as dt
-import warnings
 
 import dagster as dg
 import polars as pl
@@ -29,7 +28,6 @@ from cbi_assets.ui import table as md_table
 from resources.alerts import Alerts
 
 # Single-run backfills are a deliberate choice (every horizon in one run); the parameter is in beta.
-warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
 
 
 def _upload(market: Market) -> dg.AssetKey:

@@ -16,6 +16,7 @@ from cbi_assets.raw.quality import partition_day, validate
 from cbi_assets.raw.store import PartitionStore, day_digests
 
 _DAY = "__partition_day"
+STORED_AT_ONCE = 1000  # days stored in one batch (and one progress line) under the dataset's lock
 
 
 @dataclass
@@ -96,12 +97,13 @@ def ingest(
     report = IngestReport(dataset.name, origin, start, end)
     window = window.with_columns(pl.lit(received_at).cast(pl.Datetime("us", "UTC")).alias("ingested_at"))
     digests = day_digests(window, _DAY)
-    by_day = window.partition_by(_DAY, as_dict=True, maintain_order=True, include_key=False)
-    for i, ((day,), records) in enumerate(sorted(by_day.items())):
-        outcome = store.write(day, records, digests[day])
-        getattr(report, outcome).append(day)
-        report.rows += records.height
-        if progress and (i + 1) % 1000 == 0:
-            progress(f"{dataset.name}: stored {i + 1:,} of {len(by_day):,} days (up to {day})")
+    by_day = sorted(window.partition_by(_DAY, as_dict=True, maintain_order=True, include_key=False).items())
+    for first in range(0, len(by_day), STORED_AT_ONCE):
+        batch = [(day, records, digests[day]) for (day,), records in by_day[first : first + STORED_AT_ONCE]]
+        for (day, records, _), outcome in zip(batch, store.write_days(batch), strict=True):
+            getattr(report, outcome).append(day)
+            report.rows += records.height
+        if progress and len(by_day) > STORED_AT_ONCE:
+            progress(f"{dataset.name}: stored {first + len(batch):,} of {len(by_day):,} days (up to {batch[-1][0]})")
     report.seconds = time.perf_counter() - began
     return report

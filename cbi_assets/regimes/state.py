@@ -10,13 +10,15 @@ import datetime as dt
 import logging
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
-from statsmodels.tools.sm_exceptions import EstimationWarning
-from statsmodels.tsa.regime_switching.markov_regression import MarkovRegression
 
 from cbi_assets.features.volatility import vix_band
+
+if TYPE_CHECKING:
+    from statsmodels.tsa.regime_switching.markov_regression import MarkovRegression
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,9 @@ class MarkovPlan:
             )
 
     def model(self, returns: np.ndarray) -> MarkovRegression:
+        # statsmodels takes seconds to import: only a fit pays for it.
+        from statsmodels.tsa.regime_switching.markov_regression import MarkovRegression
+
         return MarkovRegression(
             returns, k_regimes=self.k, trend="c" if self.switching_mean else "n", switching_variance=True
         )
@@ -102,6 +107,8 @@ def _fit(model: MarkovRegression, plan: MarkovPlan) -> tuple[np.ndarray, bool]:
     with warnings.catch_warnings():
         # EM re-scales a transition probability that steps past 0 or 1 for a state it seldom leaves
         # and carries on; that is no failure, and convergence is judged below.
+        from statsmodels.tools.sm_exceptions import EstimationWarning
+
         warnings.simplefilter("ignore", EstimationWarning)
         result = model._fit_em(maxiter=plan.max_iter, tolerance=plan.tolerance)
     llf = result.mle_retvals.llf

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
-from scipy.signal import lfilter
 
 from cbi_assets.catalogue import FUTURES
 from cbi_assets.sample import anchors
@@ -83,6 +82,8 @@ def _anchored(anchor: np.ndarray, sigma: np.ndarray, shocks: np.ndarray, spread:
 def _ewma_volatility(log_return: np.ndarray, decay: float = 0.94, initial: float = 0.25) -> np.ndarray:
     """RiskMetrics volatility of a derived price, known at each day's close (causal)."""
     start = (initial / np.sqrt(TRADING_DAYS)) ** 2
+    from scipy.signal import lfilter
+
     variance, _ = lfilter([1 - decay], [1.0, -decay], np.square(log_return), zi=[decay * start])
     return np.sqrt(variance)
 

@@ -11,7 +11,6 @@ import datetime as dt
 import zlib
 
 import numpy as np
-from scipy.signal import lfilter
 
 
 def component_rng(seed: int, name: str) -> np.random.Generator:
@@ -79,4 +78,6 @@ def garch_forecast(shocks: np.ndarray) -> np.ndarray:
 
 def mean_reverting(innovations: np.ndarray, phi: float) -> np.ndarray:
     """AR(1) deviation x_t = phi * x_{t-1} + e_t, starting from zero (causal, so prefix-stable)."""
+    from scipy.signal import lfilter
+
     return lfilter([1.0], [1.0, -phi], innovations)
