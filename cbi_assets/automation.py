@@ -9,4 +9,12 @@ cycle: they retrain when the regime shifts or validation fails (schedules/sensor
 
 import dagster as dg
 
-EVENING = dg.AutomationCondition.eager()
+# Dagster's `eager()` without its check that no dependency is missing: a raw dataset's years before its
+# history begins (or before a user's own files begin) are never materialized, and would hold back every
+# asset downstream for good. A dependency truly missing fails its reader with a message that names it.
+EVENING = (
+    dg.AutomationCondition.in_latest_time_window()
+    & dg.AutomationCondition.any_deps_updated().since_last_handled()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+).with_label("evening")

@@ -49,31 +49,71 @@ class Step:
         return command + ["--config-json", RUN_CONFIG]
 
 
+def available(settings: Settings) -> tuple[dict, list[str]]:
+    """The days the source holds of each raw dataset ({dataset: (first, last)}), and a note for each it lacks."""
+    from cbi_assets.raw.datasets import RAW_DATASETS
+    from cbi_assets.raw.errors import RawDataError
+    from resources import build_resources, source_of
+
+    resources = build_resources(settings)
+    spans, lacking = {}, []
+    for dataset in RAW_DATASETS.values():
+        try:
+            first, last = source_of(resources, dataset).coverage(dataset)
+        except RawDataError as error:
+            lacking.append(f"{dataset.name}: {error}")
+            continue
+        if first <= last:
+            spans[dataset] = (first, last)
+        else:
+            lacking.append(f"{dataset.name}: no records up to {settings.last_day}")
+    return spans, lacking
+
+
 def plan(settings: Settings) -> list[Step]:
     """The stages in order: the raw partitions the source holds, then everything derived from them. Steps of one
-    phase run at the same time: each leaves a core idle part of its time (a chain of assets, a long model)."""
-    from cbi_assets.catalogue import MARKETS, regime_of
+    phase run at the same time: each leaves a core idle part of its time (a chain of assets, a long model).
+
+    A dataset the source lacks is left out, and so is what cannot be built without it: without MES 1-minute bars
+    (a folder of daily files), the MES bars, microstructure and intraday master tables and the intraday horizons.
+    """
+    from cbi_assets import lake as tables
+    from cbi_assets.catalogue import INTRADAY_TIMEFRAMES, MARKETS, MES, regime_of
     from cbi_assets.partitions import horizon_partitions
     from cbi_assets.raw.datasets import RAW_DATASETS
     from cbi_assets.raw.partitions import RAW_PARTITIONS, partition_of, partitions_name
     from cbi_assets.selections import of_raw, of_stage
-    from resources import build_resources, source_of
 
-    resources = build_resources(settings)
+    spans, _ = available(settings)
     steps = []
     for name in RAW_PARTITIONS:
-        spans = [source_of(resources, d).coverage(d) for d in RAW_DATASETS.values() if partitions_name(d) == name]
-        spans = [(first, last) for first, last in spans if first <= last]
-        if not spans:
+        mine = [d for d in RAW_DATASETS.values() if partitions_name(d) == name]
+        held = [d for d in mine if d in spans]
+        if not held:
             continue
-        first, last = min(s[0] for s in spans), max(s[1] for s in spans)
+        first, last = min(spans[d][0] for d in held), max(spans[d][1] for d in held)
         keys = f"{partition_of(first)}...{partition_of(last)}"
-        steps.append(Step(f"raw layer: {name.replace('_', ' ')} {keys}", of_raw(name), keys, phase=1))
-    steps.append(Step("feature layers, rolls, lake inventory and regime calendar", of_stage("prepare"), None, phase=2))
+        selection = (
+            of_raw(name) if len(held) == len(mine) else " or ".join(f'key:"{d.key.to_user_string()}"' for d in held)
+        )
+        steps.append(Step(f"raw layer: {name.replace('_', ' ')} {keys}", selection, keys, phase=1))
+    prepare = of_stage("prepare")
+    minutes = RAW_DATASETS["mes_ohlcv_1m"] in spans
+    ticks = all(RAW_DATASETS[f"mes_{kind}"] in spans for kind in ("trades", "tbbo", "mbp_10"))
+    intraday = [
+        tables.BARS.asset_key(),
+        *(tables.MASTER.asset_key(market=MES, timeframe=t) for t in INTRADAY_TIMEFRAMES),
+    ]
+    left_out = ([] if minutes else intraday) + ([] if minutes and ticks else [tables.MICROSTRUCTURE.asset_key()])
+    if left_out:
+        prepare += " and not (" + " or ".join(f'key:"{k.to_user_string()}"' for k in left_out) + ")"
+    steps.append(Step("feature layers, rolls, lake inventory and regime calendar", prepare, None, phase=2))
     # Each market's horizons in one run: Dagster builds the training sets and every model family through the
     # leaderboard first, then what reads them.
     for market in MARKETS.values():
-        horizons = horizon_partitions(market).get_partition_keys()
+        horizons = [h.name for h in market.horizons if minutes or not h.intraday]
+        if horizon_partitions(market).get_partition_keys()[-len(horizons) :] != horizons:
+            raise ValueError(f"{market}'s daily horizons must come last among its partitions to form a range")
         steps.append(
             Step(
                 f"{market}: training sets, every model family, the leaderboard; the regime state, ensembles, "
@@ -135,6 +175,8 @@ def build(settings: Settings) -> int:
     env = _environment(settings)
     dagster = str(Path(sys.executable).with_name("dagster"))
     steps = plan(settings)
+    for note in available(settings)[1]:
+        print(f"left out: {note}", flush=True)
     began = time.perf_counter()
     create_stores(settings, env["DAGSTER_HOME"])
     print(
@@ -247,7 +289,9 @@ def settings_for(args: argparse.Namespace) -> Settings:
         if args.local_dir:
             env["CBI_LOCAL_DIR"] = str(args.local_dir.resolve())
         if args.profile:
-            env["CBI_PROFILE"] = args.profile
+            # Steps run in the project folder: a profile file is passed on by its full path.
+            profile = Path(args.profile)
+            env["CBI_PROFILE"] = str(profile.resolve()) if profile.suffix == ".toml" else args.profile
         if args.end:
             env["CBI_END"] = args.end.isoformat()
             if args.source == "sample":

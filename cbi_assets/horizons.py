@@ -91,8 +91,10 @@ def each_partition(
         out |= more
         checks += judged
     if failed:
+        whole = len(keys) - len(done)  # partitions that failed; the rest of `failed` are parts of the others
         raise dg.Failure(
-            f"{name}: {len(failed)} failed of {len(keys)} {dimension}s (first: {failed[0]}); what succeeded is stored",
+            f"{name}: {whole} of {len(keys)} {dimension}s failed and {len(failed) - whole} parts of the others "
+            f"(first: {failed[0]}); what succeeded is stored",
             metadata={"failed": dg.MetadataValue.json(failed), **out},
         )
     return dg.MaterializeResult(metadata=out, check_results=checks)

@@ -332,9 +332,6 @@ class Lake(dg.ConfigurableResource):
     def write(self, table: Table, frame: pl.DataFrame, **parts: Any) -> Path:
         return write_parquet(frame, self.path(table, **parts))
 
-    def sink(self, table: Table, frame: pl.LazyFrame, **parts: Any) -> Path:
-        return sink_parquet(frame, self.path(table, **parts))
-
     def delete(self, table: Table, **parts: Any) -> None:
         path = self.path(table, **parts)
         if table.folder:

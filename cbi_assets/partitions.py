@@ -1,5 +1,5 @@
-"""Partition definitions, declared once: each market's horizons, the named regimes, and the raw layer's
-periods (years of daily records, months of intraday ones)."""
+"""Partition definitions, declared once: each market's horizons and the named regimes (the raw layer's years
+are in cbi_assets/raw/partitions.py)."""
 
 import dagster as dg
 

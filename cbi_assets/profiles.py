@@ -57,8 +57,8 @@ class Profile:
         plan = self.folds.get(f"{m.symbol} {horizon.timeframe}")
         if plan is None:
             raise KeyError(
-                f"profile {self.name!r} has no fold plan for {m.symbol} {horizon.timeframe} horizons; "
-                f"it has {', '.join(self.folds)}"
+                f"profile {self.name!r} has no fold plan for {m.symbol} {horizon.timeframe} horizons (it has "
+                f'{", ".join(self.folds)}); add [folds."{m.symbol} {horizon.timeframe}"] to its .toml file'
             )
         # An intraday horizon learns from bars of its own length (one row per horizon), so its bars
         # and the sliding window's 1-minute rows are counted in those bars.
@@ -148,7 +148,11 @@ def _override(path: Path, given: dict[str, Any]) -> Profile:
         if section == "folds":
             folds = dict(profile.folds)
             for key, changes in values.items():
-                start = folds.get(key) or FoldPlan(5, "expanding")
+                if key not in folds:
+                    raise ValueError(
+                        f"{path}: [folds.{key!r}] is no market and timeframe; use one of {', '.join(folds)}"
+                    )
+                start = folds[key]
                 folds[key] = _replaced(path, f"folds.{key}", start, changes)
             profile = dataclasses.replace(profile, folds=folds)
         elif section in ("training", "meta", "explain"):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from cbi_assets.catalogue import Market
 
 # In the order the graph is built:
-#   ingest        raw partitions from the sources (years of daily records, months of intraday ones)
+#   ingest        raw partitions from the sources (years)
 #   prepare       what the day's data makes without any model: roll calendars, the lake inventory, the feature
 #                 layers and master tables, the feature catalogue, the regime calendar
 #   train         per market and horizon: labels, training sets, folds, meta-learning tasks, every model

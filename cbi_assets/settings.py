@@ -61,9 +61,7 @@ class Settings:
     profile: str  # a built-in profile's name, or the path of a TOML file
     end: dt.date | None = None  # the last day to take in; None: the sample's last session, or today
 
-    @property
-    def on_sample(self) -> bool:
-        return self.source == "sample" or (self.source == "auto" and not os.environ.get("DATABENTO_API_KEY"))
+    on_sample: bool = True  # the futures come from the embedded sample
 
     @property
     def last_day(self) -> dt.date:
@@ -82,6 +80,8 @@ class Settings:
         sample_end = env.get("CBI_SAMPLE_END")
         on_sample = source == "sample" or (source == "auto" and not env.get("DATABENTO_API_KEY"))
         profile = env.get("CBI_PROFILE") or ("sample" if on_sample else "full")
+        if not profile.endswith(".toml"):
+            profile = profile.lower()
         try:
             load_profile(profile)
         except (ValueError, FileNotFoundError) as error:
@@ -100,6 +100,7 @@ class Settings:
             sample_tick_sessions=int(env.get("CBI_SAMPLE_TICK_SESSIONS", 2)),
             profile=profile,
             end=_day(env.get("CBI_END"), "CBI_END"),
+            on_sample=on_sample,
         )
 
 

@@ -61,6 +61,16 @@ def test_a_crash_while_writing_leaves_no_partial_file(tmp_path, monkeypatch):
     assert store.read().collect()["close"].item() == 45.0
 
 
+def test_a_day_that_cannot_be_encoded_leaves_no_file_of_its_batch(tmp_path):
+    store = PartitionStore(tmp_path)
+    days = [(DAY + dt.timedelta(days=i), bars(45.0 + i), f"{i:016x}") for i in range(8)]
+    unwritable = pl.DataFrame({"ts_event": [object()]}, schema={"ts_event": pl.Object})  # Parquet has no type for it
+    with pytest.raises(Exception, match="(?i)object"):
+        store.write_days([*days[:5], (DAY + dt.timedelta(days=5), unwritable, "f" * 16), *days[5:]])
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == [".lock"]  # nothing stored, nothing staged
+    assert store.write_days(days) == ["new"] * 8
+
+
 def test_concurrent_writers_never_share_a_version(tmp_path):
     closes = [40.0 + i for i in range(8)]
     threads = [threading.Thread(target=PartitionStore(tmp_path).write, args=(DAY, bars(c))) for c in closes]

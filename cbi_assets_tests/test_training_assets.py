@@ -65,7 +65,7 @@ def test_regimes_and_training_sets_for_every_asset_and_horizon(feature_lake):
             parts = {"market": market, "horizon": key}
             frame = lake.read(tables.TRAINING_SET, **parts)
             folds = lake.read(tables.FOLDS, **parts)
-            assert frame.height > 100 and folds.height == 5
+            assert frame.height > 100 and folds.height == 3
             assert frame["forward_return"].null_count() == 0
             # The weight is the regime's weight times the label's uniqueness.
             weights = dict(zip([r.name for r in REGIMES], [float(r.weight) for r in REGIMES], strict=True))
@@ -73,7 +73,7 @@ def test_regimes_and_training_sets_for_every_asset_and_horizon(feature_lake):
             assert (frame["weight"] - expected).abs().max() < 1e-9
             assert lake.present(tables.REGIME_SET, "regime", **parts) == sorted(frame["regime"].unique())
             scalers = lake.read(tables.SCALERS, **parts)
-            assert scalers["fold"].n_unique() == 5
+            assert scalers["fold"].n_unique() == 3
             regimes = frame["regime"].unique()
             assert any(lake.exists(tables.META_TASK, regime=r, part="support", **parts) for r in regimes)
 

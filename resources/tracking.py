@@ -21,16 +21,12 @@ from cbi_assets.catalogue import Market
 
 
 def experiment_name(market: Market, horizon: str) -> str:
-    return f"cbi/{_symbol(market)}/{horizon}"
+    return f"cbi/{market.symbol}/{horizon}"
 
 
 def model_name(market: Market, horizon: str) -> str:
     """The registered model of a market x horizon; its `champion` alias is the family in use."""
-    return f"cbi-{_symbol(market)}-{horizon}"
-
-
-def _symbol(market: Market) -> str:
-    return market.symbol
+    return f"cbi-{market.symbol}-{horizon}"
 
 
 # MLflow's SQL store uses a SQLAlchemy loader strategy SQLAlchemy has deprecated: a warning per query otherwise.
@@ -60,7 +56,7 @@ class Tracking(dg.ConfigurableResource):
             return found.experiment_id
         location = None
         if not self.tracking_uri.startswith("http"):
-            location = (Path(self.artifact_root) / _symbol(market) / horizon).resolve().as_uri()
+            location = (Path(self.artifact_root) / market.symbol / horizon).resolve().as_uri()
         return client.create_experiment(name, artifact_location=location)
 
     def log_family(
@@ -84,7 +80,7 @@ class Tracking(dg.ConfigurableResource):
         run = client.create_run(
             self._experiment(client, market, horizon),
             run_name=family,
-            tags={"family": family, "asset": _symbol(market), "horizon": horizon, "data_hash": data_hash, **tags},
+            tags={"family": family, "asset": market.symbol, "horizon": horizon, "data_hash": data_hash, **tags},
         )
         run_id = run.info.run_id
         now = int(time.time() * 1000)
@@ -116,7 +112,7 @@ class Tracking(dg.ConfigurableResource):
         client = self._client()
         name = model_name(market, horizon)
         if not client.search_registered_models(filter_string=f"name = '{name}'"):
-            client.create_registered_model(name, description=f"The champion forecaster of {_symbol(market)} {horizon}")
+            client.create_registered_model(name, description=f"The champion forecaster of {market.symbol} {horizon}")
         source = f"{client.get_run(run_id).info.artifact_uri}/model"
         version = client.create_model_version(name, source=source, run_id=run_id, tags={"family": family})
         client.set_registered_model_alias(name, alias, version.version)

@@ -2,7 +2,7 @@
 
 One job per partition definition of the raw layer (years since 2000; years of MES records since its
 listing); each has a schedule at 17:30 Chicago on exchange days only that refreshes the year of the day
-(for intraday records, the days after the last one stored). The rest of the evening cycle follows by automation
+(for intraday records, the days from the last one stored on). The rest of the evening cycle follows by automation
 (cbi_assets/automation.py).
 """
 
@@ -15,7 +15,7 @@ from cbi_assets.catalogue import EXCHANGE_TIMEZONE
 from cbi_assets.raw.partitions import RAW_PARTITIONS, partition_of
 from cbi_assets.selections import of_raw
 
-CYCLE_TAG = "cbi/cycle"  # every run of the evening cycle carries it, valued with the day (YYYY-MM-DD)
+CYCLE_TAG = "cbi/cycle"  # on every run of the evening cycle: the day (YYYY-MM-DD) of an ingest, "evening" otherwise
 
 DESCRIPTIONS = {
     "market_years": "Raw futures, FRED and Yahoo daily records of one year (since 2000).",

@@ -342,8 +342,12 @@ MASTERS = [(ZL, "1d"), (MES, "1d"), *((MES, tf) for tf in INTRADAY_TIMEFRAMES)]
     automation_condition=EVENING,
 )
 def feature_catalogue(context: dg.AssetExecutionContext, lake: Lake, warehouse: DuckDBResource) -> dg.MaterializeResult:
-    # The entries stored beside each master table: reading the tables themselves would cost minutes.
-    catalogue = pl.concat([lake.feature_catalogue(tables.MASTER, market=m, timeframe=tf) for m, tf in MASTERS])
+    # The entries stored beside each master table: reading the tables themselves would cost minutes. A source
+    # without MES minute bars builds no intraday masters.
+    built = [(m, tf) for m, tf in MASTERS if lake.exists(tables.MASTER, market=m, timeframe=tf)]
+    if not built:
+        raise lake.missing(tables.MASTER, market=ZL, timeframe="1d")
+    catalogue = pl.concat([lake.feature_catalogue(tables.MASTER, market=m, timeframe=tf) for m, tf in built])
     path = lake.write(tables.FEATURE_CATALOGUE, catalogue)
     with warehouse.get_connection() as conn:
         conn.execute("create schema if not exists features")

@@ -9,11 +9,6 @@ import numpy as np
 from cbi_assets.models.registry import Budget, Forecast, Inputs, register
 
 
-def _own(inputs: Inputs) -> np.ndarray:
-    """The slice's own one-step returns (NaN, the first of a series, as no move)."""
-    return np.nan_to_num(inputs.returns[-inputs.rows :])
-
-
 @dataclass(frozen=True)
 class RandomWalk:
     params = {}

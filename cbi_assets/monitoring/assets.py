@@ -27,8 +27,6 @@ from cbi_assets.ui import figure, plot
 from cbi_assets.ui import table as md_table
 from resources.alerts import Alerts
 
-# Single-run backfills are a deliberate choice (every horizon in one run); the parameter is in beta.
-
 
 def _upload(market: Market) -> dg.AssetKey:
     """The asset that publishes a market's forecasts to predictions.history (a warehouse table, not the lake's)."""

@@ -165,7 +165,7 @@ def _forecast_asset(market: Market):
                 config.drivers,
                 context.log,
             )
-            path = lake.write(tables.FORECAST, frame, market=market, horizon=horizon.name)
+            lake.write(tables.FORECAST, frame, market=market, horizon=horizon.name)
             lake.write(tables.FAMILY_FORECASTS, table, market=market, horizon=horizon.name)
             top = frame.row(0, named=True)
             context.log.info(
@@ -190,7 +190,6 @@ def _forecast_asset(market: Market):
             ).with_columns(pl.col(pl.Float64).round(4))
             return Done(
                 rows=shown,
-                metadata={"path": dg.MetadataValue.path(str(path))},
                 value=frame.with_columns(pl.lit(horizon.intraday).alias("intraday")),
             )
 
@@ -203,7 +202,15 @@ def _forecast_asset(market: Market):
                 bars["intraday"] = _recent_prices(lake, market, True, first - dt.timedelta(hours=12))
             return {"forecast_fan": _fan_plot(frames, bars, f"{market} forecasts at {first:%Y-%m-%d}")}
 
-        return each_horizon(context, market, work, name="forecast", summary="forecasts", finish=finish)
+        return each_horizon(
+            context,
+            market,
+            work,
+            name="forecast",
+            summary="forecasts",
+            finish=finish,
+            metadata={"path": dg.MetadataValue.path(lake.where(tables.FORECAST, market=market))},
+        )
 
     return _forecast
 

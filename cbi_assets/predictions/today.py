@@ -152,16 +152,19 @@ def forecast_horizon(
     newest = master.select(pl.col(key).max()).collect().item()
     day = newest.date() if isinstance(newest, dt.datetime) else newest
     sessions = settlement_days(day, day + dt.timedelta(days=550))  # past the longest horizon
-    origin = latest_origin(keys, folds, scalers, master, market, horizon, budget, sessions)
-    oof, missing = family_oof(lake, market, horizon.name, [f.name for f in families()])
-    members = assemble(
-        oof,
-        training_origins(lake, market, horizon.name),
-        state,
-        key,
-        missing,
-        where=f"the {market} {horizon.name} out-of-fold forecasts",
-    )
+    try:
+        origin = latest_origin(keys, folds, scalers, master, market, horizon, budget, sessions)
+        oof, missing = family_oof(lake, market, horizon.name, [f.name for f in families()])
+        members = assemble(
+            oof,
+            training_origins(lake, market, horizon.name),
+            state,
+            key,
+            missing,
+            where=f"the {market} {horizon.name} out-of-fold forecasts",
+        )
+    except ValueError as error:
+        raise dg.Failure(f"{market} {horizon.name}: {error}") from error
     bars = (
         continuous_bars(lake, (market,))[market.key]
         if key == "date"

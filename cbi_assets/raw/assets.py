@@ -34,10 +34,10 @@ CHECKS = {
 
 
 class RawConfig(dg.Config):
-    """Intraday records of a day are final once published, so a run fetches only the days from the last one
-    stored (taken again, in case it was cut short) to the partition's end; `refetch` asks the source for every
-    day of the partition, to see whether it changed any. Daily records are always fetched whole: FRED and the
-    exchanges revise them."""
+    """Intraday records of a day are final once published, so the refresh of one year fetches only the days
+    from the last one stored (taken again, in case it was cut short) to the year's end; `refetch` asks the
+    source for every day of the year, to see whether it changed any. Daily records are always fetched whole:
+    FRED and the exchanges revise them."""
 
     refetch: bool = False
 
@@ -93,13 +93,15 @@ def take_in(
     began, cpu = time.perf_counter(), time.process_time()
     start, end = requested_days(dataset, source, *window_days(context))
     store = lake.raw(dataset)
-    if dataset.intraday and not refetch:
+    # The evening refresh of one year: intraday days stored already are final (a backfill of several years
+    # takes every day, gaps included).
+    if dataset.intraday and not refetch and len(context.partition_keys) == 1:
         stored = store.days(start, end)
         if stored:
             start = stored[-1]
             context.log.info(
-                f"{dataset.name}: {len(stored)} days of {start.year} stored already; fetching from the "
-                "last of them (run config refetch: true fetches every day)"
+                f"{dataset.name}: {len(stored)} days of {context.partition_key} stored already; fetching from the "
+                f"last of them, {start} (run config refetch: true fetches every day)"
             )
     if start > end:
         context.log.info(

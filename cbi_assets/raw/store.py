@@ -155,10 +155,14 @@ class PartitionStore:
                 for day, frame, digest in days
                 if latest[day] is None or latest[day].digest != digest
             ]
-            staged: list[Path] = []
+            with ThreadPoolExecutor(max_workers=ENCODERS) as encoders:
+                encoding = [encoders.submit(self._stage, item) for item in changed]
+            # Every encoder has finished: the files staged are known even when one of them failed.
+            staged = [f.result() for f in encoding if f.exception() is None]
             try:
-                with ThreadPoolExecutor(max_workers=ENCODERS) as encoders:
-                    staged = list(encoders.map(self._stage, changed))
+                failed = next((f.exception() for f in encoding if f.exception() is not None), None)
+                if failed is not None:
+                    raise failed
                 for (day, _, digest), tmp in zip(changed, staged, strict=True):
                     number = latest[day].number + 1 if latest[day] else 1
                     # link() publishes the complete file under its final name, and never replaces one.

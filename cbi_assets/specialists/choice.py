@@ -48,7 +48,7 @@ def champion_of(lake: Lake, m: Market, horizon: str) -> dict:
 
 
 def choose_model(lake: Lake, m: Market, horizon: str, regime: str | None) -> Choice:
-    """The model to forecast `market_` `horizon` with while `regime` (a regime partition key) is current.
+    """The model to forecast market `m` `horizon` with while `regime` (a regime partition key) is current.
 
     The specialist is chosen only when its stored verdict says it beat the generalist (the same
     folds, and the stored generalist oof where it covers the regime's test rows) and the random walk,
