@@ -19,7 +19,14 @@ import dagster as dg
 import polars as pl
 
 from cbi_assets.catalogue import Horizon, Market
+from cbi_assets.partitions import horizon_partitions
 from cbi_assets.ui import table
+
+
+def horizon_asset(market: Market, **asset: Any):
+    """The `dg.asset` decorator of a per-horizon asset of `market`: partitioned by the market's horizons, and a run
+    over several of them is one process (a single-run backfill) whose body loops with `each_horizon`."""
+    return dg.asset(partitions_def=horizon_partitions(market), backfill_policy=dg.BackfillPolicy.single_run(), **asset)
 
 
 @dataclass

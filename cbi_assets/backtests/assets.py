@@ -16,11 +16,10 @@ from cbi_assets.backtests.procurement import (
 )
 from cbi_assets.backtests.trading import SIZINGS, backtest
 from cbi_assets.catalogue import MES, ZL, Horizon, Market
-from cbi_assets.horizons import Done, each_horizon
+from cbi_assets.horizons import Done, each_horizon, horizon_asset
 from cbi_assets.lake import Lake, NotBuilt, reads
 from cbi_assets.models.inputs import horizon_rows, rows_per_year
 from cbi_assets.models.registry import families
-from cbi_assets.partitions import horizon_partitions
 from cbi_assets.selections import stage
 from cbi_assets.training.sets import time_key
 from cbi_assets.ui import figure, plot
@@ -122,11 +121,10 @@ def _monthly_plot(frame: pl.DataFrame, title: str):
     return plot(fig)
 
 
-@dg.asset(
+@horizon_asset(
+    ZL,
     key=tables.BACKTEST.asset_key(market=ZL, kind="procurement"),
     group_name="zl_backtests",
-    partitions_def=horizon_partitions(ZL),
-    backfill_policy=dg.BackfillPolicy.single_run(),
     deps=_reads(ZL),
     kinds={"python", "duckdb"},
     tags={"layer": "backtests", **stage("forecast")},
@@ -232,11 +230,10 @@ def _equity_plot(periods: dict[str, pl.DataFrame], key: str, title: str):
     return plot(fig)
 
 
-@dg.asset(
+@horizon_asset(
+    MES,
     key=tables.BACKTEST.asset_key(market=MES, kind="trading"),
     group_name="mes_backtests",
-    partitions_def=horizon_partitions(MES),
-    backfill_policy=dg.BackfillPolicy.single_run(),
     deps=_reads(MES),
     kinds={"python", "duckdb"},
     tags={"layer": "backtests", **stage("forecast")},

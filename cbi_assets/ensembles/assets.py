@@ -20,11 +20,10 @@ from cbi_assets.ensembles.forecasts import (
     members_table,
 )
 from cbi_assets.ensembles.members import Members, assemble, family_oof, training_origins
-from cbi_assets.horizons import Done, each_horizon
+from cbi_assets.horizons import Done, each_horizon, horizon_asset
 from cbi_assets.lake import Lake, reads
 from cbi_assets.models.inputs import horizon_rows, rows_per_year
 from cbi_assets.models.registry import families
-from cbi_assets.partitions import horizon_partitions
 from cbi_assets.profiles import TrainingProfile
 from cbi_assets.selections import stage
 from cbi_assets.training.sets import time_key
@@ -189,11 +188,10 @@ def ensemble_horizon(
 def _ensemble_asset(market: Market):
     registered = [f.name for f in families()]
 
-    @dg.asset(
+    @horizon_asset(
+        market,
         key=[market.key, "models", "ensemble"],
         group_name=f"{market.key}_models",
-        partitions_def=horizon_partitions(market),
-        backfill_policy=dg.BackfillPolicy.single_run(),
         deps=reads(tables.OOF, markets=[market], family=registered)
         + reads(tables.TRAINING_SET, tables.REGIME_STATE, markets=[market]),
         kinds={"python", "duckdb"},

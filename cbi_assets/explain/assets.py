@@ -17,11 +17,10 @@ from cbi_assets.catalogue import MARKETS, Horizon, Market
 from cbi_assets.explain.explained import PARTS, Explained, explain_family, summary_frame, warehouse_drivers
 from cbi_assets.explain.rows import explained_rows
 from cbi_assets.explain.shapley import NoAttribution
-from cbi_assets.horizons import Done, each_horizon
+from cbi_assets.horizons import Done, each_horizon, horizon_asset
 from cbi_assets.lake import Lake, reads
 from cbi_assets.models.inputs import TrainingArrays
 from cbi_assets.models.registry import families
-from cbi_assets.partitions import horizon_partitions
 from cbi_assets.profiles import PROFILES, Profile, TrainingProfile
 from cbi_assets.selections import stage
 from cbi_assets.training.sets import feature_timeframe, time_key
@@ -191,11 +190,10 @@ def _explain_asset(market: Market):
     # The models and the champion come from MLflow, written by the trees and the leaderboard.
     models = [dg.AssetKey([market.key, "models", "trees"]), dg.AssetKey([market.key, "models", "leaderboard"])]
 
-    @dg.asset(
+    @horizon_asset(
+        market,
         key=[market.key, "models", "explanations"],
         group_name=f"{market.key}_models",
-        partitions_def=horizon_partitions(market),
-        backfill_policy=dg.BackfillPolicy.single_run(),
         deps=reads(tables.TRAINING_SET, tables.FOLDS, tables.SCALERS, markets=[market])
         + reads(tables.MASTER, markets=[market], timeframe=timeframes)
         + models,

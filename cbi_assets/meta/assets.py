@@ -23,13 +23,12 @@ import polars as pl
 
 from cbi_assets import lake as tables
 from cbi_assets.catalogue import MARKETS, Horizon, Market
-from cbi_assets.horizons import Done, each_horizon
+from cbi_assets.horizons import Done, each_horizon, horizon_asset
 from cbi_assets.lake import Lake, reads
 from cbi_assets.meta import reptile, transfer
 from cbi_assets.meta.budget import MetaBudget
 from cbi_assets.meta.scores import SHOWN
 from cbi_assets.models.inputs import SESSIONS_PER_YEAR, horizon_rows, season_rows
-from cbi_assets.partitions import horizon_partitions
 from cbi_assets.profiles import TrainingProfile
 from cbi_assets.selections import stage
 from cbi_assets.training.sets import feature_columns, time_key
@@ -190,11 +189,10 @@ def meta_learn(
 
 
 def _reptile_asset(market: Market):
-    @dg.asset(
+    @horizon_asset(
+        market,
         key=tables.REPTILE.asset_key(market=market),
         group_name=f"{market.key}_models",
-        partitions_def=horizon_partitions(market),
-        backfill_policy=dg.BackfillPolicy.single_run(),
         deps=reads(tables.META_TASK, tables.TRAINING_SET, markets=[market]),
         pool="gpu",
         kinds={"keras", "mlflow"},

@@ -18,14 +18,13 @@ from dagster_duckdb import DuckDBResource
 
 from cbi_assets import lake as tables
 from cbi_assets.catalogue import MARKETS, Horizon, Market
-from cbi_assets.horizons import Done, each_horizon
+from cbi_assets.horizons import Done, each_horizon, horizon_asset
 from cbi_assets.lake import KIND_ASSETS, Lake, reads
 from cbi_assets.models.evaluation import METRICS, overall, scored
 from cbi_assets.models.inputs import TrainingArrays, horizon_rows, rows_per_year
 from cbi_assets.models.leaderboard import leaderboard, registry_role
 from cbi_assets.models.registry import KINDS, families
 from cbi_assets.models.walk import walk_family
-from cbi_assets.partitions import horizon_partitions
 from cbi_assets.profiles import TrainingProfile
 from cbi_assets.selections import stage
 from cbi_assets.ui import figure, plot
@@ -67,11 +66,10 @@ def _kind_asset(market: Market, kind: str):
     name = KIND_ASSETS[kind]
     neural = kind == "neural"
 
-    @dg.asset(
+    @horizon_asset(
+        market,
         key=[market.key, "models", name],
         group_name=f"{market.key}_models",
-        partitions_def=horizon_partitions(market),
-        backfill_policy=dg.BackfillPolicy.single_run(),
         deps=reads(tables.TRAINING_SET, tables.FOLDS, tables.SCALERS, markets=[market]),
         pool="gpu" if neural else None,
         kinds={"keras" if neural else "python", "mlflow"},
@@ -204,11 +202,10 @@ def _leaderboard_plot(boards: dict[str, pl.DataFrame], title: str):
 def _leaderboard_asset(market: Market):
     registered = [f.name for f in families()]
 
-    @dg.asset(
+    @horizon_asset(
+        market,
         key=[market.key, "models", "leaderboard"],
         group_name=f"{market.key}_models",
-        partitions_def=horizon_partitions(market),
-        backfill_policy=dg.BackfillPolicy.single_run(),
         deps=reads(tables.FAMILY_METRICS, markets=[market], family=registered),
         kinds={"duckdb", "mlflow"},
         tags={"layer": "models", **stage("train")},

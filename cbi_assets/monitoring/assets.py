@@ -16,10 +16,9 @@ from dagster_duckdb import DuckDBResource
 from cbi_assets import lake as tables
 from cbi_assets.calendars import CHICAGO
 from cbi_assets.catalogue import MARKETS, Horizon, Market
-from cbi_assets.horizons import Done, each_horizon
+from cbi_assets.horizons import Done, each_horizon, horizon_asset
 from cbi_assets.lake import Lake, NotBuilt, reads
 from cbi_assets.monitoring import audit, outcomes, validation
-from cbi_assets.partitions import horizon_partitions
 from cbi_assets.predictions import history as predictions
 from cbi_assets.raw.datasets import RAW_DATASETS
 from cbi_assets.selections import stage
@@ -160,12 +159,11 @@ SHOWN = ("status", "rows", "mape", "mape_threshold", "coverage_90", "passed", "r
 def _validation_asset(market: Market):
     key = dg.AssetKey([market.key, "monitoring", "validation"])
 
-    @dg.asset(
+    @horizon_asset(
+        market,
         key=key,
         deps=[_upload(market), *reads(*_prices(market), markets=[market])],
         group_name="monitoring",
-        partitions_def=horizon_partitions(market),
-        backfill_policy=dg.BackfillPolicy.single_run(),
         kinds={"polars", "duckdb"},
         tags={"layer": "monitoring", **stage("forecast")},
         check_specs=[dg.AssetCheckSpec(name, asset=key, description=text) for name, text in CHECKS.items()],

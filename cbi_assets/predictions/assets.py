@@ -20,11 +20,10 @@ from cbi_assets.automation import EVENING
 from cbi_assets.catalogue import MARKETS, Horizon, Market
 from cbi_assets.ensembles.conformal import LEVELS, MIN_SCORES
 from cbi_assets.features.inputs import continuous_bars
-from cbi_assets.horizons import Done, each_horizon
+from cbi_assets.horizons import Done, each_horizon, horizon_asset
 from cbi_assets.lake import Lake, reads
 from cbi_assets.models.registry import families
 from cbi_assets.monitoring.outcomes import matured
-from cbi_assets.partitions import horizon_partitions
 from cbi_assets.predictions import history, shadow
 from cbi_assets.predictions.today import forecast_horizon
 from cbi_assets.profiles import TrainingProfile
@@ -128,11 +127,10 @@ def _forecast_reads(market: Market) -> list[dg.AssetKey]:
 
 
 def _forecast_asset(market: Market):
-    @dg.asset(
+    @horizon_asset(
+        market,
         key=tables.FORECAST.asset_key(market=market),
         group_name=f"{market.key}_predictions",
-        partitions_def=horizon_partitions(market),
-        backfill_policy=dg.BackfillPolicy.single_run(),
         deps=_forecast_reads(market),
         kinds={"mlflow", "polars"},
         tags={"layer": "predictions", **stage("forecast")},
@@ -223,11 +221,10 @@ def _upload_asset(market: Market):
     # The forecast to publish, and the prices a challenger's matured forecasts are judged on.
     bars = [tables.BARS] if _intraday(market) else []
 
-    @dg.asset(
+    @horizon_asset(
+        market,
         key=[market.key, "predictions", "upload"],
         group_name=f"{market.key}_predictions",
-        partitions_def=horizon_partitions(market),
-        backfill_policy=dg.BackfillPolicy.single_run(),
         deps=reads(tables.FORECAST, tables.CONTINUOUS, *bars, markets=[market]),
         kinds={"duckdb", "mlflow"},
         tags={"layer": "predictions", **stage("forecast")},

@@ -10,9 +10,9 @@ from cbi_assets import lake as tables
 from cbi_assets.automation import EVENING
 from cbi_assets.catalogue import MARKETS, REGIMES, Horizon, Market, Regime
 from cbi_assets.features.inputs import continuous_bars
-from cbi_assets.horizons import Done, each_horizon
+from cbi_assets.horizons import Done, each_horizon, horizon_asset
 from cbi_assets.lake import Lake, reads
-from cbi_assets.partitions import REGIME_PARTITIONS, horizon_partitions
+from cbi_assets.partitions import REGIME_PARTITIONS
 from cbi_assets.regimes.calendar import calendar_frame, regimes_of
 from cbi_assets.regimes.state import (
     STATES,
@@ -145,11 +145,10 @@ def _state_plot(state: pl.DataFrame, title: str):
 
 
 def _regime_asset(key: dg.AssetKey, market: Market, description: str, deps: list, kinds: set[str]):
-    return dg.asset(
+    return horizon_asset(
+        market,
         key=key,
         group_name="regimes",
-        partitions_def=horizon_partitions(market),
-        backfill_policy=dg.BackfillPolicy.single_run(),
         deps=deps,
         description=description,
         kinds=kinds,

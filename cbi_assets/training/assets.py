@@ -14,9 +14,8 @@ import polars as pl
 from cbi_assets import lake as tables
 from cbi_assets.catalogue import MARKETS, Horizon, Market
 from cbi_assets.features.inputs import continuous_bars
-from cbi_assets.horizons import Done, each_horizon
+from cbi_assets.horizons import Done, each_horizon, horizon_asset
 from cbi_assets.lake import Lake, reads
-from cbi_assets.partitions import horizon_partitions
 from cbi_assets.profiles import Profile, TrainingProfile
 from cbi_assets.selections import stage
 from cbi_assets.training import sets
@@ -30,13 +29,12 @@ def _training_asset(
     market: Market, table: tables.Table, description: str, deps: list, checks: dict[str, str] | None = None
 ):
     key = table.asset_key(market=market)
-    return dg.asset(
+    return horizon_asset(
+        market,
         key=key,
         description=description,
         deps=deps,
         group_name=f"{market.key}_training",
-        partitions_def=horizon_partitions(market),
-        backfill_policy=dg.BackfillPolicy.single_run(),
         kinds={"polars", "parquet"},
         tags={"layer": "training", **stage("train")},
         check_specs=[dg.AssetCheckSpec(n, asset=key, description=t) for n, t in (checks or {}).items()],
