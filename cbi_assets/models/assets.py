@@ -72,6 +72,9 @@ def _kind_asset(market: Market, kind: str):
         group_name=f"{market.key}_models",
         deps=reads(tables.TRAINING_SET, tables.FOLDS, tables.SCALERS, markets=[market]),
         pool="gpu" if neural else None,
+        # The networks are the longest step of a market's run: in the gpu pool they go before the Reptile model,
+        # which nothing after it waits for.
+        op_tags={"dagster/priority": "1"} if neural else None,
         kinds={"keras" if neural else "python", "mlflow"},
         tags={"layer": "models", **stage("train")},
         description=f"{market} {name} models per horizon: every registered {kind} family trained and tested "
