@@ -10,3 +10,8 @@ import dagster as dg
 warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy")
 # Dagster's own parser of the selection syntax the jobs and `cbi plan` use warns of a beta parameter it passes.
 warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*include_sources")
+
+# A failed `dagster asset materialize` ends with the cause of each failed step (cbi_assets.failures).
+from cbi_assets.failures import report_causes_at_exit  # noqa: E402
+
+report_causes_at_exit()

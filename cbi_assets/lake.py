@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import shutil
 import string
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,8 +26,10 @@ import dagster as dg
 import polars as pl
 
 from cbi_assets.catalogue import Market, market
+from cbi_assets.processes import follow_parent
 from cbi_assets.raw.datasets import RawDataset
 from cbi_assets.raw.store import PartitionStore
+from cbi_assets.temporary import is_orphan, remove_orphans, sync_folder, temporary_name
 
 # The lake is Parquet with zstd (docs/architecture.md). Derived tables are rebuilt often, so at the
 # fastest level: on MES 1-minute master parts (278k rows x 263 columns) level 1 wrote in 0.26 s what
@@ -195,13 +196,15 @@ def replacing(path: Path) -> Iterator[Path]:
     """A temporary name beside `path` to write to; renamed over `path` once the block completes,
     removed when it fails. Rename is atomic on one filesystem: readers see the old file or the new."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    incoming = path.with_name(f".{path.name}.incoming-{uuid.uuid4().hex[:8]}")
+    remove_orphans(path.parent)  # what a killed run of this folder's writers left
+    incoming = path.with_name(temporary_name(path.name))
     try:
         yield incoming
         if incoming.is_file():
             with open(incoming, "rb") as done:
                 os.fsync(done.fileno())  # the content is on disk before the name points to it
         incoming.replace(path)
+        sync_folder(path.parent)  # and the new name is on disk too
     finally:
         if incoming.is_dir():
             shutil.rmtree(incoming, ignore_errors=True)
@@ -229,6 +232,10 @@ class Lake(dg.ConfigurableResource):
     """The lake's root folder (a path every process of a deployment sees) and its tables."""
 
     root: str
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # Every step that touches the lake stops with the process that runs it (cbi_assets.processes).
+        follow_parent(context.instance, context.run)
 
     # -- where ----------------------------------------------------------------------------------
     def path(self, table: Table, **parts: Any) -> Path:
@@ -362,14 +369,20 @@ class Lake(dg.ConfigurableResource):
         """A fresh staging folder to write a folder table into; it replaces the stored folder only once
         the block completes, so a failed run leaves the old one whole."""
         folder = self.path(table, **parts)
-        stage = folder.with_name(f".{folder.name}.incoming-{uuid.uuid4().hex[:8]}")
-        stage.mkdir(parents=True)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        for old in folder.parent.glob(f".incoming-*.{folder.name}.old"):
+            if not folder.exists() and is_orphan(old.name):  # killed between the two renames below
+                old.rename(folder)
+        remove_orphans(folder.parent)
+        stage = folder.with_name(temporary_name(folder.name))
+        stage.mkdir()
         try:
             yield stage
-            old = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
+            old = folder.with_name(temporary_name(folder.name + ".old"))
             if folder.exists():
                 folder.rename(old)
             stage.rename(folder)
+            sync_folder(folder.parent)
             shutil.rmtree(old, ignore_errors=True)
         finally:
             shutil.rmtree(stage, ignore_errors=True)

@@ -19,6 +19,9 @@
 | CBI_PROFILE                  | sample when the futures come from the sample, else full, |
 |                              | or the path of your own profile (.toml): how much training |
 |                              | a run does (cbi_assets/profiles.py)      |
+| CBI_SET_ASIDE                | unset: a batch with an impossible value (a price of 0, a high |
+|                              | below the low, NaN) is refused; 1: its other records are taken |
+|                              | and those set aside beside the day partitions |
 | DATABENTO_API_KEY, FRED_API_KEY | the real sources' keys                |
 """
 
@@ -62,6 +65,7 @@ class Settings:
     end: dt.date | None = None  # the last day to take in; None: the sample's last session, or today
 
     on_sample: bool = True  # the futures come from the embedded sample
+    set_aside: bool = False  # take the other records of a batch with impossible values (raw.ingest)
 
     @property
     def last_day(self) -> dt.date:
@@ -101,7 +105,16 @@ class Settings:
             profile=profile,
             end=_day(env.get("CBI_END"), "CBI_END"),
             on_sample=on_sample,
+            set_aside=_flag(env.get("CBI_SET_ASIDE"), "CBI_SET_ASIDE"),
         )
+
+
+def _flag(text: str | None, variable: str) -> bool:
+    if text is None or text.strip().lower() in ("", "0", "false", "no"):
+        return False
+    if text.strip().lower() in ("1", "true", "yes"):
+        return True
+    raise ValueError(f"{variable}={text!r} is not a yes or no: set it to 1 or 0")
 
 
 def _day(text: str | None, variable: str) -> dt.date | None:

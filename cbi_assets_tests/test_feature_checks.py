@@ -155,11 +155,17 @@ def _files(root) -> list[str]:
 
 def test_a_table_streamed_in_parts_is_the_whole_table_with_its_catalogue(tmp_path):
     whole, lake = whole_and_parts_table(), Lake(root=str(tmp_path))
-    profile = Profile()
-    _stream(lake, builders(whole, [300, 300, 400]), profile.add)
+    profile, seen = Profile(), []
+
+    def take(part: Table) -> None:
+        seen.append(part.frame.height)
+        profile.add(part)
+
+    _stream(lake, builders(whole, [300, 200, 100, 400]), take)
     stored = lake.read_features(tables.MASTER, market=MES, timeframe="1min")
     assert stored.frame.equals(whole.frame) and stored.specs == whole.specs
-    assert profile.parts == 3 and profile.rows == 1000
+    assert seen == [300, 200, 100, 400]  # each part built once, in time order
+    assert profile.parts == 4 and profile.rows == 1000
     assert _files(tmp_path) == ["MES/features/master_1min.catalogue.parquet", "MES/features/master_1min.parquet"]
 
 

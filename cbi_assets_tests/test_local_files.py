@@ -4,6 +4,7 @@ import datetime as dt
 import shutil
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from cbi_assets.raw.datasets import RawDataset, raw_dataset
@@ -51,9 +52,50 @@ def test_negative_price_in_a_csv_is_refused_before_anything_is_written(tmp_path)
     dataset = raw_dataset("zl_ohlcv_1d")
     frame = source.fetch(dataset, dt.date(2024, 3, 1), dt.date(2024, 3, 8))
     store = PartitionStore(tmp_path / "lake")
-    with pytest.raises(RawDataError, match=r"column 'low' has negative.*-44.0 at 2024-03-05"):
-        ingest(dataset, frame, store, dt.date(2024, 3, 1), dt.date(2024, 3, 8), origin=source.label, received_at=NOW)
+    origin = source.origin(dataset)
+    with pytest.raises(RawDataError, match=r"ZL.csv: .*\n  line 3, 2024-03-05: low = -44.0 is zero or below"):
+        ingest(dataset, frame, store, dt.date(2024, 3, 1), dt.date(2024, 3, 8), origin=origin, received_at=NOW)
     assert store.days() == []  # the good day before it was not stored either
+
+    # Set aside on request: the good day is taken, the bad record kept apart with what was wrong and where.
+    report = ingest(
+        dataset, frame, store, dt.date(2024, 3, 1), dt.date(2024, 3, 8), origin=origin, received_at=NOW, set_aside=True
+    )
+    assert store.days() == [dt.date(2024, 3, 4)] and report.set_aside == 1
+    assert "source_line" not in store.read().collect().columns
+    (aside,) = (store.root / "set_aside").glob("*.parquet")
+    kept = pl.read_parquet(aside)
+    assert kept["source_line"].to_list() == [3] and kept["origin"].to_list() == [origin]
+    assert kept["problems"].to_list() == ["low = -44.0 is zero or below, where ZL never trades"]
+
+
+def test_fred_missing_marker_is_a_null_and_nan_is_refused(tmp_path):
+    write(tmp_path, "fred/DGS10.csv", "date,value\n2024-03-04,4.1\n2024-03-05,.\n2024-03-06,\n2024-03-07,4.2\n")
+    source = LocalFilesSource(root=str(tmp_path))
+    frame = source.fetch(raw_dataset("fred_dgs10"), dt.date(2024, 3, 1), dt.date(2024, 3, 8))
+    assert frame["value"].to_list() == [4.1, None, None, 4.2] and frame["value"].null_count() == 2
+    write(tmp_path, "fred/DGS10.csv", "date,value\n2024-03-04,4.1\n2024-03-05,NaN\n")
+    frame = source.fetch(raw_dataset("fred_dgs10"), dt.date(2024, 3, 1), dt.date(2024, 3, 8))
+    with pytest.raises(RawDataError, match=r"DGS10.csv: .*\n  line 3, 2024-03-05: value = nan is not a finite number"):
+        ingest(
+            raw_dataset("fred_dgs10"),
+            frame,
+            PartitionStore(tmp_path / "lake"),
+            dt.date(2024, 3, 1),
+            dt.date(2024, 3, 8),
+            origin=source.origin(raw_dataset("fred_dgs10")),
+            received_at=NOW,
+        )
+
+
+def test_empty_csv_and_absent_folder_say_what_to_do(tmp_path):
+    write(tmp_path, "daily/ZL.csv", "")
+    with pytest.raises(RawDataError, match=r"ZL.csv: the file is empty; it needs the header date,open"):
+        LocalFilesSource(root=str(tmp_path)).fetch(raw_dataset("zl_ohlcv_1d"), dt.date(2024, 3, 1), dt.date(2024, 3, 8))
+    with pytest.raises(RawDataError, match=r"nowhere: the folder of local files does not exist. Set CBI_LOCAL_DIR"):
+        LocalFilesSource(root=str(tmp_path / "nowhere")).fetch(
+            raw_dataset("zl_ohlcv_1d"), dt.date(2024, 3, 1), dt.date(2024, 3, 8)
+        )
 
 
 def test_missing_file_names_what_was_expected(tmp_path):
@@ -78,14 +120,21 @@ def test_real_daily_futures_and_fred_series(real_data):
 
 @pytest.mark.integration
 def test_real_files_ingest_into_the_raw_layer(real_data, tmp_path):
+    """The real ZL file has six settlements outside their day's range: refused, naming each line, or, when
+    asked, taken without them."""
     source = LocalFilesSource(root=str(real_data))
     dataset = raw_dataset("zl_ohlcv_1d")
     start, end = dt.date(2000, 1, 1), dt.date(2019, 11, 5)
     store = PartitionStore(tmp_path)
-    report = ingest(dataset, source.fetch(dataset, start, end), store, start, end, origin=source.label, received_at=NOW)
-    assert report.days == 4989 and len(report.new) == 4989
-    again = ingest(dataset, source.fetch(dataset, start, end), store, start, end, origin=source.label, received_at=NOW)
-    assert len(again.unchanged) == 4989 and not again.new and not again.revised
+    frame = source.fetch(dataset, start, end)
+    origin = source.origin(dataset)
+    with pytest.raises(RawDataError, match=r"line 3023, 2012-01-17: open = 50.91 lies outside"):
+        ingest(dataset, frame, store, start, end, origin=origin, received_at=NOW)
+    assert store.days() == []
+    report = ingest(dataset, frame, store, start, end, origin=origin, received_at=NOW, set_aside=True)
+    assert report.days == 4983 and len(report.new) == 4983 and report.set_aside == 6
+    again = ingest(dataset, frame, store, start, end, origin=origin, received_at=NOW, set_aside=True)
+    assert len(again.unchanged) == 4983 and not again.new and not again.revised
 
 
 DBN_SCHEMAS = {

@@ -38,12 +38,45 @@ def daily(days: list[dt.date], closes: list[float], ids: list[int] | None = None
 WEEK = [dt.date(2024, 3, d) for d in (4, 5, 6, 7, 8)]  # Monday to Friday
 
 
-def test_negative_price_is_refused_with_date_and_value():
-    frame = daily(WEEK, [45.0, 45.1, -1.5, 45.2, 45.3])
-    with pytest.raises(
-        RawDataError, match=r"zl_ohlcv_1d \(ZL\) column 'open' has negative.*-1.5 at 2024-03-06.*record 2"
-    ):
-        validate(raw_dataset("zl_ohlcv_1d"), frame, "test")
+def test_impossible_values_are_refused_each_with_record_day_column_and_value():
+    frame = daily(WEEK, [45.0, 45.1, 45.2, 45.3, 45.4]).with_columns(
+        close=pl.Series([45.0, 0.0, 45.2, 45.3, 45.4]),  # a close of zero on Tuesday
+        high=pl.Series([45.0, 45.1, 44.0, 45.3, 45.4]),  # a high below the low on Wednesday
+        open=pl.Series([45.0, 45.1, 45.2, 46.0, float("nan")]),  # above the high Thursday, NaN Friday
+    )
+    with pytest.raises(RawDataError) as refused:
+        validate(raw_dataset("zl_ohlcv_1d"), frame, "ZL.dbn.zst")
+    message = str(refused.value)
+    assert "record 1, 2024-03-05: close = 0.0 is zero or below, where ZL never trades" in message
+    assert "record 2, 2024-03-06: high = 44.0 is below the low" in message
+    assert "record 3, 2024-03-07: open = 46.0 lies outside the bar's [low, high] [low 45.3, high 45.3]" in message
+    assert "record 4, 2024-03-08: open = nan is not a finite number" in message
+    last = message.splitlines()[-1]
+    assert last.startswith("ZL.dbn.zst: zl_ohlcv_1d (ZL) has ")
+    assert "columns close, high, open" in last and last.endswith("Nothing was written.")
+
+
+def test_a_long_list_of_impossible_values_is_cut_at_the_limit():
+    days = [dt.date(2024, 1, 1) + dt.timedelta(days=i) for i in range(60)]
+    with pytest.raises(RawDataError) as refused:
+        validate(raw_dataset("zl_ohlcv_1d"), daily(days, [0.0] * 60), "test")
+    assert "... and 220 more" in str(refused.value)  # 4 prices x 60 days, 20 named
+    assert "240 impossible value(s) in 60 record(s)" in str(refused.value).splitlines()[-1]
+
+
+def test_infinite_and_nan_observations_are_refused_not_blamed_on_prices():
+    frame = pl.DataFrame(
+        {
+            "ts_event": pl.Series([dt.datetime(2024, 3, d, tzinfo=UTC) for d in (4, 5, 6)]).cast(
+                pl.Datetime("ns", "UTC")
+            ),
+            "value": [4.1, float("inf"), None],
+        }
+    )
+    with pytest.raises(RawDataError, match=r"record 1, 2024-03-05: value = inf is not a finite number") as refused:
+        validate(raw_dataset("fred_dgs10"), frame, "DGS10.csv")
+    assert "trades" not in str(refused.value)
+    validate(raw_dataset("fred_dgs10"), frame.filter(pl.col("value").is_finite() | pl.col("value").is_null()), "ok")
 
 
 def test_crude_oil_may_settle_below_zero():

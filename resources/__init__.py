@@ -62,7 +62,7 @@ def _sources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
             raise ValueError(
                 "CBI_SOURCE=local needs CBI_LOCAL_DIR: the folder of files to read (e.g. ../shared/data/real)"
             )
-        local = LocalFilesSource(root=str(settings.local_dir), through=through)
+        local = LocalFilesSource(root=str(settings.local_dir), through=through, set_aside=settings.set_aside)
         return {key: local for key in SOURCE_KEYS.values()}
     sample = sample_source(settings)
     if settings.source == "sample":
@@ -72,14 +72,14 @@ def _sources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     def keyed(source: type[DatabentoSource] | type[FredSource], variable: str) -> dg.ConfigurableResource:
         if os.environ.get(variable):
             # Read from the environment when a run starts (dg.EnvVar), never stored in config.
-            return source(api_key=dg.EnvVar(variable), through=through)
+            return source(api_key=dg.EnvVar(variable), through=through, set_aside=settings.set_aside)
         # Selected but unkeyed: the source says which variable to set when it is first used.
-        return source(through=through) if live else sample
+        return source(through=through, set_aside=settings.set_aside) if live else sample
 
     return {
         "futures_source": keyed(DatabentoSource, "DATABENTO_API_KEY"),
         "macro_source": keyed(FredSource, "FRED_API_KEY"),
-        "history_source": YahooSource(through=through) if live else sample,
+        "history_source": YahooSource(through=through, set_aside=settings.set_aside) if live else sample,
     }
 
 

@@ -32,6 +32,17 @@ class LocalFilesSource(Source):
     def label(self) -> str:
         return f"local files in {self.root}"
 
+    def origin(self, dataset: RawDataset) -> str:
+        root = Path(self.root)
+        if dataset.role == "macro":
+            return str(root / "fred" / f"{dataset.symbol}.csv")
+        if dataset.role == "history":
+            return str(root / "yahoo" / f"{dataset.symbol}.csv")
+        paths = dbn_files(root / "dbn" / DATABENTO_DATASET, dataset.schema, dataset.symbol)
+        if paths:
+            return ", ".join(str(p) for p in paths)
+        return str(root / "daily" / f"{dataset.symbol}.csv")
+
     def coverage(self, dataset: RawDataset) -> tuple[dt.date, dt.date]:
         """The first and last day the folder holds records of `dataset` (up to `through`)."""
         days = self.fetch(dataset, dataset.start, self.last_day()).select(partition_day(dataset))
@@ -41,6 +52,11 @@ class LocalFilesSource(Source):
 
     def fetch(self, dataset: RawDataset, start: dt.date, end: dt.date) -> pl.DataFrame:
         root = Path(self.root)
+        if not root.is_dir():
+            raise RawDataError(
+                f"{root}: the folder of local files does not exist. Set CBI_LOCAL_DIR to a folder with daily/, "
+                "fred/ and dbn/ inside (the layout of shared/data/real), or pick another source with CBI_SOURCE."
+            )
         if dataset.role == "futures":
             frame = self._futures(root, dataset, start, end)
         elif dataset.role == "macro":

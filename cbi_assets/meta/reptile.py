@@ -414,22 +414,15 @@ class MetaInit:
         """The Keras model and its settings, each written beside the old one and renamed over it."""
         import warnings
 
-        folder.mkdir(parents=True, exist_ok=True)
-        incoming = folder / f".incoming.{MODEL_FILE}"
+        from cbi_assets.lake import replacing
+
         self.network.set_weights(self.weights)
-        with warnings.catch_warnings():  # Keras 3 saving trips NumPy 2's copy-keyword deprecation
-            warnings.simplefilter("ignore", DeprecationWarning)
-            self.network.model.save(incoming)
-        incoming.replace(folder / MODEL_FILE)
-        text = folder / f".incoming.{SETTINGS_FILE}"
-        text.write_text(
-            json.dumps(
-                {"features": list(self.features), "target_scale": self.target_scale, **self.settings},
-                indent=1,
-                default=str,
-            )
-        )
-        text.replace(folder / SETTINGS_FILE)
+        with warnings.catch_warnings(), replacing(folder / MODEL_FILE) as incoming:
+            warnings.simplefilter("ignore", DeprecationWarning)  # Keras 3 saving trips NumPy 2's copy keyword
+            self.network.model.save(incoming)  # the temporary name keeps the .keras suffix Keras asks for
+        settings = {"features": list(self.features), "target_scale": self.target_scale, **self.settings}
+        with replacing(folder / SETTINGS_FILE) as incoming:
+            incoming.write_text(json.dumps(settings, indent=1, default=str))
 
     @classmethod
     def load(cls, folder: Path) -> MetaInit:

@@ -12,7 +12,7 @@ from cbi_assets.automation import EVENING
 from cbi_assets.catalogue import MARKETS, Market
 from cbi_assets.lake import Lake
 from cbi_assets.raw.datasets import RAW_DATASETS, RawDataset
-from cbi_assets.raw.ingest import ingest, records_by_day
+from cbi_assets.raw.ingest import ingest
 from cbi_assets.raw.partitions import partitions_for, partitions_name, window_days
 from cbi_assets.raw.quality import (
     duplicate_finding,
@@ -23,6 +23,7 @@ from cbi_assets.raw.quality import (
 from cbi_assets.raw.rolls import front_month
 from cbi_assets.raw.source import Source
 from cbi_assets.selections import stage
+from cbi_assets.temporary import remove_orphans_under
 from cbi_assets.ui import table
 
 CHECKS = {
@@ -120,6 +121,9 @@ def take_in(
                 dg.AssetCheckResult(check_name=name, passed=True, description="no days to check") for name in CHECKS
             ],
         )
+    orphans = remove_orphans_under(store.root)
+    if orphans:
+        context.log.info(f"{dataset.name}: removed {len(orphans)} temporary file(s) a killed run left behind")
     context.log.info(f"{dataset.name}: requesting {start}..{end} from {source.label}")
     frame = source.fetch(dataset, start, end)
     context.log.info(f"{dataset.name}: received {frame.height:,} records; validating and storing by day")
@@ -129,9 +133,10 @@ def take_in(
         store,
         start,
         end,
-        origin=source.label,
+        origin=source.origin(dataset),
         received_at=dt.datetime.now(dt.UTC),
         progress=context.log.info,
+        set_aside=source.set_aside,
     )
     context.log.info(
         f"{dataset.name}: {report.rows:,} records over {report.days} days "
@@ -142,7 +147,12 @@ def take_in(
             f"{dataset.name}: the source changed {len(report.revised)} stored day(s), e.g. {report.revised[:5]}; "
             "the earlier versions are kept beside the new ones"
         )
-    received = pl.concat(records_by_day(dataset, frame, start, end).values()) if report.days else frame.head(0)
+    if report.set_aside:
+        context.log.warning(
+            f"{dataset.name}: {report.set_aside} record(s) with impossible values set aside in "
+            f"{store.root / 'set_aside'} (CBI_SET_ASIDE); correct the source to take them in"
+        )
+    received = report.taken
     findings = {
         "schema": schema_finding(dataset, received),
         "no_duplicates": duplicate_finding(dataset, received),

@@ -154,6 +154,7 @@ def frame_from_store(store: db.DBNStore, origin: str) -> pl.DataFrame:
     schema = str(store.schema) if store.schema is not None else None
     if schema not in RECORD_TYPES:
         raise RawDataError(f"{origin}: DBN schema {schema!r} is not one the lake takes ({', '.join(RECORD_TYPES)})")
+    refuse_cut_short(store, origin)
     try:
         records = store.to_ndarray()
     except Exception as exc:
@@ -166,6 +167,43 @@ def frame_from_store(store: db.DBNStore, origin: str) -> pl.DataFrame:
     symbols = _symbol_of_instrument(store)
     symbol = frame["instrument_id"].replace_strict(symbols, default=None, return_dtype=pl.String)
     return frame.with_columns(symbol.alias("symbol"))
+
+
+def refuse_cut_short(store: db.DBNStore, origin: str) -> None:
+    """Raise when the records do not end on a record boundary: the decoder would drop the partial last
+    record without a word, and the days it belonged to would be missing from the lake for good."""
+    stream = store.reader  # the decompressed DBN stream from its first byte
+    header = stream.read(8)  # "DBN", the version, then the metadata's length
+    metadata_length = int.from_bytes(header[4:8], "little")
+    stream.read(metadata_length)
+    tail = stream.read(16)
+    if not tail:
+        return
+    size = tail[0] * 4  # each record's first byte is its length in 32-bit words; one schema, one length
+    total = len(tail)
+    while chunk := stream.read(1 << 22):
+        total += len(chunk)
+        tail = (tail + chunk)[-2 * size :]
+    cut = total % size if size else total
+    if not cut:
+        return
+    complete = total - cut
+    offset = 8 + metadata_length + complete
+    if complete:
+        last = tail[len(tail) - cut - size : len(tail) - cut]
+        when = f"the last complete record ({complete // size:,}) is from {_timestamp_text(last[8:16])}"
+    else:
+        when = "no record in it is complete"
+    raise RawDataError(
+        f"{origin}: the DBN records stop in the middle of a record at byte {offset:,} of the decompressed "
+        f"stream ({cut} of its {size} bytes are there); {when}. The file was cut short: download it again. "
+        "Nothing of this file was stored."
+    )
+
+
+def _timestamp_text(raw: bytes) -> str:
+    ns = int.from_bytes(raw, "little")
+    return np.datetime64(ns, "ns").astype("datetime64[s]").item().isoformat(sep=" ") + " UTC"
 
 
 def frame_from_records(records: np.ndarray, schema: str) -> pl.DataFrame:

@@ -18,10 +18,12 @@ import polars as pl
 
 from cbi_assets.raw.dbn import frame_from_store, open_dbn
 from cbi_assets.raw.errors import RawDataError
+from cbi_assets.raw.quality import SOURCE_LINE
 
 DAILY_COLUMNS = ("date", "open", "high", "low", "close", "volume", "open_interest")
 FRED_COLUMNS = ("date", "value")
 YAHOO_COLUMNS = ("date", "open", "high", "low", "close", "adj_close", "volume")
+MISSING_MARKERS = ("", ".")  # an empty cell, or FRED's "." for a day without an observation
 
 # ZL.FUT, MES.v.0, ES.c.1 or a contract such as ESH1 / ZLZ24 -> the root symbol.
 _CONTINUOUS = re.compile(r"^([A-Z0-9]+)\.(FUT|OPT|[cnv]\.\d+)$")
@@ -39,20 +41,29 @@ def root_symbol(symbol: str) -> str:
 def read_csv_table(path: Path, columns: tuple[str, ...], optional: tuple[str, ...] = ()) -> pl.DataFrame:
     """Parse a dated CSV strictly: ISO dates, numbers or empty cells, no repeated date.
 
-    Returns `ts_event` (00:00 UTC of the date) and the numeric columns, in file order.
+    Returns `ts_event` (00:00 UTC of the date), the numeric columns in file order (an empty cell or FRED's
+    "." is a missing value, a null), and each row's line in the file (quality.SOURCE_LINE), for errors.
     """
     if not path.is_file():
-        raise RawDataError(f"{path}: file not found")
+        raise RawDataError(f"{path}: file not found. Add it, or pick another source with CBI_SOURCE.")
+    if path.stat().st_size == 0:
+        raise RawDataError(
+            f"{path}: the file is empty; it needs the header {','.join(columns)} and one row per date. "
+            "Download it again, or remove it."
+        )
     try:
         text = pl.read_csv(path, infer_schema=False)
     except Exception as exc:
-        raise RawDataError(f"{path}: not a readable CSV ({exc})") from exc
+        raise RawDataError(
+            f"{path}: not a readable CSV ({type(exc).__name__}: {str(exc).splitlines()[0]}). It needs the header "
+            f"{','.join(columns)} and one row per date; fix or download it again."
+        ) from exc
     missing = [c for c in columns if c not in text.columns and c not in optional]
     if missing:
         raise RawDataError(
             f"{path}: missing column(s) {missing}; the header is {text.columns}, expected {list(columns)}"
         )
-    lines = pl.int_range(2, text.height + 2).alias("line")  # line 1 is the header
+    lines = pl.int_range(2, text.height + 2, dtype=pl.UInt32).alias("line")  # line 1 is the header
     text = text.with_columns(lines)
 
     dates = pl.col("date").str.strptime(pl.Date, "%Y-%m-%d", strict=False)
@@ -68,16 +79,21 @@ def read_csv_table(path: Path, columns: tuple[str, ...], optional: tuple[str, ..
     numeric = [c for c in columns if c != "date" and c in text.columns]
     for column in numeric:
         cell = pl.col(column).str.strip_chars()
-        value = cell.cast(pl.Float64, strict=False)
-        not_number = text.filter(cell.is_not_null() & (cell != "") & value.is_null())
+        missing = cell.is_null() | cell.is_in(MISSING_MARKERS)
+        value = pl.when(missing).then(None).otherwise(cell.cast(pl.Float64, strict=False))
+        not_number = text.filter(~missing & value.is_null())
         if not_number.height:
             _fail(path, column, not_number, "is not a number")
         if column == "close":
-            empty = text.filter(cell.is_null() | (cell == ""))
+            empty = text.filter(missing)
             if empty.height:
                 _fail(path, column, empty, "is empty; every row needs a close")
         parsed = parsed.with_columns(value.alias(column))
-    return parsed.select(pl.col("date").cast(pl.Datetime("ns")).dt.replace_time_zone("UTC").alias("ts_event"), *numeric)
+    return parsed.select(
+        pl.col("date").cast(pl.Datetime("ns")).dt.replace_time_zone("UTC").alias("ts_event"),
+        *numeric,
+        pl.col("line").alias(SOURCE_LINE),
+    )
 
 
 def _fail(path: Path, column: str, rows: pl.DataFrame, problem: str) -> None:

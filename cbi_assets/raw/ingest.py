@@ -11,8 +11,15 @@ import polars as pl
 
 from cbi_assets.calendars import expected_days
 from cbi_assets.raw.datasets import RawDataset
-from cbi_assets.raw.errors import EmptyResponseError
-from cbi_assets.raw.quality import partition_day, validate
+from cbi_assets.raw.errors import EmptyResponseError, RawDataError
+from cbi_assets.raw.quality import (
+    SOURCE_LINE,
+    describe_impossible,
+    impossible_values,
+    partition_day,
+    summarize_impossible,
+    validate_structure,
+)
 from cbi_assets.raw.store import PartitionStore, day_digests
 
 _DAY = "__partition_day"
@@ -29,7 +36,9 @@ class IngestReport:
     new: list[dt.date] = field(default_factory=list)
     unchanged: list[dt.date] = field(default_factory=list)
     revised: list[dt.date] = field(default_factory=list)
+    set_aside: int = 0  # records with impossible values kept out of the lake (see ingest's set_aside)
     seconds: float = 0.0
+    taken: pl.DataFrame | None = field(default=None, repr=False)  # the records of the window, as sent
 
     @property
     def days(self) -> int:
@@ -46,6 +55,7 @@ class IngestReport:
             # A revision keeps the earlier version beside the new one; list them so nobody misses it.
             "days_revised": len(self.revised),
             "revised": [d.isoformat() for d in self.revised[:10]],
+            "records_set_aside": self.set_aside,
             "first_day": min(self.new + self.unchanged + self.revised).isoformat() if self.days else None,
             "last_day": max(self.new + self.unchanged + self.revised).isoformat() if self.days else None,
             "rows_per_s": round(self.rows / self.seconds) if self.seconds else None,
@@ -55,17 +65,6 @@ class IngestReport:
 def within_window(dataset: RawDataset, frame: pl.DataFrame, start: dt.date, end: dt.date) -> pl.DataFrame:
     """The records whose day partition lies in [start, end], with that day in a column."""
     return frame.with_columns(partition_day(dataset).alias(_DAY)).filter(pl.col(_DAY).is_between(start, end))
-
-
-def records_by_day(
-    dataset: RawDataset, frame: pl.DataFrame, start: dt.date, end: dt.date
-) -> dict[dt.date, pl.DataFrame]:
-    """The records of each day in [start, end], in the order the source sent them."""
-    days = within_window(dataset, frame, start, end)
-    return {
-        key[0]: part
-        for key, part in days.partition_by(_DAY, as_dict=True, maintain_order=True, include_key=False).items()
-    }
 
 
 def ingest(
@@ -78,13 +77,36 @@ def ingest(
     origin: str,
     received_at: dt.datetime,
     progress: Callable[[str], None] | None = None,
+    set_aside: bool = False,
 ) -> IngestReport:
     """Store a source's records for [start, end], one immutable partition per day.
 
-    The whole batch is validated before the first write, so bad input changes nothing.
+    The whole batch is validated before the first write, so bad input changes nothing. Records with
+    impossible values (quality.impossible_values) refuse the batch, or with `set_aside` are kept out of the
+    day partitions and stored, whole and with what was wrong, beside them (PartitionStore.set_aside).
     """
     began = time.perf_counter()
-    validate(dataset, frame, origin)
+    validate_structure(dataset, frame, origin)
+    problems = impossible_values(dataset, frame)
+    set_apart = 0
+    if problems.height:
+        if not set_aside:
+            raise RawDataError(describe_impossible(dataset, problems, origin) + " Nothing was written.")
+        bad = problems["record"].unique()
+        rows = frame.with_row_index("__record")
+        aside = rows.filter(pl.col("__record").is_in(bad.implode())).join(
+            problems.group_by("record").agg(
+                pl.format("{} = {} {}", "column", "value", "problem").str.join("; ").alias("problems")
+            ),
+            left_on="__record",
+            right_on="record",
+        )
+        store.set_aside(aside.drop("__record"), origin, received_at)
+        frame = rows.filter(~pl.col("__record").is_in(bad.implode())).drop("__record")
+        set_apart = len(bad)
+        if progress:
+            progress(f"{dataset.name}: {summarize_impossible(problems)} set aside, as CBI_SET_ASIDE asks")
+    frame = frame.drop(SOURCE_LINE, strict=False)
     window = within_window(dataset, frame, start, end)
     if window.is_empty():
         due = expected_days(dataset.calendar, max(start, dataset.start), end)
@@ -94,7 +116,7 @@ def ingest(
                 f"trading day(s) from {due[0]} on. Check the symbol, the dates and your data "
                 "subscription; nothing was written."
             )
-    report = IngestReport(dataset.name, origin, start, end)
+    report = IngestReport(dataset.name, origin, start, end, set_aside=set_apart, taken=window.drop(_DAY))
     window = window.with_columns(pl.lit(received_at).cast(pl.Datetime("us", "UTC")).alias("ingested_at"))
     digests = day_digests(window, _DAY)
     by_day = sorted(window.partition_by(_DAY, as_dict=True, maintain_order=True, include_key=False).items())

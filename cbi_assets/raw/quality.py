@@ -71,6 +71,14 @@ def partition_day(dataset: RawDataset) -> pl.Expr:
 
 def validate(dataset: RawDataset, frame: pl.DataFrame, origin: str) -> None:
     """Raise a RawDataError naming the origin, column and rows when `frame` cannot be stored."""
+    validate_structure(dataset, frame, origin)
+    problems = impossible_values(dataset, frame)
+    if problems.height:
+        raise RawDataError(describe_impossible(dataset, problems, origin) + " Nothing was written.")
+
+
+def validate_structure(dataset: RawDataset, frame: pl.DataFrame, origin: str) -> None:
+    """Raise when a column is missing or mistyped, or a record has no event time."""
     required = REQUIRED[dataset.kind]
     missing = [c for c in required if c not in frame.columns]
     if missing:
@@ -89,20 +97,94 @@ def validate(dataset: RawDataset, frame: pl.DataFrame, origin: str) -> None:
         raise RawDataError(
             f"{origin}: {dataset.describe()} has records without an event time (records {rows}). Nothing was written."
         )
-    for column in dataset.price_columns:
-        bad = ~pl.col(column).is_finite()
-        if not dataset.negative_prices_possible:
-            bad = bad | (pl.col(column) < 0)
-        offending = frame.with_row_index("record").filter(bad.fill_null(False))
-        if offending.height:
-            shown = ", ".join(
-                f"{v} at {ts} (record {i})"
-                for i, ts, v in offending.select("record", "ts_event", column).head(EXAMPLES).iter_rows()
+
+
+# Where a record came from, when the source knows: the line of a CSV file. Never stored.
+SOURCE_LINE = "source_line"
+LISTED = 20  # impossible values named one by one in an error
+
+
+def impossible_values(dataset: RawDataset, frame: pl.DataFrame) -> pl.DataFrame:
+    """Every value no market can have, one row each: the record, its day, the column, the value and why.
+
+    Non-finite numbers (a missing value is a null, never NaN or inf), prices of zero or below (where the
+    market cannot trade there: WTI settled at -37.63 on 2020-04-20), a high below the low, and an open or
+    close outside the bar's [low, high]."""
+    rules: list[tuple[str, pl.Expr, str]] = [
+        (name, ~pl.col(name).is_finite(), "is not a finite number (a missing value is an empty cell)")
+        for name, dtype in frame.schema.items()
+        if dtype.is_float()
+    ]
+    if not dataset.negative_prices_possible:
+        rules += [
+            (c, pl.col(c) <= 0, f"is zero or below, where {dataset.symbol} never trades") for c in dataset.price_columns
+        ]
+    if dataset.kind == "bars":
+        rules.append(("high", pl.col("high") < pl.col("low"), "is below the low"))
+        rules += [
+            (c, ~pl.col(c).is_between("low", "high"), "lies outside the bar's [low, high]") for c in ("open", "close")
+        ]
+    rules = [rule for rule in rules if rule[0] in frame.columns]
+    if not rules or frame.is_empty():
+        return _NO_PROBLEMS
+    # One pass over the batch says which rules any record breaks; only those are looked at row by row.
+    broken = frame.select(bad.fill_null(False).any().alias(str(i)) for i, (_, bad, _) in enumerate(rules)).row(0)
+    rules = [rule for rule, hit in zip(rules, broken, strict=True) if hit]
+    if not rules:
+        return _NO_PROBLEMS
+    where = frame.select(
+        pl.col(SOURCE_LINE) if SOURCE_LINE in frame.columns else pl.lit(None, pl.UInt32).alias(SOURCE_LINE),
+        partition_day(dataset).alias("day"),
+        *(pl.col(c).alias(c) if c in frame.columns else pl.lit(None, pl.Float64).alias(c) for c in ("low", "high")),
+    ).with_row_index("record")
+    found = []
+    for column, bad, problem in rules:
+        mask = frame.select(bad.fill_null(False)).to_series()
+        found.append(
+            where.filter(mask).with_columns(
+                pl.lit(column).alias("column"),
+                frame[column].filter(mask).cast(pl.Float64).alias("value"),
+                pl.lit(problem).alias("problem"),
             )
-            raise RawDataError(
-                f"{origin}: {dataset.describe()} column {column!r} has negative or non-finite prices: {shown}. "
-                f"{dataset.symbol} does not trade below zero; fix the source data. Nothing was written."
-            )
+        )
+    # A value that breaks two rules (a price of 0 below the low) is named once, for the first.
+    return pl.concat(found).unique(["record", "column"], keep="first", maintain_order=True).sort("record")
+
+
+_NO_PROBLEMS = pl.DataFrame(
+    schema={"record": pl.UInt32, SOURCE_LINE: pl.UInt32, "day": pl.Date, "column": pl.String, "value": pl.Float64}
+)
+
+
+def describe_impossible(dataset: RawDataset, problems: pl.DataFrame, origin: str) -> str:
+    """Each impossible value on a line of its own (up to LISTED), then one line that says what and what to do."""
+    lines = []
+    for row in problems.head(LISTED).iter_rows(named=True):
+        at = f"line {row[SOURCE_LINE]}" if row[SOURCE_LINE] is not None else f"record {row['record']}"
+        bounds = f" [low {row['low']}, high {row['high']}]" if "[low, high]" in row["problem"] else ""
+        shown = "empty" if row["value"] is None else row["value"]
+        lines.append(f"  {at}, {row['day']}: {row['column']} = {shown} {row['problem']}{bounds}")
+    if problems.height > LISTED:
+        lines.append(f"  ... and {problems.height - LISTED} more")
+    return "\n".join(
+        [
+            f"{origin}: impossible values in {dataset.describe()}:",
+            *lines,
+            f"{origin}: {dataset.describe()} has {summarize_impossible(problems)}. Correct the source data and "
+            "ingest again, or take the rest and set these aside (CBI_SET_ASIDE=1).",
+        ]
+    )
+
+
+def summarize_impossible(problems: pl.DataFrame) -> str:
+    """ "3 impossible value(s) in 2 record(s) (columns open, close; the first at line 14, 2012-01-17)"."""
+    columns = ", ".join(problems["column"].unique(maintain_order=True).to_list())
+    first = problems.row(0, named=True)
+    at = f"line {first[SOURCE_LINE]}" if first[SOURCE_LINE] is not None else f"record {first['record']}"
+    return (
+        f"{problems.height} impossible value(s) in {problems['record'].n_unique()} record(s) "
+        f"(columns {columns}; the first at {at}, {first['day']})"
+    )
 
 
 @dataclass

@@ -15,10 +15,17 @@ class Source(dg.ConfigurableResource):
     """A source of raw records. Subclasses say where they come from (`label`) and fetch them."""
 
     through: str | None = None  # the last day to take in (YYYY-MM-DD); unset: today
+    # Take the other records of a batch with impossible values and set those aside (raw.ingest), instead of
+    # refusing the batch: for a source known to carry a few broken rows the desk has looked at.
+    set_aside: bool = False
 
     @property
     def label(self) -> str:
         raise NotImplementedError
+
+    def origin(self, dataset: RawDataset) -> str:
+        """Where `dataset`'s records come from, as an error names it (a file, where the source has one)."""
+        return self.label
 
     def fetch(self, dataset: RawDataset, start: dt.date, end: dt.date) -> pl.DataFrame:
         """Every record of `dataset` whose trade date lies in [start, end], as the source sends it."""

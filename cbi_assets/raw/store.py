@@ -14,7 +14,6 @@ import fcntl
 import hashlib
 import os
 import re
-import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -24,6 +23,8 @@ from typing import Literal
 
 import numpy as np
 import polars as pl
+
+from cbi_assets.temporary import sync_folder, temporary_name
 
 # Columns the lake adds on receipt; they say when, not what, so they do not count as content.
 RECEIPT_COLUMNS = ("ingested_at",)
@@ -91,6 +92,28 @@ def _column_bytes(series: pl.Series) -> tuple[bytes, np.ndarray, np.ndarray | tu
     data = np.frombuffer("".join(text.to_list()).encode(), dtype=np.uint8)
     lengths = text.str.len_bytes().to_numpy().astype(np.int64)
     return header, nulls, (np.concatenate(([0], np.cumsum(lengths))), data)
+
+
+def stage_parquet(frame: pl.DataFrame, folder: Path) -> Path:
+    """`frame` encoded under a temporary name in `folder` and flushed to disk; removed again if that fails.
+    The name says which process wrote it (temporary.orphans removes it once that process is gone)."""
+    folder.mkdir(exist_ok=True)
+    tmp = folder / temporary_name("parquet")
+    try:
+        frame.write_parquet(tmp, compression="zstd", statistics=True)
+        with open(tmp, "rb") as written:
+            os.fsync(written.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def publish(staged: Path, final: Path) -> None:
+    """Give a complete staged file its final name: link() never replaces a file that is there, and the folder
+    is flushed so the name survives a power cut."""
+    os.link(staged, final)
+    sync_folder(final.parent)
 
 
 class PartitionStore:
@@ -165,8 +188,7 @@ class PartitionStore:
                     raise failed
                 for (day, _, digest), tmp in zip(changed, staged, strict=True):
                     number = latest[day].number + 1 if latest[day] else 1
-                    # link() publishes the complete file under its final name, and never replaces one.
-                    os.link(tmp, self.day_dir(day) / f"v{number:04d}-{digest}.parquet")
+                    publish(tmp, self.day_dir(day) / f"v{number:04d}-{digest}.parquet")
             finally:
                 for tmp in staged:
                     tmp.unlink(missing_ok=True)
@@ -175,15 +197,22 @@ class PartitionStore:
 
     def _stage(self, day_frame_digest: tuple[dt.date, pl.DataFrame, str]) -> Path:
         day, frame, _ = day_frame_digest
-        folder = self.day_dir(day)
-        folder.mkdir(exist_ok=True)
-        tmp = folder / f".incoming-{uuid.uuid4().hex}.parquet"
+        return stage_parquet(frame, self.day_dir(day))
+
+    def set_aside(self, records: pl.DataFrame, origin: str, received_at: dt.datetime) -> Path:
+        """Records kept out of the day partitions for their impossible values, with what was wrong and where
+        they came from: one file per ingest under `set_aside/`, never read as the dataset's content."""
+        folder = self.root / "set_aside"
+        folder.mkdir(parents=True, exist_ok=True)
+        records = records.with_columns(pl.lit(origin).alias("origin"))
+        path = folder / f"{received_at:%Y%m%dT%H%M%S}-{frame_digest(records)}.parquet"
+        tmp = stage_parquet(records, folder)
         try:
-            frame.write_parquet(tmp, compression="zstd", statistics=True)
-        except BaseException:
+            if not path.exists():
+                publish(tmp, path)
+        finally:
             tmp.unlink(missing_ok=True)
-            raise
-        return tmp
+        return path
 
     def latest_versions(self, start: dt.date | None = None, end: dt.date | None = None) -> list[Version]:
         """The latest version of every stored day in [start, end], in day order."""
