@@ -223,12 +223,40 @@ INTRADAY_SCHEMAS: tuple[Schema, ...] = ("ohlcv-1m", "trades", "tbbo", "mbp-10", 
 
 
 @dataclass(frozen=True)
+class Freshness:
+    """How long an input may go without a new value before it is stale: its last value is no longer carried
+    forward (the features built on it become null) and the master tables' check names it."""
+
+    sessions: int = 0  # sessions since the value was known (daily and weekly series, settlements)
+    days: int = 0  # calendar days since the value was known, past its release lag (monthly series)
+
+    def describe(self) -> str:
+        return f"{self.sessions} sessions" if self.sessions else f"{self.days} days past its release"
+
+
+# A market closed for a long weekend misses 2 sessions; a week without a value is a source that stopped.
+DAILY_FRESHNESS = Freshness(sessions=5)
+FRESHNESS: dict[str, Freshness] = {
+    "daily": DAILY_FRESHNESS,
+    "weekly": Freshness(sessions=10),
+    # A monthly value is replaced about 31 days after it was published; 45 allows for a late release.
+    "monthly": Freshness(days=45),
+}
+# An input stale for longer than this has ended: a warning in the UI, its features null from then on.
+ENDED_AFTER_SESSIONS = 63
+
+
+@dataclass(frozen=True)
 class FredSeries:
     series_id: str
     title: str
     frequency: Literal["daily", "weekly", "monthly"]
     unit: str
     start: dt.date = HISTORY_START
+
+    @property
+    def freshness(self) -> Freshness:
+        return FRESHNESS[self.frequency]
 
 
 FRED_SERIES: dict[str, FredSeries] = {

@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import fcntl
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from cbi_assets.failures import FAILURE_FILE
 from cbi_assets.settings import PROJECT_ROOT, Settings
 
 MODULE = "cbi_assets.definitions"
@@ -153,6 +156,8 @@ def _environment(settings: Settings) -> dict[str, str]:
     )
     if settings.local_dir:
         env["CBI_LOCAL_DIR"] = str(settings.local_dir)
+    if settings.set_aside:
+        env["CBI_SET_ASIDE"] = "1"
     return env
 
 
@@ -165,14 +170,22 @@ def create_stores(settings: Settings, dagster_home: str) -> None:
 
     os.environ["DAGSTER_HOME"] = dagster_home
     Path(dagster_home).mkdir(parents=True, exist_ok=True)
-    with dg.DagsterInstance.get():
-        pass
+    # Two commands started at once on a new home: the second waits for the first to create the tables.
+    with open(Path(dagster_home) / ".stores.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with dg.DagsterInstance.get():
+            pass
     build_resources(settings)["tracking"].create_store()
 
 
 def build(settings: Settings) -> int:
     """Materialize every step of the plan, phase by phase; stop after a phase in which a step failed."""
-    env = _environment(settings)
+    with tempfile.TemporaryDirectory(prefix="cbi-run-") as scratch:
+        env = {**_environment(settings), FAILURE_FILE: str(Path(scratch) / "causes.txt")}
+        return _build(settings, env)
+
+
+def _build(settings: Settings, env: dict[str, str]) -> int:
     dagster = str(Path(sys.executable).with_name("dagster"))
     steps = plan(settings)
     for note in available(settings)[1]:
@@ -195,6 +208,10 @@ def build(settings: Settings) -> int:
         for i, step in failed:
             print(f"step {i} failed ({step.what}); open its run in the web UI (cbi dev) for the logs", file=sys.stderr)
         if failed:
+            # Each step's CLI wrote the causes of its failed steps (cbi_assets.failures): they come last.
+            causes = Path(env[FAILURE_FILE])
+            if causes.is_file():
+                print(causes.read_text().rstrip(), file=sys.stderr)
             return 1
         print(
             f"  steps {', '.join(str(i) for i, _, _ in running)} done in {time.perf_counter() - started:.0f}s "
@@ -277,6 +294,12 @@ def _parser() -> argparse.ArgumentParser:
             help="sample, full, or the path of your own profile (.toml); default: sample on the sample, else full",
         )
         command.add_argument("--end", type=dt.date.fromisoformat, help="the last day to take in (YYYY-MM-DD)")
+        command.add_argument(
+            "--set-aside",
+            action="store_true",
+            help="take a batch with impossible values (a price of 0, a high below the low) without them, and keep "
+            "them aside in the raw layer, instead of refusing it (CBI_SET_ASIDE=1)",
+        )
     commands.add_parser("dev", help="start the web UI")
     return parser
 
@@ -296,6 +319,8 @@ def settings_for(args: argparse.Namespace) -> Settings:
             env["CBI_END"] = args.end.isoformat()
             if args.source == "sample":
                 env["CBI_SAMPLE_END"] = args.end.isoformat()
+        if args.set_aside:
+            env["CBI_SET_ASIDE"] = "1"
     else:
         env["CBI_SOURCE"] = "sample"
     return Settings.from_env(env)

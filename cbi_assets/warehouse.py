@@ -1,8 +1,22 @@
-"""Writing per-horizon rows to the DuckDB warehouse."""
+"""The DuckDB warehouse, and writing per-horizon rows to it."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import dagster as dg
 import polars as pl
+from dagster_duckdb import DuckDBResource
+
+
+class Warehouse(DuckDBResource):
+    """The warehouse: a DuckDB file (beside the lake by default) or a MotherDuck database (md:<name>)."""
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # DuckDB cannot create a file in a folder that is not there, and the resource retries that for
+        # minutes before it says so: a new lake's folder is made here instead.
+        if not self.database.startswith("md:") and self.database != ":memory:":
+            Path(self.database).parent.mkdir(parents=True, exist_ok=True)
 
 
 def replace_horizons(conn, table: str, frame: pl.DataFrame) -> None:

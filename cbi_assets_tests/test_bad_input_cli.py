@@ -178,3 +178,28 @@ def test_a_killed_backfill_stops_its_steps_fails_its_run_and_the_next_run_cleans
     again = subprocess.run(command, env=env, cwd=PROJECT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     assert not [p for p in lake.rglob("*") if p.name.startswith(".incoming-")]
+
+
+FIRST_USE = """
+import sys
+from cbi_assets.cli import create_stores
+from cbi_assets.settings import Settings
+create_stores(Settings.from_env(), sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_two_runs_at_once_on_new_stores_both_start(tmp_path, attempt):
+    """A new Dagster home and a new MLflow store, first used by two processes at the same moment."""
+    env = {**os.environ, "CBI_MODELS": str(tmp_path / "models"), "CBI_LAKE": str(tmp_path / "lake")}
+    home = str(tmp_path / "dagster")
+    both = [
+        subprocess.Popen(
+            [sys.executable, "-c", FIRST_USE, home], env=env, cwd=PROJECT, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in both]
+    for process in both:
+        process.stderr.close()
+    assert [code for code, _ in results] == [0, 0], [err[-1500:] for _, err in results]

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 
 import dagster as dg
-from dagster_duckdb import DuckDBResource
 
 from cbi_assets.lake import Lake, sample_folder
 from cbi_assets.profiles import TrainingProfile
 from cbi_assets.raw.source import Source
 from cbi_assets.settings import Settings
+from cbi_assets.warehouse import Warehouse
 from resources.alerts import Alerts, alerts_from_env
 from resources.databento_source import DatabentoSource
 from resources.fred_source import FredSource
@@ -84,7 +84,7 @@ def _sources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
 
 
 def build_resources(settings: Settings) -> dict[str, object]:
-    warehouse = DuckDBResource(database=settings.warehouse)
+    warehouse = Warehouse(database=settings.warehouse)
     return {
         "lake": Lake(root=str(settings.lake)),
         "profile": TrainingProfile(name=settings.profile),

@@ -6,6 +6,7 @@ never learns where they are stored. An experiment per market x horizon, a run pe
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import time
@@ -42,9 +43,22 @@ class Tracking(dg.ConfigurableResource):
 
         return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self.create_store()
+
     def create_store(self) -> None:
-        """Create the tracking store's tables now, if they are not there: processes that start at once on a new
-        SQLite store would each try to create them."""
+        """Create the tracking store's tables now, if they are not there. Processes that start at once on a new
+        SQLite store would each try to create them: one at a time, under a lock beside the database."""
+        if not self.tracking_uri.startswith("sqlite:///"):
+            self._ensure_tables()
+            return
+        database = Path(self.tracking_uri.removeprefix("sqlite:///"))
+        database.parent.mkdir(parents=True, exist_ok=True)
+        with open(database.with_name(database.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._ensure_tables()
+
+    def _ensure_tables(self) -> None:
         client = self._client()
         client.search_experiments(max_results=1)
         client.search_registered_models(max_results=1)

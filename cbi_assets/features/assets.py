@@ -14,6 +14,7 @@ from cbi_assets import lake as tables
 from cbi_assets.automation import EVENING
 from cbi_assets.catalogue import FRED_SERIES, INTRADAY_TIMEFRAMES, MARKETS, MES, TIMEFRAMES, ZL, Market
 from cbi_assets.features import inputs, layers
+from cbi_assets.features.freshness import freshness_findings, input_freshness
 from cbi_assets.features.inputs import continuous_bars
 from cbi_assets.features.master import (
     MIN_FEATURES,
@@ -35,7 +36,13 @@ CHECKS = {
     "calendar": "Rows in line with the exchange calendar.",
 }
 MASTER_CHECKS = {**CHECKS, "distinct": "Enough features; none constant, none a copy of another."}
-SEVERE = {"finite", "increasing", "distinct"}  # these fail as errors; the others warn
+# A layer's inputs on its last session: a source that stopped blocks the masters (their features would be null
+# at the forecast origin); one that ended long ago warns (its features are null from its end, never constant).
+INPUT_CHECKS = {
+    "inputs_fresh": "Every input has a value within its freshness rule on the last session (blocks the masters).",
+    "inputs_running": "No input has ended (no value for more than 63 sessions).",
+}
+SEVERE = {"finite", "increasing", "distinct", "inputs_fresh"}  # these fail as errors; the others warn
 
 
 def _checked(
@@ -47,16 +54,32 @@ def _checked(
     timeframe: str,
     master: str | None = None,
     parts: dict | None = None,
+    inputs: pl.DataFrame | None = None,
+    metadata: dict | None = None,
 ) -> dg.MaterializeResult:
     path = lake.write_features(target, table, name, **(parts or {}))
-    return _reported(context, Profile().add(table), path, name, timeframe, master)
+    return _reported(context, Profile().add(table), path, name, timeframe, master, inputs, metadata)
 
 
 def _reported(
-    context, profile: Profile, path, name: str, timeframe: str, master: str | None = None
+    context,
+    profile: Profile,
+    path,
+    name: str,
+    timeframe: str,
+    master: str | None = None,
+    inputs: pl.DataFrame | None = None,
+    metadata: dict | None = None,
 ) -> dg.MaterializeResult:
-    """The written table's metadata and its checks, from the profile of its rows."""
+    """The written table's metadata and its checks, from the profile of its rows (and its inputs' freshness)."""
     findings = profile.findings(timeframe, MIN_FEATURES[master] if master else None)
+    extra = dict(metadata or {})
+    if inputs is not None:
+        findings |= freshness_findings(inputs)
+        extra["inputs"] = md_table(inputs, 40)
+        for check in ("inputs_fresh", "inputs_running"):
+            if not findings[check].passed:
+                context.log.warning(f"{name}: {findings[check].summary}")
     features = [s.name for s in profile.specs]
     by_layer = (
         pl.DataFrame({"layer": [s.layer for s in profile.specs]}).group_by("layer").len().sort("len", descending=True)
@@ -73,22 +96,26 @@ def _reported(
             "features_by_layer": md_table(by_layer),
             "nulls_worst": dg.MetadataValue.json(findings["nulls_after_warmup"].metadata["worst"]),
             "preview": md_table(profile.tail.select(list(profile.keys) + features[:8]), 3),
+            **extra,
         },
         check_results=[f.result(check, severe=check in SEVERE) for check, f in findings.items()],
     )
 
 
-def _feature_asset(key: str, description: str, deps: list, timeframe: str = "1d", master: str | None = None):
-    """Decorator for a feature asset with its checks, in the group of its area."""
+def _feature_asset(
+    key: str, description: str, deps: list, timeframe: str = "1d", master: str | None = None, inputs: bool = False
+):
+    """Decorator for a feature asset with its checks (and its inputs' freshness), in the group of its area."""
     asset_key = dg.AssetKey(key.split("/"))
+    checks = {**(MASTER_CHECKS if master else CHECKS), **(INPUT_CHECKS if inputs else {})}
     return dg.asset(
         key=asset_key,
         description=description,
         deps=deps,
         group_name=f"{key.split('/')[0]}_features",
         check_specs=[
-            dg.AssetCheckSpec(name, asset=asset_key, description=text)
-            for name, text in (MASTER_CHECKS if master else CHECKS).items()
+            dg.AssetCheckSpec(name, asset=asset_key, description=text, blocking=name == "inputs_fresh")
+            for name, text in checks.items()
         ],
         kinds={"polars", "parquet"},
         tags={"layer": "features", **stage("prepare")},
@@ -174,17 +201,25 @@ def _shared_asset(name: str):
         tables.SHARED_LAYER.asset_key(layer=name).to_user_string(),
         SHARED_DESCRIPTIONS[name],
         reads(tables.CONTINUOUS, *series, markets=[ZL, MES]),
+        inputs=True,
     )
     def _shared(context: dg.AssetExecutionContext, lake: Lake, config: ReleaseLags) -> dg.MaterializeResult:
-        table = layers.shared_layer(
-            name, continuous_bars(lake), inputs.series(inputs.read_many(lake, series)), config.lags()
+        continuous, observed, lags = continuous_bars(lake), inputs.series(inputs.read_many(lake, series)), config.lags()
+        table = layers.shared_layer(name, continuous, observed, lags)
+        fresh = input_freshness(table.frame["date"], continuous, *_inputs(name, observed), lags)
+        return _checked(
+            context, lake, table, tables.SHARED_LAYER, f"shared_{name}", "1d", parts={"layer": name}, inputs=fresh
         )
-        return _checked(context, lake, table, tables.SHARED_LAYER, f"shared_{name}", "1d", parts={"layer": name})
 
     return _shared
 
 
 SHARED_ASSETS = [_shared_asset(name) for name in layers.SHARED_LAYERS]
+
+
+def _inputs(name: str, series: dict) -> tuple[list[str], dict, list[str]]:
+    symbols, keys = layers.layer_inputs(name, series)
+    return symbols, series, keys
 
 
 def _shared_tables(lake: Lake) -> list[Table]:
@@ -209,11 +244,21 @@ def _layer_asset(market: Market):
         tables.MARKET_LAYER.asset_key(market=market).to_user_string(),
         LAYER_DESCRIPTIONS[market.symbol],
         reads(tables.CONTINUOUS, markets=[ZL, MES]),
+        inputs=True,
     )
     def _layer(context: dg.AssetExecutionContext, lake: Lake) -> dg.MaterializeResult:
-        table = layers.asset_layer(market.key, continuous_bars(lake))
+        continuous = continuous_bars(lake)
+        table = layers.asset_layer(market.key, continuous)
+        fresh = input_freshness(table.frame["date"], continuous, *_inputs(market.key, {}), {})
         return _checked(
-            context, lake, table, tables.MARKET_LAYER, f"{market.key}_layer_1d", "1d", parts={"market": market}
+            context,
+            lake,
+            table,
+            tables.MARKET_LAYER,
+            f"{market.key}_layer_1d",
+            "1d",
+            parts={"market": market},
+            inputs=fresh,
         )
 
     return _layer
@@ -230,6 +275,12 @@ def _daily_master_asset(market: Market):
         table = layers.asset_master(
             market.key, lake.read_features(tables.MARKET_LAYER, market=market), _shared_tables(lake)
         )
+        silent = sources_silent_at_the_end(table)
+        if silent:
+            context.log.warning(
+                f"{market} master: on its last session every feature of {', '.join(silent)} is null (a stale or "
+                "ended input; the layers' inputs_fresh and inputs_running checks say since when)"
+            )
         return _checked(
             context,
             lake,
@@ -239,9 +290,19 @@ def _daily_master_asset(market: Market):
             "1d",
             master="daily",
             parts={"market": market, "timeframe": "1d"},
+            metadata={"inputs_null_on_last_session": ", ".join(silent) or "none"},
         )
 
     return _master
+
+
+def sources_silent_at_the_end(table: Table) -> list[str]:
+    """The inputs (feature sources) all of whose features are null on the table's last row."""
+    last = table.frame.tail(1)
+    by_source: dict[str, list[bool]] = {}
+    for spec in table.specs:
+        by_source.setdefault(spec.source, []).append(last[spec.name][0] is None)
+    return sorted(source for source, nulls in by_source.items() if source and all(nulls))
 
 
 LAYERS = [_layer_asset(m) for m in MARKETS.values()]

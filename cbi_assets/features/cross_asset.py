@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from cbi_assets.catalogue import DAILY_FRESHNESS
 from cbi_assets.features.spec import FeatureSet
 
 WINDOWS = (21, 63, 252)
@@ -20,9 +21,10 @@ def cross_asset_features(
     """
     frame = grid.select("date")
     for name, series in prices.items():
-        # A market that did not settle that day keeps its last settlement (a zero return).
+        # A market that did not settle that day keeps its last settlement (a zero return), for as long as it is
+        # fresh: a market whose source stopped gives nulls, not a constant.
         frame = frame.join(series.select("date", pl.col("px").alias(f"{name}_px")), on="date", how="left").with_columns(
-            pl.col(f"{name}_px").forward_fill()
+            pl.col(f"{name}_px").forward_fill(DAILY_FRESHNESS.sessions)
         )
     returns = {name: (pl.col(f"{name}_px") / pl.col(f"{name}_px").shift(1)).log() for name in prices}
     fs = FeatureSet(layer="shared/cross_asset", source="", timeframe="1d", lag="settled close")

@@ -76,6 +76,18 @@ def shared_layer(
     raise ValueError(f"unknown shared layer {name!r}; layers: {SHARED_LAYERS}")
 
 
+def layer_inputs(name: str, series: dict[str, pl.DataFrame]) -> tuple[list[str], list[str]]:
+    """The futures symbols and the series keys a layer (shared, or a market's) takes its values from."""
+    if name in RELATED:
+        return [name, *RELATED[name]], []
+    if name == "volatility":
+        return ["mes", "zl"], ["^VIX"] if "^VIX" in series else ["VIXCLS"]
+    if name == "cross_asset":
+        dollar = next((k for k in ("DX-Y.NYB", "DTWEXBGS") if k in series), None)
+        return ["zl", "cl", "ho", "mes"], [dollar] if dollar else []
+    return [], list(SHARED_SERIES[name])
+
+
 def asset_layer(asset: str, continuous: dict[str, pl.DataFrame]) -> Table:
     return daily_layer(asset, continuous, RELATED[asset], soy=asset == "zl")
 

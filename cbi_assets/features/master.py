@@ -15,7 +15,7 @@ from functools import partial
 
 import polars as pl
 
-from cbi_assets.catalogue import FUTURES, INTRADAY_TIMEFRAMES, TIMEFRAMES
+from cbi_assets.catalogue import DAILY_FRESHNESS, FUTURES, INTRADAY_TIMEFRAMES, TIMEFRAMES
 from cbi_assets.features.bars import OHLCV, SESSION_MINUTES, resample, settled_at
 from cbi_assets.features.equity_calendar import (
     calendar_features,
@@ -94,11 +94,12 @@ def daily_layer(symbol: str, continuous: dict[str, pl.DataFrame], related: tuple
     present = [other for other in related if other in continuous]
     for other in present:
         columns = continuous[other].select("date", pl.col("close").alias(f"{other}_close"), *adjusted(f"{other}_adj_"))
-        # A market that did not settle that day keeps its last settlement (a zero return).
+        # A market that did not settle that day keeps its last settlement (a zero return), for as long as it is
+        # fresh: a market whose source stopped gives nulls, not a constant.
         frame = (
             frame.join(columns, on="date", how="left")
             .sort("date")
-            .with_columns(pl.col(c).forward_fill() for c in columns.columns if c != "date")
+            .with_columns(pl.col(c).forward_fill(DAILY_FRESHNESS.sessions) for c in columns.columns if c != "date")
         )
     fs = FeatureSet(
         layer=symbol.upper(), source=f"{symbol.upper()} front settlement", timeframe="1d", lag="settled close"

@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 
 from cbi_assets.calendars import settlement_sessions
-from cbi_assets.catalogue import FRED_SERIES
+from cbi_assets.catalogue import DAILY_FRESHNESS, FRED_SERIES, FRESHNESS, Freshness
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,17 @@ def known_dates(dates: pl.Series, lag: ReleaseLag) -> pl.Series:
     return pl.Series(dates.name, sessions[np.minimum(index, len(sessions) - 1)]).cast(pl.Date)
 
 
-def on_grid(grid: pl.DataFrame, observations: pl.DataFrame, value: str, lag: ReleaseLag, name: str) -> pl.DataFrame:
-    """Add `name` to `grid` (a `date` column of sessions): the latest value known on each date."""
+def on_grid(
+    grid: pl.DataFrame,
+    observations: pl.DataFrame,
+    value: str,
+    lag: ReleaseLag,
+    name: str,
+    fresh: Freshness | None = None,
+) -> pl.DataFrame:
+    """Add `name` to `grid` (a `date` column of sessions): the latest value known on each date, for as long
+    as it is fresh (`fresh`; by default the rule of the series' frequency, told by its lag); later, null."""
+    fresh = fresh or (FRESHNESS["monthly"] if lag.calendar_days else DAILY_FRESHNESS)
     known = (
         observations.filter(pl.col(value).is_not_null())
         .select(pl.col("date"), pl.col(value).alias(name))
@@ -67,4 +76,15 @@ def on_grid(grid: pl.DataFrame, observations: pl.DataFrame, value: str, lag: Rel
         .unique("known", keep="last", maintain_order=True)  # two values known the same day: the later one
         .drop("date")
     )
-    return grid.sort("date").join_asof(known, left_on="date", right_on="known", strategy="backward").drop("known")
+    placed = grid.sort("date").join_asof(known, left_on="date", right_on="known", strategy="backward")
+    return placed.with_columns(pl.when(~stale(placed["date"], placed["known"], fresh)).then(pl.col(name))).drop("known")
+
+
+def stale(dates: pl.Series, known: pl.Series, fresh: Freshness) -> pl.Series:
+    """Whether, on each session of `dates`, a value known since `known` has gone stale under `fresh`."""
+    if fresh.days:
+        return ((dates - known).dt.total_days() > fresh.days).fill_null(False)
+    grid = dates.to_numpy()
+    since = np.searchsorted(grid, known.fill_null(dates.min()).to_numpy(), side="left")
+    elapsed = np.arange(len(grid)) - since  # sessions of the grid since the value became known
+    return pl.Series(elapsed > fresh.sessions) & known.is_not_null()

@@ -6,6 +6,7 @@ import math
 
 import polars as pl
 
+from cbi_assets.catalogue import DAILY_FRESHNESS
 from cbi_assets.features.pit import ReleaseLag, on_grid
 from cbi_assets.features.spec import FeatureSet
 
@@ -57,7 +58,7 @@ def volatility_features(
             continue
         frame = frame.join(
             bars.select("date", (pl.col("close") * pl.col("adj")).alias(f"{symbol}_px")), on="date", how="left"
-        ).with_columns(pl.col(f"{symbol}_px").forward_fill())
+        ).with_columns(pl.col(f"{symbol}_px").forward_fill(DAILY_FRESHNESS.sessions))
         r = (pl.col(f"{symbol}_px") / pl.col(f"{symbol}_px").shift(1)).log()
         meta = {"source": f"{symbol.upper()} front settlement", "lag": "settled close"}
         for decay in EWMA_LAMBDAS:

@@ -144,7 +144,8 @@ def take_in(
     )
     if report.revised:
         context.log.warning(
-            f"{dataset.name}: the source changed {len(report.revised)} stored day(s), e.g. {report.revised[:5]}; "
+            f"{dataset.name}: the source changed {len(report.revised)} stored day(s), e.g. "
+            f"{', '.join(d.isoformat() for d in report.revised[:5])}; "
             "the earlier versions are kept beside the new ones"
         )
     if report.set_aside:
