@@ -92,6 +92,7 @@ def test_the_daily_forecast_twice_leaves_one_row_per_key(own_registry):
     assert row["lower_90_price"] == pytest.approx(row["price"] * np.exp(row["lower_90"]))
     assert 0 <= row["conviction"] <= 1 and 0 < row["confidence"] <= 1
     assert row["regime"] == "trump_2023_2025" and row["state"] in ("calm", "normal", "stressed", "crisis")
+    assert row["stale_inputs"] == ""  # every input of the sample is fresh at its last session
     drivers = json.loads(row["drivers"])
     if {f.name: f.kind for f in families()}[row["family"]] in ("tree", "neural"):  # models with features
         assert len(drivers) == 5 and {"feature", "value", "shap"} <= set(drivers[0])

@@ -119,6 +119,14 @@ def specialist_forecast(folder: Path, origin: LatestOrigin, k: int) -> tuple[flo
 NO_CAP = dataclasses.replace(PROFILES["full"].training, max_train_rows=None)  # the origin's slice is cut already
 
 
+def silent_inputs(origin, catalogue: pl.DataFrame) -> list[str]:
+    """The inputs (feature sources) the models were trained on of which every feature is null at the origin."""
+    null = {name for name, value in zip(origin.data.features, origin.raw, strict=True) if np.isnan(value)}
+    used = catalogue.filter(pl.col("name").is_in(list(origin.data.features)))
+    by_source = used.group_by("source").agg(pl.col("name"))
+    return sorted(source for source, names in by_source.iter_rows() if source and all(name in null for name in names))
+
+
 def forecast_horizon(
     lake: Lake,
     tracking: Tracking,
@@ -181,6 +189,10 @@ def forecast_horizon(
     levels = tuple(sorted(levels))
     every = list(range(len(origin.data.features)))
     tabular = origin.inputs("tabular", budget).x[0]
+    catalogue = lake.feature_catalogue(tables.MASTER, market=market, timeframe=feature_timeframe(horizon))
+    stale = silent_inputs(origin, catalogue)
+    if stale:
+        log.warning(f"{market.key} {horizon.name}: at {origin.time} no value of {', '.join(stale)} (stale or ended)")
 
     def row(role: str, registered: dict) -> dict:
         family = registered["family"]
@@ -224,6 +236,8 @@ def forecast_horizon(
             "regime": regime,
             "state": now_state,
             "drivers": shown,
+            # Inputs the models saw nothing of at the origin: a stale source reads null, never a constant.
+            "stale_inputs": ", ".join(stale),
         }
 
     rows = [row("champion", champion)]
