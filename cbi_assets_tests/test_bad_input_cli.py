@@ -92,7 +92,27 @@ def test_a_dbn_file_cut_short_fails_the_run_naming_the_offset_and_stores_nothing
     last = last_line(result)
     assert last.startswith("zl__raw__zl_ohlcv_1d failed: ") and "ZL.FUT.ohlcv-1d.dbn.zst" in last
     assert f"stop in the middle of a record at byte {len(raw) - 56:,}" in last
-    assert "the last complete record" in last and "download it again" in last
+    assert "the last of its " in last and " complete records is from 2024-03-0" in last and "download it again" in last
+    assert snapshot(lake) == before
+
+
+def test_an_empty_file_and_an_absent_folder_say_what_to_do(desk, tmp_path):
+    local, lake, env = desk
+    assert materialize(env, "shared/raw/fred_dgs10", "2024").returncode == 0
+    before = snapshot(lake)
+    (local / "fred" / "DGS10.csv").write_text("")
+    last = last_line(materialize(env, "shared/raw/fred_dgs10", "2024"))
+    assert last.endswith(
+        "DGS10.csv: the file is empty; it needs the header date,value and one row per date. "
+        "Download it again, or remove it."
+    )
+    nowhere = tmp_path / "no-such-folder"
+    last = last_line(materialize({**env, "CBI_LOCAL_DIR": str(nowhere)}, "shared/raw/fred_dgs10", "2024"))
+    assert last.endswith(
+        f"{nowhere}: the folder of local files does not exist. Set CBI_LOCAL_DIR to a folder with "
+        "daily/, fred/ and dbn/ inside (the layout of shared/data/real), or pick another source with "
+        "CBI_SOURCE."
+    )
     assert snapshot(lake) == before
 
 

@@ -1,11 +1,13 @@
 """The local-files source: real files read, bad files refused with file, line and column."""
 
 import datetime as dt
+import io
 import shutil
 from pathlib import Path
 
 import polars as pl
 import pytest
+import zstandard
 
 from cbi_assets.raw.datasets import RawDataset, raw_dataset
 from cbi_assets.raw.errors import RawDataError
@@ -177,6 +179,17 @@ def test_corrupt_and_truncated_dbn_files_are_refused(real_data, tmp_path):
     (folder / "broken.dbn.zst").write_bytes(b"\x28\xb5\x2f\xfd" + bytes(range(200)))
     with pytest.raises(RawDataError, match=r"broken.dbn.zst: not a readable DBN file"):
         source.fetch(dataset, dt.date(2020, 12, 20), dt.date(2020, 12, 31))
+
+    # A complete zstd frame whose DBN records stop 10 bytes short of the last one's end.
+    whole = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(good), read_across_frames=True).read()
+    (folder / "broken.dbn.zst").write_bytes(zstandard.ZstdCompressor().compress(whole[:-10]))
+    with pytest.raises(RawDataError) as cut:
+        source.fetch(dataset, dt.date(2020, 12, 20), dt.date(2020, 12, 31))
+    assert str(cut.value) == (
+        f"{folder / 'broken.dbn.zst'}: the DBN records stop in the middle of a record at byte 528 of the "
+        "decompressed stream (46 of its 56 bytes are there); the last of its 3 complete records is from "
+        "2020-12-28 00:02:00 UTC. The file was cut short: download it again. Nothing of this file was stored."
+    )
 
     (folder / "broken.dbn.zst").write_bytes(good[: len(good) // 2])
     with pytest.raises(

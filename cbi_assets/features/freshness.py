@@ -68,27 +68,20 @@ def _row(grid: np.ndarray, name: str, known: dt.date | None, rule: Freshness) ->
 def freshness_findings(report: pl.DataFrame) -> dict[str, Finding]:
     """`inputs_fresh`: no input stopped recently (blocking: the layer's features would go null at the end);
     `inputs_running`: no input has ended (a warning: its features are null from then on)."""
-    stale, ended = report.filter(pl.col("state") == "stale"), report.filter(pl.col("state") == "ended")
     return {
-        "inputs_fresh": Finding(
-            stale.is_empty(),
-            "every input fresh"
-            if stale.is_empty()
-            else "stale: "
-            + "; ".join(_since(r) for r in stale.iter_rows(named=True))
-            + ". Fix the source or its ingest",
-            {"stale": _listed(stale), "inputs": report.height},
-        ),
-        "inputs_running": Finding(
-            ended.is_empty(),
-            "no input has ended"
-            if ended.is_empty()
-            else "ended: "
-            + "; ".join(_since(r) for r in ended.iter_rows(named=True))
-            + "; its features are null since",
-            {"ended": _listed(ended)},
-        ),
+        "inputs_fresh": _finding(report, "stale", "every input fresh", ". Fix the source or its ingest"),
+        "inputs_running": _finding(report, "ended", "no input has ended", "; its features are null since"),
     }
+
+
+def _finding(report: pl.DataFrame, state: str, fine: str, then: str) -> Finding:
+    hit = report.filter(pl.col("state") == state)
+    listed = "; ".join(_since(r) for r in hit.iter_rows(named=True))
+    return Finding(
+        hit.is_empty(),
+        fine if hit.is_empty() else f"{state}: {listed}{then}",
+        {state: _listed(hit), "inputs": report.height},
+    )
 
 
 def _since(row: dict) -> str:

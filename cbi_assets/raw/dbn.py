@@ -191,7 +191,7 @@ def refuse_cut_short(store: db.DBNStore, origin: str) -> None:
     offset = 8 + metadata_length + complete
     if complete:
         last = tail[len(tail) - cut - size : len(tail) - cut]
-        when = f"the last complete record ({complete // size:,}) is from {_timestamp_text(last[8:16])}"
+        when = f"the last of its {complete // size:,} complete records is from {_timestamp_text(last[8:16])}"
     else:
         when = "no record in it is complete"
     raise RawDataError(
