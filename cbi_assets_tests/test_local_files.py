@@ -137,6 +137,7 @@ def test_real_files_ingest_into_the_raw_layer(real_data, tmp_path):
     assert report.days == 4983 and len(report.new) == 4983 and report.set_aside == 6
     again = ingest(dataset, frame, store, start, end, origin=origin, received_at=NOW, set_aside=True)
     assert len(again.unchanged) == 4983 and not again.new and not again.revised
+    assert len(list((store.root / "set_aside").glob("*.parquet"))) == 1  # the same six records, kept once
 
 
 DBN_SCHEMAS = {

@@ -201,15 +201,21 @@ class PartitionStore:
 
     def set_aside(self, records: pl.DataFrame, origin: str, received_at: dt.datetime) -> Path:
         """Records kept out of the day partitions for their impossible values, with what was wrong and where
-        they came from: one file per ingest under `set_aside/`, never read as the dataset's content."""
+        they came from, under `set_aside/`, never read as the dataset's content. The file is named for its
+        content: the same bad records sent again (every evening, until the source is corrected) are kept once,
+        with the time they were first received."""
         folder = self.root / "set_aside"
         folder.mkdir(parents=True, exist_ok=True)
         records = records.with_columns(pl.lit(origin).alias("origin"))
-        path = folder / f"{received_at:%Y%m%dT%H%M%S}-{frame_digest(records)}.parquet"
+        path = folder / f"{frame_digest(records)}.parquet"
+        if path.exists():
+            return path
+        records = records.with_columns(pl.lit(received_at).cast(pl.Datetime("us", "UTC")).alias("first_received"))
         tmp = stage_parquet(records, folder)
         try:
-            if not path.exists():
-                publish(tmp, path)
+            publish(tmp, path)
+        except FileExistsError:  # another run set the same records aside a moment ago
+            pass
         finally:
             tmp.unlink(missing_ok=True)
         return path
