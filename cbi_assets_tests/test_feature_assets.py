@@ -25,6 +25,8 @@ def test_feature_assets_build_every_table_with_passing_checks(feature_lake):
 
     zl = lake.read_features(tables.MASTER, market=ZL, timeframe="1d")
     assert zl.frame.height > 2000 and len(zl.features) >= 200
+    # Every input of the shared layers reaches the master: the CPI's inflation rates and the policy rate too.
+    assert {"cpi_yoy", "cpi_mom_ann", "fed_funds", "vix", "broad_dollar"} <= set(zl.features)
     for timeframe in INTRADAY_TIMEFRAMES:
         table = lake.read_features(tables.MASTER, market=MES, timeframe=timeframe)
         assert len(table.features) >= 150 and table.frame["ts"].is_sorted()

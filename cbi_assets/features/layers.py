@@ -12,7 +12,7 @@ import polars as pl
 from cbi_assets.calendars import settlement_days
 from cbi_assets.features.cross_asset import cross_asset_features
 from cbi_assets.features.fx import PAIRS, fx_features
-from cbi_assets.features.macro import SERIES, macro_features
+from cbi_assets.features.macro import INPUTS, macro_features
 from cbi_assets.features.master import (
     RELATED,
     Table,
@@ -27,7 +27,7 @@ SHARED_LAYERS = ("macro", "volatility", "fx", "cross_asset")
 # The FRED series and Yahoo tickers each shared layer reads (every layer also reads the continuous
 # daily bars of both markets: their sessions are its grid).
 SHARED_SERIES = {
-    "macro": list(SERIES),
+    "macro": INPUTS,
     "volatility": ["^VIX", "VIXCLS"],
     "fx": [key for _, key, _ in PAIRS.values()],
     "cross_asset": ["DX-Y.NYB", "DTWEXBGS"],

@@ -17,6 +17,8 @@ SERIES = {
     "T10YIE": "breakeven_10y",
     "BAMLH0A0HYM2": "hy_spread",
 }
+# Every series the macro features read: the daily ones above and the CPI (its inflation rates).
+INPUTS = [*SERIES, "CPIAUCSL"]
 CHANGES = (5, 21, 63)
 
 
