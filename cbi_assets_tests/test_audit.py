@@ -157,7 +157,7 @@ def test_a_corrupted_value_and_an_interval_without_its_point_are_problems_with_o
     problems = _table(lake, "select * from monitoring.audits where status = 'problem' order by item")
     assert problems["item"].to_list() == ["ZL 1w:interval_contains_point", "zl_ohlcv_1d:ohlc", "zl_ohlcv_1d:values"]
     detail = dict(zip(problems["item"], problems["detail"], strict=True))
-    assert "column 'close' has negative or non-finite prices: -50.0" in detail["zl_ohlcv_1d:values"]
+    assert "close = -50.0 is zero or below, where ZL never trades" in detail["zl_ohlcv_1d:values"]
     assert "v0002-" in detail["zl_ohlcv_1d:values"]  # names the stored file
     assert (
         "1 of 2 intervals do not contain their point forecast: cbi-ZL-1w/2" in detail["ZL 1w:interval_contains_point"]
