@@ -60,12 +60,3 @@ def remove_orphans(folder: Path) -> list[Path]:
                 path.unlink(missing_ok=True)
             removed.append(path)
     return removed
-
-
-def remove_orphans_under(root: Path) -> list[Path]:
-    """remove_orphans in `root` and every folder below it."""
-    removed = []
-    for folder, subfolders, _ in os.walk(root):
-        removed += remove_orphans(Path(folder))
-        subfolders[:] = [s for s in subfolders if not s.startswith(".incoming-")]
-    return removed

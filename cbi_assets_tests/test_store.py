@@ -2,6 +2,8 @@
 
 import datetime as dt
 import os
+import socket
+import subprocess
 import threading
 
 import polars as pl
@@ -117,3 +119,19 @@ def test_batch_digests_equal_the_digest_of_each_day_alone():
     for (day,), part in frame.partition_by("day", as_dict=True, maintain_order=True, include_key=False).items():
         assert digests[day] == frame_digest(part)
     assert digests[dt.date(2024, 3, 1)] != digests[dt.date(2024, 3, 2)]
+
+
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_write_and_a_living_ones_kept(tmp_path):
+    store = PartitionStore(tmp_path)
+    store.write(DAY, bars(45.0))
+    finished = subprocess.Popen(["true"])
+    finished.wait()  # a process that has ended: its pid names no living writer
+    host = socket.gethostname()
+    orphan = store.day_dir(DAY) / f".incoming-{host}-{finished.pid}-0123abcd.parquet"
+    living = store.day_dir(DAY) / f".incoming-{host}-{os.getpid()}-0123abcd.parquet"
+    elsewhere = store.day_dir(DAY) / f".incoming-another-host-{finished.pid}-0123abcd.parquet"
+    for path in (orphan, living, elsewhere):
+        path.write_bytes(b"partial")
+    assert store.write(DAY, bars(45.0)) == "unchanged"
+    assert not orphan.exists() and living.exists() and elsewhere.exists()
+    assert store.orphans_removed == 1

@@ -23,7 +23,6 @@ from cbi_assets.raw.quality import (
 from cbi_assets.raw.rolls import front_month
 from cbi_assets.raw.source import Source
 from cbi_assets.selections import stage
-from cbi_assets.temporary import remove_orphans_under
 from cbi_assets.ui import table
 
 CHECKS = {
@@ -121,9 +120,6 @@ def take_in(
                 dg.AssetCheckResult(check_name=name, passed=True, description="no days to check") for name in CHECKS
             ],
         )
-    orphans = remove_orphans_under(store.root)
-    if orphans:
-        context.log.info(f"{dataset.name}: removed {len(orphans)} temporary file(s) a killed run left behind")
     context.log.info(f"{dataset.name}: requesting {start}..{end} from {source.label}")
     frame = source.fetch(dataset, start, end)
     context.log.info(f"{dataset.name}: received {frame.height:,} records; validating and storing by day")
@@ -138,6 +134,8 @@ def take_in(
         progress=context.log.info,
         set_aside=source.set_aside,
     )
+    if store.orphans_removed:
+        context.log.info(f"{dataset.name}: removed {store.orphans_removed} temporary file(s) a killed run left behind")
     context.log.info(
         f"{dataset.name}: {report.rows:,} records over {report.days} days "
         f"({len(report.new)} new, {len(report.unchanged)} unchanged, {len(report.revised)} revised)"

@@ -24,7 +24,7 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
-from cbi_assets.temporary import sync_folder, temporary_name
+from cbi_assets.temporary import remove_orphans, sync_folder, temporary_name
 
 # Columns the lake adds on receipt; they say when, not what, so they do not count as content.
 RECEIPT_COLUMNS = ("ingested_at",)
@@ -122,6 +122,7 @@ class PartitionStore:
     def __init__(self, root: Path):
         self.root = Path(root)
         self._lock: int | None = None  # descriptor of <root>/.lock, opened on the first write
+        self.orphans_removed = 0  # temporary files of killed writers removed by this store's writes
 
     @contextmanager
     def _exclusive(self):
@@ -172,6 +173,8 @@ class PartitionStore:
         """
         self.root.mkdir(parents=True, exist_ok=True)
         with self._exclusive():
+            # What a killed writer of these days left behind goes first (cbi_assets.temporary).
+            self.orphans_removed += sum(len(remove_orphans(self.day_dir(day))) for day, _, _ in days)
             latest = {day: self.latest(day) for day, _, _ in days}
             changed = [
                 (day, frame, digest)
