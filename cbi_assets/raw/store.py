@@ -109,11 +109,12 @@ def stage_parquet(frame: pl.DataFrame, folder: Path) -> Path:
     return tmp
 
 
-def publish(staged: Path, final: Path) -> None:
+def publish(staged: Path, final: Path, sync: bool = True) -> None:
     """Give a complete staged file its final name: link() never replaces a file that is there, and the folder
-    is flushed so the name survives a power cut."""
+    is flushed so the name survives a power cut (`sync=False`: the caller flushes it)."""
     os.link(staged, final)
-    sync_folder(final.parent)
+    if sync:
+        sync_folder(final.parent)
 
 
 class PartitionStore:
@@ -191,7 +192,11 @@ class PartitionStore:
                     raise failed
                 for (day, _, digest), tmp in zip(changed, staged, strict=True):
                     number = latest[day].number + 1 if latest[day] else 1
-                    publish(tmp, self.day_dir(day) / f"v{number:04d}-{digest}.parquet")
+                    publish(tmp, self.day_dir(day) / f"v{number:04d}-{digest}.parquet", sync=False)
+                # The new names on disk: each day's folder flushed, side by side (one fsync each is most of a
+                # small file's cost).
+                with ThreadPoolExecutor(max_workers=ENCODERS) as flushers:
+                    list(flushers.map(sync_folder, {self.day_dir(day) for day, _, _ in changed}))
             finally:
                 for tmp in staged:
                     tmp.unlink(missing_ok=True)
