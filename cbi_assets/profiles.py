@@ -8,6 +8,7 @@ still overrides single values of one run.
 A user's own profile is a TOML file that starts from a built-in one and changes what it names:
 
     base = "full"                 # or "sample"
+    significance = 0.01           # the level a model must beat the random walk at (default 0.05)
     [folds."ZL 1d"]               # <MARKET> <timeframe the horizon counts bars in>
     n_folds = 30
     [training]
@@ -33,6 +34,7 @@ from cbi_assets.explain.rows import ExplainPlan
 from cbi_assets.features.bars import SESSION_MINUTES  # a day of MES 1-minute rows
 from cbi_assets.meta.budget import MetaBudget
 from cbi_assets.models.registry import Budget
+from cbi_assets.models.significance import DEFAULT_LEVEL, check_level
 from cbi_assets.training.folds import FoldPlan
 
 
@@ -44,6 +46,12 @@ class Profile:
     training: Budget
     meta: MetaBudget
     explain: ExplainPlan
+    # The one-sided level at which a model must beat the random walk (or a challenger the champion)
+    # to be crowned: `models.significance`.
+    significance: float = DEFAULT_LEVEL
+
+    def __post_init__(self) -> None:
+        check_level(self.significance)
 
     def fold_plan(self, market_: Market | str, horizon: Horizon) -> FoldPlan:
         """The plan for one market and horizon, with an embargo of one horizon.
@@ -145,7 +153,12 @@ def _override(path: Path, given: dict[str, Any]) -> Profile:
         raise ValueError(f"{path}: base = {base!r}; use one of {', '.join(PROFILES)}")
     profile = dataclasses.replace(PROFILES[base], name=path.stem)
     for section, values in given.items():
-        if section == "folds":
+        if section == "significance":
+            try:
+                profile = dataclasses.replace(profile, significance=float(values))
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"{path}: significance = {values!r}: {error}") from None
+        elif section == "folds":
             folds = dict(profile.folds)
             for key, changes in values.items():
                 if key not in folds:
@@ -160,7 +173,9 @@ def _override(path: Path, given: dict[str, Any]) -> Profile:
                 profile, **{section: _replaced(path, section, getattr(profile, section), values)}
             )
         else:
-            raise ValueError(f"{path}: unknown section [{section}]; sections: folds, training, meta, explain")
+            raise ValueError(
+                f"{path}: unknown section [{section}]; sections: folds, training, meta, explain (and the key significance)"
+            )
     return profile
 
 

@@ -155,7 +155,9 @@ def test_scores_per_fold_regime_and_overall():
         ("regime", "a"),
         ("regime", "b"),
         ("overall", "all"),
+        ("recent", "recent"),  # the most recent third of the folds: fold 1 of 2
     ]
+    assert scores.filter(pl.col("scope") == "recent")["rows"][0] == 2
     assert scores.filter(pl.col("group") == "0")["mae"][0] == pytest.approx(0.005)
     assert overall(scores)["mase"] == pytest.approx(0.03 / 4 / (0.04 / 4))
 

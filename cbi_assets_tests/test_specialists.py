@@ -121,19 +121,23 @@ def test_choose_model_takes_a_specialist_only_where_it_wins(tmp_path):
     days = pl.date_range(dt.date(2020, 1, 1), dt.date(2020, 4, 30), "1d", eager=True).head(100)
     actual = np.where(np.arange(100) % 2, 0.02, -0.02)
     lake = Lake(root=str(tmp_path))
-    for family, mase in (("random_walk", 1.0), ("lightgbm", 0.9)):
+    # LightGBM earned the crown: its Diebold-Mariano tests against the random walk are significant.
+    for family, mase, p in (("random_walk", 1.0, 1.0), ("lightgbm", 0.9, 1e-6)):
         lake.write(
             tables.FAMILY_METRICS,
             pl.DataFrame(
                 {
-                    "scope": ["overall"],
-                    "group": ["all"],
-                    "rows": [100],
-                    "mase": [mase],
-                    **{m: [0.5] for m in METRICS if m != "mase"},
-                    "family": [family],
-                    "kind": ["tree"],
-                    "run_id": [f"run-{family}"],
+                    "scope": ["overall", "recent"],
+                    "group": ["all", "recent"],
+                    "rows": [100, 34],
+                    "mase": [mase] * 2,
+                    **{m: [0.5] * 2 for m in METRICS if m != "mase"},
+                    "dm_statistic": [5.0 if p < 1 else None] * 2,
+                    "dm_p_value": [p] * 2,
+                    "dm_outcomes": [20.0, 7.0],
+                    "family": [family] * 2,
+                    "kind": ["tree"] * 2,
+                    "run_id": [f"run-{family}"] * 2,
                 }
             ),
             market=ZL,

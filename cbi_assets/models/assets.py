@@ -22,7 +22,7 @@ from cbi_assets.horizons import Done, each_horizon, horizon_asset
 from cbi_assets.lake import KIND_ASSETS, Lake, reads
 from cbi_assets.models.evaluation import METRICS, overall, scored
 from cbi_assets.models.inputs import TrainingArrays, horizon_rows, rows_per_year
-from cbi_assets.models.leaderboard import leaderboard, registry_role
+from cbi_assets.models.leaderboard import RANDOM_WALK, crowned, leaderboard, registry_role
 from cbi_assets.models.registry import KINDS, families
 from cbi_assets.models.walk import walk_family
 from cbi_assets.profiles import TrainingProfile
@@ -183,18 +183,28 @@ def _kind_asset(market: Market, kind: str):
 
 
 def _leaderboard_plot(boards: dict[str, pl.DataFrame], title: str):
+    """MASE and direction per family and horizon. A solid, outlined bar beat the random walk by the
+    significance rule; a hatched, pale one merely looks better (MASE below 1, no significant edge)."""
     fig, (mase, hits) = figure(10, 6, rows=2)
     width = 0.8 / max(len(boards), 1)
     names = sorted({f for b in boards.values() for f in b["family"]})
     for i, (horizon, board) in enumerate(boards.items()):
         values = dict(board.select("family", "mase").iter_rows())
         accuracy = dict(board.select("family", "directional_accuracy").iter_rows())
+        earned = dict(board.select("family", "beats_random_walk").iter_rows())
         x = np.arange(len(names)) + i * width
-        mase.bar(x, [values.get(n, np.nan) for n in names], width, label=horizon)
+        bars = mase.bar(x, [values.get(n, np.nan) for n in names], width, label=horizon)
+        for name, bar in zip(names, bars, strict=True):
+            if earned.get(name):
+                bar.set_edgecolor("black")
+                bar.set_linewidth(1.2)
+            elif (values.get(name) or np.inf) < 1:
+                bar.set_hatch("///")
+                bar.set_alpha(0.45)
         hits.bar(x, [accuracy.get(n, np.nan) for n in names], width)
     mase.axhline(1.0, color="black", linestyle="--", linewidth=0.8)
     mase.set_ylabel("MASE (random walk = 1)")
-    mase.set_title(title)
+    mase.set_title(f"{title}\noutlined: beats the random walk (Diebold-Mariano); hatched: merely looks better")
     mase.legend(fontsize=7, ncols=6)
     hits.axhline(0.5, color="black", linestyle="--", linewidth=0.8)
     hits.set_ylabel("directional accuracy")
@@ -212,13 +222,21 @@ def _leaderboard_asset(market: Market):
         deps=reads(tables.FAMILY_METRICS, markets=[market], family=registered),
         kinds={"duckdb", "mlflow"},
         tags={"layer": "models", **stage("train")},
-        description=f"{market} leaderboard per horizon: every family's walk-forward metrics beside the random "
-        "walk's (warehouse models.leaderboard). The best MASE is registered in MLflow: as `champion` the "
-        "first time or when it is the champion's family, else as `challenger` (a shadow model).",
+        description=f"{market} leaderboard per horizon: every family's walk-forward metrics and its "
+        "Diebold-Mariano test against the random walk (warehouse models.leaderboard). The best MASE among the "
+        "families that beat the random walk significantly (all folds and the recent third) is crowned, else "
+        "the random walk; the crowned family is registered in MLflow as `champion` the first time, when it is "
+        "the champion's family or the random walk, else as `challenger` (a shadow model).",
     )
     def _leaderboard(
-        context: dg.AssetExecutionContext, lake: Lake, warehouse: DuckDBResource, tracking: Tracking
+        context: dg.AssetExecutionContext,
+        lake: Lake,
+        warehouse: DuckDBResource,
+        tracking: Tracking,
+        profile: TrainingProfile,
     ) -> dg.MaterializeResult:
+        level = profile.load().significance
+
         def work(horizon: Horizon) -> Done:
             parts = {"market": market, "horizon": horizon.name}
             stored = [
@@ -229,10 +247,10 @@ def _leaderboard_asset(market: Market):
             if not stored:
                 raise dg.Failure(f"no model metrics for {market} {horizon.name}; materialize the model assets first")
             try:
-                board = leaderboard(pl.concat(stored, how="diagonal_relaxed"))
+                board = leaderboard(pl.concat(stored, how="diagonal_relaxed"), level)
             except ValueError as error:
                 raise dg.Failure(f"{market} {horizon.name}: {error}") from error
-            best = board.row(0, named=True)
+            best = crowned(board)
             role = registry_role(tracking.champion(market, horizon.name), best["family"])
             version = tracking.register(market, horizon.name, best["run_id"], best["family"], role)
             published = tracking.champion(market, horizon.name)
@@ -241,14 +259,23 @@ def _leaderboard_asset(market: Market):
                 (pl.col("family") == published["family"]).alias("champion"),
                 ((pl.col("family") == challenger["family"]) if challenger else pl.lit(False)).alias("challenger"),
             )
+            lowest = board.row(0, named=True)
+            edge = (
+                f"{best['family']} beats the random walk (DM {best['dm_statistic']:+.2f}, p {best['dm_p_value']:.4f})"
+                if best["family"] != RANDOM_WALK
+                else f"no family beats the random walk at {level:g} (lowest MASE: {lowest['family']} "
+                f"{lowest['mase']:.3f}, p {_p(lowest)})"
+            )
             context.log.info(
-                f"{market} {horizon.name}: best {best['family']} (MASE {best['mase']:.3f}), registered "
-                f"as {role} version {version}; the champion is {published['family']}"
+                f"{market} {horizon.name}: {edge}; {best['family']} registered as {role} version {version}; "
+                f"the champion is {published['family']}"
             )
             return Done(
                 rows=[
                     {
-                        "best": best["family"],
+                        "crowned": best["family"],
+                        "edge": edge,
+                        "lowest_mase": lowest["family"],
                         "mase": round(best["mase"], 4),
                         "directional_accuracy": round(best["directional_accuracy"], 4),
                         "registered_as": f"{role} (version {version})",
@@ -270,7 +297,18 @@ def _leaderboard_asset(market: Market):
             )
             with warehouse.get_connection() as conn:
                 replace_horizons(conn, "models.leaderboard", rows)
-            shown = rows.select("horizon", "rank", "family", "kind", *METRICS).with_columns(pl.col(METRICS).round(4))
+            shown = rows.select(
+                "horizon",
+                "rank",
+                "family",
+                "kind",
+                *METRICS,
+                "dm_statistic",
+                "dm_p_value",
+                "recent_dm_p_value",
+                "beats_random_walk",
+                "crowned",
+            ).with_columns(pl.col(*METRICS, "dm_statistic", "dm_p_value", "recent_dm_p_value").round(4))
             return {
                 "leaderboard": md_table(shown, 400),
                 "mase_and_direction": _leaderboard_plot(boards, f"{market} walk-forward leaderboard"),
@@ -287,6 +325,10 @@ def _leaderboard_asset(market: Market):
         )
 
     return _leaderboard
+
+
+def _p(row: dict) -> str:
+    return "n/a" if row["dm_p_value"] is None or not np.isfinite(row["dm_p_value"]) else f"{row['dm_p_value']:.3f}"
 
 
 MODEL_ASSETS = [

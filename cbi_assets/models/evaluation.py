@@ -8,6 +8,10 @@ All metrics compare a forecast of the forward log return with what happened, on 
   move has no direction to call: minute bars often close unchanged); a forecast of no change
   scores half;
 - sharpe: annualised Sharpe ratio of holding the forecast's sign over each horizon, net of costs.
+
+Beside them, the Diebold-Mariano test of the absolute errors against the random walk's
+(`significance`): on every row (scope overall) and on the most recent third of the folds (scope
+recent, which also gets its own metrics). Whether that is an edge is the leaderboard's call.
 """
 
 from __future__ import annotations
@@ -17,7 +21,10 @@ import math
 import numpy as np
 import polars as pl
 
+from cbi_assets.models.significance import DieboldMariano, edge, recent_rows
+
 METRICS = ("mape", "rmse", "mae", "mase", "directional_accuracy", "sharpe")
+EDGE = ("dm_statistic", "dm_p_value", "dm_outcomes")  # against the random walk, on the overall and recent rows
 
 
 def sign_returns(actual: np.ndarray, forecast: np.ndarray, horizon: int, cost_bps: float) -> np.ndarray:
@@ -62,24 +69,36 @@ def metrics(
 
 
 def scored(oof: pl.DataFrame, *, horizon: int, periods_per_year: float, cost_bps: float) -> pl.DataFrame:
-    """Metrics per fold, per regime and overall: columns scope (fold/regime/overall), group, rows, METRICS."""
+    """Metrics per fold, per regime, overall and on the most recent third of the folds: columns scope
+    (fold/regime/overall/recent), group, rows, METRICS and, on the overall and recent rows, EDGE."""
 
-    def row(scope: str, group: str, part: pl.DataFrame) -> dict:
+    def row(scope: str, group: str, part: pl.DataFrame, test: DieboldMariano | None = None) -> dict:
         values = metrics(
             *(part[c].to_numpy() for c in ("actual", "forecast", "price", "forward_price")),
             horizon=horizon,
             periods_per_year=periods_per_year,
             cost_bps=cost_bps,
         )
-        return {"scope": scope, "group": group, "rows": part.height, **values}
+        tested = (test.statistic, test.p_value, test.outcomes) if test else (math.nan,) * len(EDGE)
+        return {"scope": scope, "group": group, "rows": part.height, **values, **dict(zip(EDGE, tested, strict=True))}
 
     rows = [
         row("fold", str(k), part) for (k,), part in oof.partition_by("fold", as_dict=True, maintain_order=True).items()
     ]
     rows += [row("regime", r, part) for (r,), part in sorted(oof.partition_by("regime", as_dict=True).items())]
-    rows.append(row("overall", "all", oof))
+    actual, forecast = oof["actual"].to_numpy(), oof["forecast"].to_numpy()
+    folds = oof["fold"].to_numpy() if "fold" in oof.columns else None
+    against = edge(np.abs(forecast - actual), np.abs(actual), horizon, folds)
+    rows.append(row("overall", "all", oof, against.overall))
+    rows.append(row("recent", "recent", oof.filter(pl.Series(recent_rows(folds, oof.height))), against.recent))
     return pl.DataFrame(
-        rows, schema={"scope": pl.String, "group": pl.String, "rows": pl.Int64, **dict.fromkeys(METRICS, pl.Float64)}
+        rows,
+        schema={
+            "scope": pl.String,
+            "group": pl.String,
+            "rows": pl.Int64,
+            **dict.fromkeys((*METRICS, *EDGE), pl.Float64),
+        },
     )
 
 

@@ -22,6 +22,8 @@ from cbi_assets.ensembles.conformal import LEVELS, MIN_SCORES
 from cbi_assets.features.inputs import continuous_bars
 from cbi_assets.horizons import Done, each_horizon, horizon_asset
 from cbi_assets.lake import Lake, reads
+from cbi_assets.models.inputs import horizon_rows
+from cbi_assets.models.leaderboard import RANDOM_WALK
 from cbi_assets.models.registry import families
 from cbi_assets.monitoring.outcomes import matured
 from cbi_assets.predictions import history, shadow
@@ -74,7 +76,7 @@ def _fan_plot(frames: list[pl.DataFrame], bars: dict[str, pl.DataFrame], title: 
                 markersize=3,
             )
             axis.annotate(
-                r["horizon"],
+                r["horizon"] + (" (random walk: no edge)" if r.get("family") == RANDOM_WALK else ""),
                 (r["target_time"], r["forecast_price"]),
                 fontsize=8,
                 xytext=(4, 0),
@@ -149,7 +151,8 @@ def _forecast_asset(market: Market):
         tracking: Tracking,
         profile: TrainingProfile,
     ) -> dg.MaterializeResult:
-        budget = profile.load().training
+        loaded = profile.load()
+        budget = loaded.training
 
         def work(horizon: Horizon) -> Done:
             frame, table = forecast_horizon(
@@ -162,6 +165,7 @@ def _forecast_asset(market: Market):
                 config.min_scores,
                 config.drivers,
                 context.log,
+                loaded.significance,
             )
             lake.write(tables.FORECAST, frame, market=market, horizon=horizon.name)
             lake.write(tables.FAMILY_FORECASTS, table, market=market, horizon=horizon.name)
@@ -185,6 +189,7 @@ def _forecast_asset(market: Market):
                 "state",
                 "conviction",
                 "confidence",
+                "edge",
             ).with_columns(pl.col(pl.Float64).round(4))
             return Done(
                 rows=shown,
@@ -214,7 +219,9 @@ def _forecast_asset(market: Market):
 
 
 class UploadConfig(dg.Config):
-    promote_after_days: int = 20  # matured origins a challenger must share with the champion before it can win
+    # Matured origins a challenger must share with the champion before it is judged (the significance
+    # test then decides; at long horizons a few dozen overlapping origins are only a few outcomes).
+    promote_after_days: int = 20
 
 
 def _upload_asset(market: Market):
@@ -241,8 +248,10 @@ def _upload_asset(market: Market):
         warehouse: DuckDBResource,
         tracking: Tracking,
         alerts: Alerts,
+        profile: TrainingProfile,
     ) -> dg.MaterializeResult:
         now = dt.datetime.now(dt.UTC)
+        level = profile.load().significance
 
         def work(horizon: Horizon) -> Done:
             frame = lake.read(tables.FORECAST, market=market, horizon=horizon.name).with_columns(
@@ -265,6 +274,8 @@ def _upload_asset(market: Market):
                 champion["model_version"],
                 challenger["model_version"],
                 config.promote_after_days,
+                horizon_rows(horizon),
+                level,
             )
             if found.promote:
                 tracking.promote(market, horizon.name)

@@ -28,7 +28,9 @@ from cbi_assets.explain.shapley import (
 from cbi_assets.features.inputs import continuous_bars
 from cbi_assets.lake import Lake
 from cbi_assets.models.inputs import fold_inputs, horizon_rows, rows_per_year
+from cbi_assets.models.leaderboard import RANDOM_WALK
 from cbi_assets.models.registry import Budget, families
+from cbi_assets.models.significance import DEFAULT_LEVEL
 from cbi_assets.predictions.forecast import drivers_json, history_of, published
 from cbi_assets.predictions.origin import (
     LatestOrigin,
@@ -39,7 +41,7 @@ from cbi_assets.predictions.origin import (
     origin_state,
 )
 from cbi_assets.profiles import PROFILES
-from cbi_assets.specialists.choice import choose_model, load_specialist
+from cbi_assets.specialists.choice import board_of, choose_model, load_specialist
 from cbi_assets.training.sets import feature_timeframe, time_key, trained_on
 from resources.tracking import Tracking
 
@@ -137,12 +139,13 @@ def forecast_horizon(
     min_scores: int,
     drivers: int,
     log,
+    level: float = DEFAULT_LEVEL,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(the published rows: the champion's, and the challenger's when one is registered; every family's
     forecast) for the newest origin of one market x horizon.
 
     levels: the conformal intervals' coverage levels; min_scores: the matured walk-forward errors an
-    interval needs; drivers: the top drivers kept per forecast.
+    interval needs; drivers: the top drivers kept per forecast; level: the significance rule's.
     """
     key = time_key(horizon)
     parts = {"market": market, "horizon": horizon.name}
@@ -185,6 +188,7 @@ def forecast_horizon(
     now_state, regime = origin_state(origin, state), origin_regime(origin)
     forecasts, models = family_forecasts(tracking, market, horizon, origin, budget, log)
     history = history_of(members)
+    board = board_of(lake, market, horizon.name, level)
     calibration = Calibration.of(horizon_rows(horizon), rows_per_year(horizon))
     levels = tuple(sorted(levels))
     every = list(range(len(origin.data.features)))
@@ -208,7 +212,7 @@ def forecast_horizon(
             "role": role,
             "source": role,
         }
-        chosen = choose_model(lake, market, horizon.name, regime) if role == "champion" else None
+        chosen = choose_model(lake, market, horizon.name, regime, level) if role == "champion" else None
         if chosen is not None:
             log.info(f"{market.key} {horizon.name}: {chosen.why}")
         if chosen is not None and chosen.source == "specialist":
@@ -218,9 +222,11 @@ def forecast_horizon(
                 "run_id": chosen.run_id,
                 "family": chosen.model,
                 "source": "specialist",
+                "edge": f"beats the random walk on the {regime} folds",
             }
         else:
             point = forecasts[family]
+            out["edge"] = edge_shown(board, family)
             shown = _drivers(models[family][1], tabular, origin, every, drivers, budget)
         # A specialist's interval is calibrated on the champion it stands in for: its own regime folds are few.
         values = published(
@@ -253,6 +259,23 @@ def forecast_horizon(
         }
     ).with_columns((pl.col("forecast_return").exp() * price).alias("forecast_price"))
     return frame, table
+
+
+NO_EDGE = "no edge over the random walk"
+
+
+def edge_shown(board: pl.DataFrame, family: str) -> str:
+    """What the published row says of its model's edge over the random walk, from the leaderboard."""
+    if family == RANDOM_WALK:
+        return NO_EDGE
+    found = board.filter(pl.col("family") == family)
+    if found.is_empty():
+        return f"{family} is not on the leaderboard: its edge is unknown"
+    row = found.row(0, named=True)
+    tested = f"DM {row['dm_statistic'] or float('nan'):+.2f}, p {row['dm_p_value'] or float('nan'):.4f}"
+    if row["beats_random_walk"]:
+        return f"beats the random walk ({tested}; recent third p {row['recent_dm_p_value']:.4f})"
+    return f"no significant edge over the random walk ({tested})"
 
 
 def row_schema(levels: tuple[float, ...]) -> dict:

@@ -8,6 +8,7 @@ A new regime is trained by materializing its partition, from the UI or from a se
 the stored verdicts.
 """
 
+import dataclasses
 import hashlib
 import pickle
 
@@ -293,7 +294,8 @@ def _specialist_asset(market: Market):
         profile: TrainingProfile,
     ) -> dg.MaterializeResult:
         settings = profile.load()
-        budget, plan = settings.training, config.plan()
+        budget = settings.training
+        plan = dataclasses.replace(config.plan(), significance=settings.significance)
         daily = [h.name for h in market.daily_horizons]
         names = config.horizons or daily
         unknown = [h for h in names if h not in {h.name for h in market.horizons}]

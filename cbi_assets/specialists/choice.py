@@ -13,8 +13,9 @@ import polars as pl
 from cbi_assets import lake as tables
 from cbi_assets.catalogue import Market
 from cbi_assets.lake import Lake
-from cbi_assets.models.leaderboard import leaderboard
+from cbi_assets.models.leaderboard import crowned, leaderboard
 from cbi_assets.models.registry import families
+from cbi_assets.models.significance import DEFAULT_LEVEL
 from cbi_assets.training.scaling import RobustScaler
 
 # What a specialist's folder (the lake's SPECIALIST table) holds that is read here, beside its walk's
@@ -35,19 +36,24 @@ class Choice:
     path: Path | None = None  # the specialist's model folder (model.pkl, scaler.parquet, features.json)
 
 
-def champion_of(lake: Lake, m: Market, horizon: str) -> dict:
-    """The champion as the leaderboard crowns it: the best overall MASE of the stored metrics."""
+def board_of(lake: Lake, m: Market, horizon: str, level: float = DEFAULT_LEVEL) -> pl.DataFrame:
+    """The leaderboard of the stored metrics, as the leaderboard asset builds it (the rule at `level`)."""
     parts = {"market": m, "horizon": horizon}
     stored = [f.name for f in families() if lake.exists(tables.FAMILY_METRICS, family=f.name, **parts)]
     if not stored:
         where = lake.path(tables.FAMILY_METRICS, family="*", **parts)
         raise ValueError(f"{where}: no model metrics for {m} {horizon}; materialize the model assets first")
     frames = [lake.read(tables.FAMILY_METRICS, family=f, **parts) for f in stored]
-    best = leaderboard(pl.concat(frames, how="diagonal_relaxed")).row(0, named=True)
+    return leaderboard(pl.concat(frames, how="diagonal_relaxed"), level)
+
+
+def champion_of(lake: Lake, m: Market, horizon: str, level: float = DEFAULT_LEVEL) -> dict:
+    """The champion as the leaderboard crowns it from the stored metrics."""
+    best = crowned(board_of(lake, m, horizon, level))
     return {"family": best["family"], "run_id": best["run_id"], "mase": best["mase"]}
 
 
-def choose_model(lake: Lake, m: Market, horizon: str, regime: str | None) -> Choice:
+def choose_model(lake: Lake, m: Market, horizon: str, regime: str | None, level: float = DEFAULT_LEVEL) -> Choice:
     """The model to forecast market `m` `horizon` with while `regime` (a regime partition key) is current.
 
     The specialist is chosen only when its stored verdict says it beat the generalist (the same
@@ -56,7 +62,7 @@ def choose_model(lake: Lake, m: Market, horizon: str, regime: str | None) -> Cho
     champion, and `why` says what was missing. Inside an asset run, the asset must declare the
     families' metrics and oof and the specialists among its reads.
     """
-    champion = champion_of(lake, m, horizon)
+    champion = champion_of(lake, m, horizon, level)
 
     def crowned(reason: str) -> Choice:
         return Choice(

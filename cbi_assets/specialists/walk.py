@@ -19,9 +19,10 @@ from typing import Any
 
 import polars as pl
 
-from cbi_assets.models.evaluation import METRICS, metrics, scored
+from cbi_assets.models.evaluation import EDGE, METRICS, metrics, scored
 from cbi_assets.models.inputs import TrainingArrays, fold_inputs
 from cbi_assets.models.registry import Budget, Fitted, Inputs
+from cbi_assets.models.significance import DEFAULT_LEVEL, Edge, DieboldMariano
 from cbi_assets.training.folds import FoldPlan, walk_forward
 from cbi_assets.training.scaling import RobustScaler
 
@@ -36,6 +37,7 @@ class SpecialistPlan:
     min_train_rows: int = 60  # the first fold must train on at least this many regime rows
     min_test_rows: int = 10  # and every fold test at least this many
     oof_coverage: float = 0.5  # the stored generalist oof counts when it covers this share of the test rows
+    significance: float = DEFAULT_LEVEL  # the level it must beat the random walk at (the profile's)
 
 
 def regime_span(frame: pl.DataFrame, regime: str, calendar: list[str], day: str) -> tuple[int, int] | None:
@@ -178,20 +180,29 @@ def scores(walked: pl.DataFrame, *, horizon: int, periods_per_year: float, cost_
             )
             out.append(
                 pl.DataFrame(
-                    [{"scope": "overall", "group": "oof_rows", "rows": covered.height, **values, "model": model}],
+                    [
+                        {
+                            "scope": "overall",
+                            "group": "oof_rows",
+                            "rows": covered.height,
+                            **values,
+                            **dict.fromkeys(EDGE),
+                            "model": model,
+                        }
+                    ],
                     schema=out[-1].schema,
                 )
             )
-    return pl.concat(out).select("model", "scope", "group", "rows", *METRICS)
+    return pl.concat(out).select("model", "scope", "group", "rows", *METRICS, *EDGE)
 
 
 def verdict(board: pl.DataFrame, plan: SpecialistPlan) -> dict[str, Any]:
-    """Whether the specialist beat the generalist and the random walk (MASE, lower is better) and why.
+    """Whether the specialist beat the generalist and the random walk and why.
 
-    It must beat the generalist trained on every regime over the same folds and, where the stored
-    generalist oof covers most of the test rows, that oof on the rows it covers too. Beating a
-    generalist that is itself worse than the random walk is not enough to forecast with, so the
-    random walk (MASE 1) is a separate bar.
+    It must beat the generalist trained on every regime over the same folds (MASE, lower is better)
+    and, where the stored generalist oof covers most of the test rows, that oof on the rows it covers
+    too. Beating a generalist that is itself no better than the random walk is not enough to forecast
+    with, so the random walk is a separate bar: the champion's significance rule at `plan.significance`.
     """
 
     def value(model: str, group: str, metric: str = "mase") -> float | None:
@@ -216,11 +227,14 @@ def verdict(board: pl.DataFrame, plan: SpecialistPlan) -> dict[str, Any]:
         )
     else:
         why.append(f"the stored generalist oof covers {int(covered)} of the {tested} test rows, too few to compare")
+    against = Edge(*(_test(board, scope) for scope in ("overall", "recent")))
+    earned = against.earned(plan.significance)
+    why.append(f"it {against.why(plan.significance)}")
     verdict = "beats the generalist" if beats else "does not beat the generalist"
-    verdict += " and the random walk" if beats and spec < 1 else " but not the random walk" if beats else ""
+    verdict += " and the random walk" if beats and earned else " but not the random walk" if beats else ""
     return {
         "beats_generalist": bool(beats),
-        "beats_random_walk": bool(spec < 1),
+        "beats_random_walk": earned,
         "specialist_mase": spec,
         "generalist_mase": gen,
         "generalist_oof_mase": oof_mase if covered else None,
@@ -228,6 +242,16 @@ def verdict(board: pl.DataFrame, plan: SpecialistPlan) -> dict[str, Any]:
         "test_rows": tested,
         "why": f"{verdict}: " + "; ".join(why),
     }
+
+
+def _test(board: pl.DataFrame, scope: str) -> DieboldMariano:
+    """The specialist's stored Diebold-Mariano test against the random walk (scope overall or recent)."""
+    found = board.filter((pl.col("model") == "specialist") & (pl.col("scope") == scope))
+    found = found.filter(pl.col("group") != "oof_rows")
+    if found.is_empty() or found["dm_statistic"][0] is None:
+        return DieboldMariano(float("nan"), 1.0, 0, 0.0)
+    row = found.row(0, named=True)
+    return DieboldMariano(row["dm_statistic"], row["dm_p_value"], row["rows"], row["dm_outcomes"])
 
 
 def purge_violations(frame: pl.DataFrame, folds: pl.DataFrame, key: str) -> int:
