@@ -22,7 +22,7 @@ import polars as pl
 from cbi_assets.models.evaluation import EDGE, METRICS, metrics, scored
 from cbi_assets.models.inputs import TrainingArrays, fold_inputs
 from cbi_assets.models.registry import Budget, Fitted, Inputs
-from cbi_assets.models.significance import DEFAULT_LEVEL, Edge, DieboldMariano
+from cbi_assets.models.significance import DEFAULT_LEVEL, DieboldMariano, Edge
 from cbi_assets.training.folds import FoldPlan, walk_forward
 from cbi_assets.training.scaling import RobustScaler
 
