@@ -122,12 +122,25 @@ def market(name: str | Market) -> Market:
 # --- Named regimes ----------------------------------------------------------------------------
 
 
+# How long after a named regime began the desk could have known it: a quarter of sessions to see it in
+# the data and name it. Walk-forward folds weight their training rows only by regimes declared by then.
+DECLARATION_LAG = dt.timedelta(days=91)
+
+
 @dataclass(frozen=True)
 class Regime:
     name: str
     start: dt.date | None  # None: open towards the past
     end: dt.date | None  # None: open towards the future
     weight: float
+    declared: dt.date | None = None  # when the desk named it; None: its start plus DECLARATION_LAG
+
+    @property
+    def declared_on(self) -> dt.date | None:
+        """When the regime was known; None for the first (open towards the past), known from the start."""
+        if self.declared is not None:
+            return self.declared
+        return self.start + DECLARATION_LAG if self.start is not None else None
 
     def contains(self, day: dt.date) -> bool:
         return (self.start is None or day >= self.start) and (self.end is None or day <= self.end)

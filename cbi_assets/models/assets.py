@@ -70,7 +70,7 @@ def _kind_asset(market: Market, kind: str):
         market,
         key=[market.key, "models", name],
         group_name=f"{market.key}_models",
-        deps=reads(tables.TRAINING_SET, tables.FOLDS, tables.SCALERS, markets=[market]),
+        deps=reads(tables.TRAINING_SET, tables.FOLDS, tables.SCALERS, tables.REGIME_CALENDAR, markets=[market]),
         pool="gpu" if neural else None,
         # The networks are the longest step of a market's run: in the gpu pool they go before the Reptile model,
         # which nothing after it waits for.
@@ -78,8 +78,8 @@ def _kind_asset(market: Market, kind: str):
         kinds={"keras" if neural else "python", "mlflow"},
         tags={"layer": "models", **stage("train")},
         description=f"{market} {name} models per horizon: every registered {kind} family trained and tested "
-        "on the purged walk-forward folds; out-of-fold forecasts, metrics per fold, regime and overall, "
-        "and an MLflow run per family.",
+        "on the purged walk-forward folds (each fold's rows weighted by the regimes declared by the end of its "
+        "training); out-of-fold forecasts, metrics per fold, regime and overall, and an MLflow run per family.",
     )
     def _models(
         context: dg.AssetExecutionContext, lake: Lake, tracking: Tracking, profile: TrainingProfile
@@ -100,6 +100,8 @@ def _kind_asset(market: Market, kind: str):
             metadata["device"] = dg.MetadataValue.json(device)
             context.log.info(f"neural training on {device}")
 
+        calendar = lake.read(tables.REGIME_CALENDAR)
+
         def work(horizon: Horizon) -> Done:
             parts = {"market": market, "horizon": horizon.name}
             frame = lake.read(tables.TRAINING_SET, **parts)
@@ -107,7 +109,7 @@ def _kind_asset(market: Market, kind: str):
             scalers = lake.read(tables.SCALERS, **parts)
             data_hash = hashlib.sha256(lake.path(tables.TRAINING_SET, **parts).read_bytes()).hexdigest()[:16]
             try:
-                data = TrainingArrays.of(frame, market, horizon)  # once per horizon, shared by every family
+                data = TrainingArrays.of(frame, market, horizon, calendar)  # once per horizon, shared by every family
             except ValueError as error:
                 raise dg.Failure(f"{tables.TRAINING_SET.name} {market} {horizon.name}: {error}") from error
             done, scores_by_family = Done(rows=[]), {}

@@ -12,6 +12,8 @@ import polars as pl
 from cbi_assets.catalogue import TIMEFRAMES, Horizon, Market
 from cbi_assets.features.bars import SESSION_MINUTES
 from cbi_assets.models.registry import Budget, Inputs, Shape, windows
+from cbi_assets.regimes.calendar import known_by
+from cbi_assets.training.labels import sample_weights
 from cbi_assets.training.scaling import RobustScaler
 from cbi_assets.training.sets import feature_columns, feature_timeframe, time_key
 
@@ -52,9 +54,16 @@ class TrainingArrays:
     features: tuple[str, ...]
     horizon: int
     season: int
+    # Set for walk-forward training: each fold weights its rows by the regimes declared by the end of its
+    # training window (`regimes.calendar.known_by`); without, the stored weights (the whole calendar).
+    calendar: pl.DataFrame | None = None
+    days: pl.Series | None = None  # each row's session (Date)
+    uniqueness: np.ndarray | None = None
 
     @classmethod
-    def of(cls, frame: pl.DataFrame, market: Market, horizon: Horizon) -> TrainingArrays:
+    def of(
+        cls, frame: pl.DataFrame, market: Market, horizon: Horizon, calendar: pl.DataFrame | None = None
+    ) -> TrainingArrays:
         features = feature_columns(frame)
         column = return_column(market, horizon)
         if column not in frame.columns:
@@ -77,7 +86,18 @@ class TrainingArrays:
             features=tuple(features),
             horizon=horizon_rows(horizon),
             season=season_rows(horizon),
+            calendar=calendar,
+            days=frame["trade_date" if horizon.intraday else "date"].cast(pl.Date) if calendar is not None else None,
+            uniqueness=frame["uniqueness"].to_numpy().astype(np.float64) if calendar is not None else None,
         )
+
+    def weights_for(self, lo: int, hi: int, trained_until: int) -> np.ndarray:
+        """The weights of rows [lo, hi) for a model trained on rows up to `trained_until` (exclusive):
+        regime weights as the calendar stood on that row's session, times label uniqueness."""
+        if self.calendar is None or self.days is None:
+            return self.weight[lo:hi]
+        known = known_by(self.calendar, self.days[trained_until - 1])
+        return sample_weights(self.days.slice(lo, hi - lo), known).to_numpy() * self.uniqueness[lo:hi]
 
 
 def _scaled(x: np.ndarray, scaler: RobustScaler) -> np.ndarray:
@@ -117,7 +137,7 @@ def fold_inputs(
         return Inputs(
             x=x_of(lo, hi),
             y=data.y[lo:hi] if labelled else None,
-            weight=data.weight[lo:hi],
+            weight=data.weights_for(lo, hi, train_hi),
             returns=data.returns[train_lo:hi],
             horizon=data.horizon,
             season=data.season,

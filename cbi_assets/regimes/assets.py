@@ -36,6 +36,7 @@ class RegimeEntry(dg.Config):
     start: str | None = None  # YYYY-MM-DD; null: open towards the past
     end: str | None = None  # YYYY-MM-DD; null: open towards the future
     weight: float
+    declared: str | None = None  # YYYY-MM-DD when the desk named it; null: its start plus a quarter
 
 
 class RegimeCalendarConfig(dg.Config):
@@ -47,6 +48,7 @@ class RegimeCalendarConfig(dg.Config):
             "start": r.start and r.start.isoformat(),
             "end": r.end and r.end.isoformat(),
             "weight": r.weight,
+            "declared": r.declared_on and r.declared_on.isoformat(),
         }
         for r in REGIMES
     ]
@@ -61,7 +63,9 @@ class RegimeCalendarConfig(dg.Config):
         # The default is plain dicts (Dagster's schema needs a serializable default), which pydantic
         # leaves unvalidated; run configuration arrives as RegimeEntry.
         entries = [RegimeEntry(**e) if isinstance(e, dict) else e for e in self.regimes]
-        regimes = [Regime(e.name, day(e.start, e.name), day(e.end, e.name), e.weight) for e in entries]
+        regimes = [
+            Regime(e.name, day(e.start, e.name), day(e.end, e.name), e.weight, day(e.declared, e.name)) for e in entries
+        ]
         try:
             return calendar_frame(regimes)
         except ValueError as error:
@@ -71,8 +75,9 @@ class RegimeCalendarConfig(dg.Config):
 @dg.asset(
     key=tables.REGIME_CALENDAR.asset_key(),
     group_name="regimes",
-    description="The named regimes and their training weights; every date maps to exactly one. Editable by run "
-    "configuration; new names become regime partitions.",
+    description="The named regimes, their training weights and when each was declared; every date maps to "
+    "exactly one. Walk-forward folds weight rows only by regimes declared by the end of their training. Editable "
+    "by run configuration; new names become regime partitions.",
     kinds={"polars", "duckdb"},
     tags={"layer": "regimes", **stage("prepare")},
     automation_condition=EVENING,

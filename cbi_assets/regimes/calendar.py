@@ -1,8 +1,13 @@
-"""The named regime calendar: consecutive periods with a training weight each.
+"""The named regime calendar: consecutive periods with a training weight each, and the date each
+was declared.
 
 The catalogue holds the desk's plan; a run may replace it by configuration. Either way the
 calendar must give every date exactly one regime, which `calendar_frame` checks before anything
 is weighted by it.
+
+A regime is named in hindsight: the calendar says when the 2008 crisis began, not when the desk
+could have known. `known_by` cuts the calendar to the regimes declared by a date, which is what a
+walk-forward fold trained then may weight its rows by; the live system uses the whole calendar.
 """
 
 from __future__ import annotations
@@ -12,13 +17,14 @@ import itertools
 
 import polars as pl
 
-from cbi_assets.catalogue import REGIMES, Regime
+from cbi_assets.catalogue import DECLARATION_LAG, REGIMES, Regime
 
-SCHEMA = {"regime": pl.String, "start": pl.Date, "end": pl.Date, "weight": pl.Float64}
+SCHEMA = {"regime": pl.String, "start": pl.Date, "end": pl.Date, "weight": pl.Float64, "declared": pl.Date}
 
 
 def calendar_frame(regimes: tuple[Regime, ...] | list[Regime] = REGIMES) -> pl.DataFrame:
-    """`regime`, `start`, `end` (null: open), `weight`, sorted by start; ValueError unless it tiles time."""
+    """`regime`, `start`, `end` (null: open), `weight`, `declared` (null: known from the beginning), sorted
+    by start; ValueError unless it tiles time."""
     rows = sorted(regimes, key=lambda r: r.start or dt.date.min)
     if not rows:
         raise ValueError("the regime calendar is empty; give at least one regime open at both ends")
@@ -47,7 +53,29 @@ def calendar_frame(regimes: tuple[Regime, ...] | list[Regime] = REGIMES) -> pl.D
             raise ValueError(f"regime {r.name!r} has weight {r.weight}; weights must be positive")
         if r.start and r.end and r.end < r.start:
             raise ValueError(f"regime {r.name!r} ends ({r.end}) before it starts ({r.start})")
-    return pl.DataFrame([(r.name, r.start, r.end, float(r.weight)) for r in rows], schema=SCHEMA, orient="row")
+    return pl.DataFrame(
+        [(r.name, r.start, r.end, float(r.weight), r.declared_on) for r in rows], schema=SCHEMA, orient="row"
+    )
+
+
+def with_declared(calendar: pl.DataFrame) -> pl.DataFrame:
+    """The calendar with its `declared` column; a calendar stored before regimes had one gets the default
+    (its start plus `DECLARATION_LAG`)."""
+    if "declared" in calendar.columns:
+        return calendar
+    return calendar.with_columns((pl.col("start").cast(pl.Date) + DECLARATION_LAG).alias("declared"))
+
+
+def known_by(calendar: pl.DataFrame, day: dt.date) -> pl.DataFrame:
+    """The calendar as the desk knew it on `day`: only the regimes declared by then, the last of them open
+    towards the future, so a later row takes the weight of the regime in force at `day`."""
+    calendar = with_declared(calendar).sort("start", nulls_last=False)
+    known = calendar.filter(pl.col("declared").is_null() | (pl.col("declared") <= day))
+    if known.is_empty():  # nothing declared yet: the first regime stands for all time
+        known = calendar.head(1)
+    return known.with_columns(
+        pl.when(pl.int_range(pl.len()) == pl.len() - 1).then(None).otherwise(pl.col("end")).alias("end")
+    )
 
 
 def regimes_of(dates: pl.Series, calendar: pl.DataFrame) -> pl.Series:
