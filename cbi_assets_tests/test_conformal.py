@@ -127,7 +127,9 @@ def test_interval_at_matches_the_walk_at_a_folds_first_origin(calibration):
     lower, upper, _ = walk_forward_intervals(
         forecast, actual, scale, folds, label_end, origins, LEVELS, 50, calibration
     )
-    history = pl.DataFrame({"label_end": label_end, "score": np.abs(actual - forecast) / scale})
+    history = pl.DataFrame(
+        {"origin": origins, "fold": folds, "label_end": label_end, "score": np.abs(actual - forecast) / scale}
+    )
     t = 300
     latest = interval_at(float(forecast[t]), float(scale[t]), history, origins[t], LEVELS, 50, calibration)
     for i, level in enumerate(LEVELS):
@@ -214,3 +216,45 @@ def test_coverage_by_scope_by_hand():
     regime = dict(table.filter(pl.col("scope") == "regime").select("group", "coverage").iter_rows())
     assert regime == {"a": 0.5, "b": 0.0}  # b's second row has no interval
     assert table.filter(pl.col("scope") == "state")["group"].to_list() == ["calm"]
+
+
+def garch_returns(rng: np.random.Generator, rows: int, tripled_from: int) -> np.ndarray:
+    """GARCH(1,1) one-step returns (alpha 0.08, beta 0.9, Student t(6) shocks, 1% volatility) whose
+    long-run volatility triples from row `tripled_from` on."""
+    alpha, beta = 0.08, 0.9
+    base = 0.01**2 * (1 - alpha - beta)
+    shocks = rng.standard_t(6, rows) / np.sqrt(1.5)
+    returns, variance = np.zeros(rows), 0.01**2
+    for t in range(rows):
+        if t:
+            variance = base * (9 if t >= tripled_from else 1) + alpha * returns[t - 1] ** 2 + beta * variance
+        returns[t] = np.sqrt(variance) * shocks[t]
+    return returns
+
+
+@pytest.mark.parametrize("h", [5, 21])
+def test_intervals_hold_90_percent_after_volatility_triples(h):
+    """The random walk's 90% interval on a series whose volatility triples at row 1,500: from 63
+    matured labels after the break (three months of sessions) on, it covers 87-93% of the next 1,437
+    origins in every seed, as the scale follows the new volatility and the level adapts to the misses."""
+    n, brk, settled = 3000, 1500, 63
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        returns = garch_returns(rng, n + h, brk)
+        forward = np.convolve(returns[1:], np.ones(h), "valid")[:n]  # the next h returns, known h rows later
+        origins, label_end, folds = timeline(n, h, 21)  # a month's quantile per fold
+        lower, upper, _ = walk_forward_intervals(
+            np.zeros(n),
+            forward,
+            volatility_scale(returns[:n], h),
+            folds,
+            label_end,
+            origins,
+            LEVELS,
+            50,
+            Calibration.of(h, 252),
+        )
+        after = slice(brk + settled + h, n)
+        inside = (forward[after] >= lower[after, 1]) & (forward[after] <= upper[after, 1])
+        assert np.isfinite(lower[after, 1]).all()
+        assert 0.87 <= inside.mean() <= 0.93, f"seed {seed}: {inside.mean():.3f} after the break"

@@ -74,7 +74,11 @@ def _coverage_plot(coverage: pl.DataFrame, title: str):
     for i, level in enumerate(nominal):
         levels.axhspan(level - 0.03, level + 0.03, color=f"C{i}", alpha=0.12, linewidth=0)
         levels.axhline(level, color=f"C{i}", linestyle="--", linewidth=0.8)
-        for method, marker, shift in (("conformal", "o", -0.08), ("lightgbm_quantile", "x", 0.08)):
+        for method, marker, shift in (
+            ("conformal", "o", -0.08),
+            ("random_walk_empirical", "s", 0.0),
+            ("lightgbm_quantile", "x", 0.08),
+        ):
             values = dict(
                 overall.filter((pl.col("method") == method) & (pl.col("level") == level))
                 .select("horizon", "coverage")

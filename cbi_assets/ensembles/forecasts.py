@@ -33,6 +33,7 @@ from cbi_assets.ensembles.conviction import confidence, conviction, typical_move
 from cbi_assets.ensembles.members import DIRECTIONLESS, Members
 from cbi_assets.ensembles.stacking import STACKERS, trainable_folds, walk_stacked
 from cbi_assets.models.evaluation import METRICS, overall, scored
+from cbi_assets.models.significance import DieboldMariano, earns
 
 POINT = "blend"  # the ensemble whose forecast the intervals, conviction and confidence describe
 ENSEMBLES = (*STACKERS, POINT)
@@ -140,6 +141,11 @@ def ensemble(
         plan.min_scores,
         replace(calibration, normal_prior=False),
     )
+    # The random walk's own empirical band: the conformal quantile of the raw h-step moves matured so far,
+    # around no move. An interval is only better than it where it covers as well and is narrower.
+    walk_lower, walk_upper, _ = walk_forward_intervals(
+        np.zeros_like(point), actual, np.ones_like(scale), folds, label_end, origins, plan.levels, plan.min_scores
+    )
     spread = votes.std(axis=1)
     typical = typical_move(actual, label_end, origins)
     widest = len(plan.levels) - 1
@@ -155,6 +161,8 @@ def ensemble(
             *(pl.Series(f"upper_{n}", upper[:, i]) for i, n in enumerate(names)),
             *(pl.Series(f"unscaled_lower_{n}", raw_lower[:, i]) for i, n in enumerate(names)),
             *(pl.Series(f"unscaled_upper_{n}", raw_upper[:, i]) for i, n in enumerate(names)),
+            *(pl.Series(f"unscaled_walk_lower_{n}", walk_lower[:, i]) for i, n in enumerate(names)),
+            *(pl.Series(f"unscaled_walk_upper_{n}", walk_upper[:, i]) for i, n in enumerate(names)),
             rows["quantile_lower"],
             rows["quantile_upper"],
             pl.Series("conviction", conviction(votes, point)),
@@ -179,6 +187,9 @@ def ensemble(
     named = list(zip(plan.levels, names, strict=True))
     intervals = {("conformal", level): (f"lower_{n}", f"upper_{n}") for level, n in named}
     intervals |= {("conformal_unscaled", level): (f"unscaled_lower_{n}", f"unscaled_upper_{n}") for level, n in named}
+    intervals |= {
+        ("random_walk_empirical", level): (f"unscaled_walk_lower_{n}", f"unscaled_walk_upper_{n}") for level, n in named
+    }
     if table["quantile_lower"].is_not_null().any():
         # LightGBM's interval is its 10% and 90% quantiles: nominally 80%.
         intervals[("lightgbm_quantile", 0.8)] = ("quantile_lower", "quantile_upper")
@@ -229,11 +240,21 @@ def comparison(result: Ensembled, members: Members) -> pl.DataFrame:
                 "random_walk_mase": families["random_walk"]["mase"] if "random_walk" in families else np.nan,
                 "mase_vs_best": mine["mase"] - families[best]["mase"],
                 "beats_best_family": bool(mine["mase"] < families[best]["mase"]),
+                # The champion's rule: an ensemble has an edge only where the test against the random walk says so.
+                "dm_p_value": _tested(result.scores[name], "overall").p_value,
+                "beats_random_walk": earns(
+                    _tested(result.scores[name], "overall"), _tested(result.scores[name], "recent")
+                ),
                 "members": ",".join(members.names),
                 "missing": ",".join(members.missing),
             }
         )
     return pl.DataFrame(out)
+
+
+def _tested(scores: pl.DataFrame, scope: str) -> DieboldMariano:
+    row = scores.filter(pl.col("scope") == scope).row(0, named=True)
+    return DieboldMariano(row["dm_statistic"], row["dm_p_value"], row["rows"], row["dm_outcomes"])
 
 
 # --- The latest origin -----------------------------------------------------------------------------
@@ -276,7 +297,8 @@ def forecast_at(
     state:            the data-driven regime state at the origin (`members.state_asof`'s label).
     scale:            `conformal.volatility_scale` at the origin.
     members:          the stored members table (ensemble/members.parquet); history: the stored
-                      forecasts table (ensemble/intervals.parquet, with `label_end` and `score`).
+                      forecasts table (ensemble/intervals.parquet, with its time key, `fold`, `label_end`
+                      and `score`).
     calibration:      the horizon's, as the walk used (`Calibration.of`).
     """
     names = tuple(n for n in family_forecasts if n in members.columns)
@@ -294,7 +316,10 @@ def forecast_at(
             "materialize the ensemble on more history"
         )
     point = float(sum(weights[n] * family_forecasts[n] for n in names))
-    intervals = interval_at(point, scale, history, origin, plan.levels, plan.min_scores, calibration)
+    key = "ts" if "ts" in history.columns else "date"
+    intervals = interval_at(
+        point, scale, history.rename({key: "origin"}), origin, plan.levels, plan.min_scores, calibration
+    )
     votes = np.array([family_forecasts[n] for n in directional])
     return {
         "origin": origin,

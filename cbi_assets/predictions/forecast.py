@@ -17,10 +17,13 @@ from cbi_assets.ensembles.conformal import Calibration, interval_at, level_name
 from cbi_assets.ensembles.forecasts import described, typical_move_before
 from cbi_assets.ensembles.members import DIRECTIONLESS, Members
 
+HISTORY_COLUMNS = ("origin", "fold", "label_end", "scale", "actual")
+
 
 def history_of(members: Members) -> pl.DataFrame:
-    """The walk-forward rows a forecast is calibrated on: label_end, scale, actual and a column per family."""
-    return members.rows.select("label_end", "scale", "actual").with_columns(
+    """The walk-forward rows a forecast is calibrated on: origin, fold, label_end, scale, actual and a column
+    per family."""
+    return members.rows.select(pl.col(members.key).alias("origin"), *HISTORY_COLUMNS[1:]).with_columns(
         pl.Series(n, members.forecasts[:, i]) for i, n in enumerate(members.names)
     )
 
@@ -49,10 +52,13 @@ def published(
     if calibrate_on not in history.columns:
         raise ValueError(
             f"no walk-forward history of {calibrate_on!r} to calibrate its interval on (stored: "
-            f"{[c for c in history.columns if c not in ('label_end', 'scale', 'actual')]})"
+            f"{[c for c in history.columns if c not in HISTORY_COLUMNS]})"
         )
     scores = history.select(
-        "label_end", ((pl.col("actual") - pl.col(calibrate_on)).abs() / pl.col("scale")).alias("score")
+        "origin",
+        "fold",
+        "label_end",
+        ((pl.col("actual") - pl.col(calibrate_on)).abs() / pl.col("scale")).alias("score"),
     )
     intervals = interval_at(point, scale, scores, origin, levels, min_scores, calibration)
     directional = [v for n, v in family_forecasts.items() if n not in DIRECTIONLESS]
