@@ -230,6 +230,7 @@ def _print_results(settings: Settings, dagster_home: str) -> None:
     with duckdb.connect(settings.warehouse, read_only=True) as conn:
         champions = conn.sql(
             "select asset as market, horizon, family as champion, round(mase, 3) as mase, "
+            "round(dm_p_value, 4) as dm_p_value, "
             "round(directional_accuracy, 3) as directional_accuracy from models.leaderboard where champion "
             "order by asset desc, horizon"
         ).pl()
@@ -245,7 +246,8 @@ def _print_results(settings: Settings, dagster_home: str) -> None:
             "asset as market, horizon, as_of::date as as_of, family, round(price, 2) as price, "
             "round(forecast_price, 2) as forecast, round(lower_90_price, 2) as low_90, "
             "round(upper_90_price, 2) as high_90, round(conviction, 2) as conviction, "
-            "round(confidence, 2) as confidence"
+            "round(confidence, 2) as confidence, "
+            "case when edge like 'beats%' then 'beats the random walk' else 'no edge' end as edge"
         )
         forecasts = (
             conn.sql(
@@ -258,7 +260,10 @@ def _print_results(settings: Settings, dagster_home: str) -> None:
     with pl.Config(
         tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True
     ):
-        print("\nChampions on the walk-forward folds (MASE below 1 beats the random walk):")
+        print(
+            "\nChampions on the walk-forward folds (a family is crowned only when its Diebold-Mariano test beats "
+            "the random walk on all folds and the recent third; otherwise the random walk is champion):"
+        )
         print(champions)
         print("\nLatest published forecasts (warehouse views predictions.vw_<market>_<horizon>_latest):")
         print(forecasts if forecasts is not None else "none published yet")
