@@ -40,10 +40,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 import polars as pl
-from scipy import stats
 from sklearn.base import BaseEstimator, RegressorMixin
 
 from cbi_assets.ensembles.maturity import matured_counts
@@ -52,6 +52,7 @@ LEVELS = (0.8, 0.9)
 MIN_SCORES = 50
 SHORTEST_VOLATILITY_WINDOW = 21  # a month of sessions (or of bars intraday)
 HALF_LIFE_YEARS = 1.0  # a score's weight, and a miss's pull on the level, halve with each year
+NORMAL = NormalDist()
 ADAPT_RATE = 0.02  # the level's move per outcome that missed (x (1 - level)) or hit (x level)
 LEVEL_RANGE = (0.5, 0.99)  # where the adapted level stays: never a coin toss, never unbounded
 
@@ -85,32 +86,47 @@ class Calibration:
 
     def quantiles(self, scores: np.ndarray, levels) -> np.ndarray:
         """Each level's quantile of the matured `scores` (oldest first); NaN where the weights cannot reach it."""
-        levels = np.asarray(levels, dtype=np.float64)
-        weights = self.weights(len(scores))
         if self.half_life_rows is None and not self.adapt_rate:
-            q = conformal_quantiles(scores, tuple(levels))
-        else:
-            q = weighted_quantiles(scores, weights, levels)
+            levels = tuple(float(v) for v in np.atleast_1d(levels))
+            return self._shrunk(
+                conformal_quantiles(scores, levels), np.asarray(levels), len(scores) / self.horizon_rows
+            )
+        return self.quantile_function(scores)(np.asarray(levels, dtype=np.float64))
+
+    def quantile_function(self, scores: np.ndarray):
+        """The quantile at any levels of one calibration set, sorted once: a walk's adapted levels change every
+        row while a fold's scores stay the same. Its `top` is the highest level it reaches."""
+        weights = self.weights(len(scores))
+        order = np.argsort(scores, kind="stable")
+        ranked = np.asarray(scores, dtype=np.float64)[order]
+        cumulative = np.cumsum(weights[order]) / (weights.sum() + 1.0)
+        outcomes = weights.sum() ** 2 / np.square(weights).sum() / self.horizon_rows
+
+        def at(levels: np.ndarray) -> np.ndarray:
+            # A level met exactly (k / (n + 1) with equal weights) counts as reached, as in MAPIE.
+            found = np.searchsorted(cumulative, levels - 1e-12, side="left")
+            q = np.where(found < len(ranked), ranked[np.minimum(found, len(ranked) - 1)], np.nan)
+            return self._shrunk(q, levels, outcomes)
+
+        at.top = float(cumulative[-1]) if len(cumulative) else 0.0
+        return at
+
+    def _shrunk(self, q: np.ndarray, levels: np.ndarray, outcomes: float) -> np.ndarray:
         q = np.where(np.isfinite(q), q, np.nan)
         if not self.normal_prior:
             return q
-        outcomes = weights.sum() ** 2 / np.square(weights).sum() / self.horizon_rows
         prior = 1 / (1 - levels)
-        normal = stats.norm.ppf((1 + levels) / 2)
+        normal = np.array([NORMAL.inv_cdf((1 + v) / 2) for v in levels])
         return (outcomes * q + prior * normal) / (outcomes + prior)
 
-    def reachable(self, count: int) -> float:
-        """The highest level `count` scores can give a finite quantile for (the new origin's weight 1 at +inf)."""
-        weights = self.weights(count)
-        return float(weights.sum() / (weights.sum() + 1.0))
-
-    def adapted(self, levels: np.ndarray, misses: np.ndarray, count: int) -> np.ndarray:
+    def adapted(self, levels: np.ndarray, misses: np.ndarray, top: float) -> np.ndarray:
         """Each level moved by the matured outcomes so far: `misses` is the sum over matured rows of (missed - (1 -
-        level)) per level; h rows are one outcome. Kept within LEVEL_RANGE and what `count` scores reach."""
+        level)) per level; h rows are one outcome. Kept within LEVEL_RANGE and below `top`, the highest level
+        the calibration scores reach (`quantile_function(...).top`)."""
         if not self.adapt_rate:
             return levels
         moved = levels + self.adapt_rate * misses / self.horizon_rows
-        return np.clip(moved, LEVEL_RANGE[0], min(LEVEL_RANGE[1], self.reachable(count) - 1e-9))
+        return np.clip(moved, LEVEL_RANGE[0], min(LEVEL_RANGE[1], top - 1e-9))
 
 
 def level_name(level: float) -> str:
@@ -236,10 +252,11 @@ def _walk(
             continue
         if not calibration.adapt_rate:
             q[start:end] = calibration.quantiles(history, levels)
+        else:
+            quantile = calibration.quantile_function(history)
         for row in range(start, end):
             if calibration.adapt_rate:
-                level = calibration.adapted(nominal, running[counts[row]], len(history))
-                q[row] = calibration.quantiles(history, level)
+                q[row] = quantile(calibration.adapted(nominal, running[counts[row]], quantile.top))
             scored = np.isfinite(scores[row]) & np.isfinite(q[row])
             missed = np.where(scored, (scores[row] > q[row]) - (1 - nominal), 0.0)
             running[row + 1] = running[row] * calibration.memory + missed
@@ -272,8 +289,10 @@ def interval_at(
         scores = history["score"].fill_null(np.nan).to_numpy()
         counts = matured_counts(history["label_end"], history["origin"])
         _, running = _walk(scores, history["fold"].to_numpy(), counts, levels, min_scores, calibration)
-        level = calibration.adapted(level, running[matured.height], len(finite))
-    q = calibration.quantiles(finite, level)
+        quantile = calibration.quantile_function(finite)
+        q = quantile(calibration.adapted(level, running[matured.height], quantile.top))
+    else:
+        q = calibration.quantiles(finite, level)
     if not np.isfinite(q).all():
         return None
     return {v: (forecast - q[i] * scale, forecast + q[i] * scale) for i, v in enumerate(levels)}
