@@ -117,9 +117,10 @@ def test_a_challenger_stays_in_the_shadow_until_it_beats_the_champion(own_regist
     assert sorted(rows["role"]) == ["challenger", "champion"]
     assert latest["model_version"].to_list() == [champion["model_version"]]
 
-    # Ten matured origins where the challenger was right and the champion 1% off.
+    # Thirty matured origins where the challenger was right and the champion 1% off: better on every one,
+    # and six weekly outcomes in all (two in the most recent third), enough for the significance rule.
     stored = Lake(root=str(lake))
-    days = stored.read(tables.MASTER, columns=["date"], market=ZL, timeframe="1d")["date"].sort().tail(40).head(10)
+    days = stored.read(tables.MASTER, columns=["date"], market=ZL, timeframe="1d")["date"].sort().tail(60).head(30)
     at = days.cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
     actual = realized(stored, ZL, ZL.horizon("1w"), at)
     assert actual.is_not_null().all()
@@ -143,11 +144,11 @@ def test_a_challenger_stays_in_the_shadow_until_it_beats_the_champion(own_regist
         ]
     )
     with duckdb.connect(resources["warehouse"].database) as conn:
-        assert history.append(conn, past) == 20
-    assert _run(resources, {"ops": {"zl__predictions__upload": {"config": {"promote_after_days": 11}}}}).success
-    assert tracking.champion(ZL, "1w")["version"] == champion["version"]  # 10 shared days < 11
+        assert history.append(conn, past) == 60
+    assert _run(resources, {"ops": {"zl__predictions__upload": {"config": {"promote_after_days": 31}}}}).success
+    assert tracking.champion(ZL, "1w")["version"] == champion["version"]  # 30 shared days < 31
 
-    assert _run(resources, {"ops": {"zl__predictions__upload": {"config": {"promote_after_days": 10}}}}).success
+    assert _run(resources, {"ops": {"zl__predictions__upload": {"config": {"promote_after_days": 30}}}}).success
     assert tracking.champion(ZL, "1w")["version"] == challenger["version"]
     assert tracking.challenger(ZL, "1w") is None
     with duckdb.connect(resources["warehouse"].database, read_only=True) as conn:
@@ -156,17 +157,17 @@ def test_a_challenger_stays_in_the_shadow_until_it_beats_the_champion(own_regist
 
 
 def test_shadow_verdict_needs_enough_shared_matured_days():
-    at = [dt.datetime(2026, 1, d, tzinfo=dt.UTC) for d in (5, 6, 7)]
+    at = [dt.datetime(2026, 1, d, tzinfo=dt.UTC) for d in (5, 6, 7, 8, 9, 12)]
     rows = pl.DataFrame(
         {
             "as_of": at * 2,
-            "model_version": ["a"] * 3 + ["b"] * 3,
-            "forecast_return": [0.01, 0.02, -0.01, 0.0, 0.01, 0.0],
-            "actual_return": [0.0, 0.01, 0.0] * 2,
+            "model_version": ["a"] * 6 + ["b"] * 6,
+            "forecast_return": [0.01, 0.02, -0.01, 0.01, 0.02, -0.01, 0.0, 0.01, 0.0, 0.0, 0.01, 0.0],
+            "actual_return": [0.0, 0.01, 0.0] * 4,
         }
     )
-    # a's errors 0.01, 0.01, 0.01; b's 0, 0, 0.
-    assert verdict(rows, "a", "b", 3).promote and verdict(rows, "a", "b", 3).days == 3
-    assert not verdict(rows, "a", "b", 4).promote
-    assert not verdict(rows, "b", "a", 3).promote
-    assert verdict(rows.filter(pl.col("as_of") != at[0]), "a", "b", 3).days == 2
+    # a's errors 0.01 on each day; b's 0: b is better on every one of six daily outcomes.
+    assert verdict(rows, "a", "b", 6).promote and verdict(rows, "a", "b", 6).days == 6
+    assert not verdict(rows, "a", "b", 7).promote
+    assert not verdict(rows, "b", "a", 6).promote
+    assert verdict(rows.filter(pl.col("as_of") != at[0]), "a", "b", 3).days == 5

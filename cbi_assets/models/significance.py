@@ -59,7 +59,9 @@ def diebold_mariano(loss: np.ndarray, reference: np.ndarray, horizon_rows: int) 
     if variance <= 0:
         variance = gammas[0] + 2 * (gammas[1:] * (1 - np.arange(1, lags + 1) / (lags + 1))).sum()
     if not variance > 0:
-        return DieboldMariano(math.nan, 1.0, n, outcomes)
+        # Every row's difference the same: better on every row is certain, no different is no edge.
+        better = d.mean() > 0
+        return DieboldMariano(math.inf if better else math.nan, 0.0 if better else 1.0, n, outcomes)
     correction = math.sqrt((n + 1 - 2 * h + h * (h - 1) / n) / n)
     statistic = float(d.mean() / math.sqrt(variance / n) * correction)
     freedom = max(math.floor(outcomes) - 1, 1)
@@ -122,7 +124,7 @@ def earns(overall: DieboldMariano, recent: DieboldMariano, level: float = DEFAUL
     every row and on the most recent third. Stored tests (the leaderboard's) are judged here too."""
     check_level(level)
     each = level / max(int(candidates), 1)
-    return all(math.isfinite(t.statistic) and t.statistic > 0 and t.p_value <= each for t in (overall, recent))
+    return all(t.statistic > 0 and t.p_value <= each for t in (overall, recent))
 
 
 def check_level(level: float) -> float:
