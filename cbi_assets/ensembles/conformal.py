@@ -93,23 +93,13 @@ class Calibration:
             )
         return self.quantile_function(scores)(np.asarray(levels, dtype=np.float64))
 
-    def quantile_function(self, scores: np.ndarray):
+    def quantile_function(self, scores: np.ndarray) -> Quantiles:
         """The quantile at any levels of one calibration set, sorted once: a walk's adapted levels change every
-        row while a fold's scores stay the same. Its `top` is the highest level it reaches."""
+        row while a fold's scores stay the same."""
         weights = self.weights(len(scores))
-        order = np.argsort(scores, kind="stable")
-        ranked = np.asarray(scores, dtype=np.float64)[order]
-        cumulative = np.cumsum(weights[order]) / (weights.sum() + 1.0)
+        ranked, cumulative = _ranked(scores, weights)
         outcomes = weights.sum() ** 2 / np.square(weights).sum() / self.horizon_rows
-
-        def at(levels: np.ndarray) -> np.ndarray:
-            # A level met exactly (k / (n + 1) with equal weights) counts as reached, as in MAPIE.
-            found = np.searchsorted(cumulative, levels - 1e-12, side="left")
-            q = np.where(found < len(ranked), ranked[np.minimum(found, len(ranked) - 1)], np.nan)
-            return self._shrunk(q, levels, outcomes)
-
-        at.top = float(cumulative[-1]) if len(cumulative) else 0.0
-        return at
+        return Quantiles(self, ranked, cumulative, outcomes)
 
     def _shrunk(self, q: np.ndarray, levels: np.ndarray, outcomes: float) -> np.ndarray:
         q = np.where(np.isfinite(q), q, np.nan)
@@ -122,11 +112,30 @@ class Calibration:
     def adapted(self, levels: np.ndarray, misses: np.ndarray, top: float) -> np.ndarray:
         """Each level moved by the matured outcomes so far: `misses` is the sum over matured rows of (missed - (1 -
         level)) per level; h rows are one outcome. Kept within LEVEL_RANGE and below `top`, the highest level
-        the calibration scores reach (`quantile_function(...).top`)."""
+        the calibration scores reach (`Quantiles.top`)."""
         if not self.adapt_rate:
             return levels
         moved = levels + self.adapt_rate * misses / self.horizon_rows
         return np.clip(moved, LEVEL_RANGE[0], min(LEVEL_RANGE[1], top - 1e-9))
+
+
+@dataclass(frozen=True)
+class Quantiles:
+    """One calibration set's quantiles at any levels (`Calibration.quantile_function`)."""
+
+    calibration: Calibration
+    ranked: np.ndarray  # the scores, sorted
+    cumulative: np.ndarray  # their cumulative weight over the whole plus the new origin's 1
+    outcomes: float
+
+    @property
+    def top(self) -> float:
+        """The highest level these scores reach with a finite quantile."""
+        return float(self.cumulative[-1]) if len(self.cumulative) else 0.0
+
+    def __call__(self, levels: np.ndarray) -> np.ndarray:
+        q = _lookup(self.ranked, self.cumulative, levels)
+        return self.calibration._shrunk(q, levels, self.outcomes)
 
 
 def level_name(level: float) -> str:
@@ -192,11 +201,19 @@ def conformal_quantiles(scores: np.ndarray, levels: tuple[float, ...]) -> np.nda
 def weighted_quantiles(scores: np.ndarray, weights: np.ndarray, levels: tuple[float, ...]) -> np.ndarray:
     """Each level's quantile of the scores weighted by `weights`, with a new origin's weight 1 at +inf:
     the smallest score whose cumulative weight reaches the level of the whole; +inf if none does."""
+    return _lookup(*_ranked(scores, weights), np.asarray(levels, dtype=np.float64))
+
+
+def _ranked(scores: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The scores sorted, and their cumulative weight as a share of the whole plus the new origin's 1."""
     order = np.argsort(scores, kind="stable")
-    ranked = np.asarray(scores, dtype=np.float64)[order]
-    cumulative = np.cumsum(np.asarray(weights, dtype=np.float64)[order]) / (np.sum(weights) + 1.0)
+    weights = np.asarray(weights, dtype=np.float64)
+    return np.asarray(scores, dtype=np.float64)[order], np.cumsum(weights[order]) / (weights.sum() + 1.0)
+
+
+def _lookup(ranked: np.ndarray, cumulative: np.ndarray, levels: np.ndarray) -> np.ndarray:
     # A level met exactly (k / (n + 1) with equal weights) counts as reached, as in MAPIE.
-    at = np.searchsorted(cumulative, np.asarray(levels) - 1e-12, side="left")
+    at = np.searchsorted(cumulative, levels - 1e-12, side="left")
     return np.where(at < len(ranked), ranked[np.minimum(at, len(ranked) - 1)], np.inf)
 
 
@@ -238,8 +255,9 @@ def _walk(
     min_scores: int,
     calibration: Calibration,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's quantile per level, and the running sum of (missed - (1 - level)) over the rows before
-    each row (rows + 1, levels): what the adaptive level of an origin reads at its matured count."""
+    """Each row's quantile per level, and, with an adaptive level, the running sum of (missed - (1 - level))
+    over the rows before each row (rows + 1, levels; each decayed by the calibration's memory): what the
+    adaptive level of an origin reads at its matured count."""
     nominal = np.asarray(levels)
     q = np.full((len(scores), len(levels)), np.nan)
     running = np.zeros((len(scores) + 1, len(levels)))
@@ -247,16 +265,17 @@ def _walk(
     for start, end in zip(first, np.r_[first[1:], len(folds)], strict=True):
         history = scores[: counts[start]]
         history = history[np.isfinite(history)]
-        if len(history) < min_scores:
-            running[start + 1 : end + 1] = running[start] * calibration.memory ** np.arange(1, end - start + 1)[:, None]
-            continue
         if not calibration.adapt_rate:
-            q[start:end] = calibration.quantiles(history, levels)
-        else:
-            quantile = calibration.quantile_function(history)
-        for row in range(start, end):
-            if calibration.adapt_rate:
-                q[row] = quantile(calibration.adapted(nominal, running[counts[row]], quantile.top))
+            if len(history) >= min_scores:
+                q[start:end] = calibration.quantiles(history, levels)
+            continue
+        if len(history) < min_scores:
+            decay = calibration.memory ** np.arange(1, end - start + 1)[:, None]
+            running[start + 1 : end + 1] = running[start] * decay
+            continue
+        quantile = calibration.quantile_function(history)
+        for row in range(start, end):  # each row's level reads the misses of rows matured before it
+            q[row] = quantile(calibration.adapted(nominal, running[counts[row]], quantile.top))
             scored = np.isfinite(scores[row]) & np.isfinite(q[row])
             missed = np.where(scored, (scores[row] > q[row]) - (1 - nominal), 0.0)
             running[row + 1] = running[row] * calibration.memory + missed

@@ -32,8 +32,8 @@ from cbi_assets.ensembles.conformal import (
 from cbi_assets.ensembles.conviction import confidence, conviction, typical_move
 from cbi_assets.ensembles.members import DIRECTIONLESS, Members
 from cbi_assets.ensembles.stacking import STACKERS, trainable_folds, walk_stacked
-from cbi_assets.models.evaluation import METRICS, overall, scored
-from cbi_assets.models.significance import DieboldMariano, earns
+from cbi_assets.models.evaluation import METRICS, overall, scope_test, scored
+from cbi_assets.models.significance import earns
 
 POINT = "blend"  # the ensemble whose forecast the intervals, conviction and confidence describe
 ENSEMBLES = (*STACKERS, POINT)
@@ -241,20 +241,15 @@ def comparison(result: Ensembled, members: Members) -> pl.DataFrame:
                 "mase_vs_best": mine["mase"] - families[best]["mase"],
                 "beats_best_family": bool(mine["mase"] < families[best]["mase"]),
                 # The champion's rule: an ensemble has an edge only where the test against the random walk says so.
-                "dm_p_value": _tested(result.scores[name], "overall").p_value,
+                "dm_p_value": scope_test(result.scores[name], "overall").p_value,
                 "beats_random_walk": earns(
-                    _tested(result.scores[name], "overall"), _tested(result.scores[name], "recent")
+                    scope_test(result.scores[name], "overall"), scope_test(result.scores[name], "recent")
                 ),
                 "members": ",".join(members.names),
                 "missing": ",".join(members.missing),
             }
         )
     return pl.DataFrame(out)
-
-
-def _tested(scores: pl.DataFrame, scope: str) -> DieboldMariano:
-    row = scores.filter(pl.col("scope") == scope).row(0, named=True)
-    return DieboldMariano(row["dm_statistic"], row["dm_p_value"], row["rows"], row["dm_outcomes"])
 
 
 # --- The latest origin -----------------------------------------------------------------------------

@@ -102,5 +102,24 @@ def scored(oof: pl.DataFrame, *, horizon: int, periods_per_year: float, cost_bps
     )
 
 
+def stored_test(row: dict, prefix: str = "") -> DieboldMariano:
+    """The Diebold-Mariano test a metrics row holds (`dm_*`, or `<prefix>dm_*` in a leaderboard row); a row
+    without one (stored before the test, or of a model that was not tested) has no edge."""
+
+    def value(name: str, missing: float) -> float:
+        found = row.get(f"{prefix}{name}")
+        return missing if found is None else float(found)
+
+    return DieboldMariano(
+        value("dm_statistic", math.nan), value("dm_p_value", 1.0), int(row.get("rows") or 0), value("dm_outcomes", 0.0)
+    )
+
+
+def scope_test(scores: pl.DataFrame, scope: str) -> DieboldMariano:
+    """The test of one scope (overall or recent) of a metrics table."""
+    found = scores.filter(pl.col("scope") == scope)
+    return stored_test(found.row(0, named=True) if found.height else {})
+
+
 def overall(scores: pl.DataFrame) -> dict[str, float]:
     return scores.filter(pl.col("scope") == "overall").select(METRICS).row(0, named=True)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import polars as pl
 
-from cbi_assets.models.evaluation import EDGE, METRICS
-from cbi_assets.models.significance import DEFAULT_LEVEL, DieboldMariano, earns
+from cbi_assets.models.evaluation import EDGE, METRICS, stored_test
+from cbi_assets.models.significance import DEFAULT_LEVEL, earns
 
 RANDOM_WALK = "random_walk"
 
@@ -40,7 +40,7 @@ def leaderboard(metrics: pl.DataFrame, level: float = DEFAULT_LEVEL) -> pl.DataF
     board = board.join(recent, on="family", how="left").join(walk, how="cross")
     candidates = board.filter(pl.col("family") != RANDOM_WALK).height
     beats = [
-        family != RANDOM_WALK and earns(_test(row, ""), _test(row, "recent_"), level, candidates)
+        family != RANDOM_WALK and earns(stored_test(row), stored_test(row, "recent_"), level, candidates)
         for family, row in zip(board["family"], board.iter_rows(named=True), strict=True)
     ]
     board = (
@@ -51,14 +51,6 @@ def leaderboard(metrics: pl.DataFrame, level: float = DEFAULT_LEVEL) -> pl.DataF
     earners = board.filter(pl.col("beats_random_walk"))
     crowned = earners["family"][0] if earners.height else RANDOM_WALK
     return board.with_columns((pl.col("family") == crowned).alias("crowned"))
-
-
-def _test(row: dict, prefix: str) -> DieboldMariano:
-    def value(name: str) -> float:
-        found = row.get(f"{prefix}{name}")
-        return float("nan") if found is None else float(found)
-
-    return DieboldMariano(value("dm_statistic"), value("dm_p_value"), 0, value("dm_outcomes"))
 
 
 def crowned(board: pl.DataFrame) -> dict:

@@ -19,10 +19,10 @@ from typing import Any
 
 import polars as pl
 
-from cbi_assets.models.evaluation import EDGE, METRICS, metrics, scored
+from cbi_assets.models.evaluation import EDGE, METRICS, metrics, scope_test, scored
 from cbi_assets.models.inputs import TrainingArrays, fold_inputs
 from cbi_assets.models.registry import Budget, Fitted, Inputs
-from cbi_assets.models.significance import DEFAULT_LEVEL, DieboldMariano, Edge
+from cbi_assets.models.significance import DEFAULT_LEVEL, Edge
 from cbi_assets.training.folds import FoldPlan, walk_forward
 from cbi_assets.training.scaling import RobustScaler
 
@@ -227,7 +227,8 @@ def verdict(board: pl.DataFrame, plan: SpecialistPlan) -> dict[str, Any]:
         )
     else:
         why.append(f"the stored generalist oof covers {int(covered)} of the {tested} test rows, too few to compare")
-    against = Edge(*(_test(board, scope) for scope in ("overall", "recent")))
+    specialist = board.filter((pl.col("model") == "specialist") & (pl.col("group") != "oof_rows"))
+    against = Edge(*(scope_test(specialist, scope) for scope in ("overall", "recent")))
     earned = against.earned(plan.significance)
     why.append(f"it {against.why(plan.significance)}")
     verdict = "beats the generalist" if beats else "does not beat the generalist"
@@ -242,16 +243,6 @@ def verdict(board: pl.DataFrame, plan: SpecialistPlan) -> dict[str, Any]:
         "test_rows": tested,
         "why": f"{verdict}: " + "; ".join(why),
     }
-
-
-def _test(board: pl.DataFrame, scope: str) -> DieboldMariano:
-    """The specialist's stored Diebold-Mariano test against the random walk (scope overall or recent)."""
-    found = board.filter((pl.col("model") == "specialist") & (pl.col("scope") == scope))
-    found = found.filter(pl.col("group") != "oof_rows")
-    if found.is_empty() or found["dm_statistic"][0] is None:
-        return DieboldMariano(float("nan"), 1.0, 0, 0.0)
-    row = found.row(0, named=True)
-    return DieboldMariano(row["dm_statistic"], row["dm_p_value"], row["rows"], row["dm_outcomes"])
 
 
 def purge_violations(frame: pl.DataFrame, folds: pl.DataFrame, key: str) -> int:
