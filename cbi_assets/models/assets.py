@@ -187,6 +187,8 @@ def _kind_asset(market: Market, kind: str):
 def _leaderboard_plot(boards: dict[str, pl.DataFrame], title: str):
     """MASE and direction per family and horizon. A solid, outlined bar beat the random walk by the
     significance rule; a hatched, pale one merely looks better (MASE below 1, no significant edge)."""
+    from matplotlib.patches import Patch
+
     fig, (mase, hits) = figure(10, 6, rows=2)
     width = 0.8 / max(len(boards), 1)
     names = sorted({f for b in boards.values() for f in b["family"]})
@@ -207,7 +209,8 @@ def _leaderboard_plot(boards: dict[str, pl.DataFrame], title: str):
     mase.axhline(1.0, color="black", linestyle="--", linewidth=0.8)
     mase.set_ylabel("MASE (random walk = 1)")
     mase.set_title(f"{title}\noutlined: beats the random walk (Diebold-Mariano); hatched: merely looks better")
-    mase.legend(fontsize=7, ncols=6)
+    # Plain patches in the legend: a horizon's first bar may be hatched or outlined.
+    mase.legend(handles=[Patch(color=f"C{i}", label=h) for i, h in enumerate(boards)], fontsize=7, ncols=6)
     hits.axhline(0.5, color="black", linestyle="--", linewidth=0.8)
     hits.set_ylabel("directional accuracy")
     hits.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, rotation=30, ha="right", fontsize=8)
