@@ -14,10 +14,12 @@ every run and materialization shows in the web UI afterwards.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import fcntl
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -185,6 +187,28 @@ def build(settings: Settings) -> int:
         return _build(settings, env)
 
 
+@contextlib.contextmanager
+def _stopping_with(running: list):
+    """Stop the steps' `dagster asset materialize` processes when this one is stopped: a SIGTERM (`kill`)
+    reaches only this process, and its steps would otherwise run on, writing the lake, with nobody
+    waiting for them. Each step's CLI then stops its run as it does on its own SIGTERM (marked failed)."""
+
+    def stop(signum, frame):
+        print(f"stopped (signal {signum}): stopping the running steps; their runs are marked failed", file=sys.stderr)
+        raise SystemExit(128 + signum)
+
+    before = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+        alive = [process for _, _, process in running if process.poll() is None]
+        for process in alive:
+            process.terminate()
+        for process in alive:
+            process.wait()
+
+
 def _build(settings: Settings, env: dict[str, str]) -> int:
     dagster = str(Path(sys.executable).with_name("dagster"))
     steps = plan(settings)
@@ -199,12 +223,13 @@ def _build(settings: Settings, env: dict[str, str]) -> int:
     )
     for phase in sorted({s.phase for s in steps}):
         running = []
-        for i, step in enumerate(steps, 1):
-            if step.phase == phase:
-                print(f"\n[{i}/{len(steps)}] {step.what}\n  $ {' '.join(step.command('dagster'))}", flush=True)
-                running.append((i, step, subprocess.Popen(step.command(dagster), env=env, cwd=PROJECT_ROOT)))
         started = time.perf_counter()
-        failed = [(i, step) for i, step, process in running if process.wait()]
+        with _stopping_with(running):
+            for i, step in enumerate(steps, 1):
+                if step.phase == phase:
+                    print(f"\n[{i}/{len(steps)}] {step.what}\n  $ {' '.join(step.command('dagster'))}", flush=True)
+                    running.append((i, step, subprocess.Popen(step.command(dagster), env=env, cwd=PROJECT_ROOT)))
+            failed = [(i, step) for i, step, process in running if process.wait()]
         for i, step in failed:
             print(f"step {i} failed ({step.what}); open its run in the web UI (cbi dev) for the logs", file=sys.stderr)
         if failed:

@@ -200,6 +200,47 @@ def test_a_killed_backfill_stops_its_steps_fails_its_run_and_the_next_run_cleans
     assert not [p for p in lake.rglob("*") if p.name.startswith(".incoming-")]
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process tree from /proc")
+def test_stopping_cbi_run_stops_the_steps_it_started(tmp_path, monkeypatch):
+    """`kill` (SIGTERM) of `cbi run` reaches only its own process; the `dagster asset materialize` of each
+    running step must stop with it, not go on writing the lake with nobody waiting."""
+    home = tmp_path / "dagster"
+    env = {
+        **os.environ,
+        "CBI_LAKE": str(tmp_path / "lake"),
+        "CBI_MODELS": str(tmp_path / "models"),
+        "CBI_SAMPLE_START": "2012-01-03",
+        "CBI_SAMPLE_END": "2024-06-28",
+        "DAGSTER_HOME": str(home),
+    }
+    command = [str(Path(sys.executable).with_name("cbi")), "run", "--source", "sample"]
+    cli = subprocess.Popen(command, env=env, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in cli.stdout:  # a step of the raw phase is storing days
+            if "stored 1,000 of" in line:
+                break
+        else:
+            pytest.fail("the raw phase ended before it stored anything")
+        below = _descendants(cli.pid)
+        assert below, "each step runs in a process of its own"
+        os.kill(cli.pid, signal.SIGTERM)
+        rest = cli.stdout.read()
+        assert cli.wait(timeout=120) == 128 + signal.SIGTERM
+        assert "stopping the running steps" in rest
+        # cbi waits for its steps before it exits, and their own steps follow them (the step CLI's watch).
+        deadline = time.monotonic() + 30
+        while any(_alive(p) for p in below) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [p for p in below if _alive(p)], "a step of the stopped cbi run is still running"
+    finally:
+        cli.kill()
+        cli.stdout.close()
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    with dg.DagsterInstance.get() as instance:
+        records = instance.get_run_records()
+        assert records and all(r.dagster_run.status == dg.DagsterRunStatus.FAILURE for r in records)
+
+
 FIRST_USE = """
 import sys
 from cbi_assets.cli import create_stores
