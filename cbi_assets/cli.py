@@ -249,42 +249,45 @@ def _build(settings: Settings, env: dict[str, str]) -> int:
 
 
 def _print_results(settings: Settings, dagster_home: str) -> None:
-    import duckdb
     import polars as pl
 
-    with duckdb.connect(settings.warehouse, read_only=True) as conn:
-        champions = conn.sql(
+    from cbi_assets.warehouse import Warehouse
+
+    # The configured warehouse, DuckDB or PostgreSQL: the same portable SQL reads either.
+    warehouse = Warehouse(database=settings.warehouse, url=settings.warehouse_url)
+    champions = (
+        warehouse.query(
             # Beside the champion, the family with the lowest MASE and its Diebold-Mariano p-values: what merely
             # looked better, when the random walk kept the crown.
-            "select c.asset as market, c.horizon, c.family as champion, round(c.mase, 3) as mase, "
-            "b.family as lowest_mase, round(b.mase, 3) as its_mase, round(b.dm_p_value, 4) as its_p, "
-            "round(b.recent_dm_p_value, 4) as its_recent_p from models.leaderboard c join models.leaderboard b "
+            "select c.asset as market, c.horizon, c.family as champion, c.mase, b.family as lowest_mase, "
+            "b.mase as its_mase, b.dm_p_value as its_p, b.recent_dm_p_value as its_recent_p "
+            "from models.leaderboard c join models.leaderboard b "
             "on b.asset = c.asset and b.horizon = c.horizon and b.rank = 1 where c.champion "
             "order by c.asset desc, c.horizon"
-        ).pl()
-        # The latest-forecast views hold the rule of what is published; read them, not the history.
-        views = [
-            r[0]
-            for r in conn.execute(
-                "select table_name from information_schema.tables where table_schema = "
-                "'predictions' and table_type = 'VIEW'"
-            ).fetchall()
-        ]
-        columns = (
-            "asset as market, horizon, as_of::date as as_of, family, round(price, 2) as price, "
-            "round(forecast_price, 2) as forecast, round(lower_90_price, 2) as low_90, "
-            "round(upper_90_price, 2) as high_90, round(conviction, 2) as conviction, "
-            "round(confidence, 2) as confidence, "
-            "case when edge like 'beats%' then 'beats the random walk' else 'no edge' end as edge"
+        ).with_columns(pl.col("mase", "its_mase").round(3), pl.col("its_p", "its_recent_p").round(4))
+        if warehouse.exists("models.leaderboard")
+        else "none yet"
+    )
+    # The latest-forecast views hold the rule of what is published; read them, not the history.
+    views = warehouse.query(
+        "select table_name from information_schema.tables where table_schema = 'predictions' "
+        "and table_type = 'VIEW' order by table_name"
+    )["table_name"].to_list()
+    columns = (
+        "asset as market, horizon, cast(as_of as date) as as_of, family, price, forecast_price as forecast, "
+        "lower_90_price as low_90, upper_90_price as high_90, conviction, confidence, "
+        "case when edge like 'beats%' then 'beats the random walk' else 'no edge' end as edge"
+    )
+    forecasts = (
+        warehouse.query(
+            " union all ".join(f"select {columns} from predictions.{v}" for v in views)
+            + " order by market desc, horizon"
+        ).with_columns(
+            pl.col("price", "forecast", "low_90", "high_90").round(2), pl.col("conviction", "confidence").round(2)
         )
-        forecasts = (
-            conn.sql(
-                " union all ".join(f"select {columns} from predictions.{v}" for v in views)
-                + " order by market desc, horizon"
-            ).pl()
-            if views
-            else None
-        )
+        if views
+        else None
+    )
     with pl.Config(
         tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True
     ):
@@ -296,7 +299,7 @@ def _print_results(settings: Settings, dagster_home: str) -> None:
         print("\nLatest published forecasts (warehouse views predictions.vw_<market>_<horizon>_latest):")
         print(forecasts if forecasts is not None else "none published yet")
     print(
-        f"\nThe lake: {settings.lake} (its layout: cbi_assets/lake.py). The warehouse: {settings.warehouse}. "
+        f"\nThe lake: {settings.lake} (its layout: cbi_assets/lake.py). The warehouse: {warehouse.location}. "
         f"MLflow: {settings.tracking_uri}.\nOpen the web UI for every asset, plot and run: cbi dev "
         f"(Dagster runs in {dagster_home})."
     )

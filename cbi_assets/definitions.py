@@ -16,9 +16,12 @@ from cbi_assets.raw.assets import RAW_ASSETS, ROLL_CALENDARS, raw_inventory
 from cbi_assets.regimes.assets import REGIME_ASSETS
 from cbi_assets.settings import Settings
 from cbi_assets.specialists.assets import SPECIALIST_ASSETS
+from cbi_assets.team import executor
 from cbi_assets.training.assets import TRAINING_ASSETS
 from resources import build_resources
 from schedules import JOBS, SCHEDULES, SENSORS
+
+settings = Settings.from_env()
 
 defs = dg.Definitions(
     assets=[
@@ -40,5 +43,6 @@ defs = dg.Definitions(
     jobs=JOBS,
     schedules=SCHEDULES,
     sensors=SENSORS,
-    resources=build_resources(Settings.from_env()),
+    resources=build_resources(settings),
+    executor=executor(settings),
 )

@@ -6,6 +6,8 @@
 | CBI_MODELS                   | <project>/Models                         |
 | CBI_WAREHOUSE                | <lake>/warehouse.duckdb (a team's shared file, or md:<db> for |
 |                              | MotherDuck with MOTHERDUCK_TOKEN set)    |
+| CBI_WAREHOUSE_URL            | unset: the DuckDB file above; postgresql://user[:password]@host: |
+|                              | port/db: the warehouse on PostgreSQL (password masked in output) |
 | CBI_MLFLOW_URI               | sqlite:///<models>/mlflow.db (a team server: http://...) |
 | CBI_SOURCE                   | auto: a real source where its key is set, else the sample |
 |                              | sample / live (Databento, FRED, Yahoo) / local |
@@ -23,18 +25,23 @@
 |                              | below the low, NaN) is refused; 1: its other records are taken |
 |                              | and those set aside beside the day partitions |
 | DATABENTO_API_KEY, FRED_API_KEY | the real sources' keys                |
+| CBI_CELERY_BROKER            | unset: a run's steps run on this machine; redis://...: on |
+|                              | the team's Celery workers (cbi_assets/team.py)            |
+| CBI_CELERY_BACKEND           | with a broker: where workers return results (redis://...) |
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from cbi_assets.calendars import CHICAGO, settlement_days
 from cbi_assets.lake import warehouse_file
 from cbi_assets.profiles import load_profile
+from cbi_assets.warehouse import SCHEMES, masked
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # The main job's sample starts its daily history here: 11 years hold every regime from the commodity
@@ -66,6 +73,11 @@ class Settings:
 
     on_sample: bool = True  # the futures come from the embedded sample
     set_aside: bool = False  # take the other records of a batch with impossible values (raw.ingest)
+    # The warehouse on PostgreSQL (CBI_WAREHOUSE_URL) instead of the DuckDB file; it may carry a password.
+    warehouse_url: str | None = field(default=None, repr=False)
+    celery_broker: str | None = field(
+        default=None, repr=False
+    )  # the team's Celery broker: steps run on its workers (cbi_assets/team.py)
 
     @property
     def last_day(self) -> dt.date:
@@ -106,7 +118,30 @@ class Settings:
             end=_day(env.get("CBI_END"), "CBI_END"),
             on_sample=on_sample,
             set_aside=_flag(env.get("CBI_SET_ASIDE"), "CBI_SET_ASIDE"),
+            warehouse_url=_warehouse_url(env.get("CBI_WAREHOUSE_URL")),
+            celery_broker=_celery_broker(env),
         )
+
+
+def _celery_broker(env: dict[str, str]) -> str | None:
+    broker = env.get("CBI_CELERY_BROKER") or None
+    if broker and not env.get("CBI_CELERY_BACKEND"):
+        raise ValueError(
+            "CBI_CELERY_BROKER is set but CBI_CELERY_BACKEND is not: set it to where the workers return their "
+            "results (e.g. the broker's Redis with another database number, redis://<host>:6379/1)"
+        )
+    return broker
+
+
+def _warehouse_url(url: str | None) -> str | None:
+    if not url:
+        return None
+    if urlsplit(url).scheme not in SCHEMES:
+        raise ValueError(
+            f"CBI_WAREHOUSE_URL={masked(url)!r} is not a PostgreSQL URL: give it as postgresql://user@host:port/db, "
+            "or unset it for the DuckDB file (CBI_WAREHOUSE)"
+        )
+    return url
 
 
 def _flag(text: str | None, variable: str) -> bool:

@@ -33,19 +33,19 @@ def plain_server():
         yield server
 
 
-def lake_resources(root, mlflow=None) -> dict:
-    """The resources an asset test materializes with: the lake at `root`, its warehouse file, the
-    sample profile, and an MLflow store in the folder `mlflow` when given."""
-    from dagster_duckdb import DuckDBResource
-
+def lake_resources(root, mlflow=None, warehouse_url: str | None = None) -> dict:
+    """The resources an asset test materializes with: the lake at `root`, its warehouse (the DuckDB file beside
+    it, or the PostgreSQL database `warehouse_url`), the sample profile, and an MLflow store in the folder
+    `mlflow` when given."""
     from cbi_assets.lake import Lake, warehouse_file
     from cbi_assets.profiles import TrainingProfile
+    from cbi_assets.warehouse import Warehouse
     from resources import Tracking
 
     resources = {
         "lake": Lake(root=str(root)),
         "profile": TrainingProfile(name="sample"),
-        "warehouse": DuckDBResource(database=str(warehouse_file(root))),
+        "warehouse": Warehouse(database=str(warehouse_file(root)), url=warehouse_url),
     }
     if mlflow is not None:
         resources["tracking"] = Tracking(

@@ -17,10 +17,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import dagster as dg
 import duckdb
 import pytest
-from dagster_duckdb import DuckDBResource
 
 import resources.alerts as alerts_module
 from cbi_assets.settings import Settings
+from cbi_assets.warehouse import Warehouse
 from cbi_assets_tests.market_server import _self_signed_certificate
 from resources import build_resources
 from resources.alerts import Alerts, alerts_from_env
@@ -190,7 +190,7 @@ def test_send_records_posts_and_mails_once_per_key(tmp_path):
     database = tmp_path / "warehouse.duckdb"
     with Webhook() as hook, Smtp() as smtp:
         alerts = Alerts(
-            warehouse=DuckDBResource(database=str(database)),
+            warehouse=Warehouse(database=str(database)),
             webhook_url=hook.url(),
             smtp_host="127.0.0.1",
             smtp_port=smtp.port,
@@ -275,7 +275,7 @@ def test_starttls_and_login_when_user_and_password_are_set(tmp_path, monkeypatch
     database = tmp_path / "warehouse.duckdb"
     with Smtp(cert_path=cert) as smtp:
         alerts = Alerts(
-            warehouse=DuckDBResource(database=str(database)),
+            warehouse=Warehouse(database=str(database)),
             smtp_host="127.0.0.1",
             smtp_port=smtp.port,
             mail_to="desk@example.org",
@@ -303,7 +303,7 @@ def test_failed_delivery_is_recorded_without_secrets(tmp_path, monkeypatch, webh
         monkeypatch.setenv("CBI_ALERT_SMTP_PASSWORD", PASSWORD)
         # The server offers no STARTTLS, so a login must not be attempted in the clear: the mail fails.
         alerts = Alerts(
-            warehouse=DuckDBResource(database=str(database)),
+            warehouse=Warehouse(database=str(database)),
             webhook_url=dg.EnvVar("CBI_ALERT_WEBHOOK"),
             smtp_host="127.0.0.1",
             smtp_port=smtp.port,
@@ -413,7 +413,7 @@ def test_a_sensor_raises_an_alert_once_per_key(tmp_path):
         return dg.SkipReason(f"alert raised: {raised}")
 
     with Webhook() as hook:
-        alerts = Alerts(warehouse=DuckDBResource(database=str(database)), webhook_url=hook.url())
+        alerts = Alerts(warehouse=Warehouse(database=str(database)), webhook_url=hook.url())
         ticks = []
         for _ in range(2):
             with dg.build_sensor_context(resources={"alerts": alerts}) as context:
@@ -426,7 +426,7 @@ def test_a_sensor_raises_an_alert_once_per_key(tmp_path):
 
 
 def test_alerts_from_env_keeps_secrets_out_of_config(tmp_path, monkeypatch):
-    warehouse = DuckDBResource(database=str(tmp_path / "warehouse.duckdb"))
+    warehouse = Warehouse(database=str(tmp_path / "warehouse.duckdb"))
     for name in ALERT_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     off = alerts_from_env(warehouse)
@@ -451,7 +451,7 @@ def test_alerts_from_env_keeps_secrets_out_of_config(tmp_path, monkeypatch):
 
 def test_unknown_severity_is_refused_before_anything_is_recorded(tmp_path):
     database = tmp_path / "warehouse.duckdb"
-    alerts = Alerts(warehouse=DuckDBResource(database=str(database)))
+    alerts = Alerts(warehouse=Warehouse(database=str(database)))
     with pytest.raises(ValueError, match="severity 'fatal' is not one of info, warning, error, critical"):
         alerts.send("x", "y", severity="fatal")
     assert not database.exists()

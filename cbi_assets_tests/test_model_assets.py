@@ -48,7 +48,7 @@ def test_zl_models_walk_forward_tracked_and_ranked(zl_model_lake):
     assert len(client.get_metric_history(lightgbm.info.run_id, "fold_mase")) == folds.height
     assert lightgbm.data.tags["data_hash"] and "mase" in lightgbm.data.metrics
     assert {a.path for a in client.list_artifacts(lightgbm.info.run_id, "model")} >= {
-        "model/model.pkl",
+        "model/MLmodel",  # a pyfunc MLflow model (cbi_assets/models/serving.py)
         "model/features.json",
     }
     neural = next(r for r in runs if r.data.tags["family"] == "lstm")

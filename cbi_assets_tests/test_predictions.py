@@ -13,7 +13,6 @@ import duckdb
 import numpy as np
 import polars as pl
 import pytest
-from dagster_duckdb import DuckDBResource
 
 from cbi_assets import lake as tables
 from cbi_assets.calendars import settlement_days
@@ -26,6 +25,7 @@ from cbi_assets.predictions import history
 from cbi_assets.predictions.assets import PREDICTION_ASSETS
 from cbi_assets.predictions.shadow import verdict
 from cbi_assets.settings import Settings
+from cbi_assets.warehouse import Warehouse
 from resources import Alerts, Tracking, build_resources
 
 pytestmark = [pytest.mark.xdist_group("feature_lake"), pytest.mark.integration]
@@ -40,7 +40,7 @@ def own_registry(zl_model_lake, tmp_path):
     lake, resources = zl_model_lake
     store = resources["tracking"].tracking_uri.removeprefix("sqlite:///")
     shutil.copy(store, tmp_path / "mlflow.db")
-    warehouse = DuckDBResource(database=str(tmp_path / "warehouse.duckdb"))
+    warehouse = Warehouse(database=str(tmp_path / "warehouse.duckdb"))
     tracking = Tracking(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_root=str(tmp_path / "artifacts"))
     return lake, {**resources, "tracking": tracking, "warehouse": warehouse, "alerts": Alerts(warehouse=warehouse)}
 
@@ -143,8 +143,7 @@ def test_a_challenger_stays_in_the_shadow_until_it_beats_the_champion(own_regist
             )
         ]
     )
-    with duckdb.connect(resources["warehouse"].database) as conn:
-        assert history.append(conn, past) == 60
+    assert history.append(resources["warehouse"], past) == 60
     assert _run(resources, {"ops": {"zl__predictions__upload": {"config": {"promote_after_days": 31}}}}).success
     assert tracking.champion(ZL, "1w")["version"] == champion["version"]  # 30 shared days < 31
 

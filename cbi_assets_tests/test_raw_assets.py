@@ -7,7 +7,6 @@ import dagster as dg
 import duckdb
 import polars as pl
 import pytest
-from dagster_duckdb import DuckDBResource
 
 from cbi_assets import lake as tables
 from cbi_assets.catalogue import MES, ZL
@@ -16,6 +15,7 @@ from cbi_assets.raw.assets import RAW_ASSETS, ROLL_CALENDARS, raw_inventory
 from cbi_assets.raw.datasets import RAW_DATASETS
 from cbi_assets.raw.partitions import RAW_PARTITIONS, partitions_for, partitions_name
 from cbi_assets.settings import Settings
+from cbi_assets.warehouse import Warehouse
 from resources import LocalFilesSource, SampleSource, build_resources
 
 pytestmark = pytest.mark.integration
@@ -54,7 +54,7 @@ def sample_resources(lake_root):
     )
     return {
         "lake": Lake(root=str(lake_root)),
-        "warehouse": DuckDBResource(database=str(warehouse_file(lake_root))),
+        "warehouse": Warehouse(database=str(warehouse_file(lake_root))),
         "futures_source": sample,
         "macro_source": sample,
         "history_source": sample,

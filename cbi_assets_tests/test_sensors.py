@@ -25,6 +25,7 @@ from cbi_assets.operations.triggers import (
     regime_partition,
 )
 from cbi_assets.partitions import REGIME_PARTITIONS
+from cbi_assets.warehouse import Warehouse
 from cbi_assets_tests.test_schedules import code_location
 from schedules.sensors import (
     correlation_breakdown_sensor,
@@ -234,17 +235,16 @@ def test_a_calm_day_is_skipped(lake):
 # --- Failed validations -------------------------------------------------------------------------
 
 
-def _status_rows(conn, *rows: tuple[str, str, str, bool | None]) -> None:
-    from cbi_assets.monitoring.assets import STATUS_DDL
+def _status_rows(warehouse: Warehouse, *rows: tuple[str, str, str, bool | None]) -> None:
+    from cbi_assets.monitoring.assets import STATUS_TABLE, as_stored
 
-    conn.execute("create schema if not exists monitoring")
-    conn.execute(STATUS_DDL)
-    for asset, horizon, day, passed in rows:
-        conn.execute(
-            "insert into monitoring.validation_status (asset, horizon, validated_on, passed, reason) "
-            "values (?, ?, ?, ?, ?)",
-            [asset, horizon, dt.date.fromisoformat(day), passed, f"{asset} {horizon}"],
-        )
+    frame = pl.DataFrame(
+        [
+            {"asset": a, "horizon": h, "validated_on": dt.date.fromisoformat(d), "passed": p, "reason": f"{a} {h}"}
+            for a, h, d, p in rows
+        ]
+    )
+    warehouse.append("monitoring.validation_status", as_stored(frame, STATUS_TABLE))
 
 
 def test_failed_validations_are_new_after_the_cursor():
@@ -267,14 +267,14 @@ def test_a_failed_validation_retrains_that_horizon_once(lake):
     with dg.instance_for_test() as instance:
         result = _tick(validation_failure_sensor, location, instance)
         assert not result.run_requests and "does not exist" in result.skip_message
-        with duckdb.connect(str(warehouse_file(lake))) as conn:
-            _status_rows(
-                conn,
-                ("ZL", "1w", "2026-11-20", False),
-                ("ZL", "1m", "2026-11-20", True),
-                ("MES", "1d", "2026-11-19", False),
-                ("MES", "3m", "2026-11-19", None),
-            )
+        warehouse = Warehouse(database=str(warehouse_file(lake)))
+        _status_rows(
+            warehouse,
+            ("ZL", "1w", "2026-11-20", False),
+            ("ZL", "1m", "2026-11-20", True),
+            ("MES", "1d", "2026-11-19", False),
+            ("MES", "3m", "2026-11-19", None),
+        )
         result = _tick(validation_failure_sensor, location, instance)
         assert [(r.job_name, r.partition_key, r.run_key) for r in result.run_requests] == [
             ("mes_retrain", "1d", "validation-failure:mes:1d:2026-11-19"),
@@ -283,8 +283,7 @@ def test_a_failed_validation_retrains_that_horizon_once(lake):
         again = _tick(validation_failure_sensor, location, instance, cursor=result.cursor)
         assert not again.run_requests
         # Another horizon of the same day fails later: only that one.
-        with duckdb.connect(str(warehouse_file(lake))) as conn:
-            _status_rows(conn, ("ZL", "3m", "2026-11-20", False))
+        _status_rows(warehouse, ("ZL", "3m", "2026-11-20", False))
         later = _tick(validation_failure_sensor, location, instance, cursor=result.cursor)
         assert [r.run_key for r in later.run_requests] == ["validation-failure:zl:3m:2026-11-20"]
 

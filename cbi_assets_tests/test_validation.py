@@ -15,6 +15,7 @@ from cbi_assets.lake import Lake, warehouse_file
 from cbi_assets.monitoring import outcomes, validation
 from cbi_assets.monitoring.assets import MONITORING_ASSETS
 from cbi_assets.predictions import history as predictions
+from cbi_assets.warehouse import Warehouse
 from cbi_assets_tests.conftest import lake_resources
 
 UTC = dt.UTC
@@ -280,9 +281,9 @@ def _history(ape: float, covered_every: int, origins: list[int]) -> pl.DataFrame
 
 
 def _publish(warehouse, history: pl.DataFrame) -> None:
-    with duckdb.connect(str(warehouse)) as conn:
-        conn.execute("drop table if exists predictions.history")
-        assert predictions.append(conn, history) == history.height
+    store = Warehouse(database=str(warehouse))
+    store.execute("drop table if exists predictions.history")
+    assert predictions.append(store, history) == history.height
 
 
 def _validate(lake, warehouse, config: dict | None = None):

@@ -36,6 +36,7 @@ __all__ = [
     "build_resources",
     "sample_source",
     "source_of",
+    "warehouse_of",
 ]
 
 
@@ -83,8 +84,17 @@ def _sources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     }
 
 
+def warehouse_of(settings: Settings) -> Warehouse:
+    """The warehouse: PostgreSQL when CBI_WAREHOUSE_URL is set, else the DuckDB file."""
+    url = settings.warehouse_url
+    if url and os.environ.get("CBI_WAREHOUSE_URL") == url:
+        # Read from the environment when a run starts (dg.EnvVar): its password never enters the run's config.
+        url = dg.EnvVar("CBI_WAREHOUSE_URL")
+    return Warehouse(database=settings.warehouse, url=url)
+
+
 def build_resources(settings: Settings) -> dict[str, object]:
-    warehouse = Warehouse(database=settings.warehouse)
+    warehouse = warehouse_of(settings)
     return {
         "lake": Lake(root=str(settings.lake)),
         "profile": TrainingProfile(name=settings.profile),

@@ -22,8 +22,8 @@ from email.utils import formatdate, make_msgid
 from urllib.parse import urlsplit
 
 import dagster as dg
-import duckdb
-from dagster_duckdb import DuckDBResource
+
+from cbi_assets.warehouse import Warehouse
 
 SEVERITIES = ("info", "warning", "error", "critical")
 TABLE = "monitoring.alerts"
@@ -54,7 +54,7 @@ create table if not exists {TABLE} (
 class Alerts(dg.ConfigurableResource):
     """Raise alerts: `send(kind, message, ...)` from an asset (log=context.log) or a sensor."""
 
-    warehouse: dg.ResourceDependency[DuckDBResource]
+    warehouse: dg.ResourceDependency[Warehouse]
     webhook_url: str | None = None  # CBI_ALERT_WEBHOOK (may embed a token: never logged or stored)
     smtp_host: str | None = None  # CBI_ALERT_SMTP_HOST
     smtp_port: int = 25  # CBI_ALERT_SMTP_PORT
@@ -103,11 +103,10 @@ class Alerts(dg.ConfigurableResource):
         }
         webhook_status = self._post(payload)
         mail_status = self._mail(alert_id, payload)
-        with self.warehouse.get_connection() as conn:
-            conn.execute(
-                f"update {TABLE} set webhook_status = ?, mail_status = ? where alert_id = ?",
-                [webhook_status, mail_status, alert_id],
-            )
+        self.warehouse.execute(
+            f"update {TABLE} set webhook_status = ?, mail_status = ? where alert_id = ?",
+            [webhook_status, mail_status, alert_id],
+        )
         logger = log if log is not None else dg.get_dagster_logger("cbi.alerts")
         # Dagster's log manager and a logging.Logger both have info/warning/error/critical.
         getattr(logger, severity)(
@@ -130,19 +129,14 @@ class Alerts(dg.ConfigurableResource):
         details_json: str,
         key: str | None,
     ) -> bool:
-        with self.warehouse.get_connection() as conn:
-            conn.execute("create schema if not exists monitoring")
-            conn.execute(_CREATE)
-            if key is not None and conn.execute(f"select 1 from {TABLE} where key = ?", [key]).fetchone():
-                return False
-            try:
-                conn.execute(
-                    f"insert into {TABLE} values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [alert_id, raised_at, kind, severity, asset, horizon, message, details_json, key, PENDING, PENDING],
-                )
-            except duckdb.ConstraintException:  # the same key recorded meanwhile by another sender
-                return False
-        return True
+        self.warehouse.execute(_CREATE, table=TABLE)
+        # A key recorded already, or meanwhile by another sender, inserts nothing: that sender has the alert.
+        added = self.warehouse.execute(
+            f"insert into {TABLE} values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) on conflict do nothing",
+            [alert_id, raised_at, kind, severity, asset, horizon, message, details_json, key, PENDING, PENDING],
+            table=TABLE,
+        )
+        return added == 1
 
     def _post(self, payload: dict) -> str:
         """POST the alert as JSON; one retry after a server error (5xx, 429) or a failed connection."""
@@ -242,7 +236,7 @@ def _mail_body(alert_id: str, payload: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def alerts_from_env(warehouse: DuckDBResource) -> Alerts:
+def alerts_from_env(warehouse: Warehouse) -> Alerts:
     """The alerts resource from the CBI_ALERT_* environment variables. The webhook URL (it may carry a token) and
     the SMTP login are passed as dg.EnvVar: read when a run starts, never kept in config. Unset ones stay off."""
     env = os.environ

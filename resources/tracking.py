@@ -86,8 +86,9 @@ class Tracking(dg.ConfigurableResource):
         data_hash: str,
         tags: Mapping[str, str],
     ) -> str:
-        """One run: parameters, metrics per fold (step = fold) and overall, the model folder, the
-        feature list and the training data's hash. Returns the run id."""
+        """One run: parameters, metrics per fold (step = fold) and overall, the model folder (logged as
+        `model`: a family's is an MLflow pyfunc model, `cbi_assets/models/serving.py`), the feature list and
+        the training data's hash. Returns the run id."""
         from mlflow.entities import Metric, Param, RunTag
 
         client = self._client()
@@ -184,8 +185,9 @@ class Tracking(dg.ConfigurableResource):
         ]
 
     def load_model(self, run_id: str) -> tuple[Any, list[str]]:
-        """A run's model as `log_family` stored it (model/model.pkl, or model/model.keras for a
-        network) and the feature list it was trained on."""
+        """A run's fitted model and the feature list it was trained on. A family's run logs a pyfunc MLflow
+        model (cbi_assets/models/serving.py) and this is the family inside it; other runs (a specialist's,
+        the meta-learner's) log a folder with model/model.pkl, or model/model.keras for a network."""
         import os
         import pickle
         import tempfile
@@ -195,6 +197,10 @@ class Tracking(dg.ConfigurableResource):
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(self._client().download_artifacts(run_id, "model", tmp))
             features = json.loads((folder / "features.json").read_text())
+            if (folder / "MLmodel").is_file():
+                from cbi_assets.models import serving
+
+                return serving.fitted(folder), features
             if (folder / "model.pkl").is_file():
                 with open(folder / "model.pkl", "rb") as stored:
                     return pickle.load(stored), features
@@ -203,5 +209,6 @@ class Tracking(dg.ConfigurableResource):
 
                 return keras.saving.load_model(folder / "model.keras"), features
         raise ValueError(
-            f"MLflow run {run_id} has no model/model.pkl or model/model.keras artifact; retrain its family"
+            f"MLflow run {run_id} has no model/MLmodel, model/model.pkl or model/model.keras artifact; "
+            "retrain its family"
         )

@@ -1,4 +1,4 @@
-"""The jobs a person or a sensor starts: validate, retrain, train a regime's specialists, audit a day.
+"""The jobs a person or a sensor starts: validate, retrain, train a regime's specialists, predict, audit a day.
 
 Each selects by stage and key (cbi_assets/selections.py), the same selections `cbi plan` uses.
 """
@@ -37,6 +37,15 @@ def _retrain_job(market: Market) -> dg.UnresolvedAssetJobDefinition:
     )
 
 
+def _predict_job(market: Market) -> dg.UnresolvedAssetJobDefinition:
+    return dg.define_asset_job(
+        f"{market.key}_predict",
+        selection=" or ".join(f'key:"{market.key}/predictions/{name}"' for name in ("forecast", "upload")),
+        description=f"{market}: today's forecast of the chosen horizons from the registered models, and its upload to "
+        "the warehouse history (the evening cycle's last step; run again, it adds no row twice).",
+    )
+
+
 def _specialists_job(market: Market) -> dg.UnresolvedAssetJobDefinition:
     return dg.define_asset_job(
         f"{market.key}_specialists",
@@ -48,9 +57,16 @@ def _specialists_job(market: Market) -> dg.UnresolvedAssetJobDefinition:
 VALIDATE_JOBS = {m.key: _validate_job(m) for m in MARKETS.values()}
 RETRAIN_JOBS = {m.key: _retrain_job(m) for m in MARKETS.values()}
 SPECIALIST_JOBS = {m.key: _specialists_job(m) for m in MARKETS.values()}
+PREDICT_JOBS = {m.key: _predict_job(m) for m in MARKETS.values()}
 
 audit = dg.define_asset_job(
     "audit", selection='key:"monitoring/audit"', description="A post-move audit (config: reason, day)."
 )
 
-JOBS = [*VALIDATE_JOBS.values(), *RETRAIN_JOBS.values(), *SPECIALIST_JOBS.values(), audit]
+JOBS = [
+    *VALIDATE_JOBS.values(),
+    *RETRAIN_JOBS.values(),
+    *SPECIALIST_JOBS.values(),
+    *PREDICT_JOBS.values(),
+    audit,
+]

@@ -7,9 +7,7 @@ import datetime as dt
 import json
 
 import dagster as dg
-import duckdb
 import polars as pl
-from dagster_duckdb import DuckDBResource
 
 from cbi_assets import lake as tables
 from cbi_assets.catalogue import MARKETS, ZL
@@ -24,6 +22,7 @@ from cbi_assets.operations.triggers import (
     new_shifts,
 )
 from cbi_assets.partitions import REGIME_PARTITIONS
+from cbi_assets.warehouse import Warehouse, WarehouseUnavailable
 from resources.alerts import Alerts
 from schedules.jobs import RETRAIN_JOBS, SPECIALIST_JOBS, audit
 
@@ -163,20 +162,15 @@ def post_move_audit_sensor(context: dg.SensorEvaluationContext, lake: Lake):
 STATUS_TABLE = "monitoring.validation_status"
 
 
-def read_validation_status(conn, since: dt.date | None) -> pl.DataFrame | None:
+def read_validation_status(warehouse: Warehouse, since: dt.date | None) -> pl.DataFrame | None:
     """The failed rows of monitoring.validation_status validated on or after `since`; None when the table is absent."""
-    # fetchall: DuckDB refuses new work on a connection with a partly fetched result.
-    [(exists,)] = conn.execute(
-        "select count(*) from information_schema.tables where table_schema = 'monitoring' "
-        "and table_name = 'validation_status'"
-    ).fetchall()
-    if not exists:
+    if not warehouse.exists(STATUS_TABLE):
         return None
-    return conn.sql(
+    return warehouse.query(
         f"select asset, horizon, validated_on, passed, reason from {STATUS_TABLE} "
         "where passed = false and validated_on >= ?",
-        params=[since or dt.date.min],
-    ).pl()
+        [since or dt.date.min],
+    )
 
 
 @dg.sensor(
@@ -186,15 +180,14 @@ def read_validation_status(conn, since: dt.date | None) -> pl.DataFrame | None:
     default_status=RUNNING,
     description="A failed validation (monitoring.validation_status passed = false) retrains that market and horizon.",
 )
-def validation_failure_sensor(context: dg.SensorEvaluationContext, warehouse: DuckDBResource):
+def validation_failure_sensor(context: dg.SensorEvaluationContext, warehouse: Warehouse):
     # Cursor: the newest validation day acted on and the "<market>:<horizon>" keys acted on that day.
     seen = json.loads(context.cursor) if context.cursor else {}
     seen_day, seen_keys = _day(seen.get("day")), set(seen.get("keys", []))
     try:
-        with warehouse.get_connection() as conn:
-            status = read_validation_status(conn, seen_day)
-    except duckdb.IOException as error:
-        return dg.SkipReason(f"the warehouse is busy ({type(error).__name__}); next tick")
+        status = read_validation_status(warehouse, seen_day)
+    except WarehouseUnavailable as error:
+        return dg.SkipReason(f"{error}; next tick")
     if status is None:
         return dg.SkipReason(f"{STATUS_TABLE} does not exist yet: no validation has run")
     failures = failed_validations(status, seen_day, seen_keys)

@@ -3,10 +3,8 @@ ZL procurement (timing a fixed monthly purchase against TWAP and the first day) 
 forecast's sign after costs against buy-and-hold). Nothing is refitted here."""
 
 import dagster as dg
-import duckdb
 import numpy as np
 import polars as pl
-from dagster_duckdb import DuckDBResource
 
 from cbi_assets import lake as tables
 from cbi_assets.backtests.procurement import (
@@ -24,7 +22,7 @@ from cbi_assets.selections import stage
 from cbi_assets.training.sets import time_key
 from cbi_assets.ui import figure, plot
 from cbi_assets.ui import table as md_table
-from cbi_assets.warehouse import replace_horizons
+from cbi_assets.warehouse import Warehouse
 
 ENSEMBLE = "ensemble"  # the blend's forecasts: the ensemble's intervals table
 
@@ -38,18 +36,19 @@ def _reads(market: Market) -> list[dg.AssetKey]:
     ]
 
 
-def _champion(conn, market: Market, horizon: str) -> str | None:
-    try:
-        found = conn.execute(
-            "select family from models.leaderboard where asset = ? and horizon = ? and champion",
-            [market.symbol, horizon],
-        ).fetchone()
-    except duckdb.CatalogException:  # no leaderboard materialized yet
+def _champion(warehouse: Warehouse, market: Market, horizon: str) -> str | None:
+    if not warehouse.exists("models.leaderboard"):  # no leaderboard materialized yet
         return None
-    return found[0] if found else None
+    found = warehouse.query(
+        "select family from models.leaderboard where asset = ? and horizon = ? and champion",
+        [market.symbol, horizon],
+    )
+    return found["family"][0] if found.height else None
 
 
-def read_forecasts(lake: Lake, market: Market, horizon: str, source: str, conn, log) -> tuple[pl.DataFrame, str]:
+def read_forecasts(
+    lake: Lake, market: Market, horizon: str, source: str, warehouse: Warehouse, log
+) -> tuple[pl.DataFrame, str]:
     """The out-of-fold forecasts to backtest and what they are: the ensemble's blend when `source` is
     "ensemble" and it is stored (else the leaderboard's champion family), or the named family's."""
     parts = {"market": market, "horizon": horizon}
@@ -57,7 +56,7 @@ def read_forecasts(lake: Lake, market: Market, horizon: str, source: str, conn, 
         if lake.exists(tables.INTERVALS, **parts):
             return lake.read(tables.INTERVALS, **parts), "ensemble blend"
         missing = lake.missing(tables.INTERVALS, **parts)
-        champion = _champion(conn, market, horizon)
+        champion = _champion(warehouse, market, horizon)
         if champion is None:
             raise NotBuilt(
                 f"{missing.description}; and models.leaderboard has no champion for {market} {horizon} to "
@@ -133,7 +132,7 @@ def _monthly_plot(frame: pl.DataFrame, title: str):
     "(ZL/backtests/by_horizon/<h>/procurement_{sessions,months}.parquet; warehouse backtests.procurement).",
 )
 def zl_procurement(
-    context: dg.AssetExecutionContext, config: ProcurementConfig, lake: Lake, warehouse: DuckDBResource
+    context: dg.AssetExecutionContext, config: ProcurementConfig, lake: Lake, warehouse: Warehouse
 ) -> dg.MaterializeResult:
     plan = config.plan(ZL.cost_bps)
     metadata: dict = {
@@ -145,8 +144,8 @@ def zl_procurement(
         "lag_sessions": plan.lag,
     }
 
-    def work(horizon: Horizon, conn) -> Done:
-        frame, source = read_forecasts(lake, ZL, horizon.name, config.source, conn, context.log)
+    def work(horizon: Horizon) -> Done:
+        frame, source = read_forecasts(lake, ZL, horizon.name, config.source, warehouse, context.log)
         try:
             sessions, monthly = procure(frame, plan, key=time_key(horizon))
         except ValueError as error:
@@ -170,9 +169,9 @@ def zl_procurement(
             metadata={"monthly": _monthly_plot(monthly, title)},
         )
 
-    def finish(done: dict[str, Done], conn) -> dict:
+    def finish(done: dict[str, Done]) -> dict:
         months = {h: d.value[0] for h, d in done.items()}
-        replace_horizons(conn, "backtests.procurement", pl.concat(months.values(), how="diagonal_relaxed"))
+        warehouse.replace_horizons("backtests.procurement", pl.concat(months.values(), how="diagonal_relaxed"))
         shown = pl.DataFrame([d.value[1] for d in done.values()]).select(
             "horizon",
             "source",
@@ -195,15 +194,7 @@ def zl_procurement(
             "cumulative_savings": _savings_plot(months, f"ZL procurement of {plan.volume:,.0f} contracts a month"),
         }
 
-    with warehouse.get_connection() as conn:
-        return each_horizon(
-            context,
-            ZL,
-            lambda h: work(h, conn),
-            name="procurement backtest",
-            finish=lambda done: finish(done, conn),
-            metadata=metadata,
-        )
+    return each_horizon(context, ZL, work, name="procurement backtest", finish=finish, metadata=metadata)
 
 
 # --- MES trading ------------------------------------------------------------------------------
@@ -242,7 +233,7 @@ def _equity_plot(periods: dict[str, pl.DataFrame], key: str, title: str):
     "turnover (MES/backtests/by_horizon/<h>/trading.parquet; warehouse backtests.trading).",
 )
 def mes_trading(
-    context: dg.AssetExecutionContext, config: TradingConfig, lake: Lake, warehouse: DuckDBResource
+    context: dg.AssetExecutionContext, config: TradingConfig, lake: Lake, warehouse: Warehouse
 ) -> dg.MaterializeResult:
     if config.sizing not in SIZINGS:
         raise dg.Failure(f"trading configuration: sizing={config.sizing!r}; choose one of {SIZINGS}")
@@ -254,8 +245,8 @@ def mes_trading(
         "sizing": config.sizing,
     }
 
-    def work(horizon: Horizon, conn) -> Done:
-        frame, source = read_forecasts(lake, MES, horizon.name, config.source, conn, context.log)
+    def work(horizon: Horizon) -> Done:
+        frame, source = read_forecasts(lake, MES, horizon.name, config.source, warehouse, context.log)
         key = time_key(horizon)
         try:
             periods, summary = backtest(
@@ -279,9 +270,9 @@ def mes_trading(
         )
         return Done(value=(summary, periods.rename({key: "time"}, strict=False)))
 
-    def finish(done: dict[str, Done], conn) -> dict:
+    def finish(done: dict[str, Done]) -> dict:
         summaries = pl.concat([d.value[0] for d in done.values()], how="diagonal_relaxed")
-        replace_horizons(conn, "backtests.trading", summaries)
+        warehouse.replace_horizons("backtests.trading", summaries)
         shown = summaries.select(
             "horizon",
             "source",
@@ -303,15 +294,7 @@ def mes_trading(
                 out[name] = _equity_plot(group, "time", f"MES trading the forecasts after {cost_bps:g} bp a side")
         return out
 
-    with warehouse.get_connection() as conn:
-        return each_horizon(
-            context,
-            MES,
-            lambda h: work(h, conn),
-            name="trading backtest",
-            finish=lambda done: finish(done, conn),
-            metadata=metadata,
-        )
+    return each_horizon(context, MES, work, name="trading backtest", finish=finish, metadata=metadata)
 
 
 BACKTEST_ASSETS = [zl_procurement, mes_trading]

@@ -5,7 +5,6 @@ how each ensemble fares against the best single family on the same folds."""
 import dagster as dg
 import numpy as np
 import polars as pl
-from dagster_duckdb import DuckDBResource
 
 from cbi_assets import lake as tables
 from cbi_assets.catalogue import MARKETS, Horizon, Market
@@ -29,7 +28,7 @@ from cbi_assets.selections import stage
 from cbi_assets.training.sets import time_key
 from cbi_assets.ui import figure, plot
 from cbi_assets.ui import table as md_table
-from cbi_assets.warehouse import replace_horizons
+from cbi_assets.warehouse import Warehouse
 
 
 class EnsembleConfig(dg.Config):
@@ -210,7 +209,7 @@ def _ensemble_asset(market: Market):
         context: dg.AssetExecutionContext,
         config: EnsembleConfig,
         lake: Lake,
-        warehouse: DuckDBResource,
+        warehouse: Warehouse,
         profile: TrainingProfile,
     ) -> dg.MaterializeResult:
         plan = config.plan(profile.load().training.threads)
@@ -254,9 +253,8 @@ def _ensemble_asset(market: Market):
         def finish(done: dict[str, Done]) -> dict:
             boards = pl.concat([d.value["board"] for d in done.values()], how="diagonal_relaxed")
             coverage = pl.concat([d.value["coverage"] for d in done.values()], how="diagonal_relaxed")
-            with warehouse.get_connection() as conn:
-                replace_horizons(conn, "models.ensembles", boards)
-                replace_horizons(conn, "models.coverage", coverage)
+            warehouse.replace_horizons("models.ensembles", boards)
+            warehouse.replace_horizons("models.coverage", coverage)
             return {
                 "missing_families": dg.MetadataValue.json(
                     {h: d.value["missing"] for h, d in done.items() if d.value["missing"]}

@@ -10,7 +10,6 @@ the latest origin's drivers go to the warehouse table `models.drivers`.
 import dagster as dg
 import numpy as np
 import polars as pl
-from dagster_duckdb import DuckDBResource
 
 from cbi_assets import lake as tables
 from cbi_assets.catalogue import MARKETS, Horizon, Market
@@ -26,7 +25,7 @@ from cbi_assets.selections import stage
 from cbi_assets.training.sets import feature_timeframe, time_key
 from cbi_assets.ui import figure, plot
 from cbi_assets.ui import table as md_table
-from cbi_assets.warehouse import replace_horizons
+from cbi_assets.warehouse import Warehouse
 from resources.tracking import Tracking
 
 
@@ -206,7 +205,7 @@ def _explain_asset(market: Market):
     def _explanations(
         context: dg.AssetExecutionContext,
         lake: Lake,
-        warehouse: DuckDBResource,
+        warehouse: Warehouse,
         tracking: Tracking,
         profile: TrainingProfile,
     ) -> dg.MaterializeResult:
@@ -256,8 +255,7 @@ def _explain_asset(market: Market):
             )
 
         def finish(done: dict[str, Done]) -> dict:
-            with warehouse.get_connection() as conn:
-                replace_horizons(conn, "models.drivers", pl.concat([d.value["drivers"] for d in done.values()]))
+            warehouse.replace_horizons("models.drivers", pl.concat([d.value["drivers"] for d in done.values()]))
             latest = [frame for d in done.values() for frame in d.value["latest"]]
             drift = [row for d in done.values() for row in d.value["drift"]]
             out = {"attribution": dg.MetadataValue.json({h: d.value["status"] for h, d in done.items()})}

@@ -8,7 +8,6 @@ import time
 
 import dagster as dg
 import polars as pl
-from dagster_duckdb import DuckDBResource
 
 from cbi_assets import lake as tables
 from cbi_assets.automation import EVENING
@@ -28,6 +27,7 @@ from cbi_assets.features.quality import Profile
 from cbi_assets.lake import Lake, reads
 from cbi_assets.selections import stage
 from cbi_assets.ui import table as md_table
+from cbi_assets.warehouse import Warehouse
 
 CHECKS = {
     "finite": "No infinite values in any feature.",
@@ -402,7 +402,7 @@ MASTERS = [(ZL, "1d"), (MES, "1d"), *((MES, tf) for tf in INTRADAY_TIMEFRAMES)]
     tags={"layer": "features", **stage("prepare")},
     automation_condition=EVENING,
 )
-def feature_catalogue(context: dg.AssetExecutionContext, lake: Lake, warehouse: DuckDBResource) -> dg.MaterializeResult:
+def feature_catalogue(context: dg.AssetExecutionContext, lake: Lake, warehouse: Warehouse) -> dg.MaterializeResult:
     # The entries stored beside each master table: reading the tables themselves would cost minutes. A source
     # without MES minute bars builds no intraday masters.
     built = [(m, tf) for m, tf in MASTERS if lake.exists(tables.MASTER, market=m, timeframe=tf)]
@@ -410,10 +410,7 @@ def feature_catalogue(context: dg.AssetExecutionContext, lake: Lake, warehouse: 
         raise lake.missing(tables.MASTER, market=ZL, timeframe="1d")
     catalogue = pl.concat([lake.feature_catalogue(tables.MASTER, market=m, timeframe=tf) for m, tf in built])
     path = lake.write(tables.FEATURE_CATALOGUE, catalogue)
-    with warehouse.get_connection() as conn:
-        conn.execute("create schema if not exists features")
-        conn.register("catalogue", catalogue.to_arrow())
-        conn.execute("create or replace table features.catalogue as select * from catalogue")
+    warehouse.replace_table("features.catalogue", catalogue)
     counts = catalogue.group_by("table").len().sort("table")
     return dg.MaterializeResult(
         metadata={

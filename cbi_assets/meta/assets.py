@@ -31,6 +31,7 @@ from cbi_assets.meta.scores import SHOWN
 from cbi_assets.models.inputs import SESSIONS_PER_YEAR, horizon_rows, season_rows
 from cbi_assets.profiles import TrainingProfile
 from cbi_assets.selections import stage
+from cbi_assets.team import on_gpu
 from cbi_assets.training.sets import feature_columns, time_key
 from cbi_assets.ui import figure, plot
 from cbi_assets.ui import table as md_table
@@ -194,7 +195,7 @@ def _reptile_asset(market: Market):
         key=tables.REPTILE.asset_key(market=market),
         group_name=f"{market.key}_models",
         deps=reads(tables.META_TASK, tables.TRAINING_SET, markets=[market]),
-        pool="gpu",
+        **on_gpu(),
         kinds={"keras", "mlflow"},
         tags={"layer": "models", **stage("forecast")},
         description=f"{market} Reptile meta-learner per horizon: a small Keras MLP meta-trained with Reptile across "
@@ -301,7 +302,7 @@ def _transfer_plot(table: pl.DataFrame):
     key=tables.TRANSFER.asset_key(),
     group_name="shared_models",
     deps=reads(tables.TRAINING_SET, tables.MASTER, markets=transfer.TRANSFER_MARKETS, timeframe="1d"),
-    pool="gpu",
+    **on_gpu(),
     kinds={"keras", "parquet"},
     tags={"layer": "models", **stage("cross_market")},
     description="Cross-asset transfer: an encoder of the shared-layer features pre-trained on ZL and MES together, "

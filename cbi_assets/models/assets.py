@@ -3,43 +3,37 @@ statistical, trees, neural) that walks every registered family of that kind over
 folds, and a leaderboard that ranks them against the random walk and crowns the champion.
 
 The families come from the registry, so a new family appears in its kind's asset with no change
-here. Neural training runs in the concurrency pool `gpu`: one GPU job at a time.
+here. Neural training runs in the concurrency pool and Celery queue `gpu` (cbi_assets/team.py): one GPU job
+at a time.
 """
 
 import hashlib
-import pickle
 import tempfile
 from pathlib import Path
 
 import dagster as dg
 import numpy as np
 import polars as pl
-from dagster_duckdb import DuckDBResource
 
 from cbi_assets import lake as tables
 from cbi_assets.catalogue import MARKETS, Horizon, Market
 from cbi_assets.horizons import Done, each_horizon, horizon_asset
 from cbi_assets.lake import KIND_ASSETS, Lake, reads
+from cbi_assets.models import serving
 from cbi_assets.models.evaluation import METRICS, overall, scored
 from cbi_assets.models.inputs import TrainingArrays, horizon_rows, rows_per_year
 from cbi_assets.models.leaderboard import RANDOM_WALK, crowned, leaderboard, registry_role
 from cbi_assets.models.registry import KINDS, families
 from cbi_assets.models.walk import walk_family
+from cbi_assets.predictions.origin import last_fold
 from cbi_assets.profiles import TrainingProfile
 from cbi_assets.selections import stage
+from cbi_assets.team import on_gpu
+from cbi_assets.training.sets import time_key
 from cbi_assets.ui import figure, plot
 from cbi_assets.ui import table as md_table
-from cbi_assets.warehouse import replace_horizons
+from cbi_assets.warehouse import Warehouse
 from resources.tracking import Tracking
-
-
-def _save(model, folder: Path) -> None:
-    """The fitted model in the folder MLflow logs: Keras writes its own format, the rest pickle."""
-    if hasattr(model, "save"):
-        model.save(folder / "model.keras")
-    else:
-        with open(folder / "model.pkl", "wb") as out:
-            pickle.dump(model, out)
 
 
 def _error_plot(scores: dict[str, pl.DataFrame], title: str):
@@ -71,10 +65,10 @@ def _kind_asset(market: Market, kind: str):
         key=[market.key, "models", name],
         group_name=f"{market.key}_models",
         deps=reads(tables.TRAINING_SET, tables.FOLDS, tables.SCALERS, tables.REGIME_CALENDAR, markets=[market]),
-        pool="gpu" if neural else None,
         # The networks are the longest step of a market's run: in the gpu pool they go before the Reptile model,
-        # which nothing after it waits for.
-        op_tags={"dagster/priority": "1"} if neural else None,
+        # which nothing after it waits for (dagster/priority orders a process per step, dagster-celery/priority
+        # the Celery queues, whose default is 5).
+        **(on_gpu({"dagster/priority": "1", "dagster-celery/priority": "6"}) if neural else {}),
         kinds={"keras" if neural else "python", "mlflow"},
         tags={"layer": "models", **stage("train")},
         description=f"{market} {name} models per horizon: every registered {kind} family trained and tested "
@@ -110,6 +104,7 @@ def _kind_asset(market: Market, kind: str):
             data_hash = hashlib.sha256(lake.path(tables.TRAINING_SET, **parts).read_bytes()).hexdigest()[:16]
             try:
                 data = TrainingArrays.of(frame, market, horizon, calendar)  # once per horizon, shared by every family
+                last = last_fold(frame[time_key(horizon)], folds, scalers, budget)  # the fold whose models are kept
             except ValueError as error:
                 raise dg.Failure(f"{tables.TRAINING_SET.name} {market} {horizon.name}: {error}") from error
             done, scores_by_family = Done(rows=[]), {}
@@ -129,7 +124,9 @@ def _kind_asset(market: Market, kind: str):
                     cost_bps=market.cost_bps,
                 )
                 with tempfile.TemporaryDirectory() as tmp:
-                    _save(model, Path(tmp))
+                    # A pyfunc model (with the library's own flavour inside) that serves the forecast the daily
+                    # forecast computes: the last fold's scaler and training span travel with it.
+                    folder = serving.save(Path(tmp) / "model", model, family, market, horizon, last, budget)
                     params = {
                         **family.params,
                         **budget.__dict__,
@@ -144,7 +141,7 @@ def _kind_asset(market: Market, kind: str):
                         family.name,
                         params=params,
                         scores=scores,
-                        model_dir=Path(tmp),
+                        model_dir=folder,
                         features=list(data.features),
                         data_hash=data_hash,
                         tags=tags,
@@ -236,7 +233,7 @@ def _leaderboard_asset(market: Market):
     def _leaderboard(
         context: dg.AssetExecutionContext,
         lake: Lake,
-        warehouse: DuckDBResource,
+        warehouse: Warehouse,
         tracking: Tracking,
         profile: TrainingProfile,
     ) -> dg.MaterializeResult:
@@ -300,8 +297,7 @@ def _leaderboard_asset(market: Market):
                 ],
                 how="diagonal_relaxed",
             )
-            with warehouse.get_connection() as conn:
-                replace_horizons(conn, "models.leaderboard", rows)
+            warehouse.replace_horizons("models.leaderboard", rows)
             shown = rows.select(
                 "horizon",
                 "rank",

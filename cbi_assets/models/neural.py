@@ -138,21 +138,26 @@ class SequenceNetwork:
         mean = _forward_all(self._forward, x).astype(np.float64) * self.scale + self.centre
         return Forecast(mean=mean)
 
-    def save(self, path: str | Path) -> Path:
-        """Write the network, with the target scale folded into a last layer, as a .keras file."""
+    def exported(self):
+        """The network as one Keras model from windows to forward log returns: the target scale is
+        folded into a last layer (what `save` writes, and MLflow's Keras flavour logs)."""
         import keras
 
         self._activate()
-        path = Path(path)
-        if path.suffix != ".keras":
-            raise ValueError(f"{self.model.name}: save path {path} must end in .keras (the Keras archive format)")
         inputs = keras.Input(self.model.input_shape[1:], name="window")
         scaled = self.model(inputs)
         out = keras.layers.Rescaling(self.scale, offset=self.centre, dtype="float32", name="forward_log_return")(scaled)
+        return keras.Model(inputs, out, name=self.model.name)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the network, with the target scale folded into a last layer, as a .keras file."""
+        path = Path(path)
+        if path.suffix != ".keras":
+            raise ValueError(f"{self.model.name}: save path {path} must end in .keras (the Keras archive format)")
         path.parent.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings():  # Keras 3 saving trips NumPy 2's copy-keyword deprecation
             warnings.simplefilter("ignore", DeprecationWarning)
-            keras.Model(inputs, out, name=self.model.name).save(path)
+            self.exported().save(path)
         return path
 
     def __getstate__(self) -> dict:

@@ -11,7 +11,6 @@ import datetime as dt
 
 import dagster as dg
 import polars as pl
-from dagster_duckdb import DuckDBResource
 
 from cbi_assets import lake as tables
 from cbi_assets.calendars import CHICAGO
@@ -24,6 +23,7 @@ from cbi_assets.raw.datasets import RAW_DATASETS
 from cbi_assets.selections import stage
 from cbi_assets.ui import figure, plot
 from cbi_assets.ui import table as md_table
+from cbi_assets.warehouse import Warehouse
 from resources.alerts import Alerts
 
 
@@ -37,23 +37,32 @@ def _prices(market: Market) -> list[tables.Table]:
     return [tables.CONTINUOUS, *([tables.BARS] if any(h.intraday for h in market.horizons) else [])]
 
 
-VALIDATION_DDL = """
-create table if not exists monitoring.validation (
-    asset VARCHAR, horizon VARCHAR, validated_on DATE, model_version VARCHAR, group_kind VARCHAR, group_value VARCHAR,
-    "rows" BIGINT, mape DOUBLE, mae_return DOUBLE, coverage_80 DOUBLE, coverage_90 DOUBLE, direction_accuracy DOUBLE,
-    random_walk_mape DOUBLE, validated_at TIMESTAMPTZ, dagster_run_id VARCHAR
-)"""
-STATUS_DDL = """
-create table if not exists monitoring.validation_status (
-    asset VARCHAR, horizon VARCHAR, validated_on DATE, "rows" BIGINT, mape DOUBLE, mape_threshold DOUBLE,
-    coverage_90 DOUBLE, coverage_nominal DOUBLE, mape_ok BOOLEAN, coverage_ok BOOLEAN, passed BOOLEAN, status VARCHAR,
-    reason VARCHAR, validated_at TIMESTAMPTZ, dagster_run_id VARCHAR
-)"""
-AUDITS_DDL = """
-create table if not exists monitoring.audits (
-    audited_at TIMESTAMPTZ, day DATE, reason VARCHAR, area VARCHAR, item VARCHAR, status VARCHAR, detail VARCHAR,
-    dagster_run_id VARCHAR
-)"""
+# The monitoring tables' columns: every write is shaped to them, so a table is the same whichever run made it.
+_AT = pl.Datetime("us", "UTC")
+VALIDATION_TABLE = {
+    **{c: pl.String for c in ("asset", "horizon")},
+    "validated_on": pl.Date,
+    **{c: pl.String for c in ("model_version", "group_kind", "group_value")},
+    "rows": pl.Int64,
+    **{c: pl.Float64 for c in validation.METRICS[1:]},
+    "validated_at": _AT,
+    "dagster_run_id": pl.String,
+}
+STATUS_TABLE = {
+    **{c: pl.String for c in ("asset", "horizon")},
+    "validated_on": pl.Date,
+    "rows": pl.Int64,
+    **{c: pl.Float64 for c in ("mape", "mape_threshold", "coverage_90", "coverage_nominal")},
+    **{c: pl.Boolean for c in ("mape_ok", "coverage_ok", "passed")},
+    **{c: pl.String for c in ("status", "reason")},
+    "validated_at": _AT,
+    "dagster_run_id": pl.String,
+}
+AUDITS_TABLE = {
+    "audited_at": _AT,
+    "day": pl.Date,
+    **{c: pl.String for c in ("reason", "area", "item", "status", "detail", "dagster_run_id")},
+}
 
 CHECKS = {
     "mape_within_threshold": "The champion's MAPE of price on matured predictions is within the horizon's threshold "
@@ -63,18 +72,13 @@ CHECKS = {
 }
 
 
-def _insert(conn, ddl: str, table: str, frame: pl.DataFrame, keys: tuple[str, ...] = ()) -> None:
-    """Create `table` when missing, delete the rows whose `keys` appear in `frame`, then insert `frame`."""
-    conn.execute("create schema if not exists monitoring")
-    conn.execute(ddl)
-    conn.register("incoming", frame.to_arrow())
-    try:
-        if keys:
-            names = ", ".join(keys)
-            conn.execute(f"delete from {table} where ({names}) in (select distinct {names} from incoming)")
-        conn.execute(f"insert into {table} by name select * from incoming")
-    finally:
-        conn.unregister("incoming")
+def as_stored(frame: pl.DataFrame | None, columns: dict[str, pl.DataType]) -> pl.DataFrame:
+    """`frame` with exactly a monitoring table's `columns` (in order, cast; null where it has none)."""
+    if frame is None:
+        return pl.DataFrame(schema=columns)
+    return frame.select(
+        (pl.col(c) if c in frame.columns else pl.lit(None)).cast(dtype).alias(c) for c, dtype in columns.items()
+    )
 
 
 # --- Validation ---------------------------------------------------------------------------------
@@ -172,13 +176,12 @@ def _validation_asset(market: Market):
         "(monitoring.validation), and the champion's pass/fail status (monitoring.validation_status).",
     )
     def _validation(
-        context: dg.AssetExecutionContext, config: ValidationConfig, lake: Lake, warehouse: DuckDBResource
+        context: dg.AssetExecutionContext, config: ValidationConfig, lake: Lake, warehouse: Warehouse
     ) -> dg.MaterializeResult:
         now = dt.datetime.now(dt.UTC)
         # The exchange's date: the evening cycle runs after 18:00 UTC-5/6, which is already tomorrow in UTC.
         today = now.astimezone(CHICAGO).date()
-        with warehouse.get_connection() as conn:
-            history = predictions.read(conn, market)
+        history = predictions.read(warehouse, market)
         if history is None:
             context.log.warning(
                 f"{predictions.TABLE} does not exist yet: nothing has been published; recording "
@@ -230,18 +233,16 @@ def _validation_asset(market: Market):
             ]
             status = pl.DataFrame(statuses, schema=STATUS_SCHEMA).with_columns(labels)
             validated = pl.concat(metrics) if metrics else None
-            with warehouse.get_connection() as conn:
-                # Clear these horizons for the day first, so a re-run with fewer groups leaves none behind.
-                conn.execute("create schema if not exists monitoring")
-                conn.execute(VALIDATION_DDL)
-                conn.execute(
-                    "delete from monitoring.validation where asset = ? and validated_on = ? and horizon in "
-                    f"({', '.join('?' for _ in done)})",
-                    [market.symbol, today, *done],
-                )
-                if validated is not None and validated.height:
-                    _insert(conn, VALIDATION_DDL, "monitoring.validation", validated.with_columns(labels))
-                _insert(conn, STATUS_DDL, "monitoring.validation_status", status, ("asset", "horizon", "validated_on"))
+            day = ("asset", "horizon", "validated_on")
+            # These horizons' rows of the day are cleared whether or not any matured, so a re-run with fewer groups
+            # leaves none behind.
+            warehouse.replace_rows(
+                "monitoring.validation",
+                as_stored(None if validated is None else validated.with_columns(labels), VALIDATION_TABLE),
+                day,
+                clear=status.select(day),
+            )
+            warehouse.replace_rows("monitoring.validation_status", as_stored(status, STATUS_TABLE), day)
             # The checks judge the horizons together, with each one's verdict in the description.
             return {"tables": "monitoring.validation, monitoring.validation_status"}, _check_results(statuses)
 
@@ -326,7 +327,7 @@ AUDIT_READS = [
     "a problem.",
 )
 def monitoring_audit(
-    context: dg.AssetExecutionContext, config: AuditConfig, lake: Lake, warehouse: DuckDBResource, alerts: Alerts
+    context: dg.AssetExecutionContext, config: AuditConfig, lake: Lake, warehouse: Warehouse, alerts: Alerts
 ) -> dg.MaterializeResult:
     if config.day:
         try:
@@ -341,8 +342,7 @@ def monitoring_audit(
             )
     context.log.info(f"auditing {day} ({config.reason})")
     found = audit.raw_findings(lake, day) + audit.feature_findings(lake, day)
-    with warehouse.get_connection() as conn:
-        history = predictions.read(conn)
+    history = predictions.read(warehouse)
     if history is None:
         found.append(
             audit.finding(
@@ -373,8 +373,7 @@ def monitoring_audit(
         pl.lit(config.reason).alias("reason"),
         pl.lit(context.run.run_id).alias("dagster_run_id"),
     )
-    with warehouse.get_connection() as conn:
-        _insert(conn, AUDITS_DDL, "monitoring.audits", stored)
+    warehouse.append("monitoring.audits", as_stored(stored, AUDITS_TABLE))
     problems = findings.filter(pl.col("status") == "problem")
     alerted = False
     if problems.height:

@@ -13,7 +13,6 @@ import datetime as dt
 import dagster as dg
 import numpy as np
 import polars as pl
-from dagster_duckdb import DuckDBResource
 
 from cbi_assets import lake as tables
 from cbi_assets.automation import EVENING
@@ -33,6 +32,7 @@ from cbi_assets.selections import stage
 from cbi_assets.training.sets import feature_timeframe
 from cbi_assets.ui import figure, plot
 from cbi_assets.ui import table as md_table
+from cbi_assets.warehouse import Warehouse
 from resources.alerts import Alerts
 from resources.tracking import Tracking
 
@@ -245,7 +245,7 @@ def _upload_asset(market: Market):
         context: dg.AssetExecutionContext,
         config: UploadConfig,
         lake: Lake,
-        warehouse: DuckDBResource,
+        warehouse: Warehouse,
         tracking: Tracking,
         alerts: Alerts,
         profile: TrainingProfile,
@@ -257,10 +257,9 @@ def _upload_asset(market: Market):
             frame = lake.read(tables.FORECAST, market=market, horizon=horizon.name).with_columns(
                 pl.lit(now).alias("published_at"), pl.lit(context.run.run_id).alias("dagster_run_id")
             )
-            with warehouse.get_connection() as conn:
-                count = history.append(conn, frame)
-                view = history.refresh_view(conn, market, horizon.name)
-                stored = history.read(conn, market, horizon.name)  # not None: the table was just written
+            count = history.append(warehouse, frame)
+            view = history.refresh_view(warehouse, market, horizon.name)
+            stored = history.read(warehouse, market, horizon.name)  # not None: the table was just written
             context.log.info(
                 f"{market.key} {horizon.name}: {count} new forecast row(s) in {history.TABLE} ({stored.height} stored)"
             )

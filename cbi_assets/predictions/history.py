@@ -11,7 +11,7 @@ from __future__ import annotations
 import polars as pl
 
 from cbi_assets.catalogue import Market
-from cbi_assets.warehouse import add_new_columns
+from cbi_assets.warehouse import Warehouse
 
 TABLE = "predictions.history"
 KEY = ("asset", "horizon", "as_of", "model_version")
@@ -21,60 +21,52 @@ def view_name(market: Market, horizon: str) -> str:
     return f"predictions.vw_{market.key}_{horizon.lower()}_latest"
 
 
-def append(conn, frame: pl.DataFrame) -> int:
-    """Insert the rows of `frame` whose key is not in the history yet; returns how many were added."""
+def append(warehouse: Warehouse, frame: pl.DataFrame) -> int:
+    """Insert the rows of `frame` whose key is not in the history yet; returns how many were added. Workers that
+    publish the same forecasts at once add each key once."""
     missing = [c for c in KEY if c not in frame.columns]
     if missing:
         raise ValueError(f"predictions to upload lack key columns {missing}")
     if frame.select(KEY).is_duplicated().any():
         raise ValueError("predictions to upload repeat a key (asset, horizon, as_of, model_version)")
-    conn.execute("create schema if not exists predictions")
-    conn.register("incoming", frame.to_arrow())
-    try:
-        conn.execute(f"create table if not exists {TABLE} as select * from incoming where false")
-        add_new_columns(conn, TABLE, frame)
-        before = _count(conn)
-        match = " and ".join(f"h.{c} = i.{c}" for c in KEY)
-        conn.execute(
-            f"insert into {TABLE} by name select * from incoming i "
-            f"where not exists (select 1 from {TABLE} h where {match})"
-        )
-        return _count(conn) - before
-    finally:
-        conn.unregister("incoming")
+    return warehouse.append(TABLE, frame, key=KEY)
 
 
-def refresh_view(conn, market: Market, horizon: str) -> str:
-    """(Re)create the latest-forecast view of one market x horizon: the champion's newest origin (a
-    challenger's shadow forecasts never show), the latest published on a tie."""
-    name = view_name(market, horizon)
-    conn.execute(
-        f"create or replace view {name} as select * from {TABLE} "
-        f"where asset = '{market.symbol}' and horizon = '{horizon}' and role = 'champion' "
-        "qualify row_number() over (order by as_of desc, published_at desc) = 1"
+def latest_select(market: Market, horizon: str) -> str:
+    """The champion's newest origin of one market x horizon (a challenger's shadow forecasts never show): the
+    latest published on a tie, then the highest model version. Portable SQL (PostgreSQL has no QUALIFY)."""
+
+    def champion(row: str) -> str:
+        return f"{row}.asset = '{market.symbol}' and {row}.horizon = '{horizon}' and {row}.role = 'champion'"
+
+    newer = (
+        "n.as_of > h.as_of or (n.as_of = h.as_of and (n.published_at > h.published_at or "
+        "(n.published_at = h.published_at and n.model_version > h.model_version)))"
     )
+    return (
+        f"select * from {TABLE} h where {champion('h')} "
+        f"and not exists (select 1 from {TABLE} n where {champion('n')} and ({newer}))"
+    )
+
+
+def refresh_view(warehouse: Warehouse, market: Market, horizon: str) -> str:
+    """(Re)create the latest-forecast view of one market x horizon (after every upload, so that it shows the
+    columns the history gained)."""
+    name = view_name(market, horizon)
+    warehouse.create_view(name, latest_select(market, horizon))
     return name
 
 
-def exists(conn) -> bool:
-    return (
-        conn.execute(
-            "select count(*) from information_schema.tables where table_schema = 'predictions' "
-            "and table_name = 'history'"
-        ).fetchall()[0][0]
-        > 0
-    )
+def exists(warehouse: Warehouse) -> bool:
+    return warehouse.exists(TABLE)
 
 
-def read(conn, market: Market | None = None, horizon: str | None = None) -> pl.DataFrame | None:
+def read(warehouse: Warehouse, market: Market | None = None, horizon: str | None = None) -> pl.DataFrame | None:
     """The stored forecasts (of one market, and horizon, when given), or None before the first upload."""
-    if not exists(conn):
+    if not exists(warehouse):
         return None
     where = {"asset": market.symbol if market else None, "horizon": horizon}
-    clauses = [f"{column} = ${column}" for column, value in where.items() if value is not None]
-    query = f"select * from {TABLE}{' where ' + ' and '.join(clauses) if clauses else ''} order by as_of, role"
-    return conn.sql(query, params={c: v for c, v in where.items() if v is not None}).pl()
-
-
-def _count(conn) -> int:
-    return conn.execute(f"select count(*) from {TABLE}").fetchall()[0][0]
+    given = {column: value for column, value in where.items() if value is not None}
+    clauses = " and ".join(f"{column} = ?" for column in given)
+    query = f"select * from {TABLE}{' where ' + clauses if clauses else ''} order by as_of, role"
+    return warehouse.query(query, list(given.values()))

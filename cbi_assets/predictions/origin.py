@@ -68,6 +68,73 @@ def as_timestamp(time: Any) -> dt.datetime:
     return time if isinstance(time, dt.datetime) else dt.datetime.combine(time, dt.time(), dt.UTC)
 
 
+@dataclass(frozen=True)
+class LastFold:
+    """The last walk-forward fold, whose models MLflow keeps: its scaler, and the time keys of its first
+    training row (after the profile's cap on training rows) and of its last."""
+
+    fold: int
+    scaler: RobustScaler
+    first: Any
+    trained_until: Any
+
+    @property
+    def features(self) -> list[str]:
+        return list(self.scaler.columns)
+
+
+def last_fold(keys: pl.Series, folds: pl.DataFrame, scalers: pl.DataFrame, budget: Budget) -> LastFold:
+    """The last fold of the stored walk-forward `folds`, with its scaler from `scalers`; `keys` is the
+    training set's time key column (the rows the folds index), `budget` the profile's (its training-row
+    cap moves the first training row, as in `fold_inputs`)."""
+    if folds.is_empty():
+        raise ValueError("the folds table is empty; materialize the walk-forward folds first")
+    last = folds.sort("fold").row(-1, named=True)
+    scaler = RobustScaler.from_frame(scalers.filter(pl.col("fold") == last["fold"]).drop("fold"))
+    train_hi = last["train_hi"]
+    train_lo = last["train_lo"]
+    if budget.max_train_rows:
+        train_lo = max(train_lo, train_hi + 1 - budget.max_train_rows)
+    return LastFold(last["fold"], scaler, keys[train_lo], keys[train_hi])
+
+
+def origin_rows(master: pl.LazyFrame, key: str, last: LastFold, column: str, table: str) -> pl.DataFrame:
+    """The rows of `master` (described as `table` in errors) from the last fold's first training row on,
+    in time order: the time key, the one-step return `column` and the features the models were trained on."""
+    features = last.features
+    available = master.collect_schema().names()
+    missing = [c for c in (key, column, *features) if c not in available]
+    if missing:
+        raise ValueError(
+            f"{table} lacks {len(missing)} of the columns the models were trained on (first: "
+            f"{missing[0]}); rebuild the training set and the models from the same master table"
+        )
+    rows = master.filter(pl.col(key) >= last.first).select(*dict.fromkeys([key, column, *features])).sort(key).collect()
+    if rows.is_empty():
+        raise ValueError(f"{table} has no rows from {last.first} on; rebuild the master features")
+    return rows
+
+
+def origin_arrays(
+    rows: pl.DataFrame, key: str, last: LastFold, column: str, horizon: Horizon
+) -> tuple[TrainingArrays, dict[str, Any]]:
+    """`origin_rows` as arrays, and the fold over them whose one test row is the last row (the origin)."""
+    features = last.features
+    hi = rows[key].search_sorted(last.trained_until, side="right") - 1
+    returns = rows[column].cast(pl.Float64).fill_nan(None).fill_null(0.0).to_numpy()
+    n = rows.height
+    data = TrainingArrays(
+        x=rows.select(features).to_numpy().astype(np.float32),
+        y=np.zeros(n),
+        weight=np.ones(n),
+        returns=returns,
+        features=tuple(features),
+        horizon=horizon_rows(horizon),
+        season=season_rows(horizon),
+    )
+    return data, {"fold": last.fold, "train_lo": 0, "train_hi": int(hi), "test_lo": n - 1, "test_hi": n - 1}
+
+
 def latest_origin(
     keys: pl.Series,
     folds: pl.DataFrame,
@@ -81,48 +148,15 @@ def latest_origin(
     """The newest row of the master table `master` as a test row of the last fold.
 
     keys:    the training set's time key column (the rows the folds index); folds, scalers: the stored
-             walk-forward folds and their scalers; budget: the profile's (its training-row cap moves
-             the first training row, as in `fold_inputs`).
+             walk-forward folds and their scalers; budget: the profile's (see `last_fold`).
     """
-    if folds.is_empty():
-        raise ValueError("the folds table is empty; materialize the walk-forward folds first")
-    last = folds.sort("fold").row(-1, named=True)
-    scaler = RobustScaler.from_frame(scalers.filter(pl.col("fold") == last["fold"]).drop("fold"))
-    train_hi = last["train_hi"]
-    train_lo = last["train_lo"]
-    if budget.max_train_rows:
-        train_lo = max(train_lo, train_hi + 1 - budget.max_train_rows)
-    key = keys.name
-    first, trained_until = keys[train_lo], keys[train_hi]
-    features = list(scaler.columns)
-    column = return_column(market, horizon)
-    table = f"the {market} master_{feature_timeframe(horizon)} table"
-    available = master.collect_schema().names()
-    missing = [c for c in (key, column, *features) if c not in available]
-    if missing:
-        raise ValueError(
-            f"{table} lacks {len(missing)} of the columns the models were trained on (first: "
-            f"{missing[0]}); rebuild the training set and the models from the same master table"
-        )
-    rows = master.filter(pl.col(key) >= first).select(*dict.fromkeys([key, column, *features])).sort(key).collect()
-    if rows.is_empty():
-        raise ValueError(f"{table} has no rows from {first} on; rebuild the master features")
-    hi = rows[key].search_sorted(trained_until, side="right") - 1
-    returns = rows[column].cast(pl.Float64).fill_nan(None).fill_null(0.0).to_numpy()
-    n = rows.height
-    data = TrainingArrays(
-        x=rows.select(features).to_numpy().astype(np.float32),
-        y=np.zeros(n),
-        weight=np.ones(n),
-        returns=returns,
-        features=tuple(features),
-        horizon=horizon_rows(horizon),
-        season=season_rows(horizon),
-    )
-    fold = {"fold": last["fold"], "train_lo": 0, "train_hi": int(hi), "test_lo": n - 1, "test_hi": n - 1}
+    last = last_fold(keys, folds, scalers, budget)
+    key, column = keys.name, return_column(market, horizon)
+    rows = origin_rows(master, key, last, column, f"the {market} master_{feature_timeframe(horizon)} table")
+    data, fold = origin_arrays(rows, key, last, column, horizon)
     time = rows[key][-1]
-    scale = float(volatility_scale(returns, horizon_rows(horizon))[-1])
-    return LatestOrigin(key, time, target_time(time, horizon, sessions), data, fold, scaler, scale)
+    scale = float(volatility_scale(data.returns, horizon_rows(horizon))[-1])
+    return LatestOrigin(key, time, target_time(time, horizon, sessions), data, fold, last.scaler, scale)
 
 
 def origin_state(origin: LatestOrigin, state: pl.DataFrame | None) -> str:

@@ -23,13 +23,13 @@ from cbi_assets.explain.shapley import (
     top_drivers,
     tree_kind,
     window_length,
-    window_predictor,
 )
 from cbi_assets.features.inputs import continuous_bars
 from cbi_assets.lake import Lake
 from cbi_assets.models.inputs import fold_inputs, horizon_rows, rows_per_year
 from cbi_assets.models.leaderboard import RANDOM_WALK
 from cbi_assets.models.registry import Budget, families
+from cbi_assets.models.serving import forecast_of
 from cbi_assets.models.significance import DEFAULT_LEVEL
 from cbi_assets.predictions.forecast import drivers_json, history_of, published
 from cbi_assets.predictions.origin import (
@@ -44,14 +44,6 @@ from cbi_assets.profiles import PROFILES
 from cbi_assets.specialists.choice import board_of, choose_model, load_specialist
 from cbi_assets.training.sets import feature_timeframe, time_key, trained_on
 from resources.tracking import Tracking
-
-
-def forecast_of(model, inputs) -> float:
-    """A stored model's forecast of the last input row: a family's fitted model, or the Keras network a
-    sequence family stores (its output layer already gives the forward log return)."""
-    if type(model).__module__.startswith("keras"):
-        return float(window_predictor(model)(np.asarray(inputs.x))[-1])
-    return float(model.predict(inputs).mean[-1])
 
 
 def family_forecasts(

@@ -5,7 +5,6 @@ import time
 
 import dagster as dg
 import polars as pl
-from dagster_duckdb import DuckDBResource
 
 from cbi_assets import lake as tables
 from cbi_assets.automation import EVENING
@@ -24,6 +23,7 @@ from cbi_assets.raw.rolls import front_month
 from cbi_assets.raw.source import Source
 from cbi_assets.selections import stage
 from cbi_assets.ui import table
+from cbi_assets.warehouse import Warehouse
 
 CHECKS = {
     "schema": "Every required column is there with its type.",
@@ -249,7 +249,7 @@ def roll_calendar_asset(market: Market) -> dg.AssetsDefinition:
     tags={"layer": "raw", **stage("prepare")},
     automation_condition=EVENING,
 )
-def raw_inventory(context: dg.AssetExecutionContext, lake: Lake, warehouse: DuckDBResource) -> dg.MaterializeResult:
+def raw_inventory(context: dg.AssetExecutionContext, lake: Lake, warehouse: Warehouse) -> dg.MaterializeResult:
     rows = []
     for dataset in RAW_DATASETS.values():
         store = lake.raw(dataset)
@@ -270,10 +270,9 @@ def raw_inventory(context: dg.AssetExecutionContext, lake: Lake, warehouse: Duck
             }
         )
     inventory = pl.DataFrame(rows)
-    with warehouse.get_connection() as conn:
-        conn.execute("create schema if not exists lake")
-        conn.register("inventory", inventory.to_arrow())
-        conn.execute("create or replace table lake.raw_inventory as select *, now() as updated_at from inventory")
+    warehouse.replace_table(
+        "lake.raw_inventory", inventory.with_columns(pl.lit(dt.datetime.now(dt.UTC)).alias("updated_at"))
+    )
     return dg.MaterializeResult(
         metadata={
             "datasets": len(rows),

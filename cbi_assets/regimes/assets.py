@@ -4,7 +4,6 @@ import datetime as dt
 
 import dagster as dg
 import polars as pl
-from dagster_duckdb import DuckDBResource
 
 from cbi_assets import lake as tables
 from cbi_assets.automation import EVENING
@@ -26,7 +25,7 @@ from cbi_assets.regimes.state import (
 from cbi_assets.selections import stage
 from cbi_assets.ui import figure, plot
 from cbi_assets.ui import table as md_table
-from cbi_assets.warehouse import replace_horizons
+from cbi_assets.warehouse import Warehouse
 
 STATE_COLOURS = {"calm": "#d8f0d8", "normal": "#f4f4f4", "stressed": "#fbe3c0", "crisis": "#f6c4c4"}
 
@@ -83,14 +82,11 @@ class RegimeCalendarConfig(dg.Config):
     automation_condition=EVENING,
 )
 def regime_calendar(
-    context: dg.AssetExecutionContext, config: RegimeCalendarConfig, lake: Lake, warehouse: DuckDBResource
+    context: dg.AssetExecutionContext, config: RegimeCalendarConfig, lake: Lake, warehouse: Warehouse
 ) -> dg.MaterializeResult:
     calendar = config.calendar()
     path = lake.write(tables.REGIME_CALENDAR, calendar)
-    with warehouse.get_connection() as conn:
-        conn.execute("create schema if not exists regimes")
-        conn.register("calendar", calendar.to_arrow())
-        conn.execute("create or replace table regimes.calendar as select * from calendar")
+    warehouse.replace_table("regimes.calendar", calendar)
     known = set(context.instance.get_dynamic_partitions(REGIME_PARTITIONS.name))
     added = [name for name in calendar["regime"] if name not in known]
     if added:
@@ -235,7 +231,7 @@ def _current_asset(market: Market):
         reads(tables.REGIME_STATE, tables.REGIME_CALENDAR, markets=[market]),
         {"polars", "duckdb"},
     )
-    def _current(context: dg.AssetExecutionContext, lake: Lake, warehouse: DuckDBResource) -> dg.MaterializeResult:
+    def _current(context: dg.AssetExecutionContext, lake: Lake, warehouse: Warehouse) -> dg.MaterializeResult:
         calendar = lake.read(tables.REGIME_CALENDAR)
         latest_start = calendar["start"].drop_nulls().max()
 
@@ -259,8 +255,7 @@ def _current_asset(market: Market):
 
         def finish(done: dict[str, Done]) -> dict:
             frame = pl.DataFrame([row for result in done.values() for row in result.rows])
-            with warehouse.get_connection() as conn:
-                replace_horizons(conn, "regimes.current", frame)
+            warehouse.replace_horizons("regimes.current", frame)
             return {"table": "regimes.current"}
 
         return each_horizon(context, market, work, name="current regime", summary="now", finish=finish)
