@@ -212,7 +212,10 @@ def _native(model, folder: Path, spec: Spec) -> tuple[str, ...]:
 
         # Only the trees the family forecasts with: the best round's when training stopped early.
         mlflow.xgboost.save_model(
-            model.booster[: model.rounds], str(folder), signature=tabular, pip_requirements=_pinned(("mlflow", "xgboost"))
+            model.booster[: model.rounds],
+            str(folder),
+            signature=tabular,
+            pip_requirements=_pinned(("mlflow", "xgboost")),
         )
         return NATIVE_REQUIREMENTS["xgboost"]
     if isinstance(model, SequenceNetwork):
