@@ -6,6 +6,7 @@
                              .toml; --end YYYY-MM-DD, the last day to take in
     cbi plan [options]       print those steps, one per line: <selection> <partition range or ->
     cbi dev                  start the web UI (`dagster dev`) on this project's instance
+    cbi live [options]       the live MES service on Databento's feed; --replay FILES|DAY feeds recorded records
 
 Each step is one `dagster asset materialize` over a stage of the graph (cbi_assets/selections.py), so
 every run and materialization shows in the web UI afterwards.
@@ -337,6 +338,28 @@ def _parser() -> argparse.ArgumentParser:
             "them aside in the raw layer, instead of refusing it (CBI_SET_ASIDE=1)",
         )
     commands.add_parser("dev", help="start the web UI")
+    live = commands.add_parser(
+        "live",
+        help="the live MES service: every intraday horizon's forecast at every closed minute",
+        description="Subscribe to Databento's live feed (DATABENTO_API_KEY) and, at every closed 1-minute bar, write "
+        "the bars to the raw layer and each intraday horizon's forecast to predictions.history; or replay recorded "
+        "records through the same path (--replay).",
+    )
+    live.add_argument(
+        "--replay",
+        nargs="+",
+        metavar="DBN_OR_DAY",
+        help="DBN files (e.g. MES ohlcv-1m, trades, tbbo, mbp-10 downloads), or one session date of the lake",
+    )
+    live.add_argument("--day", type=dt.date.fromisoformat, help="with DBN files: replay only this session")
+    live.add_argument("--pace", type=float, help="replay at this multiple of the recorded speed (default: at once)")
+    live.add_argument("--gateway", help="the live gateway's host (CBI_LIVE_GATEWAY; default: Databento's)")
+    live.add_argument("--port", type=int, help="the live gateway's port (CBI_LIVE_PORT)")
+    live.add_argument(
+        "--ticks",
+        action="store_true",
+        help="also subscribe to trades, tbbo and mbp-10, for the microstructure features (CBI_LIVE_TICKS=1)",
+    )
     return parser
 
 
@@ -357,7 +380,7 @@ def settings_for(args: argparse.Namespace) -> Settings:
                 env["CBI_SAMPLE_END"] = args.end.isoformat()
         if args.set_aside:
             env["CBI_SET_ASIDE"] = "1"
-    else:
+    elif args.command != "live":  # the live service reads what the lake holds, whatever filled it
         env["CBI_SOURCE"] = "sample"
     return Settings.from_env(env)
 
@@ -376,7 +399,22 @@ def main(argv: list[str] | None = None) -> int:
         for step in plan(settings):
             print(step.selection, step.partition_range or "-")
         return 0
+    if args.command == "live":
+        return _live(settings, args)
     return build(settings)
+
+
+def _live(settings: Settings, args: argparse.Namespace) -> int:
+    from cbi_assets.live import run
+
+    run.configure_logging()
+    if args.replay:
+        run.replay_command(settings, args.replay, args.day, args.pace)
+        return 0
+    gateway = args.gateway or os.environ.get("CBI_LIVE_GATEWAY")
+    port = args.port or (int(os.environ["CBI_LIVE_PORT"]) if os.environ.get("CBI_LIVE_PORT") else None)
+    ticks = args.ticks or os.environ.get("CBI_LIVE_TICKS", "") in ("1", "true", "yes")
+    return run.live(settings, gateway, port, ticks)
 
 
 if __name__ == "__main__":

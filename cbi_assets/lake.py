@@ -124,6 +124,10 @@ FEATURE_CATALOGUE = Table("feature catalogue", "feature_catalogue.parquet", "fea
 # Feature tables keep their features' catalogue entries in a file beside them.
 FEATURE_TABLES = (SHARED_LAYER, MARKET_LAYER, MASTER, MICROSTRUCTURE)
 
+# --- Live -----------------------------------------------------------------------------------------
+# The master rows the live service computed at each closed bar, per session: what its forecasts saw.
+LIVE_FEATURES = Table("live master rows", "MES/live/{day}/master_{timeframe}.parquet", "mes/live/health")
+
 # --- Regimes --------------------------------------------------------------------------------------
 REGIME_CALENDAR = Table("regime calendar", "shared/regimes/calendar.parquet", "shared/regimes/calendar")
 REGIME_STATE = Table("regime state", "shared/regimes/{MARKET}/{horizon}/state.parquet", "{market}/regimes/state")
@@ -181,6 +185,11 @@ def warehouse_file(root: Path) -> Path:
 def sample_folder(root: Path) -> Path:
     """Where the embedded sample source keeps the files it generates (DBN, CSV)."""
     return Path(root) / "sample"
+
+
+def live_status(root: Path) -> Path:
+    """The live service's status (JSON, rewritten at every closed minute): what its health check reads."""
+    return Path(root) / "MES" / "live" / "status.json"
 
 
 def raw_folder(root: Path, dataset: RawDataset) -> Path:

@@ -204,7 +204,7 @@ def _origin(lake: Lake, budget: Budget, horizon, before: dt.date | None = None):
     keys = lake.read(tables.TRAINING_SET, columns=["date"], **parts)["date"]
     sessions = settlement_days(newest, newest + dt.timedelta(days=550))
     folds, scalers = lake.read(tables.FOLDS, **parts), lake.read(tables.SCALERS, **parts)
-    return latest_origin(keys, folds, scalers, master, ZL, horizon, budget, sessions)
+    return latest_origin(last_fold(keys, folds, scalers, budget), master, ZL, horizon, sessions)
 
 
 # --- The fast loop: a synthetic intraday table ------------------------------------------------------
@@ -256,7 +256,7 @@ def test_served_intraday_models_forecast_as_the_forecast_path_does(tmp_path):
     )
     last = last_fold(frame["ts"], folds, scalers, BUDGET)
     assert last.first == frame["ts"][239 + 1 - BUDGET.max_train_rows]  # the cap moves the first training row
-    origin = latest_origin(frame["ts"], folds, scalers, master.lazy(), MES, horizon, BUDGET, [])
+    origin = latest_origin(last, master.lazy(), MES, horizon, [])
     assert origin.time == master["ts"][-1]
     # MLflow's datetime type has no time zone: bar times go in as naive UTC, and extra columns are ignored.
     given = master.with_columns(pl.col("ts").dt.replace_time_zone(None)).to_pandas()

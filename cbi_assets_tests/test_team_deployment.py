@@ -132,6 +132,9 @@ def deployment(feature_lake, tmp_path_factory):
                     "workers": {"gpu1": one, "gpu2": two},
                     "run": _last_run(team).run_id,
                 }
+    # The two lakes and model stores are GB; the logs stay for a failure's reading.
+    for folder in ("embedded_lake", "embedded_models", "shared"):
+        shutil.rmtree(root / folder, ignore_errors=True)
 
 
 @contextlib.contextmanager

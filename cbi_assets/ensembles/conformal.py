@@ -298,23 +298,52 @@ def interval_at(
     level the walk over the history is replayed to know which of them missed. None when fewer than
     `min_scores` have matured or the scale is unknown.
     """
+    if not np.isfinite(scale) or scale <= 0:
+        return None
+    return interval_of(forecast, scale, quantiles_at(history, origin, levels, min_scores, calibration), levels)
+
+
+def interval_of(
+    forecast: float, scale: float, q: np.ndarray | None, levels: tuple[float, ...]
+) -> dict[float, tuple[float, float]] | None:
+    """The interval at each level from the quantiles of the normalised residuals (`quantiles_at`)."""
+    if q is None or not np.isfinite(scale) or scale <= 0:
+        return None
+    return {v: (forecast - q[i] * scale, forecast + q[i] * scale) for i, v in enumerate(levels)}
+
+
+def walk(history: pl.DataFrame, levels: tuple[float, ...], min_scores: int, calibration: Calibration) -> np.ndarray:
+    """The adaptive level's running misses over `history` (`_walk`): the same for every origin after it."""
+    scores = history["score"].fill_null(np.nan).to_numpy()
+    counts = matured_counts(history["label_end"], history["origin"])
+    return _walk(scores, history["fold"].to_numpy(), counts, levels, min_scores, calibration)[1]
+
+
+def quantiles_at(
+    history: pl.DataFrame,
+    origin,
+    levels: tuple[float, ...] = LEVELS,
+    min_scores: int = MIN_SCORES,
+    calibration: Calibration = Calibration(),
+    walked: np.ndarray | None = None,
+) -> np.ndarray | None:
+    """The quantile per level of the normalised residuals an interval at `origin` is calibrated on
+    (`interval_at`'s history and rule); None when fewer than `min_scores` have matured. It depends on the
+    origin only through which rows had matured, so every origin after the same rows shares it; `walked` is
+    `walk(history, ...)` when the caller keeps it for many origins."""
     levels = check_levels(levels, min_scores)
     matured = history.filter(pl.col("label_end") < origin)
     finite = matured.filter(pl.col("score").is_finite())["score"].to_numpy()
-    if len(finite) < min_scores or not np.isfinite(scale) or scale <= 0:
+    if len(finite) < min_scores:
         return None
     level = np.asarray(levels)
     if calibration.adapt_rate:
-        scores = history["score"].fill_null(np.nan).to_numpy()
-        counts = matured_counts(history["label_end"], history["origin"])
-        _, running = _walk(scores, history["fold"].to_numpy(), counts, levels, min_scores, calibration)
+        running = walked if walked is not None else walk(history, levels, min_scores, calibration)
         quantile = calibration.quantile_function(finite)
         q = quantile(calibration.adapted(level, running[matured.height], quantile.top))
     else:
         q = calibration.quantiles(finite, level)
-    if not np.isfinite(q).all():
-        return None
-    return {v: (forecast - q[i] * scale, forecast + q[i] * scale) for i, v in enumerate(levels)}
+    return q if np.isfinite(q).all() else None
 
 
 # --- Coverage --------------------------------------------------------------------------------------

@@ -164,34 +164,37 @@ class IntradayContext:
         return self.calendar["date"]
 
 
+def higher_table(bars: pl.DataFrame, timeframe: str) -> tuple[pl.DataFrame, list[FeatureSpec]]:
+    """The core technicals of a higher intraday timeframe's bars, keyed by each bar's close `ts_higher`."""
+    sub = FeatureSet(layer="MES", source="MES 1-minute bars", timeframe=timeframe, lag=f"closed {timeframe} bar")
+    technical_features(sub, "adj_", f"mes_{timeframe}", CORE_INTRADAY)
+    frame = sub.prepare(bars.with_columns(adjusted("adj_"))).select(pl.col("ts").alias("ts_higher"), *sub.exprs)
+    return finish(frame, ["ts_higher"], sub.specs).frame, sub.specs
+
+
 def intraday_context(
     minutes: pl.DataFrame, micro: Table | None, mes_daily: Table, bars: dict[str, pl.DataFrame] | None = None
 ) -> IntradayContext:
     """`minutes` is the canonical 1-minute table, `micro` the 1-minute microstructure features and
     `mes_daily` the MES daily master; `bars` the resampled bars when they are at hand already."""
     bars = bars or {tf: resample(minutes, tf) for tf in INTRADAY_TIMEFRAMES}
-    if micro is not None:
-        # Keyed once here, not per part.
-        micro = Table(micro.frame.select(pl.col("ts").alias("ts_minute"), *micro.features), micro.specs, ("ts_minute",))
-    higher = {}
-    for timeframe in INTRADAY_TIMEFRAMES[1:]:
-        sub = FeatureSet(layer="MES", source="MES 1-minute bars", timeframe=timeframe, lag=f"closed {timeframe} bar")
-        technical_features(sub, "adj_", f"mes_{timeframe}", CORE_INTRADAY)
-        frame = sub.prepare(bars[timeframe].with_columns(adjusted("adj_"))).select(
-            pl.col("ts").alias("ts_higher"), *sub.exprs
-        )
-        higher[timeframe] = (finish(frame, ["ts_higher"], sub.specs).frame, sub.specs)
+    higher = {timeframe: higher_table(bars[timeframe], timeframe) for timeframe in INTRADAY_TIMEFRAMES[1:]}
+    dates = bars["1min"]["trade_date"].unique().sort()
+    return IntradayContext(bars, keyed_micro(micro), higher, *settled_columns(mes_daily), calendar_table(dates))
+
+
+def keyed_micro(micro: Table | None) -> Table | None:
+    """The 1-minute microstructure features keyed by their minute's close `ts_minute` (once, not per part)."""
+    if micro is None:
+        return None
+    return Table(micro.frame.select(pl.col("ts").alias("ts_minute"), *micro.features), micro.specs, ("ts_minute",))
+
+
+def settled_columns(mes_daily: Table) -> tuple[pl.DataFrame, list[FeatureSpec]]:
+    """The MES daily master's columns an intraday table carries, keyed by when their session settled."""
     wanted = {f"{m}_1d_{s}" for m in ("mes", *RELATED["mes"]) for s in core_suffixes()} | set(INTRADAY_MACRO)
     carried = [s for s in mes_daily.specs if s.name in wanted or s.layer in INTRADAY_SHARED_LAYERS]
-    dates = bars["1min"]["trade_date"].unique().sort()
-    return IntradayContext(
-        bars,
-        micro,
-        higher,
-        mes_daily.frame.select("available_at", *(s.name for s in carried)),
-        carried,
-        calendar_table(dates),
-    )
+    return mes_daily.frame.select("available_at", *(s.name for s in carried)), carried
 
 
 # Bars a chunk computes before its first row: the longest window, and enough for the slowest
@@ -199,12 +202,16 @@ def intraday_context(
 WARMUP_BARS = 500
 
 
-def warmup_sessions(timeframe: str) -> int:
-    longest = max(
+def warmup_bars() -> int:
+    """Bars of its own timeframe an intraday table's newest row depends on (to 1e-7 for the averages)."""
+    return max(
         WARMUP_BARS,
         *(max(getattr(INTRADAY, f), default=0) for f in ("returns", "volatility", "sma", "high", "momentum", "shape")),
     )
-    return -(-longest * TIMEFRAMES[timeframe] // SESSION_MINUTES) + 1
+
+
+def warmup_sessions(timeframe: str) -> int:
+    return -(-warmup_bars() * TIMEFRAMES[timeframe] // SESSION_MINUTES) + 1
 
 
 def intraday_master(context: IntradayContext, timeframe: str, first=None, last=None) -> Table:

@@ -117,6 +117,19 @@ def fold_inputs(
     inputs carry the return history from the first training row, and sequence windows reach back
     into the rows before the slice, all known before each test row's close.
     """
+    return _fold_inputs(data, fold, scaler, shape, budget, train=True)
+
+
+def forecast_inputs(
+    data: TrainingArrays, fold: dict[str, Any], scaler: RobustScaler, shape: Shape, budget: Budget
+) -> Inputs:
+    """The test half of `fold_inputs` alone: a forecast needs no training rows scaled."""
+    return _fold_inputs(data, fold, scaler, shape, budget, train=False)[1]
+
+
+def _fold_inputs(
+    data: TrainingArrays, fold: dict[str, Any], scaler: RobustScaler, shape: Shape, budget: Budget, train: bool
+) -> tuple[Inputs | None, Inputs]:
     if scaler.columns != data.features:
         raise ValueError(
             f"fold {fold['fold']}: the stored scaler covers {len(scaler.columns)} columns but the training "
@@ -144,4 +157,4 @@ def fold_inputs(
             feature_names=data.features,
         )
 
-    return inputs(train_lo, train_hi, True), inputs(test_lo, test_hi, False)
+    return inputs(train_lo, train_hi, True) if train else None, inputs(test_lo, test_hi, False)

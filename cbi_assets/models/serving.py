@@ -27,6 +27,7 @@ import os
 import pickle
 import tempfile
 import warnings
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ import polars as pl
 
 from cbi_assets.catalogue import MARKETS, Horizon, Market
 from cbi_assets.explain.shapley import window_predictor
-from cbi_assets.models.inputs import fold_inputs, return_column
+from cbi_assets.models.inputs import forecast_inputs, return_column
 from cbi_assets.models.registry import Budget, Family, Inputs, Shape
 from cbi_assets.predictions.origin import LastFold, origin_arrays, origin_rows
 from cbi_assets.training.scaling import RobustScaler
@@ -54,11 +55,17 @@ REQUIREMENTS = ("mlflow", "numpy", "pandas", "polars", "pyarrow", "scipy", "stat
 NATIVE_REQUIREMENTS = {"lightgbm": ("lightgbm",), "xgboost": ("xgboost",), "keras": ("keras", "tensorflow")}
 
 
+# Each Keras network's forward pass, traced once: tracing costs tens of ms, a traced call a fraction of one.
+_TRACED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def forecast_of(model, inputs: Inputs) -> float:
     """A stored model's forecast of the last input row: a family's fitted model, or the Keras network a
     sequence family stores (its output layer already gives the forward log return)."""
     if type(model).__module__.startswith("keras"):
-        return float(window_predictor(model)(np.asarray(inputs.x))[-1])
+        if model not in _TRACED:
+            _TRACED[model] = window_predictor(model)
+        return float(_TRACED[model](np.asarray(inputs.x))[-1])
     return float(model.predict(inputs).mean[-1])
 
 
@@ -146,7 +153,7 @@ class ServedFamily:
                 f"{spec.budget.sequence_length}"
             )
         data, fold = origin_arrays(rows, key, spec.last, spec.column, spec.horizon)
-        inputs = fold_inputs(data, fold, spec.last.scaler, spec.shape, spec.budget)[1]
+        inputs = forecast_inputs(data, fold, spec.last.scaler, spec.shape, spec.budget)
         return rows[key][-1], forecast_of(self.model, inputs)
 
     def predict(self, model_input, params=None):

@@ -118,7 +118,8 @@ class FittedArima:
         from statsmodels.tsa.statespace.sarimax import SARIMAX
 
         model = SARIMAX(returns, order=self.order, trend=ARIMA["trend"])
-        filtered = model.filter(self.coefficients)
+        # Only the filtered states are read: no covariance of the parameters (most of a filter's time).
+        filtered = model.filter(self.coefficients, cov_type="none")
         rows = slice(len(returns) - inputs.rows, len(returns))
         mean, variance = _cumulative_moments(
             model.ssm, filtered.filtered_state[:, rows], filtered.filtered_state_cov[:, :, rows], inputs.horizon

@@ -13,7 +13,7 @@ import json
 import numpy as np
 import polars as pl
 
-from cbi_assets.ensembles.conformal import Calibration, interval_at, level_name
+from cbi_assets.ensembles.conformal import Calibration, interval_of, level_name, quantiles_at, walk
 from cbi_assets.ensembles.forecasts import described, typical_move_before
 from cbi_assets.ensembles.members import DIRECTIONLESS, Members
 
@@ -39,6 +39,7 @@ def published(
     levels: tuple[float, ...],
     min_scores: int,
     calibration: Calibration,
+    memo: dict | None = None,
 ) -> dict:
     """Forecast return and price, interval bounds per level (returns and prices; None with too little
     matured history), conviction across the families' forecasts, confidence, spread and typical move.
@@ -48,19 +49,32 @@ def published(
     family_forecasts: every family's forecast for the origin (the ensemble the conviction is read from).
     history:          `history_of(members)`; only rows whose label ended before `origin` are used.
     calibration:      the horizon's (`Calibration.of`), as the ensemble's walk-forward intervals use.
+    memo:             where a caller forecasting many origins keeps the calibrated quantiles: they change only
+                      when another stored row has matured (`conformal.quantiles_at`).
     """
     if calibrate_on not in history.columns:
         raise ValueError(
             f"no walk-forward history of {calibrate_on!r} to calibrate its interval on (stored: "
             f"{[c for c in history.columns if c not in HISTORY_COLUMNS]})"
         )
-    scores = history.select(
-        "origin",
-        "fold",
-        "label_end",
-        ((pl.col("actual") - pl.col(calibrate_on)).abs() / pl.col("scale")).alias("score"),
-    )
-    intervals = interval_at(point, scale, scores, origin, levels, min_scores, calibration)
+    memo = {} if memo is None else memo
+    matured = int((history["label_end"] < origin).sum())
+    if (calibrate_on, matured) not in memo:
+        if calibrate_on not in memo:
+            scores = history.select(
+                "origin",
+                "fold",
+                "label_end",
+                ((pl.col("actual") - pl.col(calibrate_on)).abs() / pl.col("scale")).alias("score"),
+            )
+            memo[calibrate_on] = (
+                scores,
+                walk(scores, levels, min_scores, calibration) if calibration.adapt_rate else None,
+            )
+        scores, walked = memo[calibrate_on]
+        memo[(calibrate_on, matured)] = quantiles_at(scores, origin, levels, min_scores, calibration, walked)
+    q = memo[(calibrate_on, matured)]
+    intervals = interval_of(point, scale, q, levels)
     directional = [v for n, v in family_forecasts.items() if n not in DIRECTIONLESS]
     out = described(point, np.array(directional), intervals, typical_move_before(history, origin), price)
     out["forecast_return"] = out.pop("forecast")

@@ -21,14 +21,14 @@ from cbi_assets.ensembles.conformal import volatility_scale
 from cbi_assets.ensembles.members import state_asof
 from cbi_assets.models.inputs import (
     TrainingArrays,
-    fold_inputs,
+    forecast_inputs,
     horizon_rows,
     return_column,
     season_rows,
 )
 from cbi_assets.models.registry import Budget, Inputs, Shape
 from cbi_assets.training.scaling import RobustScaler
-from cbi_assets.training.sets import feature_timeframe
+from cbi_assets.training.sets import feature_timeframe, time_key
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class LatestOrigin:
 
     def inputs(self, shape: Shape, budget: Budget) -> Inputs:
         """The origin as a family of `shape` sees a test row: scaled, windowed, with its return history."""
-        return fold_inputs(self.data, self.fold, self.scaler, shape, budget)[1]
+        return forecast_inputs(self.data, self.fold, self.scaler, shape, budget)
 
 
 def target_time(time: Any, horizon: Horizon, sessions: list[dt.date]) -> dt.datetime:
@@ -136,25 +136,21 @@ def origin_arrays(
 
 
 def latest_origin(
-    keys: pl.Series,
-    folds: pl.DataFrame,
-    scalers: pl.DataFrame,
-    master: pl.LazyFrame,
-    market: Market,
-    horizon: Horizon,
-    budget: Budget,
-    sessions: list[dt.date],
+    last: LastFold, master: pl.LazyFrame, market: Market, horizon: Horizon, sessions: list[dt.date]
 ) -> LatestOrigin:
-    """The newest row of the master table `master` as a test row of the last fold.
-
-    keys:    the training set's time key column (the rows the folds index); folds, scalers: the stored
-             walk-forward folds and their scalers; budget: the profile's (see `last_fold`).
-    """
-    last = last_fold(keys, folds, scalers, budget)
-    key, column = keys.name, return_column(market, horizon)
+    """The newest row of the master table `master` as a test row of the `last` fold; `sessions` are the
+    exchange's settlement days from the origin on."""
+    key, column = time_key(horizon), return_column(market, horizon)
     rows = origin_rows(master, key, last, column, f"the {market} master_{feature_timeframe(horizon)} table")
     data, fold = origin_arrays(rows, key, last, column, horizon)
-    time = rows[key][-1]
+    return origin_of(last, data, fold, key, rows[key][-1], horizon, sessions)
+
+
+def origin_of(
+    last: LastFold, data: TrainingArrays, fold: dict[str, Any], key: str, time: Any, horizon: Horizon, sessions
+) -> LatestOrigin:
+    """The last row of `data` (rows from the last fold's first training row on, `fold` over them as
+    `origin_arrays` makes it) as the forecast origin at `time`."""
     scale = float(volatility_scale(data.returns, horizon_rows(horizon))[-1])
     return LatestOrigin(key, time, target_time(time, horizon, sessions), data, fold, last.scaler, scale)
 

@@ -222,6 +222,29 @@ def frame_from_records(records: np.ndarray, schema: str) -> pl.DataFrame:
     return pl.DataFrame(columns)
 
 
+def records_from_frame(frame: pl.DataFrame, schema: str) -> np.ndarray:
+    """The DBN records of a frame `frame_from_records` made (the lake's rows back into the wire's layout):
+    real prices back to fixed point, nulls back to the undefined values, UTC times back to nanoseconds."""
+    if schema == "definition":
+        raise ValueError("instrument definitions are stored in part; they cannot be turned back into records")
+    records = empty_records(schema, frame.height)
+    for name in records.dtype.names:
+        if name in _HEADER_ONLY or name not in frame.columns:
+            continue
+        column = frame[name]
+        if name in _TIMESTAMPS:
+            ns = column.dt.cast_time_unit("ns").dt.replace_time_zone(None).cast(pl.Int64).fill_null(0)
+            records[name] = np.where(column.is_null().to_numpy(), _UNDEF_TIMESTAMP, ns.to_numpy().astype(np.uint64))
+        elif records.dtype[name].kind == "S":
+            records[name] = column.fill_null("").cast(pl.Binary).to_numpy().astype(records.dtype[name])
+        elif _is_price(name, schema):
+            fixed = (column / PRICE_SCALE).round().cast(pl.Int64)
+            records[name] = fixed.fill_null(int(_UNDEF_PRICE)).to_numpy()
+        else:
+            records[name] = column.to_numpy()
+    return records
+
+
 def _is_price(name: str, schema: str) -> bool:
     if schema == "definition":
         return name in _DEFINITION_PRICES
