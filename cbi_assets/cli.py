@@ -353,6 +353,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     live.add_argument("--day", type=dt.date.fromisoformat, help="with DBN files: replay only this session")
     live.add_argument("--pace", type=float, help="replay at this multiple of the recorded speed (default: at once)")
+    live.add_argument(
+        "--last-minutes",
+        type=int,
+        help="replay only the session's last N minutes; the earlier ones are read from the lake as already received",
+    )
     live.add_argument("--gateway", help="the live gateway's host (CBI_LIVE_GATEWAY; default: Databento's)")
     live.add_argument("--port", type=int, help="the live gateway's port (CBI_LIVE_PORT)")
     live.add_argument(
@@ -401,7 +406,48 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "live":
         return _live(settings, args)
-    return build(settings)
+    done = build(settings)
+    if args.command == "demo" and done == 0:
+        return _live_demo(settings)
+    return done
+
+
+def _live_demo(settings: Settings) -> int:
+    """The live service on the sample: the last half hour of its last session replayed, a few forecasts shown."""
+    import polars as pl
+
+    from cbi_assets.catalogue import MES
+    from cbi_assets.features.inputs import MINUTE_DATASET
+    from cbi_assets.lake import Lake
+    from cbi_assets.live import run
+    from cbi_assets.predictions import history
+    from cbi_assets.warehouse import Warehouse
+
+    days = Lake(root=str(settings.lake)).raw(MINUTE_DATASET).days()
+    if not days:
+        return 0
+    print(f"\nThe live MES service, replaying the last 30 minutes of the session {days[-1]} (cbi live --replay):")
+    run.configure_logging()
+    run.replay_command(settings, [days[-1].isoformat()], None, None, last_minutes=30)
+    stored = history.read(Warehouse(database=settings.warehouse, url=settings.warehouse_url), MES)
+    live = stored.filter((pl.col("pipeline") == "replay") & (pl.col("role") == "champion")).sort("as_of")
+    with pl.Config(tbl_rows=12, tbl_cols=10, tbl_width_chars=160):
+        print(
+            live.select(
+                "horizon",
+                "as_of",
+                "family",
+                "price",
+                "forecast_price",
+                "lower_90_price",
+                "upper_90_price",
+                "conviction",
+                "confidence",
+            )
+            .tail(8)
+            .with_columns(pl.col(pl.Float64).round(3))
+        )
+    return 0
 
 
 def _live(settings: Settings, args: argparse.Namespace) -> int:
@@ -409,7 +455,7 @@ def _live(settings: Settings, args: argparse.Namespace) -> int:
 
     run.configure_logging()
     if args.replay:
-        run.replay_command(settings, args.replay, args.day, args.pace)
+        run.replay_command(settings, args.replay, args.day, args.pace, args.last_minutes)
         return 0
     gateway = args.gateway or os.environ.get("CBI_LIVE_GATEWAY")
     port = args.port or (int(os.environ["CBI_LIVE_PORT"]) if os.environ.get("CBI_LIVE_PORT") else None)

@@ -8,6 +8,7 @@ from cbi_assets.backtests.assets import BACKTEST_ASSETS
 from cbi_assets.ensembles.assets import ENSEMBLE_ASSETS
 from cbi_assets.explain.assets import EXPLAIN_ASSETS
 from cbi_assets.features.assets import FEATURE_ASSETS
+from cbi_assets.live.health import LIVE_CHECKS, live_service
 from cbi_assets.meta.assets import META_ASSETS
 from cbi_assets.models.assets import MODEL_ASSETS
 from cbi_assets.monitoring.assets import MONITORING_ASSETS
@@ -39,7 +40,9 @@ defs = dg.Definitions(
         *BACKTEST_ASSETS,
         *PREDICTION_ASSETS,
         *MONITORING_ASSETS,
+        live_service,
     ],
+    asset_checks=LIVE_CHECKS,
     jobs=JOBS,
     schedules=SCHEDULES,
     sensors=SENSORS,

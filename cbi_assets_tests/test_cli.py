@@ -20,7 +20,8 @@ def test_plan_materializes_every_asset_once_within_its_partitions():
     graph = defs.resolve_asset_graph()
     selections = [_selected(step, graph) for step in steps]
     planned = [key for keys in selections for key in keys]
-    assert sorted(planned) == sorted(graph.get_all_asset_keys())  # every asset, once
+    # Every asset Dagster materializes, once (the live service's is external: `cbi live` writes it).
+    assert sorted(planned) == sorted(k for k in graph.get_all_asset_keys() if graph.get(k).is_materializable)
     for step, keys in zip(steps, selections, strict=True):
         partitions = {graph.get(k).partitions_def for k in keys}
         assert len(partitions) == 1, step.what  # one partitions definition per `dagster asset materialize`

@@ -107,21 +107,27 @@ def test_a_replayed_session_forecasts_what_the_batch_graph_computes(live_lake, s
     from cbi_assets.features.assets import FEATURE_ASSETS
 
     settings = _copy(live_lake, tmp_path)
-    service = build_service(settings, OPENS)
+    service = build_service(settings, OPENS, pipeline="replay")
     assert sorted(service.horizons) == sorted(HORIZONS)
     assert set(service.counts.failed) == {h.name for h in MES.horizons if h.intraday} - set(HORIZONS)
     assert all("no champion" in why for why in service.counts.failed.values())
 
     files = [_dbn(sample_folder, s) for s in ("ohlcv-1m", "trades", "tbbo", "mbp-10")]
     symbols, records = dbn_files(files, DAY)
-    fed = replay(service, symbols, _first_minutes(records, MINUTES))
+    records = _first_minutes(records, MINUTES)
+    fed = replay(service, symbols, itertools.islice(records, 1_500))
+    # A new 1-minute champion registered mid-session is loaded and swapped in; the forecasts go on.
+    registered = service.champion_of
+    service.champion_of = lambda h: "a newer version" if h.name == "1min" else registered(h)
+    assert service.reload() == ["1min"] and service.horizons["1min"].rows.newest == service.newest
+    fed += replay(service, symbols, records)
     service.stop()
     assert fed > MINUTES and service.counts.bars == MINUTES
 
     lake = Lake(root=str(settings.lake))
     warehouse = Warehouse(database=str(warehouse_file(settings.lake)))
     stored = history.read(warehouse, MES)
-    live = stored.filter(pl.col("pipeline") == "live")
+    live = stored.filter(pl.col("pipeline") == "replay")
     assert live.select(history.KEY).is_duplicated().sum() == 0
     assert live.filter(pl.col("horizon") == "1min").height == MINUTES
     assert live.filter(pl.col("horizon") == "5min").height == MINUTES // 5
@@ -168,8 +174,10 @@ def test_a_replayed_session_forecasts_what_the_batch_graph_computes(live_lake, s
         bars = lake.read(tables.BARS, timeframe=feature_timeframe(MES.horizon(horizon)))
         made = live.filter((pl.col("horizon") == horizon) & (pl.col("role") == "champion")).sort("as_of")
         for row in made.gather_every(7).iter_rows(named=True):
-            origin = forecaster.latest_origin(master.filter(pl.col("ts") <= row["as_of"]))
-            price = bars.filter(pl.col("ts") == row["as_of"])["close"][0]
+            as_of = row["as_of"].astimezone(dt.UTC)
+            origin = forecaster.latest_origin(master.filter(pl.col("ts") <= as_of))
+            assert origin.time == as_of
+            price = bars.filter(pl.col("ts") == as_of)["close"][0]
             expected = forecaster.forecast(origin, price)[0].row(0, named=True)
             for column in ("forecast_return", "forecast_price", "lower_90", "upper_90", "conviction", "confidence"):
                 want, got = expected[column], row[column]

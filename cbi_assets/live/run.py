@@ -7,18 +7,21 @@ SIGTERM or Ctrl-C stops the feed, then writes everything held to the raw layer a
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import logging
 import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from cbi_assets.calendars import globex_session
+from cbi_assets.catalogue import MES
 from cbi_assets.lake import Lake
 from cbi_assets.live import feed, replay
-from cbi_assets.live.service import LiveService, load_horizons, load_window
+from cbi_assets.live.service import LiveService, load_horizon, load_horizons, load_window
 from cbi_assets.predictions.assets import ForecastConfig
 from cbi_assets.profiles import load_profile
 from cbi_assets.settings import Settings
@@ -27,20 +30,27 @@ from resources.alerts import alerts_from_env
 from resources.tracking import Tracking
 
 LOG = logging.getLogger("cbi.live")
+RELOAD_SECONDS = 60  # how often the registry is asked whether a horizon's champion changed
 
 
-def build_service(settings: Settings, until: dt.datetime | None = None) -> LiveService:
+def build_service(settings: Settings, until: dt.datetime | None = None, pipeline: str = "live") -> LiveService:
     """The service over the settings' lake, warehouse and MLflow, standing on what was stored before
-    `until` (everything by default). A horizon whose champion does not load raises an alert and is left out."""
+    `until` (everything by default), marking its forecasts `pipeline`. A horizon whose champion does not load
+    raises an alert and is left out."""
     lake = Lake(root=str(settings.lake))
     tracking = Tracking(tracking_uri=settings.tracking_uri, artifact_root=str(settings.models / "artifacts"))
     warehouse = Warehouse(database=settings.warehouse, url=settings.warehouse_url)
     profile, config = load_profile(settings.profile), ForecastConfig()
     LOG.info("loading the bars, the daily master and the intraday champions")
     window = load_window(lake, until)
-    horizons, failed = load_horizons(
-        lake, tracking, profile.training, tuple(config.levels), config.min_scores, profile.significance, LOG, until
-    )
+
+    def load(horizon):
+        levels, significance = tuple(config.levels), profile.significance
+        return load_horizon(
+            lake, tracking, horizon, profile.training, levels, config.min_scores, significance, LOG, until
+        )
+
+    horizons, failed = load_horizons(load)
     alerts = alerts_from_env(warehouse)
     for horizon, why in failed.items():
         alerts.send(
@@ -55,7 +65,14 @@ def build_service(settings: Settings, until: dt.datetime | None = None) -> LiveS
         f"live horizons: {', '.join(horizons) or 'none'}"
         + (f"; without a model: {', '.join(failed)}" if failed else "")
     )
-    return LiveService(lake, warehouse, window, horizons, failed, log=LOG)
+
+    def champion_of(horizon):
+        registered = tracking.champion(MES, horizon.name)
+        return registered["model_version"] if registered else None
+
+    return LiveService(
+        lake, warehouse, window, horizons, failed, log=LOG, pipeline=pipeline, load=load, champion_of=champion_of
+    )
 
 
 def _stop_on_signals() -> threading.Event:
@@ -82,15 +99,21 @@ def live(settings: Settings, gateway: str | None, port: int | None, ticks: bool)
         service, key, gateway, port, ticks, lambda start, end: service.fill_gap(start, end, historical)
     )
     LOG.info(f"subscribed to {feed.SYMBOL} on {gateway or 'Databento'}; Ctrl-C or SIGTERM stops")
-    while not stopping.is_set():
-        stopping.wait(5)
-        service.write_status()
     try:
-        client.stop()
-        client.block_for_close(timeout=30)
-    except Exception as error:  # a feed already closed: what it delivered is held all the same
-        LOG.warning(f"the feed did not close cleanly: {type(error).__name__}: {error}")
-    service.stop()
+        checked = time.monotonic()
+        while not stopping.is_set():
+            stopping.wait(5)
+            service.write_status()
+            if time.monotonic() - checked >= RELOAD_SECONDS:  # a champion crowned since: served without a restart
+                service.reload()
+                checked = time.monotonic()
+    finally:
+        try:
+            client.stop()
+            client.block_for_close(timeout=30)
+        except Exception as error:  # a feed already closed: what it delivered is held all the same
+            LOG.warning(f"the feed did not close cleanly: {type(error).__name__}: {error}")
+        service.stop()
     LOG.info(f"stopped: {json.dumps(service.status())}")
     return 0
 
@@ -102,8 +125,11 @@ def _historical(key: str):
     return DatabentoSource(api_key=key, **({"gateway": gateway} if gateway else {}))
 
 
-def replay_command(settings: Settings, sources: list[str], day: dt.date | None, pace: float | None) -> LiveService:
-    """Replay DBN files (or, when `sources` is one date, that session of the lake) through the service."""
+def replay_command(
+    settings: Settings, sources: list[str], day: dt.date | None, pace: float | None, last_minutes: int | None = None
+) -> LiveService:
+    """Replay DBN files (or, when `sources` is one date, that session of the lake) through the service; with
+    `last_minutes`, only the session's last minutes, the earlier ones taken from the lake as already received."""
     if len(sources) == 1 and _is_date(sources[0]):
         day = dt.date.fromisoformat(sources[0])
         lake = Lake(root=str(settings.lake))
@@ -113,7 +139,14 @@ def replay_command(settings: Settings, sources: list[str], day: dt.date | None, 
         if missing:
             raise SystemExit(f"cbi live --replay: no such file {missing[0]}; give DBN files or a session date")
         symbols, records = replay.dbn_files([Path(s) for s in sources], day)
-    service = build_service(settings, globex_session(day)[0] if day else None)
+    until = globex_session(day)[0] if day else None
+    if last_minutes:
+        if day is None:
+            raise SystemExit("cbi live --replay: --last-minutes needs the session (--day, or a session date)")
+        until = globex_session(day)[1] - dt.timedelta(minutes=last_minutes)
+        cut = int(until.timestamp()) * 1_000_000_000
+        records = itertools.dropwhile(lambda r: replay.sent_at(r) <= cut, records)
+    service = build_service(settings, until, pipeline="replay")
     stopping = _stop_on_signals()
     LOG.info(f"replaying {'the session ' + str(day) if day else ', '.join(sources)}" + (f" at {pace}x" if pace else ""))
     fed = replay.replay(service, symbols, records, pace, lambda n: LOG.info(f"{n:,} records replayed"), stopping)

@@ -21,7 +21,7 @@ import datetime as dt
 import json
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,7 +79,8 @@ class Counts:
     late: int = 0
     forecasts: int = 0
     failed: dict[str, str] = field(default_factory=dict)  # horizon -> why it has no forecast
-    latencies_ms: list[float] = field(default_factory=list)
+    # The latest closed bars' latencies (a day's worth): what the status's percentiles describe.
+    latencies_ms: deque = field(default_factory=lambda: deque(maxlen=1_440))
 
 
 class LiveService:
@@ -99,10 +100,16 @@ class LiveService:
         log=None,
         flush_minutes: int = 30,
         clock=None,
+        pipeline: str = "live",
+        load=None,
+        champion_of=None,
     ):
         self.lake, self.warehouse, self.window, self.horizons = lake, warehouse, window, horizons
         self.log = log
         self.flush_minutes = flush_minutes
+        self.pipeline = pipeline  # how its forecasts are marked in predictions.history: live, or replay
+        # For `reload`: a horizon's registered champion version, and a fresh LiveHorizon of it.
+        self.load, self.champion_of = load, champion_of
         self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self.counts = Counts(failed=dict(failed or {}))
         self.symbols: dict[int, str] = {}  # instrument_id -> the symbol subscribed (from the feed's mappings)
@@ -182,6 +189,7 @@ class LiveService:
                     continue
                 try:
                     frames.append(live.forecast(bar_closed.close))
+                    self.counts.failed.pop(live.horizon.name, None)
                 except Exception as error:  # one horizon's failure leaves the others forecasting
                     self.counts.failed[live.horizon.name] = f"{type(error).__name__}: {error}"
                     self._say(f"{live.horizon.name} could not forecast {bar_closed.ts}: {error}", warning=True)
@@ -197,11 +205,11 @@ class LiveService:
         rows = pl.concat(frames, how="diagonal_relaxed").with_columns(
             pl.lit(self.clock()).cast(pl.Datetime("us", "UTC")).alias("published_at"),
             pl.lit(None, pl.String).alias("dagster_run_id"),
-            pl.lit("live").alias("pipeline"),
+            pl.lit(self.pipeline).alias("pipeline"),
         )
         self.counts.forecasts += history.append(self.warehouse, rows)
-        if not self._views_ready:  # the views gain the live columns once
-            for horizon in {h for h in rows["horizon"]}:
+        if not self._views_ready:  # the views gain the live columns once (PostgreSQL fixes a view's columns)
+            for horizon in self.horizons:
                 history.refresh_view(self.warehouse, MES, horizon)
             self._views_ready = True
 
@@ -261,6 +269,35 @@ class LiveService:
             flush = threading.Thread(target=self.flush, args=(session_closed,), name="cbi-live-flush", daemon=True)
             flush.start()
 
+    def reload(self) -> list[str]:
+        """Swap in each horizon whose registered champion changed (or that had none, and has one now), by
+        the service's `champion_of(horizon)` (its registered version, None without one) and `load(horizon)`
+        (a fresh LiveHorizon). The loading runs while the feed goes on; the swap takes the rows of the bars
+        closed since. Returns the horizons swapped."""
+        swapped = []
+        for horizon in (h for h in MES.horizons if h.intraday):
+            held = self.horizons.get(horizon.name)
+            version = self.champion_of(horizon)
+            if version is None or (held is not None and held.version == version):
+                continue
+            try:
+                fresh = self.load(horizon)
+            except Exception as error:
+                self.counts.failed[horizon.name] = f"{type(error).__name__}: {error}"
+                self._say(f"{horizon.name}: the new champion {version} did not load ({error})", warning=True)
+                continue
+            with self._lock:
+                timeframe = feature_timeframe(horizon)
+                closed = [row for (tf, _), rows in sorted(self.rows.items()) if tf == timeframe for row in rows]
+                for row in sorted(closed, key=lambda r: r["ts"][0]):
+                    fresh.rows.append(row)  # rows it stands on already are skipped
+                self.horizons[horizon.name] = fresh
+                self.counts.failed.pop(horizon.name, None)
+                self._views_ready = False
+            self._say(f"{horizon.name}: now forecasting with the champion {version}")
+            swapped.append(horizon.name)
+        return swapped
+
     def fill_gap(self, start: dt.datetime, end: dt.datetime, historical) -> int:
         """After a reconnection: the 1-minute bars of [start, end) from the historical API, through the same
         path as live records (ones already received are duplicates, dropped). When the API cannot serve them
@@ -302,6 +339,7 @@ class LiveService:
         """What a person (and the Dagster health check) reads of the service."""
         latencies = np.array(self.counts.latencies_ms) if self.counts.latencies_ms else None
         return {
+            "pipeline": self.pipeline,
             "last_bar_close": self.newest.isoformat() if self.newest else None,
             "written_at": self.clock().isoformat(),
             "records": self.counts.records,
@@ -329,37 +367,51 @@ def load_window(lake: Lake, until: dt.datetime | None = None) -> LiveWindow:
     stored sessions by default) that the longest tail needs, the roll adjustment and the daily master."""
     store = lake.raw(MINUTE_DATASET)
     days = store.days()
-    if until is not None:
-        days = [d for d in days if d < _day_of(_nanos(until))]
+    today = _day_of(_nanos(until)) if until is not None else None
+    if today is not None:
+        days = [d for d in days if d < today]
     sessions = -(-TAIL_BARS * 240 // 1380) + 2  # sessions of 4-hour bars the tail holds, and a margin
-    raw = store.read(days[-sessions:][0], days[-1]).collect() if days else None
+    raw = store.read(days[-sessions:][0], days[-1]).collect().drop("ingested_at") if days else None
     mes = continuous_bars(lake, (MES,))["mes"]
     daily = lake.read_features(tables.MASTER, market=MES, timeframe="1d")
-    window = LiveWindow(raw.drop("ingested_at") if raw is not None else None, mes.select("date", "adj"), daily)
+    window = LiveWindow(raw, mes.select("date", "adj"), daily)
+    # Where `until` falls inside a session, its earlier minutes are taken as received.
+    earlier = store.read(today, today) if today is not None else None
+    if earlier is not None:
+        earlier = earlier.filter(pl.col("ts_event") + MINUTE <= until).drop("ingested_at").collect()
+        if earlier.height:
+            window.catch_up(earlier, today, until)
+            raw = earlier
     if raw is not None and not raw.is_empty():
-        # The ticks of the last minutes stored: the first minutes' microstructure windows reach back to them.
-        since = raw["ts_event"].max() - dt.timedelta(minutes=TICK_MINUTES)
+        # The ticks of the last minutes held: the next minutes' microstructure windows reach back to them.
+        since, last = raw["ts_event"].max() - dt.timedelta(minutes=TICK_MINUTES), raw["ts_event"].max() + MINUTE
+        day = _day_of(_nanos(raw["ts_event"].max()))
         for dataset in TICK_DATASETS:
-            ticks = lake.raw(dataset).read(days[-1], days[-1])
+            ticks = lake.raw(dataset).read(day, day)
             if ticks is not None:
-                kept = ticks.filter(pl.col("ts_recv") >= since).drop("ingested_at").collect()
-                window.add_ticks(TICK_KINDS[dataset.schema], kept)
+                kept = ticks.filter(pl.col("ts_recv").is_between(since, last, closed="left")).drop("ingested_at")
+                window.add_ticks(TICK_KINDS[dataset.schema], kept.collect())
     return window
 
 
-def load_horizons(
-    lake: Lake, tracking, budget, levels, min_scores, level, log, until: dt.datetime | None = None
-) -> tuple[dict, dict]:
-    """({horizon: LiveHorizon} for every intraday MES horizon whose champion loads, {horizon: why not}),
-    standing on the master rows before `until` (all by default)."""
+def load_horizon(
+    lake: Lake, tracking, horizon, budget, levels, min_scores, level, log, until: dt.datetime | None = None
+) -> LiveHorizon:
+    """One intraday horizon's champion and rows, standing on the master rows before `until` (all by default)."""
+    forecaster = HorizonForecaster(lake, tracking, MES, horizon, budget, levels, min_scores, 0, log, level)
+    master = lake.scan(tables.MASTER, market=MES, timeframe=feature_timeframe(horizon))
+    if until is not None:
+        master = master.filter(pl.col("ts") < until)
+    return LiveHorizon(forecaster, master)
+
+
+def load_horizons(load) -> tuple[dict, dict]:
+    """({horizon: LiveHorizon} for every intraday MES horizon whose champion loads, {horizon: why not});
+    `load(horizon)` is `load_horizon` with its other arguments given."""
     loaded, failed = {}, {}
     for horizon in (h for h in MES.horizons if h.intraday):
         try:
-            forecaster = HorizonForecaster(lake, tracking, MES, horizon, budget, levels, min_scores, 0, log, level)
-            master = lake.scan(tables.MASTER, market=MES, timeframe=feature_timeframe(horizon))
-            if until is not None:
-                master = master.filter(pl.col("ts") < until)
-            loaded[horizon.name] = LiveHorizon(forecaster, master)
+            loaded[horizon.name] = load(horizon)
         except Exception as error:  # the others go on; this one is reported
             failed[horizon.name] = f"{type(error).__name__}: {error}"
     return loaded, failed

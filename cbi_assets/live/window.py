@@ -97,6 +97,21 @@ class LiveWindow:
         self.today = self.today or day
         self.raw_today.append(raw)
 
+    def catch_up(self, raw: pl.DataFrame, day: dt.date, until: dt.datetime) -> None:
+        """Today's 1-minute records before `until` (a restart, or a replay of a session's end): held as if
+        received, their bars counted as closed, so the next bar is the first to close."""
+        self.add_minutes(raw, day)
+        minutes = self._minutes_today()
+        for timeframe in INTRADAY_TIMEFRAMES:
+            done = resample(minutes, timeframe).filter(pl.col("ts") <= until)
+            if done.is_empty():
+                continue
+            self.closed[timeframe] = done["ts"][-1]
+            if timeframe != INTRADAY_TIMEFRAMES[0]:  # the higher timeframes joined into lower rows
+                stored = self.history[timeframe]
+                closed = pl.concat([stored, done]) if stored is not None else done
+                self.higher[timeframe] = higher_table(closed.tail(TAIL_BARS), timeframe)
+
     def add_ticks(self, kind: str, frame: pl.DataFrame) -> None:
         """Decoded tick records of `kind` (trades, tbbo, mbp_10)."""
         self.ticks[kind].append(frame)

@@ -84,8 +84,16 @@ def as_stored(frame: pl.DataFrame | None, columns: dict[str, pl.DataType]) -> pl
 # --- Validation ---------------------------------------------------------------------------------
 
 
+# The newest origins the forecast plot shows: a live intraday horizon adds up to 1,380 a session, which no plot
+# of every origin since the first could show.
+PLOTTED_ORIGINS = 1_000
+
+
 def _forecast_plot(rows: pl.DataFrame, title: str):
     rows = rows.sort("as_of")
+    if rows.height > PLOTTED_ORIGINS:
+        title = f"{title} (the newest {PLOTTED_ORIGINS:,} of {rows.height:,})"
+        rows = rows.tail(PLOTTED_ORIGINS)
     fig, ax = figure(10, 3.5)
     x = rows["as_of"].to_list()
     if rows["lower_90_price"].drop_nulls().len():

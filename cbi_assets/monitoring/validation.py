@@ -48,7 +48,9 @@ NO_PREDICTIONS = "no predictions yet"
 # Move size bands of |actual_return| in units of the horizon's typical move (the median
 # |forward return| over the lake's history): small below 0.5x, large above 1.5x, medium between.
 MOVE_BANDS = (0.5, 1.5)
-GROUP_KINDS = ("all", "regime", "state", "move_size")
+GROUP_KINDS = ("all", "regime", "state", "move_size", "pipeline")
+# Which path published a row: 'live' (`cbi live`, every closed bar) or, null in the history, the evening upload.
+EVENING = "evening"
 
 
 def move_size(typical: float | None) -> pl.Expr:
@@ -105,9 +107,10 @@ def _with_intervals(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def metrics(matured: pl.DataFrame, typical: float | None) -> pl.DataFrame:
-    """One row per (model_version, group_kind, group_value): all rows, by regime, by state and by
-    move size, each with rows, mape (%), mae_return, coverage_80/90 (0..1, null without
-    intervals), direction_accuracy and random_walk_mape on the same rows."""
+    """One row per (model_version, group_kind, group_value): all rows, by regime, by state, by
+    move size and, once the history has the column, by pipeline (live or evening), each with rows,
+    mape (%), mae_return, coverage_80/90 (0..1, null without intervals), direction_accuracy and
+    random_walk_mape on the same rows."""
     schema = {
         "model_version": pl.String,
         "group_kind": pl.String,
@@ -118,6 +121,8 @@ def metrics(matured: pl.DataFrame, typical: float | None) -> pl.DataFrame:
     if matured.is_empty():
         return pl.DataFrame(schema=schema)
     frame = _with_intervals(matured).with_columns(move_size(typical), pl.lit("all").alias("all"))
+    if "pipeline" in frame.columns:
+        frame = frame.with_columns(pl.col("pipeline").fill_null(EVENING))
     parts = []
     for kind in GROUP_KINDS:
         column = kind if kind in frame.columns else None
