@@ -13,7 +13,8 @@ lake's raw layer, standing on what was stored before the session opened, and pri
   forecast of every horizon whose bar closed, intervals, the warehouse's commit);
 - replay_bars_per_s: 1-minute bars per second of the whole replay (ticks and the raw layer's writes included).
 
-The lines before them say what was measured: bars, forecasts, ticks, and the horizons without a model.
+The lines before them say what was measured (bars, forecasts, ticks, the horizons without a model) and where a
+bar's time goes: its features, its forecasts (every family's, the intervals), the warehouse's write.
 """
 
 from __future__ import annotations
@@ -77,6 +78,14 @@ def main() -> None:
     print(
         f"session {day}: {fed:,} records, {counts.bars} bars, {counts.forecasts} forecasts of "
         f"{', '.join(sorted(service.horizons))}; without a model: {', '.join(counts.failed) or 'none'}"
+    )
+    stages = np.array(counts.stages_ms)
+    print(
+        "where a bar's time goes (p50 / p99 ms): "
+        + ", ".join(
+            f"{name} {np.percentile(stages[:, i], 50):.1f} / {np.percentile(stages[:, i], 99):.1f}"
+            for i, name in enumerate(("features", "forecasts", "warehouse write"))
+        )
     )
     print(
         f"live_p50_ms={np.percentile(latencies, 50):.1f} live_p99_ms={np.percentile(latencies, 99):.1f} "

@@ -23,6 +23,7 @@ import threading
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 import databento_dbn as dbn
@@ -81,6 +82,8 @@ class Counts:
     failed: dict[str, str] = field(default_factory=dict)  # horizon -> why it has no forecast
     # The latest closed bars' latencies (a day's worth): what the status's percentiles describe.
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=1_440))
+    # The same bars' time in their features, their forecasts and the warehouse's write.
+    stages_ms: deque = field(default_factory=lambda: deque(maxlen=1_440))
 
 
 class LiveService:
@@ -179,6 +182,7 @@ class LiveService:
         if self.newest is None or closes > self.newest:
             self.newest = closes
         closed = self.window.close(self.newest)
+        featured = time.perf_counter()
         self.counts.bars += 1
         frames = []
         for bar_closed in closed:
@@ -196,8 +200,13 @@ class LiveService:
         for bar_closed in closed:
             self.rows[(bar_closed.timeframe, bar_closed.row["trade_date"][0])].append(bar_closed.row)
         if frames:
+            forecast = time.perf_counter()
             self._publish(frames)
-            self.counts.latencies_ms.append((time.perf_counter() - arrived) * 1000)
+            written = time.perf_counter()
+            self.counts.latencies_ms.append((written - arrived) * 1000)
+            self.counts.stages_ms.append(
+                tuple(1000 * (b - a) for a, b in pairwise((arrived, featured, forecast, written)))
+            )
         self.write_status()
         self._maybe_flush(closes, closes >= globex_session(day)[1])
 
