@@ -5,8 +5,7 @@ The judging is plain functions of the status and the time (`bar_freshness`, `hor
 call them with the clock's time, or with `now` from their config (tests, a status file judged after the fact).
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: Dagster reads the checks' config type from their annotations.
 import datetime as dt
 import json
 from pathlib import Path
