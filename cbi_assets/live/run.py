@@ -25,6 +25,7 @@ from cbi_assets.live.service import LiveService, load_horizon, load_horizons, lo
 from cbi_assets.predictions.assets import ForecastConfig
 from cbi_assets.profiles import load_profile
 from cbi_assets.settings import Settings
+from cbi_assets.training.sets import feature_timeframe
 from cbi_assets.warehouse import Warehouse
 from resources.alerts import alerts_from_env
 from resources.tracking import Tracking
@@ -42,13 +43,17 @@ def build_service(settings: Settings, until: dt.datetime | None = None, pipeline
     warehouse = Warehouse(database=settings.warehouse, url=settings.warehouse_url)
     profile, config = load_profile(settings.profile), ForecastConfig()
     LOG.info("loading the bars, the daily master and the intraday champions")
-    window = load_window(lake, until)
+    window, caught_up = load_window(lake, until)
 
     def load(horizon):
         levels, significance = tuple(config.levels), profile.significance
-        return load_horizon(
+        live = load_horizon(
             lake, tracking, horizon, profile.training, levels, config.min_scores, significance, LOG, until
         )
+        for bar in caught_up:  # today's earlier bars, where the master table does not have them yet
+            if bar.timeframe == feature_timeframe(horizon):
+                live.rows.append(bar.row)
+        return live
 
     horizons, failed = load_horizons(load)
     alerts = alerts_from_env(warehouse)
@@ -92,7 +97,8 @@ def live(settings: Settings, gateway: str | None, port: int | None, ticks: bool)
     key = os.environ.get("DATABENTO_API_KEY")
     if not key:
         raise SystemExit("cbi live: set DATABENTO_API_KEY to your Databento key (or replay recorded records: --replay)")
-    service = build_service(settings)
+    # Standing on the sessions before today's and on today's records stored so far (a restart mid-session).
+    service = build_service(settings, dt.datetime.now(dt.UTC))
     stopping = _stop_on_signals()
     historical = _historical(key)
     client = feed.subscribe(

@@ -247,7 +247,12 @@ class LiveService:
                 outcomes[dataset.name].append(f"{day}: {outcome} ({height} records)")
                 self.stored[(schema, day)] = len(raws)
             for (timeframe, day), frames in rows.items():
-                self.lake.write(tables.LIVE_FEATURES, pl.concat(frames), timeframe=timeframe, day=day)
+                parts = {"timeframe": timeframe, "day": day}
+                rows = pl.concat(frames)
+                if self.lake.exists(tables.LIVE_FEATURES, **parts):
+                    # What an earlier run of the service that day wrote (a restart) stays beside these rows.
+                    rows = pl.concat([self.lake.read(tables.LIVE_FEATURES, **parts), rows]).unique("ts", keep="last")
+                self.lake.write(tables.LIVE_FEATURES, rows.sort("ts"), **parts)
                 self.rows_stored[(timeframe, day)] = len(frames)
         if outcomes:
             self._say(f"raw layer: {json.dumps(outcomes)}")
@@ -371,9 +376,11 @@ class LiveService:
 # --- Building one from the lake ---------------------------------------------------------------------
 
 
-def load_window(lake: Lake, until: dt.datetime | None = None) -> LiveWindow:
-    """The window over the lake: the stored 1-minute records of the sessions before `until` (all
-    stored sessions by default) that the longest tail needs, the roll adjustment and the daily master."""
+def load_window(lake: Lake, until: dt.datetime | None = None) -> tuple[LiveWindow, list]:
+    """The window over the lake, and the bars it caught up on: the stored 1-minute records of the sessions
+    before `until` (all stored sessions by default) that the longest tail needs, the roll adjustment and the
+    daily master; where `until` falls inside a session, that session's earlier records (and ticks) as if
+    received, with the master rows of the bars they closed."""
     store = lake.raw(MINUTE_DATASET)
     days = store.days()
     today = _day_of(_nanos(until)) if until is not None else None
@@ -384,23 +391,28 @@ def load_window(lake: Lake, until: dt.datetime | None = None) -> LiveWindow:
     mes = continuous_bars(lake, (MES,))["mes"]
     daily = lake.read_features(tables.MASTER, market=MES, timeframe="1d")
     window = LiveWindow(raw, mes.select("date", "adj"), daily)
-    # Where `until` falls inside a session, its earlier minutes are taken as received.
     earlier = store.read(today, today) if today is not None else None
     if earlier is not None:
         earlier = earlier.filter(pl.col("ts_event") + MINUTE <= until).drop("ingested_at").collect()
-        if earlier.height:
-            window.catch_up(earlier, today, until)
-            raw = earlier
+    if earlier is not None and earlier.height:
+        # Today's ticks before `until`: every caught-up minute's microstructure reads them.
+        since = earlier["ts_event"].min() - dt.timedelta(minutes=TICK_MINUTES)  # into the session before
+        _add_ticks(lake, window, [*days[-1:], today], since, until)
+        return window, window.catch_up(earlier, today, until)
     if raw is not None and not raw.is_empty():
         # The ticks of the last minutes held: the next minutes' microstructure windows reach back to them.
-        since, last = raw["ts_event"].max() - dt.timedelta(minutes=TICK_MINUTES), raw["ts_event"].max() + MINUTE
-        day = _day_of(_nanos(raw["ts_event"].max()))
-        for dataset in TICK_DATASETS:
-            ticks = lake.raw(dataset).read(day, day)
-            if ticks is not None:
-                kept = ticks.filter(pl.col("ts_recv").is_between(since, last, closed="left")).drop("ingested_at")
-                window.add_ticks(TICK_KINDS[dataset.schema], kept.collect())
-    return window
+        last = raw["ts_event"].max() + MINUTE
+        _add_ticks(lake, window, days[-1:], last - dt.timedelta(minutes=TICK_MINUTES + 1), last)
+    return window, []
+
+
+def _add_ticks(lake: Lake, window: LiveWindow, days: list[dt.date], since: dt.datetime, until: dt.datetime) -> None:
+    """The stored ticks of the sessions `days` received in [since, until), into the window."""
+    for dataset in TICK_DATASETS:
+        ticks = lake.raw(dataset).read(days[0], days[-1]) if days else None
+        if ticks is not None:
+            kept = ticks.filter(pl.col("ts_recv").is_between(since, until, closed="left")).drop("ingested_at")
+            window.add_ticks(TICK_KINDS[dataset.schema], kept.collect())
 
 
 def load_horizon(

@@ -97,20 +97,12 @@ class LiveWindow:
         self.today = self.today or day
         self.raw_today.append(raw)
 
-    def catch_up(self, raw: pl.DataFrame, day: dt.date, until: dt.datetime) -> None:
-        """Today's 1-minute records before `until` (a restart, or a replay of a session's end): held as if
-        received, their bars counted as closed, so the next bar is the first to close."""
+    def catch_up(self, raw: pl.DataFrame, day: dt.date, until: dt.datetime) -> list[ClosedBar]:
+        """Today's 1-minute records before `until` (a restart, or a replay of a session's end), held as if
+        received (give the ticks before them first): the master rows of every bar they closed, so the next
+        bar is the first to close and the forecasts' history holds today's earlier rows."""
         self.add_minutes(raw, day)
-        minutes = self._minutes_today()
-        for timeframe in INTRADAY_TIMEFRAMES:
-            done = resample(minutes, timeframe).filter(pl.col("ts") <= until)
-            if done.is_empty():
-                continue
-            self.closed[timeframe] = done["ts"][-1]
-            if timeframe != INTRADAY_TIMEFRAMES[0]:  # the higher timeframes joined into lower rows
-                stored = self.history[timeframe]
-                closed = pl.concat([stored, done]) if stored is not None else done
-                self.higher[timeframe] = higher_table(closed.tail(TAIL_BARS), timeframe)
+        return self.close(until)
 
     def add_ticks(self, kind: str, frame: pl.DataFrame) -> None:
         """Decoded tick records of `kind` (trades, tbbo, mbp_10)."""
@@ -162,7 +154,8 @@ class LiveWindow:
             if timeframe in due or timeframe not in self.higher:
                 closed = bars[timeframe].filter(pl.col("ts") <= until).tail(TAIL_BARS)
                 self.higher[timeframe] = higher_table(closed, timeframe)
-        micro = self._micro(bars["1min"], until)
+        first = min(new["ts"].min() for new in due.values())
+        micro = self._micro(bars["1min"], until, first)
         dates = bars["1min"]["trade_date"].unique().sort()
         out = []
         for timeframe in reversed(INTRADAY_TIMEFRAMES):
@@ -180,9 +173,12 @@ class LiveWindow:
             self.closed[timeframe] = due[timeframe]["ts"][-1]
         return out
 
-    def _micro(self, minutes: pl.DataFrame, until: dt.datetime) -> Table | None:
-        """The microstructure features of the minutes up to `until`, over the ticks held (null without)."""
-        tail = minutes.filter(pl.col("ts") <= until).tail(TICK_MINUTES)
+    def _micro(self, minutes: pl.DataFrame, until: dt.datetime, first: dt.datetime) -> Table | None:
+        """The microstructure features of the minutes closing from `first` to `until`, each after the
+        minutes its windows reach back to, over the ticks held (null without)."""
+        held = minutes.filter(pl.col("ts") <= until)
+        start = max(held["ts"].search_sorted(first, side="left") - TICK_MINUTES + 1, 0)
+        tail = held.slice(start)
         start = tail["ts_event"][0]
         ticks = {}
         for kind, frames in self.ticks.items():
