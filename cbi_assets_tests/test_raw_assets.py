@@ -1,7 +1,6 @@
 """Raw assets materialized by Dagster on the sample and on files: stored, checked, never overwritten."""
 
 import datetime as dt
-import time
 
 import dagster as dg
 import duckdb
@@ -233,11 +232,10 @@ def test_a_failed_range_run_marks_its_partitions_failed(tmp_path):
     assert not Lake(root=str(tmp_path / "lake")).raw(RAW_DATASETS["zl_ohlcv_1d"]).days()  # nothing stored
 
 
-def test_a_25_year_backfill_of_every_raw_dataset_records_in_seconds(sample_folder, tmp_path):
-    """Every raw dataset over all its partitions since 2000, on Dagster's stock SQLite storage: the bookkeeping
-    stays small because the partitions are years, not days. Bookkeeping is what the runs took beyond what the
-    assets spent fetching, checking and storing; it is judged on this process's CPU time (the runs execute in
-    it), which other work on the machine does not inflate, and the wall time is printed beside it."""
+def test_a_25_year_backfill_of_every_raw_dataset_records_a_materialization_per_year(sample_folder, tmp_path):
+    """Every raw dataset over all its partitions since 2000, on Dagster's stock SQLite storage: what Dagster
+    records is one materialization per dataset and year, not per day, which keeps its bookkeeping small
+    (`benchmarks/raw_backfill.py` measures how small)."""
     source = LocalFilesSource(root=str(sample_folder))
     resources = {
         "lake": Lake(root=str(tmp_path / "lake")),
@@ -245,27 +243,13 @@ def test_a_25_year_backfill_of_every_raw_dataset_records_in_seconds(sample_folde
         "macro_source": source,
         "history_source": source,
     }
-    wall = cpu = 0.0
     partitions = 0
     with dg.instance_for_test() as instance:
         for name, definition in RAW_PARTITIONS.items():
             assets = [a for a in RAW_ASSETS if partitions_name(RAW_DATASETS[a.key.path[-1]]) == name]
             keys = definition.get_partition_keys()
-            began, began_cpu = time.perf_counter(), time.process_time()
-            result = run(assets, resources, keys[0], keys[-1], instance=instance)
-            wall, cpu = wall + time.perf_counter() - began, cpu + time.process_time() - began_cpu
+            assert run(assets, resources, keys[0], keys[-1], instance=instance).success
             partitions += len(keys) * len(assets)
-            assert result.success
-        spent = [instance.get_latest_materialization_event(a.key).asset_materialization.metadata for a in RAW_ASSETS]
-        recorded = len(
-            instance.get_event_records(dg.EventRecordsFilter(dg.DagsterEventType.ASSET_MATERIALIZATION), limit=100_000)
-        )
+        recorded = sum(len(instance.fetch_materializations(a.key, limit=1_000).records) for a in RAW_ASSETS)
     days = sum(len(resources["lake"].raw(d).days()) for d in RAW_DATASETS.values())
-    assert recorded == partitions and partitions * 50 < days  # a materialization per year, not per day
-    bookkeeping_cpu = cpu - sum(m["cpu_seconds"].value for m in spent)
-    bookkeeping_wall = wall - sum(m["seconds"].value for m in spent)
-    print(
-        f"{partitions} partitions of {len(RAW_ASSETS)} datasets, {days:,} days: bookkeeping {bookkeeping_cpu:.1f} s of "
-        f"CPU ({bookkeeping_wall:.1f} s of wall time; the runs {wall:.1f} s in all)"
-    )
-    assert bookkeeping_cpu < 30
+    assert recorded == partitions and partitions * 50 < days
