@@ -14,6 +14,7 @@ import polars as pl
 from cbi_assets.catalogue import (
     EXCHANGE_TIMEZONE,
     GLOBEX_CLOSE,
+    GLOBEX_EARLY_CLOSE_CALENDAR,
     GLOBEX_OPEN,
     SETTLEMENT_CALENDAR,
 )
@@ -26,15 +27,25 @@ _SESSION_SHIFT = dt.timedelta(hours=24) - (
 )
 
 
-@lru_cache(maxsize=1)
-def _settlement_sessions() -> np.ndarray:
+def _calendar(name: str) -> xcals.ExchangeCalendar:
     # From well before the lake's history to a few years ahead: contracts expire after today.
     first, last = dt.date(1990, 1, 2), dt.date.today() + dt.timedelta(days=3 * 366)
     with warnings.catch_warnings():
         # exchange_calendars trips a pandas 3.1 deprecation inside itself; nothing to act on here.
         warnings.filterwarnings("ignore", message="Series.values returning an ndarray")
-        calendar = xcals.get_calendar(SETTLEMENT_CALENDAR, start=first.isoformat(), end=last.isoformat())
-    return calendar.sessions.values.astype("datetime64[D]")
+        return xcals.get_calendar(name, start=first.isoformat(), end=last.isoformat())
+
+
+@lru_cache(maxsize=1)
+def _settlement_sessions() -> np.ndarray:
+    return _calendar(SETTLEMENT_CALENDAR).sessions.values.astype("datetime64[D]")
+
+
+@lru_cache(maxsize=1)
+def _early_closes() -> dict[dt.date, dt.datetime]:
+    calendar = _calendar(GLOBEX_EARLY_CLOSE_CALENDAR)
+    closes = calendar.schedule.loc[calendar.early_closes, "close"]
+    return {day.date(): close.to_pydatetime().astimezone(dt.UTC) for day, close in closes.items()}
 
 
 def settlement_sessions(start: dt.date, end: dt.date) -> np.ndarray:
@@ -81,3 +92,9 @@ def globex_session(day: dt.date) -> tuple[dt.datetime, dt.datetime]:
     opens = dt.datetime.combine(day - dt.timedelta(days=1), GLOBEX_OPEN, CHICAGO)
     closes = dt.datetime.combine(day, GLOBEX_CLOSE, CHICAGO)
     return opens.astimezone(dt.UTC), closes.astimezone(dt.UTC)
+
+
+def trading_ends(day: dt.date) -> dt.datetime:
+    """UTC time the session of trade date `day` stops trading: its close, or a half day's early halt. (The
+    session's bounds stay `globex_session`'s; this says only when bars stop coming.)"""
+    return _early_closes().get(day, globex_session(day)[1])

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -41,6 +42,7 @@ from cbi_assets.settings import PROJECT_ROOT, Settings
 from cbi_assets.training.sets import feature_timeframe
 from cbi_assets.warehouse import Warehouse
 from cbi_assets_tests.conftest import SAMPLE_END, lake_resources, sample_records
+from resources.databento_source import DatabentoSource
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("live")]
 
@@ -111,6 +113,10 @@ def test_a_replayed_session_forecasts_what_the_batch_graph_computes(live_lake, s
     assert sorted(service.horizons) == sorted(HORIZONS)
     assert set(service.counts.failed) == {h.name for h in MES.horizons if h.intraday} - set(HORIZONS)
     assert all("no champion" in why for why in service.counts.failed.values())
+    alerted = Warehouse(database=str(warehouse_file(settings.lake))).query(
+        "select horizon, message from monitoring.alerts where kind = 'live'"
+    )
+    assert sorted(alerted["horizon"]) == sorted(service.counts.failed), alerted  # once each, a restart included
 
     files = [_dbn(sample_folder, s) for s in ("ohlcv-1m", "trades", "tbbo", "mbp-10")]
     symbols, records = dbn_files(files, DAY)
@@ -126,8 +132,19 @@ def test_a_replayed_session_forecasts_what_the_batch_graph_computes(live_lake, s
     service.champion_of = lambda h: "a newer version" if h.name == "1min" else registered(h)
     assert service.reload() == ["1min"] and service.horizons["1min"].rows.newest == before
     fed += replay(service, symbols, records)
+    # A reconnection whose gap the historical API cannot serve: the minutes are marked missing, nothing else moves.
+    unreachable = DatabentoSource(
+        api_key="db-" + "k" * 29, gateway=f"http://127.0.0.1:{_closed_port()}", max_attempts=1
+    )
+    gap = (service.newest, service.newest + dt.timedelta(minutes=3))
+    assert service.fill_gap(*gap, unreachable) == 0
+    assert service.status()["missing"] == [f"{gap[0].isoformat()}..{gap[1].isoformat()}"]
     service.stop()
     assert fed > MINUTES and service.newest == OPENS + dt.timedelta(minutes=MINUTES)
+    alerted = Warehouse(database=str(warehouse_file(settings.lake))).query(
+        "select horizon from monitoring.alerts where kind = 'live'"
+    )
+    assert alerted.height == len(service.counts.failed)
 
     lake = Lake(root=str(settings.lake))
     warehouse = Warehouse(database=str(warehouse_file(settings.lake)))
@@ -192,6 +209,13 @@ def test_a_replayed_session_forecasts_what_the_batch_graph_computes(live_lake, s
             for column in ("forecast_return", "forecast_price", "lower_90", "upper_90", "conviction", "confidence"):
                 want, got = expected[column], row[column]
                 assert (want is None and got is None) or np.isclose(got, want, rtol=1e-4, atol=1e-8), (column, row)
+
+
+def _closed_port() -> int:
+    """A port on 127.0.0.1 nothing listens on (it was free a moment ago)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def features_off(close: np.ndarray, features: list[str]) -> list[str]:

@@ -136,6 +136,19 @@ def test_the_daily_break_and_an_exchange_holiday_are_not_sessions():
     assert health.open_session(sunday_evening) is not None
 
 
+def test_a_half_day_is_not_judged_after_its_early_halt():
+    """The day after Thanksgiving 2025 halts at midday Chicago: the afternoon has no bars to expect."""
+    halted = dt.datetime(2025, 11, 28, 18, 0, tzinfo=UTC)  # 12:00 Chicago
+    assert health.open_session(halted - dt.timedelta(minutes=30)) == (
+        dt.datetime(2025, 11, 27, 23, 0, tzinfo=UTC),
+        halted,
+    )
+    afternoon = halted + dt.timedelta(hours=2)
+    assert health.open_session(afternoon) is None
+    assert _judge(_status(halted, afternoon), afternoon).passed
+    assert not _judge(_status(halted - dt.timedelta(minutes=30), halted), halted - dt.timedelta(minutes=1)).passed
+
+
 def test_the_age_counts_from_the_session_open_and_says_when_the_process_is_gone():
     last_close = dt.datetime(2025, 11, 19, 22, 0, tzinfo=UTC)
     opens = dt.datetime(2025, 11, 19, 23, 0, tzinfo=UTC)  # Thursday's session, 17:00 Chicago

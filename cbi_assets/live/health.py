@@ -13,7 +13,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from cbi_assets.calendars import globex_session, is_settlement_day, trade_date
+from cbi_assets.calendars import globex_session, is_settlement_day, trade_date, trading_ends
 from cbi_assets.catalogue import EXCHANGE_TIMEZONE
 from cbi_assets.lake import Lake, live_status
 
@@ -51,12 +51,13 @@ class LiveHealthConfig(dg.Config):
 
 
 def open_session(now: dt.datetime) -> tuple[dt.datetime, dt.datetime] | None:
-    """The Globex session (UTC open, close) trading at `now`, or None: the daily break (16:00-17:00 Chicago), a
-    weekend, or a trade date without a settlement (exchange holidays, including those with an early halt)."""
+    """The Globex session (UTC open, and when it stops trading) trading at `now`, or None: the daily break
+    (16:00-17:00 Chicago), a half day after its early halt, a weekend, or a trade date without a settlement
+    (exchange holidays, including those with an early halt)."""
     day = pl.select(trade_date(pl.lit(now).cast(pl.Datetime("us", "UTC")))).item()
     if not is_settlement_day(day):
         return None
-    opens, closes = globex_session(day)
+    opens, closes = globex_session(day)[0], trading_ends(day)
     return (opens, closes) if opens <= now < closes else None
 
 
@@ -163,7 +164,7 @@ def horizons_forecasting(status: dict | None, path: Path, now: dt.datetime) -> d
         severity=dg.AssetCheckSeverity.WARN,
         description="without live forecasts: "
         + "; ".join(f"{h}: {why}" for h, why in sorted(failed.items()))
-        + ". Register a champion that loads (or fix the error), then restart `cbi live`",
+        + ". Register a champion that loads (or fix the error): the service loads it within a minute, no restart",
         metadata=metadata,
     )
 

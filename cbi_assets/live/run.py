@@ -45,27 +45,30 @@ def build_service(settings: Settings, until: dt.datetime | None = None, pipeline
     LOG.info("loading the bars, the daily master and the intraday champions")
     window, caught_up = load_window(lake, until)
 
+    alerts = alerts_from_env(warehouse)
+
     def load(horizon):
         levels, significance = tuple(config.levels), profile.significance
-        live = load_horizon(
-            lake, tracking, horizon, profile.training, levels, config.min_scores, significance, LOG, until
-        )
+        try:
+            live = load_horizon(
+                lake, tracking, horizon, profile.training, levels, config.min_scores, significance, LOG, until
+            )
+        except Exception as error:  # at the start, or a new champion at a reload: the desk hears of it once a day
+            alerts.send(
+                "live",
+                f"MES {horizon.name}: no live forecast, its model did not load ({type(error).__name__}: {error})",
+                asset="MES",
+                horizon=horizon.name,
+                key=f"live-load:{horizon.name}:{dt.date.today()}",
+                log=LOG,
+            )
+            raise
         for bar in caught_up:  # today's earlier bars, where the master table does not have them yet
             if bar.timeframe == feature_timeframe(horizon):
                 live.rows.append(bar.row)
         return live
 
     horizons, failed = load_horizons(load)
-    alerts = alerts_from_env(warehouse)
-    for horizon, why in failed.items():
-        alerts.send(
-            "live",
-            f"MES {horizon}: no live forecast, its model did not load ({why})",
-            asset="MES",
-            horizon=horizon,
-            key=f"live-load:{horizon}:{dt.date.today()}",
-            log=LOG,
-        )
     LOG.info(
         f"live horizons: {', '.join(horizons) or 'none'}"
         + (f"; without a model: {', '.join(failed)}" if failed else "")
