@@ -170,3 +170,20 @@ def test_shadow_verdict_needs_enough_shared_matured_days():
     assert not verdict(rows, "a", "b", 7).promote
     assert not verdict(rows, "b", "a", 6).promote
     assert verdict(rows.filter(pl.col("as_of") != at[0]), "a", "b", 3).days == 5
+
+
+def test_an_intraday_challenger_needs_days_not_minutes():
+    """Live 1-minute forecasts: a session's 1,380 origins are one day of evidence toward `min_days`."""
+    rng = np.random.default_rng(5)
+    opens = dt.datetime(2026, 1, 4, 23, 0, tzinfo=dt.UTC)  # Monday's session, 17:00 Chicago on Sunday
+    at = [opens + dt.timedelta(days=d, minutes=m) for d in range(3) for m in range(1_380)]
+    actual = rng.normal(0, 0.001, len(at))
+    rows = pl.concat(
+        pl.DataFrame({"as_of": at, "model_version": name, "forecast_return": forecast, "actual_return": actual})
+        for name, forecast in (("a", actual + rng.normal(0, 0.001, len(at))), ("b", actual))
+    )
+    waiting = verdict(rows, "a", "b", 5)
+    assert not waiting.promote and waiting.days == 3
+    assert "4140 matured origins on 3 day(s) shared with the champion; 5 days needed" in waiting.why
+    judged = verdict(rows, "a", "b", 3)
+    assert judged.promote and judged.days == 3, judged.why

@@ -219,8 +219,9 @@ def _forecast_asset(market: Market):
 
 
 class UploadConfig(dg.Config):
-    # Matured origins a challenger must share with the champion before it is judged (the significance
-    # test then decides; at long horizons a few dozen overlapping origins are only a few outcomes).
+    # Days of matured origins a challenger must share with the champion before it is judged (the significance
+    # test then decides; at long horizons a few dozen overlapping origins are only a few outcomes, and a live
+    # intraday horizon's minutes of one session count as one day).
     promote_after_days: int = 20
 
 

@@ -2,7 +2,8 @@
 
 A challenger forecasts every day beside the champion, stored but unpublished. It is promoted only
 on forecasts both made for the same origins and that have matured since: the challenger must have at
-least `min_days` such origins, and its absolute errors on them must beat the champion's by the same
+least `min_days` days of such origins (an intraday horizon's origins of one session are one day of evidence,
+however many minutes it has), and its absolute errors on them must beat the champion's by the same
 significance rule that crowns a champion on the walk-forward (`models.significance`: Diebold-Mariano
 with the horizon's overlap, on every matured origin and on the most recent third). Walk-forward
 scores got it registered; live, matured forecasts decide.
@@ -14,13 +15,14 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from cbi_assets.calendars import trade_date
 from cbi_assets.models.significance import DEFAULT_LEVEL, edge
 
 
 @dataclass(frozen=True)
 class Verdict:
     promote: bool
-    days: int  # matured origins both forecast
+    days: int  # trade dates of the matured origins both forecast
     champion_mae: float | None
     challenger_mae: float | None
     why: str
@@ -45,9 +47,10 @@ def verdict(
         )
 
     both = errors(champion, "champion").join(errors(challenger, "challenger"), on="as_of").sort("as_of")
-    days = both.height
+    days = trade_dates(both["as_of"])
+    shared = f"{days} matured day(s)" if days == both.height else f"{both.height} matured origins on {days} day(s)"
     if days < min_days:
-        return Verdict(False, days, None, None, f"{days} matured day(s) shared with the champion; {min_days} needed")
+        return Verdict(False, days, None, None, f"{shared} shared with the champion; {min_days} days needed")
     mine, theirs = float(both["challenger"].mean()), float(both["champion"].mean())
     found = edge(both["challenger"].to_numpy(), both["champion"].to_numpy(), horizon_rows)
     return Verdict(
@@ -55,6 +58,14 @@ def verdict(
         days,
         theirs,
         mine,
-        f"over {days} matured days the challenger's mean absolute error {mine:.5f} against the champion's "
+        f"over {shared} the challenger's mean absolute error {mine:.5f} against the champion's "
         f"{theirs:.5f}: it {found.why(level, against='the champion')}",
     )
+
+
+def trade_dates(as_of: pl.Series) -> int:
+    """How many trade dates the origins fall on: the evening's one a day, or a session's minutes."""
+    if as_of.dtype == pl.Date:
+        return as_of.n_unique()
+    utc = as_of.dt.convert_time_zone("UTC") if as_of.dtype.time_zone else as_of.dt.replace_time_zone("UTC")
+    return utc.to_frame("as_of").select(trade_date(pl.col("as_of"))).to_series().n_unique()
