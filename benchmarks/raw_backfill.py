@@ -5,8 +5,8 @@
 Every raw asset is materialized over all its year partitions since 2000 from a sample written as files,
 in this process (`dg.materialize`), one run per partitions definition. Bookkeeping is what the runs took
 beyond what the assets themselves spent fetching, checking and storing (their `seconds` and `cpu_seconds`
-metadata). The CPU figure is this process's CPU time, which other work on the machine does not inflate;
-the wall figure is printed beside it. The last line is
+metadata). The CPU figure is this process's CPU time, which other work on the machine moves less than
+the wall figure printed beside it (still by a third between runs: compare runs side by side). The last line is
 `partitions=<n> days=<n> bookkeeping_cpu_s=<n> bookkeeping_wall_s=<n> runs_s=<n>`.
 """
 
