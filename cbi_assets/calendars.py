@@ -14,7 +14,7 @@ import polars as pl
 from cbi_assets.catalogue import (
     EXCHANGE_TIMEZONE,
     GLOBEX_CLOSE,
-    GLOBEX_EARLY_CLOSE_CALENDAR,
+    GLOBEX_EARLY_CLOSE_CALENDARS,
     GLOBEX_OPEN,
     SETTLEMENT_CALENDAR,
 )
@@ -43,9 +43,13 @@ def _settlement_sessions() -> np.ndarray:
 
 @lru_cache(maxsize=1)
 def _early_closes() -> dict[dt.date, dt.datetime]:
-    calendar = _calendar(GLOBEX_EARLY_CLOSE_CALENDAR)
-    closes = calendar.schedule.loc[calendar.early_closes, "close"]
-    return {day.date(): close.to_pydatetime().astimezone(dt.UTC) for day, close in closes.items()}
+    earliest: dict[dt.date, dt.datetime] = {}
+    for name in GLOBEX_EARLY_CLOSE_CALENDARS:
+        calendar = _calendar(name)
+        for day, close in calendar.schedule.loc[calendar.early_closes, "close"].items():
+            close = close.to_pydatetime().astimezone(dt.UTC)
+            earliest[day.date()] = min(close, earliest.get(day.date(), close))
+    return earliest
 
 
 def settlement_sessions(start: dt.date, end: dt.date) -> np.ndarray:

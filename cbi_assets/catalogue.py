@@ -187,9 +187,10 @@ HISTORY_START = dt.date(2000, 1, 1)
 # A session's trade date is the day it closes on, so an evening bar belongs to the next session.
 GLOBEX_OPEN = dt.time(17, 0)
 GLOBEX_CLOSE = dt.time(16, 0)
-# Half days (the day after Thanksgiving, Christmas Eve) halt Globex equity futures around midday Chicago;
-# exchange_calendars' CME equity calendar carries those early closes.
-GLOBEX_EARLY_CLOSE_CALENDAR = "CMES"
+# Half days (the day after Thanksgiving, Christmas Eve, July 3) halt Globex equity futures around midday
+# Chicago. exchange_calendars' CME equity calendar carries most of them, and NYSE's the July 3 ones it lacks;
+# the earlier of the two closes is taken.
+GLOBEX_EARLY_CLOSE_CALENDARS = ("CMES", SETTLEMENT_CALENDAR)
 RTH_OPEN = dt.time(8, 30)
 RTH_CLOSE = dt.time(15, 0)
 

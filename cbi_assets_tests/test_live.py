@@ -116,7 +116,7 @@ def test_a_replayed_session_forecasts_what_the_batch_graph_computes(live_lake, s
     alerted = Warehouse(database=str(warehouse_file(settings.lake))).query(
         "select horizon, message from monitoring.alerts where kind = 'live'"
     )
-    assert sorted(alerted["horizon"]) == sorted(service.counts.failed), alerted  # once each, a restart included
+    assert sorted(alerted["horizon"]) == sorted(service.counts.failed), alerted  # one alert each
 
     files = [_dbn(sample_folder, s) for s in ("ohlcv-1m", "trades", "tbbo", "mbp-10")]
     symbols, records = dbn_files(files, DAY)
@@ -131,7 +131,18 @@ def test_a_replayed_session_forecasts_what_the_batch_graph_computes(live_lake, s
     registered = service.champion_of
     service.champion_of = lambda h: "a newer version" if h.name == "1min" else registered(h)
     assert service.reload() == ["1min"] and service.horizons["1min"].rows.newest == before
+    # A 5-minute champion that does not load: an alert, and the horizon goes on with the model it holds.
+    loading, held = service.load, service.horizons["5min"]
+
+    def unloadable(horizon):
+        raise OSError(f"the artifacts of MES {horizon.name} are not readable")
+
+    service.load = unloadable
+    service.champion_of = lambda h: "a broken version" if h.name == "5min" else registered(h)
+    assert service.reload() == [] and service.horizons["5min"] is held and "5min" in service.counts.failed
+    service.load, service.champion_of = loading, registered
     fed += replay(service, symbols, records)
+    assert "5min" not in service.counts.failed  # it forecast again
     # A reconnection whose gap the historical API cannot serve: the minutes are marked missing, nothing else moves.
     unreachable = DatabentoSource(
         api_key="db-" + "k" * 29, gateway=f"http://127.0.0.1:{_closed_port()}", max_attempts=1
@@ -142,9 +153,11 @@ def test_a_replayed_session_forecasts_what_the_batch_graph_computes(live_lake, s
     service.stop()
     assert fed > MINUTES and service.newest == OPENS + dt.timedelta(minutes=MINUTES)
     alerted = Warehouse(database=str(warehouse_file(settings.lake))).query(
-        "select horizon from monitoring.alerts where kind = 'live'"
+        "select horizon, message from monitoring.alerts where kind = 'live'"
     )
-    assert alerted.height == len(service.counts.failed)
+    # The restarted service found the start's alerts already sent; the broken 5-minute champion has its own.
+    assert sorted(alerted["horizon"]) == sorted([*service.counts.failed, "5min"]), alerted
+    assert "a broken version did not load live" in alerted.filter(pl.col("horizon") == "5min")["message"][0]
 
     lake = Lake(root=str(settings.lake))
     warehouse = Warehouse(database=str(warehouse_file(settings.lake)))

@@ -137,7 +137,7 @@ def test_the_daily_break_and_an_exchange_holiday_are_not_sessions():
 
 
 def test_a_half_day_is_not_judged_after_its_early_halt():
-    """The day after Thanksgiving 2025 halts at midday Chicago: the afternoon has no bars to expect."""
+    """The day after Thanksgiving and July 3 halt at midday Chicago: their afternoons have no bars to expect."""
     halted = dt.datetime(2025, 11, 28, 18, 0, tzinfo=UTC)  # 12:00 Chicago
     assert health.open_session(halted - dt.timedelta(minutes=30)) == (
         dt.datetime(2025, 11, 27, 23, 0, tzinfo=UTC),
@@ -147,6 +147,10 @@ def test_a_half_day_is_not_judged_after_its_early_halt():
     assert health.open_session(afternoon) is None
     assert _judge(_status(halted, afternoon), afternoon).passed
     assert not _judge(_status(halted - dt.timedelta(minutes=30), halted), halted - dt.timedelta(minutes=1)).passed
+    july_3 = dt.datetime(2025, 7, 3, 19, 0, tzinfo=UTC)  # 14:00 Chicago, after the 12:00 halt
+    assert (
+        health.open_session(july_3) is None and _judge(_status(july_3 - dt.timedelta(hours=2), july_3), july_3).passed
+    )
 
 
 def test_the_age_counts_from_the_session_open_and_says_when_the_process_is_gone():

@@ -45,41 +45,55 @@ def build_service(settings: Settings, until: dt.datetime | None = None, pipeline
     LOG.info("loading the bars, the daily master and the intraday champions")
     window, caught_up = load_window(lake, until)
 
-    alerts = alerts_from_env(warehouse)
-
     def load(horizon):
         levels, significance = tuple(config.levels), profile.significance
-        try:
-            live = load_horizon(
-                lake, tracking, horizon, profile.training, levels, config.min_scores, significance, LOG, until
-            )
-        except Exception as error:  # at the start, or a new champion at a reload: the desk hears of it once a day
-            alerts.send(
-                "live",
-                f"MES {horizon.name}: no live forecast, its model did not load ({type(error).__name__}: {error})",
-                asset="MES",
-                horizon=horizon.name,
-                key=f"live-load:{horizon.name}:{dt.date.today()}",
-                log=LOG,
-            )
-            raise
+        live = load_horizon(
+            lake, tracking, horizon, profile.training, levels, config.min_scores, significance, LOG, until
+        )
         for bar in caught_up:  # today's earlier bars, where the master table does not have them yet
             if bar.timeframe == feature_timeframe(horizon):
                 live.rows.append(bar.row)
         return live
 
-    horizons, failed = load_horizons(load)
-    LOG.info(
-        f"live horizons: {', '.join(horizons) or 'none'}"
-        + (f"; without a model: {', '.join(failed)}" if failed else "")
-    )
+    alerts = alerts_from_env(warehouse)
+
+    def alert(horizon: str, version: str | None, why: str) -> None:
+        """A champion that did not load, at the start or at a reload: said once per version and day."""
+        if version is None:
+            said = f"MES {horizon}: no live forecast, no champion is registered ({why})"
+        else:
+            said = f"MES {horizon}: its champion {version} did not load live ({why}); it forecasts with the model held before, if any"
+        alerts.send(
+            "live",
+            said,
+            asset="MES",
+            horizon=horizon,
+            key=f"live-load:{horizon}:{version}:{dt.datetime.now(dt.UTC).date()}",
+            log=LOG,
+        )
 
     def champion_of(horizon):
         registered = tracking.champion(MES, horizon.name)
         return registered["model_version"] if registered else None
 
+    horizons, failed = load_horizons(load)
+    for horizon, why in failed.items():
+        alert(horizon, champion_of(MES.horizon(horizon)), why)
+    LOG.info(
+        f"live horizons: {', '.join(horizons) or 'none'}"
+        + (f"; without a model: {', '.join(failed)}" if failed else "")
+    )
     return LiveService(
-        lake, warehouse, window, horizons, failed, log=LOG, pipeline=pipeline, load=load, champion_of=champion_of
+        lake,
+        warehouse,
+        window,
+        horizons,
+        failed,
+        log=LOG,
+        pipeline=pipeline,
+        load=load,
+        champion_of=champion_of,
+        alert=alert,
     )
 
 

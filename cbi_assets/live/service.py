@@ -106,6 +106,7 @@ class LiveService:
         pipeline: str = "live",
         load=None,
         champion_of=None,
+        alert=None,
     ):
         self.lake, self.warehouse, self.window, self.horizons = lake, warehouse, window, horizons
         self.log = log
@@ -113,6 +114,8 @@ class LiveService:
         self.pipeline = pipeline  # how its forecasts are marked in predictions.history: live, or replay
         # For `reload`: a horizon's registered champion version, and a fresh LiveHorizon of it.
         self.load, self.champion_of = load, champion_of
+        # alert(horizon, version, why): a champion that did not load (`build_service` sends it to monitoring.alerts).
+        self.alert = alert or (lambda horizon, version, why: None)
         self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self.counts = Counts(failed=dict(failed or {}))
         self.symbols: dict[int, str] = {}  # instrument_id -> the symbol subscribed (from the feed's mappings)
@@ -297,8 +300,10 @@ class LiveService:
             try:
                 fresh = self.load(horizon)
             except Exception as error:
-                self.counts.failed[horizon.name] = f"{type(error).__name__}: {error}"
+                why = f"{type(error).__name__}: {error}"
+                self.counts.failed[horizon.name] = why
                 self._say(f"{horizon.name}: the new champion {version} did not load ({error})", warning=True)
+                self.alert(horizon.name, version, why)
                 continue
             with self._lock:
                 timeframe = feature_timeframe(horizon)
