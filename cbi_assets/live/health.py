@@ -176,7 +176,8 @@ def horizons_forecasting(status: dict | None, path: Path, now: dt.datetime) -> d
     asset=LIVE_SERVICE,
     name="last_bar_is_fresh",
     blocking=False,
-    description="During a Globex session (Sun-Fri 17:00-16:00 Chicago, settlement days) the last 1-minute bar "
+    description="During a Globex session (Sun-Fri 17:00-16:00 Chicago on settlement days; a half day until its "
+    "early halt) the last 1-minute bar "
     "the service received closed at most max_bar_age_minutes (5) ago; fails (ERROR) when it is older or the "
     "status file is missing. Passes outside the session: the market is closed.",
 )
