@@ -176,8 +176,12 @@ def replay_command(
     service.stop()
     status = service.status()
     LOG.info(
-        f"replayed {fed:,} records: {status['bars']} bars, {status['forecasts']} forecasts written, "
-        f"p50 {status['p50_ms']} ms, p99 {status['p99_ms']} ms"
+        f"replayed {fed:,} records: {status['bars']} bars, {status['forecasts']} forecasts written"
+        + (
+            f", a bar's forecasts in {status['p50_ms']} ms (p50), {status['p99_ms']} ms (p99)"
+            if status["p50_ms"] is not None
+            else ""
+        )
     )
     return service
 

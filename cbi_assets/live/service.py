@@ -368,8 +368,8 @@ class LiveService:
             "forecasts": self.counts.forecasts,
             "horizons": sorted(self.horizons),
             "failed": self.counts.failed,
-            "p50_ms": float(np.percentile(latencies, 50)) if latencies is not None else None,
-            "p99_ms": float(np.percentile(latencies, 99)) if latencies is not None else None,
+            "p50_ms": round(float(np.percentile(latencies, 50)), 1) if latencies is not None else None,
+            "p99_ms": round(float(np.percentile(latencies, 99)), 1) if latencies is not None else None,
             "missing": [f"{a.isoformat()}..{b.isoformat()}" for a, b in self.missing],
         }
 
