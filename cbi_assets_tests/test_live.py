@@ -113,9 +113,7 @@ def test_a_replayed_session_forecasts_what_the_batch_graph_computes(live_lake, s
     assert sorted(service.horizons) == sorted(HORIZONS)
     assert set(service.counts.failed) == {h.name for h in MES.horizons if h.intraday} - set(HORIZONS)
     assert all("no champion" in why for why in service.counts.failed.values())
-    alerted = Warehouse(database=str(warehouse_file(settings.lake))).query(
-        "select horizon, message from monitoring.alerts where kind = 'live'"
-    )
+    alerted = _live_alerts(settings)
     assert sorted(alerted["horizon"]) == sorted(service.counts.failed), alerted  # one alert each
 
     files = [_dbn(sample_folder, s) for s in ("ohlcv-1m", "trades", "tbbo", "mbp-10")]
@@ -152,9 +150,7 @@ def test_a_replayed_session_forecasts_what_the_batch_graph_computes(live_lake, s
     assert service.status()["missing"] == [f"{gap[0].isoformat()}..{gap[1].isoformat()}"]
     service.stop()
     assert fed > MINUTES and service.newest == OPENS + dt.timedelta(minutes=MINUTES)
-    alerted = Warehouse(database=str(warehouse_file(settings.lake))).query(
-        "select horizon, message from monitoring.alerts where kind = 'live'"
-    )
+    alerted = _live_alerts(settings)
     # The restarted service found the start's alerts already sent; the broken 5-minute champion has its own.
     assert sorted(alerted["horizon"]) == sorted([*service.counts.failed, "5min"]), alerted
     assert "a broken version did not load live" in alerted.filter(pl.col("horizon") == "5min")["message"][0]
@@ -222,6 +218,12 @@ def test_a_replayed_session_forecasts_what_the_batch_graph_computes(live_lake, s
             for column in ("forecast_return", "forecast_price", "lower_90", "upper_90", "conviction", "confidence"):
                 want, got = expected[column], row[column]
                 assert (want is None and got is None) or np.isclose(got, want, rtol=1e-4, atol=1e-8), (column, row)
+
+
+def _live_alerts(settings: Settings) -> pl.DataFrame:
+    return Warehouse(database=str(warehouse_file(settings.lake))).query(
+        "select horizon, message from monitoring.alerts where kind = 'live'"
+    )
 
 
 def _closed_port() -> int:

@@ -62,7 +62,10 @@ def build_service(settings: Settings, until: dt.datetime | None = None, pipeline
         if version is None:
             said = f"MES {horizon}: no live forecast, no champion is registered ({why})"
         else:
-            said = f"MES {horizon}: its champion {version} did not load live ({why}); it forecasts with the model held before, if any"
+            said = (
+                f"MES {horizon}: its champion {version} did not load live ({why}); "
+                "it forecasts with the model held before, if any"
+            )
         alerts.send(
             "live",
             said,

@@ -251,11 +251,12 @@ class LiveService:
                 self.stored[(schema, day)] = len(raws)
             for (timeframe, day), frames in rows.items():
                 parts = {"timeframe": timeframe, "day": day}
-                rows = pl.concat(frames)
+                day_rows = pl.concat(frames)
                 if self.lake.exists(tables.LIVE_FEATURES, **parts):
                     # What an earlier run of the service that day wrote (a restart) stays beside these rows.
-                    rows = pl.concat([self.lake.read(tables.LIVE_FEATURES, **parts), rows]).unique("ts", keep="last")
-                self.lake.write(tables.LIVE_FEATURES, rows.sort("ts"), **parts)
+                    stored = self.lake.read(tables.LIVE_FEATURES, **parts)
+                    day_rows = pl.concat([stored, day_rows]).unique("ts", keep="last")
+                self.lake.write(tables.LIVE_FEATURES, day_rows.sort("ts"), **parts)
                 self.rows_stored[(timeframe, day)] = len(frames)
         if outcomes:
             self._say(f"raw layer: {json.dumps(outcomes)}")

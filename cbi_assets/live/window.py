@@ -176,9 +176,9 @@ class LiveWindow:
     def _micro(self, minutes: pl.DataFrame, until: dt.datetime, first: dt.datetime) -> Table | None:
         """The microstructure features of the minutes closing from `first` to `until`, each after the
         minutes its windows reach back to, over the ticks held (null without)."""
-        held = minutes.filter(pl.col("ts") <= until)
-        start = max(held["ts"].search_sorted(first, side="left") - TICK_MINUTES + 1, 0)
-        tail = held.slice(start)
+        closed = minutes.filter(pl.col("ts") <= until)
+        # From TICK_MINUTES - 1 minutes before `first`: the windows of its features reach back that far.
+        tail = closed.slice(max(closed["ts"].search_sorted(first, side="left") - TICK_MINUTES + 1, 0))
         start = tail["ts_event"][0]
         ticks = {}
         for kind, frames in self.ticks.items():
@@ -190,9 +190,9 @@ class LiveWindow:
             frame = frame.filter(pl.col("ts_recv") >= start - dt.timedelta(minutes=1))
             self.ticks[kind] = [frame]
             ticks[kind] = frame
-        held = all(v is not None for v in ticks.values())
+        every_kind = all(v is not None for v in ticks.values())
         return keyed_micro(
             microstructure_table(tail, ticks["trades"], ticks["tbbo"], ticks["mbp_10"])
-            if held
+            if every_kind
             else microstructure_table(tail, None, None, None)
         )

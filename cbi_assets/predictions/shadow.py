@@ -67,5 +67,4 @@ def trade_dates(as_of: pl.Series) -> int:
     """How many trade dates the origins fall on: the evening's one a day, or a session's minutes."""
     if as_of.dtype == pl.Date:
         return as_of.n_unique()
-    utc = as_of.dt.convert_time_zone("UTC") if as_of.dtype.time_zone else as_of.dt.replace_time_zone("UTC")
-    return utc.to_frame("as_of").select(trade_date(pl.col("as_of"))).to_series().n_unique()
+    return as_of.to_frame("as_of").select(trade_date(pl.col("as_of"))).to_series().n_unique()
